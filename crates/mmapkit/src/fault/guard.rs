@@ -1,0 +1,213 @@
+//! The mechanism: one copy routine whose faults the SIGBUS handler knows how to resume.
+//!
+//! `guarded_copy` is a naked function of five instructions. The only instruction in it that
+//! touches memory is `rep movsb`. When that instruction faults on a page that no longer exists
+//! (the file behind a shared mapping was truncated), the kernel delivers SIGBUS with the
+//! registers describing exactly how far the copy got: `rcx` holds the bytes still to copy. Our
+//! handler recognises the faulting instruction by address, stores the signal code in `rdx`,
+//! and moves the instruction pointer past the `rep movsb`; the routine then returns
+//! `(remaining, code)` as if the copy had simply stopped early. This is the technique the Linux
+//! kernel itself uses for `copy_from_user` (exception tables), applied in user space.
+//!
+//! Any SIGBUS whose instruction pointer is elsewhere is not ours: it goes to the handler that
+//! was installed before ours (Rust's own, or the application's), or to the default action,
+//! which ends the process as it would have without us.
+//!
+//! Limits: only the copy routine is guarded, so only the copying accessors are safe against
+//! truncation; slices handed out by `unsafe` methods are not. The handler is installed once,
+//! process-wide, on the first guarded copy of a truncatable mapping. Code that later replaces
+//! the SIGBUS handler without chaining to ours turns truncations back into crashes.
+//! Implemented for x86-64; elsewhere, guarded copies of truncatable mappings report
+//! `Unsupported`.
+
+use std::sync::OnceLock;
+
+/// How a guarded copy ended.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CopyOutcome {
+    /// Bytes not copied; 0 when the copy completed.
+    pub(crate) remaining: usize,
+    /// The SIGBUS `si_code` when the copy stopped on a fault, else 0.
+    pub(crate) fault_code: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    use super::CopyOutcome;
+
+    /// Byte offset of `rep movsb` from the start of `guarded_copy`.
+    pub(super) const COPY_INSTRUCTION: usize = 5;
+    /// Byte offset of the instruction after it, where a faulted copy resumes.
+    pub(super) const RESUME: usize = 7;
+    /// The encoding the offsets above describe (checked by a test).
+    #[cfg(test)]
+    pub(super) const ENCODING: [u8; 11] = [
+        0x48, 0x89, 0xd1, // mov rcx, rdx
+        0x31, 0xd2, // xor edx, edx
+        0xf3, 0xa4, // rep movsb
+        0x48, 0x89, 0xc8, // mov rax, rcx
+        0xc3, // ret
+    ];
+
+    /// Copies `len` bytes from `src` to `dst`; returns what was not copied and why.
+    ///
+    /// # Safety
+    /// `dst` and `src` are valid for `len` bytes apart from pages that fault with SIGBUS, and
+    /// the ranges do not overlap.
+    #[unsafe(naked)]
+    pub(super) unsafe extern "C" fn guarded_copy(
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+    ) -> CopyOutcome {
+        core::arch::naked_asm!(
+            "mov rcx, rdx",
+            "xor edx, edx",
+            "rep movsb",
+            "mov rax, rcx",
+            "ret",
+        )
+    }
+
+    /// The instruction pointer and the registers the handler reads and writes.
+    pub(super) struct Registers<'a>(pub(super) &'a mut libc::ucontext_t);
+
+    impl Registers<'_> {
+        pub(super) fn instruction_pointer(&self) -> usize {
+            self.0.uc_mcontext.gregs[libc::REG_RIP as usize] as usize
+        }
+
+        /// Resumes the copy routine after its copy instruction, reporting `code`.
+        pub(super) fn resume(&mut self, start: usize, code: i32) {
+            let gregs = &mut self.0.uc_mcontext.gregs;
+            gregs[libc::REG_RDX as usize] = i64::from(code);
+            gregs[libc::REG_RIP as usize] = (start + RESUME) as i64;
+        }
+    }
+}
+
+/// Whether this build has the guard. Without it, callers must not copy from memory that can
+/// be truncated.
+pub(crate) const AVAILABLE: bool = cfg!(target_arch = "x86_64");
+
+/// Copies `len` bytes, stopping at the first page that raises SIGBUS.
+///
+/// # Safety
+/// `dst` and `src` are valid for `len` bytes except for pages that fault with SIGBUS (which
+/// requires [`install`] to have run, or the process dies), the ranges do not overlap, and no
+/// Rust reference covers `dst` during the copy.
+pub(crate) unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> CopyOutcome {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { arch::guarded_copy(dst, src, len) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: forwarded from this function's contract; without a guard, callers copy only
+        // memory that cannot fault (see AVAILABLE).
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+        CopyOutcome {
+            remaining: 0,
+            fault_code: 0,
+        }
+    }
+}
+
+/// The handler that was installed before ours, to chain to.
+static PREVIOUS: OnceLock<libc::sigaction> = OnceLock::new();
+
+/// Installs the SIGBUS handler, once per process. Returns the OS error if sigaction fails.
+pub(crate) fn install() -> Result<(), crate::sys::Errno> {
+    static INSTALLED: OnceLock<Result<(), crate::sys::Errno>> = OnceLock::new();
+    *INSTALLED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: an all-zero sigaction is a valid value to fill in.
+            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+            action.sa_sigaction = on_sigbus as *const () as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
+            // SAFETY: `on_sigbus` is async-signal-safe (it reads registers, a OnceLock that is
+            // set before it can be needed, and calls only sigaction) and lives forever.
+            let previous = unsafe { crate::sys::sigaction(libc::SIGBUS, &action) }?;
+            let _ = PREVIOUS.set(previous);
+        }
+        Ok(())
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+extern "C" fn on_sigbus(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    let start = arch::guarded_copy as *const () as usize;
+    // SAFETY: the kernel passes a valid ucontext_t for SA_SIGINFO handlers, exclusively ours
+    // for the duration of the handler.
+    let mut registers = arch::Registers(unsafe { &mut *context.cast::<libc::ucontext_t>() });
+    if registers.instruction_pointer() == start + arch::COPY_INSTRUCTION {
+        // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
+        let code = unsafe { (*info).si_code };
+        registers.resume(start, code);
+        return;
+    }
+    // SAFETY: forwarding a signal we did not cause, with the arguments we were given.
+    unsafe { chain(signal, info, context) }
+}
+
+/// Passes a signal that is not ours to the previous handler, or restores the default action
+/// so that returning re-raises the fault and ends the process as it would have without us.
+///
+/// # Safety
+/// Called from a signal handler with the kernel's arguments.
+#[cfg(target_arch = "x86_64")]
+unsafe fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
+    let previous = PREVIOUS.get();
+    let handler = previous.map_or(libc::SIG_DFL, |action| action.sa_sigaction);
+    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
+        // SAFETY: an all-zero sigaction with SIG_DFL is the default action.
+        let default: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: installing the default action is always valid.
+        let _ = unsafe { crate::sys::sigaction(signal, &default) };
+        return;
+    }
+    let takes_info = previous.is_some_and(|action| action.sa_flags & libc::SA_SIGINFO != 0);
+    if takes_info {
+        // SAFETY: the previous handler was installed with SA_SIGINFO, so this is its type.
+        let handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute(handler) };
+        handler(signal, info, context);
+    } else {
+        // SAFETY: installed without SA_SIGINFO, so the handler takes only the signal number.
+        let handler: extern "C" fn(i32) = unsafe { std::mem::transmute(handler) };
+        handler(signal);
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_routine_has_the_layout_the_handler_expects() {
+        let start = arch::guarded_copy as *const () as *const u8;
+        // SAFETY: reading the routine's own machine code, which is mapped readable.
+        let code = unsafe { std::slice::from_raw_parts(start, arch::ENCODING.len()) };
+        assert_eq!(code, arch::ENCODING);
+        assert_eq!(code[arch::COPY_INSTRUCTION..arch::RESUME], [0xf3, 0xa4]);
+    }
+
+    #[test]
+    fn copies_every_byte_when_nothing_faults() {
+        let source: Vec<u8> = (0..=255).cycle().take(100_000).collect();
+        let mut target = vec![0u8; source.len()];
+        // SAFETY: both buffers are valid for their length and distinct.
+        let outcome = unsafe { copy(target.as_mut_ptr(), source.as_ptr(), source.len()) };
+        assert_eq!(
+            outcome,
+            CopyOutcome {
+                remaining: 0,
+                fault_code: 0
+            }
+        );
+        assert_eq!(source, target);
+    }
+}

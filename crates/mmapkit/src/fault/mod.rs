@@ -1,0 +1,144 @@
+//! The fault guard: copies into and out of mappings that return
+//! [`Truncated`](crate::ErrorKind::Truncated) when the file behind the mapping was shrunk,
+//! instead of killing the process with SIGBUS.
+//!
+//! A shared file mapping is a promise the kernel cannot keep once another process truncates
+//! the file: the next access to a page past the new end raises SIGBUS, whose default action
+//! ends the process. [Python's mmap](https://docs.python.org/3/library/mmap.html) and memmap2
+//! crash there; the JVM turns it into an exception. mmapkit does the same as the JVM with a
+//! narrower mechanism, described in the `guard` submodule: every copy runs through one small
+//! assembly routine, and the SIGBUS handler resumes that routine — and only that routine —
+//! with an error instead of a crash.
+//!
+//! What this module offers on every [`Mapping`]:
+//! * [`read_at`](Mapping::read_at) / [`write_at`](Mapping::write_at): exact copies at an
+//!   offset of the view;
+//! * [`read_pod`](Mapping::read_pod) / [`write_pod`](Mapping::write_pod): the same for
+//!   plain-old-data values;
+//! * [`find`](Mapping::find) / [`rfind`](Mapping::rfind): search for a byte pattern;
+//! * [`cursor`](Mapping::cursor): a [`MappingCursor`] with `io::Read`, `io::Write`, `io::Seek`.
+//!
+//! The copies take `&self` and are safe on memory others change: the routine is opaque
+//! assembly, so concurrent writers (other processes, other threads) can at worst make a copy
+//! see a mix of old and new bytes, never undefined behaviour.
+
+mod cursor;
+mod guard;
+
+pub use cursor::MappingCursor;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::map::{Mapping, Protection};
+
+impl Mapping {
+    /// Copies `buf.len()` bytes from the view at `offset` into `buf`.
+    ///
+    /// Errors: `OutOfBounds` when the range leaves the view, `PermissionDenied` when it is not
+    /// readable, `Truncated` when the file no longer covers it (then `buf` holds the bytes
+    /// before the missing page; [`Error::offset`] says where the copy stopped).
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        let range = self.byte_span("read_at", offset, buf.len())?;
+        self.require("read_at", &range, Protection::READ)?;
+        // SAFETY: the source lies in the view and is readable (checked above), `buf` is valid
+        // for writes of its length, and the two cannot overlap: `buf` is a unique borrow and
+        // the view is never borrowed mutably while `&self` is.
+        unsafe {
+            self.guarded_copy(
+                "read_at",
+                offset,
+                buf.as_mut_ptr(),
+                self.as_ptr().add(offset),
+                buf.len(),
+            )
+        }
+    }
+
+    /// Copies `data` into the view at `offset`.
+    ///
+    /// Errors as for [`read_at`](Self::read_at), with write access needed.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
+        let range = self.byte_span("write_at", offset, data.len())?;
+        self.require("write_at", &range, Protection::WRITE)?;
+        // SAFETY: the target lies in the view and is writable (checked above). No Rust
+        // reference covers it: safe slices of writable memory need `&mut self`, and safe
+        // `&self` slices exist only for memory with no write access.
+        unsafe {
+            self.guarded_copy(
+                "write_at",
+                offset,
+                self.as_mut_ptr().add(offset),
+                data.as_ptr(),
+                data.len(),
+            )
+        }
+    }
+
+    /// Reads a plain-old-data value at `offset` (any alignment).
+    pub fn read_pod<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
+        let mut value = T::zeroed();
+        self.read_at(offset, bytemuck::bytes_of_mut(&mut value))?;
+        Ok(value)
+    }
+
+    /// Writes a plain-old-data value at `offset` (any alignment).
+    pub fn write_pod<T: bytemuck::NoUninit>(&self, offset: usize, value: &T) -> Result<()> {
+        self.write_at(offset, bytemuck::bytes_of(value))
+    }
+
+    /// Creates a cursor at position 0 with `io::Read`, `io::Write` and `io::Seek`.
+    pub fn cursor(&self) -> MappingCursor<'_> {
+        MappingCursor::new(self)
+    }
+
+    /// # Safety
+    /// `dst` and `src` are valid for `len` bytes (apart from mapping pages the file no longer
+    /// covers), do not overlap, and no Rust reference covers `dst`.
+    unsafe fn guarded_copy(
+        &self,
+        operation: &'static str,
+        offset: usize,
+        dst: *mut u8,
+        src: *const u8,
+        len: usize,
+    ) -> Result<()> {
+        if self.is_truncatable() {
+            if !guard::AVAILABLE {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    operation,
+                    "the fault guard is not implemented for this architecture, so a mapping \
+                     that can be truncated cannot be copied safely",
+                ));
+            }
+            guard::install().map_err(|errno| Error::os(operation, errno))?;
+        }
+        // SAFETY: forwarded from this function's contract; the handler is installed whenever
+        // the memory can fault.
+        let outcome = unsafe { guard::copy(dst, src, len) };
+        if outcome.remaining == 0 {
+            return Ok(());
+        }
+        let stopped_at = offset + (len - outcome.remaining);
+        Err(truncated(operation, stopped_at, outcome.fault_code))
+    }
+}
+
+fn truncated(operation: &'static str, offset: usize, fault_code: usize) -> Error {
+    let hardware = fault_code == libc::BUS_MCEERR_AR as usize;
+    let message = if hardware {
+        "the page holds a memory error (hardware poison)"
+    } else {
+        "the file behind the mapping no longer covers this offset (it was truncated, or the \
+         page could not be read)"
+    };
+    Error::new(
+        if hardware {
+            ErrorKind::Io
+        } else {
+            ErrorKind::Truncated
+        },
+        operation,
+        message,
+    )
+    .with_offset(offset as u64)
+}

@@ -1,0 +1,54 @@
+//! mmapkit: memory-mapped I/O and shared memory, with mmap's speed and without its crashes.
+//!
+//! ```
+//! use mmapkit::MapOptions;
+//! # fn main() -> mmapkit::Result<()> {
+//! let file = tempfile::tempfile().unwrap();
+//! file.set_len(8192).unwrap();
+//! let map = MapOptions::new().write(true).offset(100).len(5).map_file(&file)?;
+//! map.write_at(0, b"hello")?;          // lands at file offset 100
+//! map.flush()?;                        // msync: the file now holds it
+//! let mut back = [0u8; 5];
+//! map.read_at(0, &mut back)?;          // a truncated file gives Err(Truncated), not SIGBUS
+//! assert_eq!(&back, b"hello");
+//! # Ok(()) }
+//! ```
+//!
+//! # Layers
+//! Each module uses only those listed before it.
+//!
+//! | module | what lives there |
+//! |---|---|
+//! | [`sys`] | one function per system call, no policy |
+//! | [`map`] | [`MapOptions`] → [`Mapping`]: every kind of mapping and its lifecycle |
+//! | [`fault`] | the SIGBUS guard and the copying accessors built on it |
+//! | [`growable`] | [`GrowableMap`], a file mapping that grows for append-only logs |
+//!
+//! # Safety model
+//! A Rust reference promises that what it points to does not change behind it. Memory that
+//! another process, another mapping of the same file, or a truncation can change or take away
+//! breaks that promise, so mmapkit hands out references only where nothing else can reach the
+//! memory, and reaches everything else through copies or atomics. The rules are in the [`map`]
+//! module docs; every way around them is an `unsafe` method with its contract written out.
+//! Mapping memory both writable and executable needs an `unsafe` opt-in (W^X).
+//!
+//! # Platform
+//! Linux is the platform this is built and tested on. The fault guard is implemented for
+//! x86-64.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod fault;
+pub mod growable;
+pub mod map;
+pub mod sys;
+
+pub use error::{Error, ErrorKind, Result};
+pub use fault::MappingCursor;
+pub use growable::GrowableMap;
+pub use map::{
+    Advice, Backing, Flush, HugePageSize, MapOptions, Mapping, Protection, Reach, RemapMode,
+    Residency, Sharing, UncheckedAdvice,
+};

@@ -1,0 +1,200 @@
+//! One function per system call, and nothing else.
+//!
+//! This layer has no policy and allocates nothing: it turns each call into a Rust signature with
+//! an [`Errno`] result, so that the layers above deal with one error shape. rustix makes the
+//! calls where it has them; `libc` makes the few it lacks (mincore, mseal, sigaction). Callers
+//! add context (which operation, which path) when they turn an `Errno` into the library's
+//! [`Error`](crate::Error).
+//!
+//! Functions that take addresses are `unsafe`: the kernel acts on whatever is mapped there, so
+//! the caller must own the range.
+
+use std::ffi::c_void;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+pub use rustix::fs::{Advice as FileAdvice, OFlags, SealFlags, Stat};
+pub use rustix::io::Errno;
+pub use rustix::mm::{
+    Advice as MemoryAdvice, MapFlags, MlockFlags, MprotectFlags, MremapFlags, MsyncFlags, ProtFlags,
+};
+
+/// Result of a system call.
+pub type SysResult<T> = Result<T, Errno>;
+
+/// The size of a base page (`sysconf(_SC_PAGESIZE)`, getpagesize(2)).
+pub fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+fn last_errno() -> Errno {
+    Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+}
+
+/// Maps `len` bytes of `fd` at `offset`, or anonymous memory when `fd` is `None` (mmap(2)).
+///
+/// # Safety
+/// With `MAP_FIXED` in `flags`, whatever was mapped at `addr` is replaced; the caller must own
+/// that range. Without it, `addr` is only a hint and any value is allowed.
+pub unsafe fn mmap(
+    addr: *mut c_void,
+    len: usize,
+    prot: ProtFlags,
+    flags: MapFlags,
+    fd: Option<BorrowedFd<'_>>,
+    offset: u64,
+) -> SysResult<*mut c_void> {
+    match fd {
+        // SAFETY: forwarded from this function's contract.
+        Some(fd) => unsafe { rustix::mm::mmap(addr, len, prot, flags, fd, offset) },
+        // SAFETY: forwarded from this function's contract.
+        None => unsafe { rustix::mm::mmap_anonymous(addr, len, prot, flags) },
+    }
+}
+
+/// Removes the mappings in `[addr, addr + len)` (munmap(2)).
+///
+/// # Safety
+/// The caller owns the range and nothing refers to it any more.
+pub unsafe fn munmap(addr: *mut c_void, len: usize) -> SysResult<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { rustix::mm::munmap(addr, len) }
+}
+
+/// Changes the protection of whole pages (mprotect(2)).
+///
+/// # Safety
+/// The caller owns the range, and no reference into it relies on access the new protection
+/// takes away.
+pub unsafe fn mprotect(addr: *mut c_void, len: usize, prot: MprotectFlags) -> SysResult<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { rustix::mm::mprotect(addr, len, prot) }
+}
+
+/// Gives the kernel advice about a range (madvise(2)).
+///
+/// # Safety
+/// The caller owns the range; destructive advice (`DONTNEED`, `FREE`, `REMOVE`) discards
+/// contents, which no reference may rely on.
+pub unsafe fn madvise(addr: *mut c_void, len: usize, advice: MemoryAdvice) -> SysResult<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { rustix::mm::madvise(addr, len, advice) }
+}
+
+/// Writes dirty pages of a shared file mapping back to the file (msync(2)).
+///
+/// # Safety
+/// The caller owns the range.
+pub unsafe fn msync(addr: *mut c_void, len: usize, flags: MsyncFlags) -> SysResult<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { rustix::mm::msync(addr, len, flags) }
+}
+
+/// Locks pages in RAM, now or as they are faulted in (mlock2(2)).
+///
+/// # Safety
+/// The caller owns the range.
+pub unsafe fn mlock2(addr: *mut c_void, len: usize, flags: MlockFlags) -> SysResult<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { rustix::mm::mlock_with(addr, len, flags) }
+}
+
+/// Unlocks pages (munlock(2)).
+///
+/// # Safety
+/// The caller owns the range.
+pub unsafe fn munlock(addr: *mut c_void, len: usize) -> SysResult<()> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { rustix::mm::munlock(addr, len) }
+}
+
+/// Grows or shrinks a mapping, moving it if `MAYMOVE` allows (mremap(2)).
+///
+/// # Safety
+/// The caller owns the old range; after a move, nothing may refer to the old address.
+pub unsafe fn mremap(
+    addr: *mut c_void,
+    old_len: usize,
+    new_len: usize,
+    flags: MremapFlags,
+) -> SysResult<*mut c_void> {
+    // SAFETY: forwarded from this function's contract.
+    unsafe { rustix::mm::mremap(addr, old_len, new_len, flags) }
+}
+
+/// Reports which pages of a range are resident, one byte per page, bit 0 set when resident
+/// (mincore(2)). `vec` holds at least `len.div_ceil(page_size())` bytes.
+///
+/// # Safety
+/// `addr` is page aligned and the caller owns the range.
+pub unsafe fn mincore(addr: *mut c_void, len: usize, vec: &mut [u8]) -> SysResult<()> {
+    debug_assert!(vec.len() >= len.div_ceil(page_size()));
+    // SAFETY: `vec` has room for one byte per page of the range (checked above in debug
+    // builds, guaranteed by the contract); the kernel validates the address range itself.
+    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    if rc == 0 { Ok(()) } else { Err(last_errno()) }
+}
+
+/// The `mseal` system call number; the same on every 64-bit Linux architecture (asm-generic).
+#[cfg(target_os = "linux")]
+const SYS_MSEAL: libc::c_long = 462;
+
+/// Seals a range against munmap, mprotect, mremap and destructive madvise (mseal(2), Linux
+/// 6.10). Fails with `ENOSYS` on older kernels and on 32-bit systems.
+///
+/// # Safety
+/// The caller owns the range and accepts that it can never be unmapped by this process.
+#[cfg(target_os = "linux")]
+pub unsafe fn mseal(addr: *mut c_void, len: usize) -> SysResult<()> {
+    // SAFETY: mseal takes (address, length, flags = 0) and only changes the range's
+    // permissions to change; the caller owns the range.
+    let rc = unsafe { libc::syscall(SYS_MSEAL, addr, len, 0 as libc::c_ulong) };
+    if rc == 0 { Ok(()) } else { Err(last_errno()) }
+}
+
+/// File status (fstat(2)).
+pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
+    rustix::fs::fstat(fd)
+}
+
+/// Sets a file's length (ftruncate(2)).
+pub fn ftruncate(fd: BorrowedFd<'_>, len: u64) -> SysResult<()> {
+    rustix::fs::ftruncate(fd, len)
+}
+
+/// Advice about a file's page cache (posix_fadvise(2)); `len` 0 means to the end.
+pub fn fadvise(fd: BorrowedFd<'_>, offset: u64, len: u64, advice: FileAdvice) -> SysResult<()> {
+    rustix::fs::fadvise(fd, offset, std::num::NonZeroU64::new(len), advice)
+}
+
+/// The file status flags, including the access mode (fcntl(2) `F_GETFL`).
+pub fn fcntl_getfl(fd: BorrowedFd<'_>) -> SysResult<OFlags> {
+    rustix::fs::fcntl_getfl(fd)
+}
+
+/// The seals on a memfd or shmem file (fcntl(2) `F_GET_SEALS`); `EINVAL` for other files.
+pub fn fcntl_get_seals(fd: BorrowedFd<'_>) -> SysResult<SealFlags> {
+    rustix::fs::fcntl_get_seals(fd)
+}
+
+/// Creates an anonymous file in memory (memfd_create(2)).
+pub fn memfd_create(name: &str, flags: rustix::fs::MemfdFlags) -> SysResult<OwnedFd> {
+    rustix::fs::memfd_create(name, flags)
+}
+
+/// Installs a signal handler and returns the one it replaces (sigaction(2)).
+///
+/// # Safety
+/// `action` must describe a handler that is async-signal-safe and valid for as long as it is
+/// installed.
+pub unsafe fn sigaction(signal: i32, action: &libc::sigaction) -> SysResult<libc::sigaction> {
+    // SAFETY: sigaction only reads `action` and writes `previous`, both valid for the call;
+    // the handler's validity is the caller's contract. An all-zero sigaction is a valid value.
+    unsafe {
+        let mut previous: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, action, &mut previous) == 0 {
+            Ok(previous)
+        } else {
+            Err(last_errno())
+        }
+    }
+}
