@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(checked_range(2..=5, 10), Some(2..6));
         assert_eq!(checked_range(10.., 10), Some(10..10));
         assert_eq!(checked_range(..=10, 10), None);
-        assert_eq!(checked_range((Bound::Included(5), Bound::Excluded(3)), 10), None);
+        assert_eq!(
+            checked_range((Bound::Included(5), Bound::Excluded(3)), 10),
+            None
+        );
         assert_eq!(checked_range(0..=usize::MAX, 10), None);
     }
 

@@ -1,0 +1,105 @@
+//! Test helpers: what the kernel says about our mappings, read from /proc/self.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::fs;
+
+/// One line of /proc/self/maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapsLine {
+    pub start: usize,
+    pub end: usize,
+    pub perms: String,
+    pub offset: u64,
+    pub path: String,
+}
+
+/// The /proc/self/maps line of the area that contains `address`.
+pub fn maps_line(address: *const u8) -> MapsLine {
+    let address = address as usize;
+    let maps = fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap();
+        let (start, end) = range.split_once('-').unwrap();
+        let start = usize::from_str_radix(start, 16).unwrap();
+        let end = usize::from_str_radix(end, 16).unwrap();
+        if (start..end).contains(&address) {
+            let perms = fields.next().unwrap().to_owned();
+            let offset = u64::from_str_radix(fields.next().unwrap(), 16).unwrap();
+            let _device = fields.next();
+            let _inode = fields.next();
+            let path = fields.collect::<Vec<_>>().join(" ");
+            return MapsLine {
+                start,
+                end,
+                perms,
+                offset,
+                path,
+            };
+        }
+    }
+    panic!("no mapping contains {address:#x}");
+}
+
+/// The smaps block of the area that contains `address`.
+pub fn smaps_block(address: *const u8) -> String {
+    let address = address as usize;
+    let smaps = fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut current: Option<String> = None;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-')
+            && let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            )
+        {
+            if let Some(block) = current.take() {
+                return block;
+            }
+            if (start..end).contains(&address) {
+                current = Some(String::new());
+            }
+            continue;
+        }
+        if let Some(block) = current.as_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    current.unwrap_or_else(|| panic!("no smaps block contains {address:#x}"))
+}
+
+/// A `Field:   N kB` value of the smaps block containing `address`, in kB.
+pub fn smaps_kb(address: *const u8, field: &str) -> u64 {
+    let block = smaps_block(address);
+    let line = block
+        .lines()
+        .find(|line| line.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in smaps"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The two-letter VmFlags of the area containing `address`.
+pub fn vm_flags(address: *const u8) -> Vec<String> {
+    let block = smaps_block(address);
+    let line = block
+        .lines()
+        .find(|line| line.starts_with("VmFlags:"))
+        .unwrap();
+    line.split_whitespace().skip(1).map(str::to_owned).collect()
+}
+
+/// A temporary file holding `contents`.
+pub fn file_with(contents: &[u8]) -> tempfile::NamedTempFile {
+    use std::io::Write;
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(contents).unwrap();
+    file.flush().unwrap();
+    file
+}
+
+/// `len` bytes of a recognisable pattern: byte i is (i * 7 + i / 4096) mod 251.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((i * 7 + i / 4096) % 251) as u8).collect()
+}
