@@ -78,19 +78,15 @@ impl Signal {
 
     fn send(&self) {
         // SAFETY: writes one byte from a valid buffer to our own pipe.
-        assert_eq!(
-            unsafe { libc::write(self.write, [1u8].as_ptr().cast(), 1) },
-            1
-        );
+        let written = unsafe { libc::write(self.write, [1u8].as_ptr().cast(), 1) };
+        assert_eq!(written, 1);
     }
 
     fn wait(&self) {
         let mut byte = [0u8];
         // SAFETY: reads one byte into a valid buffer from our own pipe.
-        assert_eq!(
-            unsafe { libc::read(self.read, byte.as_mut_ptr().cast(), 1) },
-            1
-        );
+        let read = unsafe { libc::read(self.read, byte.as_mut_ptr().cast(), 1) };
+        assert_eq!(read, 1);
     }
 }
 
