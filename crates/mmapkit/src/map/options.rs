@@ -360,7 +360,6 @@ impl MapOptions {
         };
         let sharing = self.sharing.unwrap_or(Sharing::Shared);
         let protection = self.resolve_protection(Protection::READ)?;
-        check_access_mode(fd, protection, sharing)?;
 
         let file_size = u64::try_from(stat.st_size).unwrap_or(0);
         let len = match (backing, self.len) {
@@ -384,8 +383,12 @@ impl MapOptions {
         if backing == Backing::File && self.offset > file_size {
             return Err(past_the_end(self.offset, file_size).with_range(self.offset, len as u64));
         }
+        // Only memfds carry seals that matter (shm_open files are born with F_SEAL_SEAL and no
+        // other), and a memfd has no name in any directory: skip the call for linked files.
         let seals = match backing {
-            Backing::File => sys::fcntl_get_seals(fd).unwrap_or(SealFlags::empty()),
+            Backing::File if stat.st_nlink == 0 => {
+                sys::fcntl_get_seals(fd).unwrap_or(SealFlags::empty())
+            }
             _ => SealFlags::empty(),
         };
         let stable_len = match (backing, sharing) {
@@ -478,7 +481,7 @@ impl MapOptions {
                 request.offset - lead as u64,
             )
         }
-        .map_err(|errno| range(self.explain_mmap_error(errno, request, page_size)))?;
+        .map_err(|errno| range(self.explain_mmap_error(errno, request, fd, page_size)))?;
 
         let mapping = Mapping::from_raw_parts(super::mapping::RawParts {
             base: mapped.cast(),
@@ -527,8 +530,19 @@ impl MapOptions {
         flags
     }
 
-    fn explain_mmap_error(&self, errno: Errno, request: &Request, page_size: usize) -> Error {
+    fn explain_mmap_error(
+        &self,
+        errno: Errno,
+        request: &Request,
+        fd: Option<BorrowedFd<'_>>,
+        page_size: usize,
+    ) -> Error {
         let error = Error::os("map", errno);
+        if let (Errno::ACCESS, Some(fd)) = (errno, fd)
+            && let Some(explained) = explain_access_mode(fd, request)
+        {
+            return explained;
+        }
         match errno {
             Errno::NOMEM if self.huge_pages.is_some() => {
                 let size = self.huge_pages.unwrap_or(HugePageSize::Default);
@@ -597,31 +611,26 @@ impl Request {
     }
 }
 
-/// Refuses early, with a useful message, what the kernel would refuse with a bare `EACCES`.
-fn check_access_mode(fd: BorrowedFd<'_>, protection: Protection, sharing: Sharing) -> Result<()> {
-    let Ok(flags) = sys::fcntl_getfl(fd) else {
-        return Ok(());
-    };
-    let mode = flags & rustix::fs::OFlags::RWMODE;
+/// Says which access the descriptor lacks, when that is why mmap failed with `EACCES`.
+fn explain_access_mode(fd: BorrowedFd<'_>, request: &Request) -> Option<Error> {
+    let mode = sys::fcntl_getfl(fd).ok()? & rustix::fs::OFlags::RWMODE;
     if mode == rustix::fs::OFlags::WRONLY {
-        return Err(Error::new(
+        return Some(Error::new(
             ErrorKind::PermissionDenied,
             "map",
             "the descriptor is open for writing only; mappings need read access",
         ));
     }
-    if protection.contains(Protection::WRITE)
-        && sharing == Sharing::Shared
-        && mode != rustix::fs::OFlags::RDWR
-    {
-        return Err(Error::new(
+    let writes_through =
+        request.protection.contains(Protection::WRITE) && request.sharing == Sharing::Shared;
+    (writes_through && mode != rustix::fs::OFlags::RDWR).then(|| {
+        Error::new(
             ErrorKind::PermissionDenied,
             "map",
             "the descriptor is open read-only, so a shared mapping cannot be writable",
         )
-        .with_hint("open the file read-write, or map it private (copy-on-write)"));
-    }
-    Ok(())
+        .with_hint("open the file read-write, or map it private (copy-on-write)")
+    })
 }
 
 /// The path behind a descriptor, for error messages only.

@@ -1,0 +1,93 @@
+//! `scan`: sum the u64 words of a page-cache-hot file — through an mmapkit mapping, a memmap2
+//! mapping, read(2) into a 1 MiB buffer, and a Vec already in memory (the limit for a scan).
+//! Map and unmap are inside the timing: a scan of a file is all three.
+
+use std::hint::black_box;
+use std::io::Read;
+
+use mmapkit::MapOptions;
+
+use crate::files::{self, BenchFile, CacheState};
+use crate::harness::{self, Contender, Unit};
+
+/// Sums the file's words, whatever holds them. Not inlined, so that every contender runs the
+/// same machine code.
+#[inline(never)]
+fn sum_words(bytes: &[u8]) -> u64 {
+    let (head, words, tail) = bytemuck::pod_align_to::<u8, u64>(bytes);
+    let edges = head.iter().chain(tail).map(|&byte| u64::from(byte));
+    words
+        .iter()
+        .copied()
+        .chain(edges)
+        .fold(0u64, u64::wrapping_add)
+}
+
+pub fn run(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
+    let gigabytes = file.size as f64 / 1e9;
+    let in_memory = std::fs::read(&file.path).map_err(|e| mmapkit::Error::io("read", &e))?;
+    let expected = sum_words(&in_memory);
+    for state in [CacheState::SmallFolios, CacheState::LargeFolios] {
+        files::warm(file, state)?;
+        let check = |sum: u64| assert_eq!(sum, expected, "a contender summed the wrong bytes");
+        let mut contenders = [
+            Contender::new("mmapkit Mapping", || {
+                gigabytes
+                    / harness::seconds(|| {
+                        let map = MapOptions::new().map_file(&file.file).expect("map");
+                        // SAFETY: the benchmark owns the file; nothing writes or truncates it
+                        // while the scan runs.
+                        check(sum_words(unsafe { map.as_slice_unchecked() }));
+                    })
+            }),
+            Contender::new("memmap2 Mmap", || {
+                gigabytes
+                    / harness::seconds(|| {
+                        // SAFETY: as above.
+                        let map = unsafe { memmap2::Mmap::map(&file.file) }.expect("map");
+                        check(sum_words(&map));
+                    })
+            }),
+            Contender::new("read() into a 1 MiB buffer", || {
+                let mut buffer = vec![0u8; 1 << 20];
+                gigabytes
+                    / harness::seconds(|| {
+                        let mut reader = std::fs::File::open(&file.path).expect("open");
+                        let mut sum = 0u64;
+                        loop {
+                            let len = reader.read(&mut buffer).expect("read");
+                            if len == 0 {
+                                break;
+                            }
+                            sum = sum.wrapping_add(sum_words(&buffer[..len]));
+                        }
+                        check(sum);
+                    })
+            }),
+            Contender::new("Vec in memory", || {
+                gigabytes / harness::seconds(|| check(sum_words(black_box(&in_memory))))
+            }),
+        ];
+        let samples = harness::alternate(rounds, &mut contenders);
+        let title = format!(
+            "scan: sum u64 words of {} MiB, page cache in {} ({} MiB in 2 MiB folios)",
+            file.size >> 20,
+            state.name(),
+            files::file_huge_pages_mib()
+        );
+        harness::print_table(&title, Unit::GigabytesPerSecond, &samples);
+        let suffix = match state {
+            CacheState::SmallFolios => "",
+            CacheState::LargeFolios => "-large-folios",
+        };
+        let unit = Unit::GigabytesPerSecond;
+        harness::print_json(&format!("scan{suffix}"), &samples[0], &samples[1], unit);
+        harness::print_json(
+            &format!("scan-vs-memory{suffix}"),
+            &samples[0],
+            &samples[3],
+            unit,
+        );
+    }
+    Ok(())
+}
