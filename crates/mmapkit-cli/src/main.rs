@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 /// Memory-mapped I/O and shared memory, without the crashes.
 #[derive(Debug, Parser)]
-#[command(name = "mmapkit", version, about, propagate_version = true)]
+#[command(name = "mmapkit", version, propagate_version = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
