@@ -27,6 +27,19 @@ fn device_mapping_without_length() {
 }
 
 #[test]
+fn device_without_mmap_support() {
+    let null = File::open("/dev/null").unwrap();
+    let error = MapOptions::new().len(4096).map_file(&null).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unsupported);
+    assert!(
+        error
+            .to_string()
+            .contains("this device does not support mmap"),
+        "{error}"
+    );
+}
+
+#[test]
 fn offset_past_the_end_of_the_file() {
     let file = file_with(&pattern(100));
     let error = MapOptions::new()

@@ -33,6 +33,7 @@
 //! empty range is valid, every non-empty one is out of bounds, and it cannot grow. Anonymous
 //! and device mappings need a length: zero is an [`InvalidInput`](crate::ErrorKind::InvalidInput).
 
+mod create;
 mod lifecycle;
 mod mapping;
 mod options;
