@@ -107,6 +107,20 @@ fn shared(pause: Pause) -> DemoResult {
         );
         Ok(())
     };
+    seed_choreography(pause, &report, &|| {
+        put(&anonymous, "anonymous string 2")?;
+        Ok(put(&zero, "zero-backed string 2")?)
+    })
+}
+
+/// The seed program's steps after the first write: the parent reports; the forked child
+/// reports, sleeps 3 s and reports again; meanwhile the parent sleeps 2 s, makes its second
+/// write and reports. The socket pair keeps that order whatever the pauses.
+fn seed_choreography(
+    pause: Pause,
+    report: &dyn Fn() -> DemoResult,
+    second_write: &dyn Fn() -> DemoResult,
+) -> DemoResult {
     report()?;
     let (mut parent, mut child) = UnixStream::pair()?;
     let pid = fork(|| {
@@ -118,8 +132,7 @@ fn shared(pause: Pause) -> DemoResult {
     })?;
     wait_for(&mut parent)?;
     pause.seconds(2);
-    put(&anonymous, "anonymous string 2")?;
-    put(&zero, "zero-backed string 2")?;
+    second_write()?;
     report()?;
     notify(&mut parent)?;
     reap(pid)
@@ -133,21 +146,7 @@ fn private(pause: Pause) -> DemoResult {
         println!("PID {}:\t{}", std::process::id(), get(&private)?);
         Ok(())
     };
-    report()?;
-    let (mut parent, mut child) = UnixStream::pair()?;
-    let pid = fork(|| {
-        report()?;
-        notify(&mut child)?;
-        pause.seconds(3);
-        wait_for(&mut child)?;
-        report()
-    })?;
-    wait_for(&mut parent)?;
-    pause.seconds(2);
-    put(&private, "private string 2")?;
-    report()?;
-    notify(&mut parent)?;
-    reap(pid)?;
+    seed_choreography(pause, &report, &|| Ok(put(&private, "private string 2")?))?;
 
     println!("A private file mapping keeps its writes from the file:");
     let mut file = tempfile::NamedTempFile::new()?;
