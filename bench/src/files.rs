@@ -69,22 +69,24 @@ impl CacheState {
 
 /// Evicts the file from the page cache and brings it back in `state`.
 pub fn warm(bench_file: &BenchFile, state: CacheState) -> mmapkit::Result<()> {
-    let fd = bench_file.file.as_fd();
-    let advise = |advice| {
-        sys::fadvise(fd, 0, 0, advice).map_err(|errno| mmapkit::Error::os("fadvise", errno))
+    let fadvise = |file: &File, advice| {
+        sys::fadvise(file.as_fd(), 0, 0, advice)
+            .map_err(|errno| mmapkit::Error::os("fadvise", errno))
     };
-    advise(sys::FileAdvice::DontNeed)?;
+    fadvise(&bench_file.file, sys::FileAdvice::DontNeed)?;
+    // A fresh open file description: read-ahead state carries over between reads of one
+    // description, and would make the second state inherit the first one's folio sizes.
+    let reader = File::open(&bench_file.path).map_err(|e| mmapkit::Error::io("open", &e))?;
     if state == CacheState::SmallFolios {
-        advise(sys::FileAdvice::Random)?;
+        fadvise(&reader, sys::FileAdvice::Random)?;
     }
     let mut buffer = vec![0u8; 1 << 20];
-    let mut reader = &bench_file.file;
-    while reader
+    while (&reader)
         .read(&mut buffer)
         .map_err(|e| mmapkit::Error::io("read", &e))?
         > 0
     {}
-    advise(sys::FileAdvice::Normal)
+    Ok(())
 }
 
 /// `FileHugePages` from /proc/meminfo, in MiB: how much of the page cache is in 2 MiB folios.

@@ -351,11 +351,7 @@ fn fixed_address_never_clobbers() {
 
 #[test]
 fn huge_pages_without_a_reservation_name_the_knob() {
-    let reserved: u64 = fs::read_to_string("/proc/sys/vm/nr_hugepages")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let reserved = huge_pages_reserved();
     let result = MapOptions::new()
         .len(2 << 20)
         .huge_pages(mmapkit::HugePageSize::Default)
@@ -399,4 +395,84 @@ fn zero_length_files_and_windows_map_as_empty() {
     let mut explicit = explicit;
     let error = explicit.remap(10, mmapkit::RemapMode::MayMove).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidInput);
+}
+
+fn huge_pages_reserved() -> u64 {
+    fs::read_to_string("/proc/sys/vm/nr_hugepages")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn unreserved_huge_pages_are_reached_through_the_guard() {
+    let map = MapOptions::new()
+        .len(2 << 20)
+        .huge_pages(mmapkit::HugePageSize::MIB_2)
+        .no_reserve(true)
+        .map_anonymous()
+        .unwrap();
+    assert_eq!(map.page_size(), 2 << 20);
+    assert_eq!(
+        map.reach(),
+        Reach::Truncatable,
+        "a fault may find no huge page: SIGBUS"
+    );
+    let residency = map.residency(..).unwrap();
+    assert_eq!((residency.pages(), residency.resident_pages()), (1, 0));
+    if huge_pages_reserved() == 0 {
+        let error = map.write_at(0, b"no page to hold this").unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Truncated, "{error}");
+    }
+}
+
+#[test]
+fn hugetlbfs_memfd_is_mapped_in_huge_pages() {
+    let Ok(memfd) = rustix::fs::memfd_create("huge", MemfdFlags::HUGETLB) else {
+        return; // a kernel without hugetlbfs has nothing to test here
+    };
+    let file = File::from(memfd);
+    file.set_len(4 << 20).unwrap();
+    let map = MapOptions::new()
+        .write(true)
+        .no_reserve(true)
+        .map_file(&file)
+        .unwrap();
+    assert_eq!(
+        map.page_size(),
+        2 << 20,
+        "the page size comes from the file system"
+    );
+    assert_eq!(map.reach(), Reach::Truncatable);
+    assert_eq!(map.residency(..).unwrap().pages(), 2);
+    assert!(vm_flags(map.as_ptr()).contains(&"ht".to_owned()));
+    drop(map); // unmapped in whole huge pages; a wrong length would leak or fail
+
+    let plain = file_with(&pattern(4096));
+    let error = MapOptions::new()
+        .huge_pages(mmapkit::HugePageSize::Default)
+        .map_file(plain.as_file())
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+}
+
+#[test]
+fn dev_zero_ignores_the_offset() {
+    let zero = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/zero")
+        .unwrap();
+    let map = MapOptions::new()
+        .offset(4096)
+        .len(8192)
+        .write(true)
+        .map_file(&zero)
+        .unwrap();
+    assert_eq!(map.reach(), Reach::Shared);
+    map.write_at(8000, b"past the first page").unwrap();
+    let word: &AtomicU64 = map.atomic(4096).unwrap();
+    word.store(7, Ordering::Relaxed);
+    assert_eq!(map.read_pod::<u64>(4096).unwrap(), 7);
 }

@@ -231,6 +231,23 @@ fn growing_shared_anonymous_memory_past_its_object_degrades_reach() {
 }
 
 #[test]
+fn remap_refuses_a_length_that_overflows() {
+    let file = file_with(&pattern(4096));
+    let mut map = MapOptions::new()
+        .offset(100)
+        .len(5)
+        .map_file(file.as_file())
+        .unwrap();
+    let error = map.remap(usize::MAX - 50, RemapMode::MayMove).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    assert_eq!(map.len(), 5, "a refused remap changes nothing");
+    assert_eq!(
+        map.read_at(0, &mut [0; 6]).unwrap_err().kind(),
+        ErrorKind::OutOfBounds
+    );
+}
+
+#[test]
 fn remap_refuses_mixed_protections() {
     let mut map = MapOptions::new().len(2 * 4096).map_anonymous().unwrap();
     map.protect(0..1, Protection::READ).unwrap();

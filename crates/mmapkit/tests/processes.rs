@@ -12,7 +12,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{file_with, pattern};
-use mmapkit::{ErrorKind, MapOptions, Protection};
+use mmapkit::{MapOptions, Protection};
 
 fn main() {
     let cases: &[(&str, fn())] = &[
@@ -35,14 +35,6 @@ fn main() {
         (
             "write_to_read_only_page_kills_child_with_sigsegv",
             write_to_read_only_page_kills_child_with_sigsegv,
-        ),
-        (
-            "sigbus_outside_the_guard_still_kills",
-            sigbus_outside_the_guard_still_kills,
-        ),
-        (
-            "sigbus_outside_the_guard_reaches_the_previous_handler",
-            sigbus_outside_the_guard_reaches_the_previous_handler,
         ),
     ];
     let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
@@ -269,58 +261,4 @@ fn write_to_read_only_page_kills_child_with_sigsegv() {
         0,
         "the parent lives on, memory unchanged"
     );
-}
-
-fn sigbus_outside_the_guard_still_kills() {
-    let file = file_with(&pattern(2 * 4096));
-    let map = MapOptions::new().map_file(file.as_file()).unwrap();
-    file.as_file().set_len(0).unwrap();
-    let child = fork(|| {
-        let guarded = map.read_pod::<u8>(4096).map_err(|error| error.kind());
-        if guarded != Err(ErrorKind::Truncated) {
-            return 2;
-        }
-        // SAFETY: deliberately reads a truncated page outside the guard: the handler must pass
-        // this SIGBUS on, and the child must die of it.
-        let byte = unsafe { map.as_ptr().add(4096).read_volatile() };
-        i32::from(byte)
-    });
-    assert_eq!(wait(child), Ended::Signalled(libc::SIGBUS));
-}
-
-/// Exit code of the application's own SIGBUS handler in the chaining test.
-const APPLICATION_HANDLER_EXIT: i32 = 42;
-
-extern "C" fn application_sigbus_handler(
-    _signal: i32,
-    _info: *mut libc::siginfo_t,
-    _context: *mut libc::c_void,
-) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(APPLICATION_HANDLER_EXIT) };
-}
-
-fn sigbus_outside_the_guard_reaches_the_previous_handler() {
-    let file = file_with(&pattern(2 * 4096));
-    let map = MapOptions::new().map_file(file.as_file()).unwrap();
-    file.as_file().set_len(0).unwrap();
-    let child = fork(|| {
-        // The application installs its handler before mmapkit installs the guard.
-        // SAFETY: an all-zero sigaction is a valid value to fill in.
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = application_sigbus_handler as *const () as usize;
-        action.sa_flags = libc::SA_SIGINFO;
-        // SAFETY: installs a handler that only calls _exit.
-        let installed = unsafe { libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) };
-        assert_eq!(installed, 0);
-        let guarded = map.read_pod::<u8>(4096).map_err(|error| error.kind());
-        if guarded != Err(ErrorKind::Truncated) {
-            return 2;
-        }
-        // SAFETY: deliberately reads a truncated page outside the guard, so that the guard
-        // passes the SIGBUS to the application's handler, which exits.
-        let byte = unsafe { map.as_ptr().add(4096).read_volatile() };
-        i32::from(byte)
-    });
-    assert_eq!(wait(child), Ended::Exited(APPLICATION_HANDLER_EXIT));
 }

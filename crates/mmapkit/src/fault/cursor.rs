@@ -106,6 +106,9 @@ impl Mapping {
         if let Ok(bytes) = self.as_slice() {
             return Ok(memmem::find(&bytes[range.clone()], needle).map(|at| range.start + at));
         }
+        if needle.len() > range.len() {
+            return Ok(None);
+        }
         let finder = memmem::Finder::new(needle);
         let overlap = needle.len().saturating_sub(1);
         let mut window = vec![0u8; SEARCH_WINDOW.max(needle.len() * 2)];
@@ -129,6 +132,9 @@ impl Mapping {
         let range = self.byte_range("rfind", range)?;
         if let Ok(bytes) = self.as_slice() {
             return Ok(memmem::rfind(&bytes[range.clone()], needle).map(|at| range.start + at));
+        }
+        if needle.len() > range.len() {
+            return Ok(None);
         }
         let finder = memmem::FinderRev::new(needle);
         let overlap = needle.len().saturating_sub(1);

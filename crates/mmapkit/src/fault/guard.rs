@@ -9,9 +9,11 @@
 //! `(remaining, code)` as if the copy had simply stopped early. This is the technique the Linux
 //! kernel itself uses for `copy_from_user` (exception tables), applied in user space.
 //!
-//! Any SIGBUS whose instruction pointer is elsewhere is not ours: it goes to the handler that
-//! was installed before ours (Rust's own, or the application's), or to the default action,
-//! which ends the process as it would have without us.
+//! Only a fault (a SIGBUS the kernel raised for the executing instruction) at that one
+//! instruction is ours. Every other SIGBUS — a fault elsewhere, one sent with kill(2), an
+//! asynchronous machine-check report — goes on as the kernel would have delivered it without
+//! us: to the handler that was installed before ours (Rust's own, or the application's), with
+//! its mask and flags, or to the default action, which ends the process.
 //!
 //! Limits: only the copy routine is guarded, so only the copying accessors are safe against
 //! truncation; slices handed out by `unsafe` methods are not. The handler is installed once,
@@ -124,61 +126,105 @@ pub(crate) fn install() -> Result<(), crate::sys::Errno> {
     *INSTALLED.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
+            // The previous handler is recorded before ours is installed, so that ours never
+            // runs without knowing where to chain.
+            // SAFETY: querying the current action installs nothing.
+            let previous = unsafe { crate::sys::sigaction(libc::SIGBUS, None) }?;
+            let _ = PREVIOUS.set(previous);
             // SAFETY: an all-zero sigaction is a valid value to fill in.
             let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
             action.sa_sigaction = on_sigbus as *const () as usize;
             action.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER;
-            // SAFETY: `on_sigbus` is async-signal-safe (it reads registers, a OnceLock that is
-            // set before it can be needed, and calls only sigaction) and lives forever.
-            let previous = unsafe { crate::sys::sigaction(libc::SIGBUS, &action) }?;
-            let _ = PREVIOUS.set(previous);
+            // SAFETY: `on_sigbus` is async-signal-safe (it reads registers and a OnceLock that
+            // is already set, and calls only sigaction, pthread_sigmask and raise) and lives
+            // for the whole process.
+            unsafe { crate::sys::sigaction(libc::SIGBUS, Some(&action)) }?;
         }
         Ok(())
     })
 }
 
+/// Whether a SIGBUS was raised by the instruction that was executing (as opposed to sent by
+/// kill(2), or an asynchronous machine-check report).
+fn is_fault(code: i32) -> bool {
+    matches!(
+        code,
+        libc::BUS_ADRALN | libc::BUS_ADRERR | libc::BUS_OBJERR | libc::BUS_MCEERR_AR
+    )
+}
+
 #[cfg(target_arch = "x86_64")]
 extern "C" fn on_sigbus(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     let start = arch::guarded_copy as *const () as usize;
+    // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
+    let code = unsafe { (*info).si_code };
     // SAFETY: the kernel passes a valid ucontext_t for SA_SIGINFO handlers, exclusively ours
     // for the duration of the handler.
     let mut registers = arch::Registers(unsafe { &mut *context.cast::<libc::ucontext_t>() });
-    if registers.instruction_pointer() == start + arch::COPY_INSTRUCTION {
-        // SAFETY: the kernel passes a valid siginfo_t for SA_SIGINFO handlers.
-        let code = unsafe { (*info).si_code };
+    if is_fault(code) && registers.instruction_pointer() == start + arch::COPY_INSTRUCTION {
         registers.resume(start, code);
         return;
     }
     // SAFETY: forwarding a signal we did not cause, with the arguments we were given.
-    unsafe { chain(signal, info, context) }
+    unsafe { chain(signal, info, context, is_fault(code)) }
 }
 
-/// Passes a signal that is not ours to the previous handler, or restores the default action
-/// so that returning re-raises the fault and ends the process as it would have without us.
+/// Passes a signal that is not ours on, as the kernel would have delivered it without us: to
+/// the previous handler (with its mask and flags), or to the default action — for a fault by
+/// returning to the faulting instruction with the default restored, for a signal sent from
+/// outside by raising it again.
 ///
 /// # Safety
 /// Called from a signal handler with the kernel's arguments.
 #[cfg(target_arch = "x86_64")]
-unsafe fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    let previous = PREVIOUS.get();
-    let handler = previous.map_or(libc::SIG_DFL, |action| action.sa_sigaction);
-    if handler == libc::SIG_DFL || handler == libc::SIG_IGN {
-        // SAFETY: an all-zero sigaction with SIG_DFL is the default action.
-        let default: libc::sigaction = unsafe { std::mem::zeroed() };
-        // SAFETY: installing the default action is always valid.
-        let _ = unsafe { crate::sys::sigaction(signal, &default) };
-        return;
-    }
-    let takes_info = previous.is_some_and(|action| action.sa_flags & libc::SA_SIGINFO != 0);
-    if takes_info {
-        // SAFETY: the previous handler was installed with SA_SIGINFO, so this is its type.
-        let handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
-            unsafe { std::mem::transmute(handler) };
-        handler(signal, info, context);
-    } else {
-        // SAFETY: installed without SA_SIGINFO, so the handler takes only the signal number.
-        let handler: extern "C" fn(i32) = unsafe { std::mem::transmute(handler) };
-        handler(signal);
+unsafe fn chain(signal: i32, info: *mut libc::siginfo_t, context: *mut libc::c_void, fault: bool) {
+    // SAFETY: an all-zero sigaction with SIG_DFL is the default action.
+    let default: libc::sigaction = unsafe { std::mem::zeroed() };
+    // PREVIOUS is set before our handler is installed; the default is only a fallback.
+    let previous = PREVIOUS.get().unwrap_or(&default);
+    match previous.sa_sigaction {
+        libc::SIG_DFL => {
+            // SAFETY: installing the default action is always valid.
+            let _ = unsafe { crate::sys::sigaction(signal, Some(&default)) };
+            if !fault {
+                // SAFETY: raise is async-signal-safe; the default action now handles it.
+                unsafe { libc::raise(signal) };
+            }
+        }
+        libc::SIG_IGN if fault => {
+            // An ignored fault would repeat for ever; the kernel forces the default too.
+            // SAFETY: installing the default action is always valid.
+            let _ = unsafe { crate::sys::sigaction(signal, Some(&default)) };
+        }
+        libc::SIG_IGN => {}
+        handler => {
+            if previous.sa_flags & libc::SA_RESETHAND != 0 {
+                // SAFETY: installing the default action is always valid.
+                let _ = unsafe { crate::sys::sigaction(signal, Some(&default)) };
+            }
+            let mut mask = previous.sa_mask;
+            if previous.sa_flags & libc::SA_NODEFER == 0 {
+                // SAFETY: `mask` is a valid signal set.
+                unsafe { libc::sigaddset(&mut mask, signal) };
+            }
+            // SAFETY: an all-zero sigset_t is a valid value to fill in.
+            let mut saved: libc::sigset_t = unsafe { std::mem::zeroed() };
+            // SAFETY: pthread_sigmask is async-signal-safe; both sets are valid.
+            unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &mask, &mut saved) };
+            if previous.sa_flags & libc::SA_SIGINFO != 0 {
+                // SAFETY: the previous handler was installed with SA_SIGINFO, so this is its
+                // type.
+                let handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut libc::c_void) =
+                    unsafe { std::mem::transmute(handler) };
+                handler(signal, info, context);
+            } else {
+                // SAFETY: installed without SA_SIGINFO, so the handler takes only the signal.
+                let handler: extern "C" fn(i32) = unsafe { std::mem::transmute(handler) };
+                handler(signal);
+            }
+            // SAFETY: restores the mask saved above.
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
+        }
     }
 }
 

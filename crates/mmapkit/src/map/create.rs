@@ -18,6 +18,10 @@ impl MapOptions {
     /// Maps `len` (non-zero) bytes of anonymous memory.
     pub(super) fn map_anonymous_len(&self, len: usize) -> Result<Mapping> {
         let sharing = self.sharing.unwrap_or(Sharing::Private);
+        let page_size = match self.huge_pages {
+            Some(size) => size.bytes()?,
+            None => sys::page_size(),
+        };
         let request = Request {
             backing: Backing::Anonymous,
             sharing,
@@ -29,6 +33,8 @@ impl MapOptions {
                 Sharing::Shared => Some(len as u64),
             },
             seals: SealFlags::empty(),
+            page_size,
+            hugetlb: self.huge_pages.is_some(),
         };
         self.map_request(&request, None)
     }
@@ -73,6 +79,14 @@ impl MapOptions {
         };
         let sharing = self.sharing.unwrap_or(Sharing::Shared);
         let protection = self.resolve_protection(Protection::READ)?;
+        let huge_page_size = hugetlbfs_page_size(fd, &stat);
+        if self.huge_pages.is_some() && huge_page_size.is_none() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "map",
+                "huge_pages applies to anonymous memory; files get huge pages from hugetlbfs",
+            ));
+        }
 
         let file_size = u64::try_from(stat.st_size).unwrap_or(0);
         let len = match (backing, self.len) {
@@ -93,6 +107,12 @@ impl MapOptions {
                 .with_hint("call MapOptions::len"));
             }
         };
+        if self.offset.checked_add(len as u64).is_none() {
+            return Err(
+                Error::new(ErrorKind::InvalidInput, "map", "offset + len overflows")
+                    .with_range(self.offset, len as u64),
+            );
+        }
         if backing == Backing::File && self.offset > file_size {
             return Err(past_the_end(self.offset, file_size).with_range(self.offset, len as u64));
         }
@@ -104,19 +124,35 @@ impl MapOptions {
             }
             _ => SealFlags::empty(),
         };
-        let stable_len = match (backing, sharing) {
-            (Backing::File, _) if seals.contains(SealFlags::SHRINK) => Some(file_size),
-            (Backing::DevZero, Sharing::Shared) => self.offset.checked_add(len as u64),
+        let stable_len = match backing {
+            // The size is read again after the seals: seals are only ever added, so a size
+            // read once SHRINK is set can no longer fall (a peer could have shrunk the file
+            // between the first fstat and sealing).
+            Backing::File if seals.contains(SealFlags::SHRINK) => {
+                let sealed = sys::fstat(fd).map_err(|errno| Error::os("map", errno))?;
+                Some(u64::try_from(sealed.st_size).unwrap_or(0))
+            }
+            // A shared map of /dev/zero is an anonymous shmem object exactly as long as the
+            // mapping; its offset is ignored (below), so all of it is stable.
+            Backing::DevZero if sharing == Sharing::Shared => Some(len as u64),
             _ => None,
         };
         Ok(Request {
             backing,
             sharing,
             protection,
-            offset: self.offset,
+            // Every byte of /dev/zero is zero: the offset means nothing, and passing it on
+            // would make the kernel index its shmem object past the end (SIGBUS).
+            offset: if backing == Backing::DevZero {
+                0
+            } else {
+                self.offset
+            },
             len,
             stable_len,
             seals,
+            page_size: huge_page_size.unwrap_or_else(sys::page_size),
+            hugetlb: huge_page_size.is_some(),
         })
     }
 
@@ -126,22 +162,13 @@ impl MapOptions {
         if request.len > isize::MAX as usize {
             return Err(range(too_long(request.len as u64)));
         }
-        if request.offset.checked_add(request.len as u64).is_none() {
-            return Err(range(Error::new(
-                ErrorKind::InvalidInput,
-                "map",
-                "offset + len overflows",
-            )));
-        }
-        let page_size = match self.huge_pages {
-            Some(size) => size.bytes().map_err(range)?,
-            None => sys::page_size(),
-        };
+        let page_size = request.page_size;
         // Huge pages taken at fault time instead of reserved now can run out, and running out
         // is a SIGBUS: such memory needs the guard like a truncatable file.
-        let reach = match self.huge_pages {
-            Some(_) if self.no_reserve => Reach::Truncatable,
-            _ => request.reach(),
+        let reach = if request.hugetlb && self.no_reserve {
+            Reach::Truncatable
+        } else {
+            request.reach()
         };
         if request.len == 0 {
             return Ok(Mapping::empty(
@@ -149,6 +176,7 @@ impl MapOptions {
                 request.sharing,
                 reach,
                 page_size,
+                request.offset,
             ));
         }
         let lead = (request.offset % page_size as u64) as usize;
@@ -295,6 +323,10 @@ struct Request {
     /// Bytes of the backing object (from its start) that can never vanish, when known.
     stable_len: Option<u64>,
     seals: SealFlags,
+    /// Size of the pages behind the mapping.
+    page_size: usize,
+    /// Whether they are hugetlb pages (anonymous `MAP_HUGETLB`, or a hugetlbfs file).
+    hugetlb: bool,
 }
 
 impl Request {
@@ -334,6 +366,19 @@ fn explain_access_mode(fd: BorrowedFd<'_>, request: &Request) -> Option<Error> {
         )
         .with_hint("open the file read-write, or map it private (copy-on-write)")
     })
+}
+
+/// The huge page size of a file on hugetlbfs (including `MFD_HUGETLB` memfds), whose mappings
+/// must be aligned and sized in huge pages; `None` for every other file. Only files whose
+/// block size exceeds the base page are asked about their file system.
+fn hugetlbfs_page_size(fd: BorrowedFd<'_>, stat: &sys::Stat) -> Option<usize> {
+    const HUGETLBFS_MAGIC: u64 = 0x9584_58f6;
+    let block_size = usize::try_from(stat.st_blksize).ok()?;
+    if block_size <= sys::page_size() {
+        return None;
+    }
+    let statfs = sys::fstatfs(fd).ok()?;
+    (statfs.f_type as u64 == HUGETLBFS_MAGIC).then_some(block_size)
 }
 
 /// The path behind a descriptor, for error messages only.

@@ -11,7 +11,8 @@ use super::{Protection, Reach};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::{self, Errno, MemoryAdvice, MlockFlags, MremapFlags, MsyncFlags};
 
-/// Advice that never changes what the mapping's bytes read as (madvise(2)).
+/// Advice that never changes what this process reads from the mapping (madvise(2)); the
+/// fork-related advice decides only what children get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Advice {
@@ -192,9 +193,9 @@ impl Mapping {
     }
 
     fn protect_pages(&mut self, range: Range<usize>, protection: Protection) -> Result<()> {
-        self.refuse_if_sealed("protect", &range)?;
         let (address, len) = self.page_span(&range);
         if len > 0 {
+            self.refuse_if_sealed("protect", &range)?;
             // SAFETY: the pages belong to this mapping; `&mut self` guarantees no borrow of the
             // memory is alive, so none relies on access this call may take away.
             unsafe { sys::mprotect(address, len, protection.to_mprotect_flags()) }.map_err(
@@ -226,7 +227,7 @@ impl Mapping {
         advice: UncheckedAdvice,
     ) -> Result<()> {
         let range = self.byte_range("advise", range)?;
-        if advice != UncheckedAdvice::DontFork {
+        if advice != UncheckedAdvice::DontFork && !range.is_empty() {
             self.refuse_if_sealed("advise", &range)?;
         }
         // SAFETY: forwarded from this function's contract.
@@ -334,14 +335,21 @@ impl Mapping {
     pub fn residency(&self, range: impl RangeBounds<usize>) -> Result<Residency> {
         let range = self.byte_range("residency", range)?;
         let (address, len) = self.page_span(&range);
-        let mut pages = vec![0u8; len / self.page_size];
+        // mincore reports base pages even for huge-page mappings; keep one entry per page of
+        // this mapping (all base pages of a huge page are resident together).
+        let base_page = sys::page_size();
+        let mut base_pages = vec![0u8; len / base_page];
         if len > 0 {
-            // SAFETY: the range is page aligned and belongs to this mapping; `pages` has one
-            // byte per page.
-            unsafe { sys::mincore(address, len, &mut pages) }.map_err(|errno| {
+            // SAFETY: the range is page aligned and belongs to this mapping; `base_pages` has
+            // one byte per base page.
+            unsafe { sys::mincore(address, len, &mut base_pages) }.map_err(|errno| {
                 Error::os("residency", errno).with_range(range.start as u64, range.len() as u64)
             })?;
         }
+        let pages = base_pages
+            .into_iter()
+            .step_by(self.page_size / base_page)
+            .collect();
         Ok(Residency {
             page_size: self.page_size,
             pages,
@@ -385,8 +393,10 @@ impl Mapping {
             )
             .with_hint("protect the whole mapping alike first"));
         }
-        let new_map_len = (self.lead + new_len)
-            .checked_next_multiple_of(self.page_size)
+        let new_map_len = self
+            .lead
+            .checked_add(new_len)
+            .and_then(|len| len.checked_next_multiple_of(self.page_size))
             .filter(|&len| len <= isize::MAX as usize)
             .ok_or_else(|| {
                 fail(

@@ -92,6 +92,7 @@ impl Mapping {
         sharing: Sharing,
         reach: Reach,
         page_size: usize,
+        file_offset: u64,
     ) -> Mapping {
         Mapping {
             base: NonNull::dangling(),
@@ -103,7 +104,7 @@ impl Mapping {
             sharing,
             base_reach: reach,
             protection: ProtectionMap::new(0, Protection::empty()),
-            file_offset: 0,
+            file_offset,
             stable_len: None,
             sealed: false,
         }
@@ -430,8 +431,8 @@ mod sealed {
     pub trait Sealed {}
 }
 
-/// Atomic types that may live in shared memory: lock-free, with no padding and no invariants
-/// beyond their bits.
+/// Atomic types that may live in shared memory: lock-free, with no padding, and valid for every
+/// bit pattern another process may leave there (so not `AtomicBool`).
 pub trait SharedAtomic: sealed::Sealed + Sync {}
 
 macro_rules! shared_atomics {
@@ -450,8 +451,7 @@ shared_atomics!(
     atomic::AtomicI16,
     atomic::AtomicI32,
     atomic::AtomicI64,
-    atomic::AtomicIsize,
-    atomic::AtomicBool
+    atomic::AtomicIsize
 );
 
 impl std::fmt::Debug for Mapping {

@@ -221,8 +221,9 @@ impl MapOptions {
         self
     }
 
-    /// `MAP_NORESERVE`: do not reserve swap space; writes may fail later with SIGSEGV under
-    /// memory pressure if overcommit is exhausted (see vm.overcommit_memory).
+    /// `MAP_NORESERVE`: do not reserve swap space (or, with [`huge_pages`](Self::huge_pages),
+    /// huge pages) now. Under memory pressure a first touch may then meet the OOM killer; for
+    /// huge pages it raises SIGBUS, so such a mapping is reached only through the fault guard.
     pub fn no_reserve(&mut self, no_reserve: bool) -> &mut Self {
         self.no_reserve = no_reserve;
         self

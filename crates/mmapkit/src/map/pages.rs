@@ -53,8 +53,13 @@ impl ProtectionMap {
 
     /// The protection every page in `pages` has at least (the intersection over the range),
     /// and the protection some page has (the union). Equal when the range is uniform.
+    /// Pages past the end of the mapping have no access.
     pub(crate) fn bounds(&self, pages: Range<usize>) -> (Protection, Protection) {
-        let mut floor = Protection::all();
+        let mut floor = if pages.end > self.pages {
+            Protection::empty()
+        } else {
+            Protection::all()
+        };
         let mut ceiling = Protection::empty();
         for (index, &(first, protection)) in self.runs.iter().enumerate() {
             let end = self.run_end(index);

@@ -12,7 +12,7 @@
 use std::ffi::c_void;
 use std::os::fd::{BorrowedFd, OwnedFd};
 
-pub use rustix::fs::{Advice as FileAdvice, OFlags, SealFlags, Stat};
+pub use rustix::fs::{Advice as FileAdvice, OFlags, SealFlags, Stat, StatFs};
 pub use rustix::io::Errno;
 pub use rustix::mm::{
     Advice as MemoryAdvice, MapFlags, MlockFlags, MprotectFlags, MremapFlags, MsyncFlags, ProtFlags,
@@ -134,10 +134,6 @@ pub unsafe fn mincore(addr: *mut c_void, len: usize, vec: &mut [u8]) -> SysResul
     if rc == 0 { Ok(()) } else { Err(last_errno()) }
 }
 
-/// The `mseal` system call number; the same on every 64-bit Linux architecture (asm-generic).
-#[cfg(target_os = "linux")]
-const SYS_MSEAL: libc::c_long = 462;
-
 /// Seals a range against munmap, mprotect, mremap and destructive madvise (mseal(2), Linux
 /// 6.10). Fails with `ENOSYS` on older kernels and on 32-bit systems.
 ///
@@ -147,13 +143,18 @@ const SYS_MSEAL: libc::c_long = 462;
 pub unsafe fn mseal(addr: *mut c_void, len: usize) -> SysResult<()> {
     // SAFETY: mseal takes (address, length, flags = 0) and only changes the range's
     // permissions to change; the caller owns the range.
-    let rc = unsafe { libc::syscall(SYS_MSEAL, addr, len, 0 as libc::c_ulong) };
+    let rc = unsafe { libc::syscall(libc::SYS_mseal, addr, len, 0 as libc::c_ulong) };
     if rc == 0 { Ok(()) } else { Err(last_errno()) }
 }
 
 /// File status (fstat(2)).
 pub fn fstat(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     rustix::fs::fstat(fd)
+}
+
+/// File system status of the file behind a descriptor (fstatfs(2)).
+pub fn fstatfs(fd: BorrowedFd<'_>) -> SysResult<StatFs> {
+    rustix::fs::fstatfs(fd)
 }
 
 /// Sets a file's length (ftruncate(2)).
@@ -181,14 +182,20 @@ pub fn memfd_create(name: &str, flags: rustix::fs::MemfdFlags) -> SysResult<Owne
     rustix::fs::memfd_create(name, flags)
 }
 
-/// Installs a signal handler and returns the one it replaces (sigaction(2)).
+/// Installs a signal handler (or with `None`, only reads the current one) and returns the one
+/// it replaces (sigaction(2)).
 ///
 /// # Safety
 /// `action` must describe a handler that is async-signal-safe and valid for as long as it is
 /// installed.
-pub unsafe fn sigaction(signal: i32, action: &libc::sigaction) -> SysResult<libc::sigaction> {
-    // SAFETY: sigaction only reads `action` and writes `previous`, both valid for the call;
-    // the handler's validity is the caller's contract. An all-zero sigaction is a valid value.
+pub unsafe fn sigaction(
+    signal: i32,
+    action: Option<&libc::sigaction>,
+) -> SysResult<libc::sigaction> {
+    let action = action.map_or(std::ptr::null(), |action| action as *const libc::sigaction);
+    // SAFETY: sigaction only reads `action` (or nothing, when null) and writes `previous`,
+    // both valid for the call; the handler's validity is the caller's contract. An all-zero
+    // sigaction is a valid value.
     unsafe {
         let mut previous: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(signal, action, &mut previous) == 0 {
