@@ -19,8 +19,13 @@
 //! * [`cursor`](Mapping::cursor): a [`MappingCursor`] with `io::Read`, `io::Write`, `io::Seek`.
 //!
 //! The copies take `&self` and are safe on memory others change: the routine is opaque
-//! assembly, so concurrent writers (other processes, other threads) can at worst make a copy
-//! see a mix of old and new bytes, never undefined behaviour.
+//! assembly outside the Rust abstract machine, and behaves as the hardware's sequence of byte
+//! accesses, so a concurrent writer in another process can at worst make a copy see a mix of
+//! old and new bytes. Within one process the same holds for two copies racing each other. A
+//! copy racing an atomic operation on the *same bytes* (see [`Mapping::atomic`]) is a
+//! mixed-size race that Rust's memory model leaves undefined; protocols in shared memory must
+//! hand bytes over with the atomics (a ring index, a sequence number) so that copies and
+//! atomics never touch the same bytes at once, as they must across processes anyway.
 
 mod cursor;
 mod guard;
