@@ -43,6 +43,15 @@ pub enum ErrorKind {
     AlreadyExists,
     /// The kernel is out of memory, address space, huge pages or lockable memory.
     OutOfMemory,
+    /// The file system (for shared memory: the tmpfs behind /dev/shm) is full.
+    NoSpace,
+    /// Bytes in shared memory failed validation: a header, an index or a length another
+    /// process wrote is impossible. Nothing out of bounds was touched.
+    Corrupt,
+    /// A valid object of another layout version, type or size than the one asked for.
+    Incompatible,
+    /// A wait ran out of time.
+    Timeout,
     /// The kernel, file system or architecture does not offer the operation.
     Unsupported,
     /// Any other OS error.
@@ -57,7 +66,8 @@ impl ErrorKind {
             libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY => ErrorKind::PermissionDenied,
             libc::EINVAL | libc::EBADF | libc::EISDIR | libc::EOVERFLOW => ErrorKind::InvalidInput,
             libc::EEXIST => ErrorKind::AlreadyExists,
-            libc::ENOMEM | libc::EAGAIN | libc::ENOSPC | libc::EFBIG => ErrorKind::OutOfMemory,
+            libc::ENOMEM | libc::EAGAIN => ErrorKind::OutOfMemory,
+            libc::ENOSPC | libc::EFBIG | libc::EDQUOT => ErrorKind::NoSpace,
             libc::ENOSYS | libc::ENODEV | libc::EOPNOTSUPP => ErrorKind::Unsupported,
             _ => ErrorKind::Io,
         }
@@ -73,6 +83,10 @@ impl ErrorKind {
             ErrorKind::Truncated => "the mapped file was truncated",
             ErrorKind::AlreadyExists => "already exists",
             ErrorKind::OutOfMemory => "out of memory",
+            ErrorKind::NoSpace => "no space left",
+            ErrorKind::Corrupt => "corrupt shared data",
+            ErrorKind::Incompatible => "incompatible",
+            ErrorKind::Timeout => "timed out",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Io => "I/O error",
         }
@@ -268,8 +282,13 @@ impl From<Error> for io::Error {
             ErrorKind::Truncated => io::ErrorKind::UnexpectedEof,
             ErrorKind::AlreadyExists => io::ErrorKind::AlreadyExists,
             ErrorKind::OutOfMemory => io::ErrorKind::OutOfMemory,
+            ErrorKind::NoSpace => io::ErrorKind::StorageFull,
+            ErrorKind::Corrupt => io::ErrorKind::InvalidData,
+            ErrorKind::Timeout => io::ErrorKind::TimedOut,
             ErrorKind::Unsupported => io::ErrorKind::Unsupported,
-            ErrorKind::NotExclusive | ErrorKind::Io => io::ErrorKind::Other,
+            ErrorKind::NotExclusive | ErrorKind::Incompatible | ErrorKind::Io => {
+                io::ErrorKind::Other
+            }
         };
         io::Error::new(kind, error)
     }

@@ -23,6 +23,7 @@
 //! | [`map`] | [`MapOptions`] → [`Mapping`]: every kind of mapping and its lifecycle |
 //! | [`fault`] | the SIGBUS guard and the copying accessors built on it |
 //! | [`growable`] | [`GrowableMap`], a file mapping that grows for append-only logs |
+//! | [`shm`] | [`Segment`]: named, memfd and file segments, their header, passing, cleanup |
 //!
 //! # Safety model
 //! A Rust reference promises that what it points to does not change behind it. Memory that
@@ -43,6 +44,7 @@ pub mod error;
 pub mod fault;
 pub mod growable;
 pub mod map;
+pub mod shm;
 pub mod sys;
 
 pub use error::{Error, ErrorKind, Result};
@@ -52,3 +54,4 @@ pub use map::{
     Advice, Backing, Flush, HugePageSize, MapOptions, Mapping, Protection, Reach, RemapMode,
     Residency, Sharing, UncheckedAdvice,
 };
+pub use shm::{Segment, SegmentOptions};

@@ -165,6 +165,10 @@ extern "C" fn on_sigbus(signal: i32, info: *mut libc::siginfo_t, context: *mut l
         registers.resume(start, code);
         return;
     }
+    // SAFETY: the kernel fills si_addr for SIGBUS faults.
+    if is_fault(code) && super::shield::absorb(unsafe { (*info).si_addr() } as usize) {
+        return;
+    }
     // SAFETY: forwarding a signal we did not cause, with the arguments we were given.
     unsafe { chain(signal, info, context, is_fault(code)) }
 }

@@ -29,6 +29,7 @@
 
 mod cursor;
 mod guard;
+pub(crate) mod shield;
 
 pub use cursor::MappingCursor;
 

@@ -384,7 +384,6 @@ impl Mapping {
     /// # Ok(()) }
     /// ```
     pub fn atomic<A: SharedAtomic>(&self, offset: usize) -> Result<&A> {
-        let range = self.byte_span("atomic", offset, size_of::<A>())?;
         if self.reach() != Reach::Shared {
             return Err(Error::new(
                 ErrorKind::NotExclusive,
@@ -397,9 +396,21 @@ impl Mapping {
             )
             .with_hint(match self.reach() {
                 Reach::Exclusive => "borrow private memory with as_mut_slice instead",
-                _ => "use shared anonymous memory or a memfd sealed against shrinking",
+                _ => "use shared anonymous memory, a memfd sealed against shrinking, or a segment",
             }));
         }
+        // SAFETY: Shared reach: the memory can never vanish.
+        unsafe { self.atomic_in_shielded(offset) }
+    }
+
+    /// Borrows an atomic at `offset` without looking at the reach; bounds, alignment and
+    /// protection are checked.
+    ///
+    /// # Safety
+    /// The bytes cannot fault for as long as the mapping lives: Shared reach, or a range
+    /// registered with the fault shield, which replaces vanished pages instead of faulting.
+    pub(crate) unsafe fn atomic_in_shielded<A: SharedAtomic>(&self, offset: usize) -> Result<&A> {
+        let range = self.byte_span("atomic", offset, size_of::<A>())?;
         self.require("atomic", &range, Protection::READ_WRITE)?;
         let address = self.as_ptr().wrapping_add(offset);
         if !(address as usize).is_multiple_of(align_of::<A>()) {
@@ -411,9 +422,9 @@ impl Mapping {
             .with_offset(offset as u64));
         }
         // SAFETY: the bytes lie in the view, are aligned for `A`, readable and writable, and
-        // can never vanish (Shared reach). Atomics have interior mutability, so changes by other
-        // processes or threads are expected; `protect`/`remap` need `&mut self`, so access
-        // cannot be taken away while the reference lives.
+        // cannot fault (the caller's contract). Atomics have interior mutability, so changes by
+        // other processes or threads are expected; `protect`/`remap` need `&mut self`, so
+        // access cannot be taken away while the reference lives.
         Ok(unsafe { &*address.cast::<A>() })
     }
 }

@@ -182,6 +182,135 @@ pub fn memfd_create(name: &str, flags: rustix::fs::MemfdFlags) -> SysResult<Owne
     rustix::fs::memfd_create(name, flags)
 }
 
+/// Opens or creates a POSIX shared memory object, `/dev/shm/NAME` (shm_open(3)). `name` is
+/// given without the leading slash.
+pub fn shm_open(name: &str, flags: rustix::shm::OFlags, mode: u32) -> SysResult<OwnedFd> {
+    rustix::shm::open(
+        format!("/{name}"),
+        flags,
+        rustix::fs::Mode::from_raw_mode(mode),
+    )
+}
+
+/// Removes a POSIX shared memory object's name (shm_unlink(3)).
+pub fn shm_unlink(name: &str) -> SysResult<()> {
+    rustix::shm::unlink(format!("/{name}"))
+}
+
+/// Allocates the blocks of `[offset, offset + len)` now, so that later writes cannot fail for
+/// lack of space (fallocate(2)); `ENOSPC` when the file system is full.
+pub fn fallocate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> SysResult<()> {
+    rustix::fs::fallocate(fd, rustix::fs::FallocateFlags::empty(), offset, len)
+}
+
+/// Opens a path (openat(2) relative to the working directory), always with `O_CLOEXEC`.
+pub fn open(path: &str, flags: OFlags, mode: u32) -> SysResult<OwnedFd> {
+    rustix::fs::open(
+        path,
+        flags | OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(mode),
+    )
+}
+
+/// Adds seals to a memfd (fcntl(2) `F_ADD_SEALS`).
+pub fn fcntl_add_seals(fd: BorrowedFd<'_>, seals: SealFlags) -> SysResult<()> {
+    rustix::fs::fcntl_add_seals(fd, seals)
+}
+
+/// Duplicates a descriptor to the lowest free number at or above `min`, with `FD_CLOEXEC`
+/// (fcntl(2) `F_DUPFD_CLOEXEC`).
+pub fn fcntl_dupfd_cloexec(fd: BorrowedFd<'_>, min: i32) -> SysResult<OwnedFd> {
+    rustix::io::fcntl_dupfd_cloexec(fd, min)
+}
+
+/// Sets or clears `FD_CLOEXEC` (fcntl(2) `F_SETFD`).
+pub fn fcntl_set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> SysResult<()> {
+    let flags = if cloexec {
+        rustix::io::FdFlags::CLOEXEC
+    } else {
+        rustix::io::FdFlags::empty()
+    };
+    rustix::io::fcntl_setfd(fd, flags)
+}
+
+/// Sleeps while the shared futex word at `word` holds `expected`, at most `timeout`
+/// (futex(2) `FUTEX_WAIT`, not private: the word may live in memory shared between
+/// processes). Returns `EAGAIN` when the word differs, `ETIMEDOUT` on timeout, `EINTR`.
+pub fn futex_wait(
+    word: &std::sync::atomic::AtomicU32,
+    expected: u32,
+    timeout: Option<std::time::Duration>,
+) -> SysResult<()> {
+    let timeout = timeout.map(|duration| rustix::thread::futex::Timespec {
+        tv_sec: duration.as_secs().min(i64::MAX as u64) as i64,
+        tv_nsec: i64::from(duration.subsec_nanos()),
+    });
+    rustix::thread::futex::wait(
+        word,
+        rustix::thread::futex::Flags::empty(),
+        expected,
+        timeout.as_ref(),
+    )
+}
+
+/// Wakes at most `count` waiters of the shared futex word (futex(2) `FUTEX_WAKE`); returns
+/// how many woke.
+pub fn futex_wake(word: &std::sync::atomic::AtomicU32, count: u32) -> SysResult<usize> {
+    rustix::thread::futex::wake(word, rustix::thread::futex::Flags::empty(), count)
+}
+
+/// Creates an eventfd (eventfd(2)), close-on-exec and non-blocking.
+pub fn eventfd(initial: u32) -> SysResult<OwnedFd> {
+    use rustix::event::EventfdFlags;
+    rustix::event::eventfd(initial, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+}
+
+/// Sends `bytes` and the descriptors `fds` over a Unix socket (sendmsg(2) with SCM_RIGHTS).
+pub fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> SysResult<usize> {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space =
+        vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Errno::NOBUFS);
+    }
+    rustix::net::sendmsg(
+        socket,
+        &[std::io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )
+}
+
+/// Receives bytes into `buf` and up to `max_fds` descriptors from a Unix socket (recvmsg(2)
+/// with SCM_RIGHTS, `MSG_CMSG_CLOEXEC`). Returns the byte count and the descriptors.
+pub fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> SysResult<(usize, Vec<OwnedFd>)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    let mut space = vec![std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(max_fds))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let received = rustix::net::recvmsg(
+        socket,
+        &mut [std::io::IoSliceMut::new(buf)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
+        }
+    }
+    Ok((received.bytes, fds))
+}
+
 /// Installs a signal handler (or with `None`, only reads the current one) and returns the one
 /// it replaces (sigaction(2)).
 ///

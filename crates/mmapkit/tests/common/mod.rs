@@ -103,3 +103,28 @@ pub fn file_with(contents: &[u8]) -> tempfile::NamedTempFile {
 pub fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| ((i * 7 + i / 4096) % 251) as u8).collect()
 }
+
+/// A unique segment name for this test process, unlinked when dropped.
+pub struct SegmentName(pub String);
+
+impl SegmentName {
+    pub fn new(what: &str) -> SegmentName {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        SegmentName(format!("mmapkit-test-{}-{what}-{n}", std::process::id()))
+    }
+}
+
+impl Drop for SegmentName {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/dev/shm/{}", self.0));
+    }
+}
+
+impl std::ops::Deref for SegmentName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}

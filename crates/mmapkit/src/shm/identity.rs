@@ -1,0 +1,158 @@
+//! Which process is which, in a way that survives pid reuse: a pid together with the process's
+//! start time (clock ticks since boot, field 22 of /proc/PID/stat). Shared structures record
+//! the identity of their creator, lock owners and channel endpoints; a peer is alive when a
+//! process with that pid exists *and* started at that time.
+//!
+//! All processes that share a segment must share a pid namespace for this to mean anything.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// A process, identified so that a reused pid does not pass for the old process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProcessIdentity {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks since boot (0 when it could not be read).
+    pub start_time: u64,
+}
+
+/// This process's identity, cached; reset in the child after fork.
+static CURRENT_PID: AtomicU32 = AtomicU32::new(0);
+static CURRENT_START: AtomicU64 = AtomicU64::new(0);
+/// Bumped in every child after fork, so that per-thread caches notice.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn after_fork_in_child() {
+    CURRENT_PID.store(0, Ordering::Relaxed);
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+fn watch_forks() {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: the handler only stores to atomics, which is safe in a child after fork.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+    });
+}
+
+impl ProcessIdentity {
+    /// The calling process.
+    pub fn current() -> ProcessIdentity {
+        watch_forks();
+        let pid = CURRENT_PID.load(Ordering::Relaxed);
+        if pid != 0 {
+            return ProcessIdentity {
+                pid,
+                start_time: CURRENT_START.load(Ordering::Relaxed),
+            };
+        }
+        let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+        let identity = ProcessIdentity {
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+        };
+        CURRENT_START.store(identity.start_time, Ordering::Relaxed);
+        CURRENT_PID.store(pid, Ordering::Relaxed);
+        identity
+    }
+
+    /// The process `pid` as it is now, if it exists.
+    pub fn of(pid: u32) -> Option<ProcessIdentity> {
+        Some(ProcessIdentity {
+            pid,
+            start_time: start_time(pid)?,
+        })
+    }
+
+    /// Whether this process still runs (a zombie counts as gone).
+    pub fn is_alive(&self) -> bool {
+        let Some(pid) = i32::try_from(self.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        else {
+            return false;
+        };
+        match rustix::process::test_kill_process(pid) {
+            Ok(()) | Err(rustix::io::Errno::PERM) => {}
+            Err(_) => return false,
+        }
+        match stat_fields(self.pid) {
+            Some(fields) => {
+                let zombie = fields
+                    .first()
+                    .is_some_and(|state| *state == "Z" || *state == "X");
+                let started = fields.get(19).and_then(|field| field.parse::<u64>().ok());
+                !zombie && (self.start_time == 0 || started == Some(self.start_time))
+            }
+            None => false,
+        }
+    }
+}
+
+/// The calling thread's id, cached per thread and refreshed after fork.
+pub(crate) fn current_tid() -> u32 {
+    use std::cell::Cell;
+    thread_local! {
+        static TID: Cell<(u64, u32)> = const { Cell::new((u64::MAX, 0)) };
+    }
+    watch_forks();
+    let generation = FORK_GENERATION.load(Ordering::Relaxed);
+    TID.with(|cached| {
+        let (cached_generation, tid) = cached.get();
+        if cached_generation == generation {
+            return tid;
+        }
+        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+        cached.set((generation, tid));
+        tid
+    })
+}
+
+/// Fields 3 onwards of /proc/PID/stat (state first), split after the command name, which may
+/// itself contain spaces and parentheses.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    Some(after_name.split_whitespace().map(str::to_owned).collect())
+}
+
+fn start_time(pid: u32) -> Option<u64> {
+    stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_alive_and_a_reused_pid_is_not() {
+        let me = ProcessIdentity::current();
+        assert_eq!(me.pid, std::process::id());
+        assert!(me.start_time > 0);
+        assert!(me.is_alive());
+        let impostor = ProcessIdentity {
+            start_time: me.start_time + 1,
+            ..me
+        };
+        assert!(
+            !impostor.is_alive(),
+            "same pid, other start time: another process"
+        );
+        assert!(
+            !ProcessIdentity {
+                pid: 0x3fff_ffff,
+                start_time: 1
+            }
+            .is_alive()
+        );
+    }
+
+    #[test]
+    fn thread_ids_differ_between_threads() {
+        let main = current_tid();
+        let other = std::thread::spawn(current_tid).join().unwrap();
+        assert_ne!(main, other);
+        assert_eq!(main, current_tid(), "cached");
+    }
+}

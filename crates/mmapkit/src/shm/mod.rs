@@ -1,0 +1,180 @@
+//! Shared memory segments: a shared mapping plus the descriptor that names it.
+//!
+//! A [`Segment`] is one of
+//! * a **named** POSIX shm object (`/dev/shm/NAME`): found by name by unrelated processes, and
+//!   like System V shared memory it persists until [`unlink`]ed, even when no process maps it;
+//! * a **memfd**: anonymous, gone with its last descriptor, passed by fork, exec or a Unix
+//!   socket; sealed against shrinking and growing, so no peer can ever make our side SIGBUS —
+//!   the container-safe choice, since it does not depend on the size of /dev/shm;
+//! * a **file** at a path of your choosing.
+//!
+//! Every segment starts with a [128-byte header](header) (magic, layout version, size, type
+//! tag, creator identity, ready state); the rest is the *payload*, addressed from 0 by every
+//! method here. Opening validates the header and waits until the creator has finished
+//! initialising the payload.
+//!
+//! Creation reserves the memory with `fallocate`, so a full /dev/shm is an
+//! [`NoSpace`](crate::ErrorKind::NoSpace) error at creation rather than a SIGBUS at first
+//! touch. Peers may still truncate a named segment later; the whole mapping is shielded (see
+//! `fault::shield`), so that turns into [`Truncated`](crate::ErrorKind::Truncated) errors from
+//! this module's methods, never into a crash. That is also why atomics are offered on every
+//! segment, where [`Mapping::atomic`] would refuse a truncatable file.
+//!
+//! Names are 1 to 250 bytes, without '/' or NUL. Segments are created with mode 0600 (owner
+//! only) unless [`SegmentOptions::mode`] says otherwise.
+
+pub mod header;
+mod identity;
+mod options;
+mod passing;
+pub mod stale;
+
+pub use header::{Header, TypeTag};
+pub use identity::ProcessIdentity;
+pub(crate) use identity::current_tid;
+pub use options::SegmentOptions;
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::PathBuf;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::fault::shield::Shield;
+use crate::map::{Mapping, SharedAtomic};
+use header::HEADER_SIZE;
+
+/// Where a segment lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A POSIX shm object, `/dev/shm/NAME`.
+    Named(String),
+    /// An anonymous memfd.
+    Memfd,
+    /// A file at a path.
+    File(PathBuf),
+    /// A descriptor received from another process (over a socket or across exec).
+    Received,
+}
+
+/// A shared memory segment. See the [module docs](self).
+pub struct Segment {
+    // Field order is drop order: the shield goes before the mapping it covers.
+    shield: Shield,
+    mapping: Mapping,
+    fd: OwnedFd,
+    location: Location,
+    header: Header,
+    writable: bool,
+}
+
+impl Segment {
+    /// Where the segment lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The validated header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Bytes of payload.
+    pub fn payload_len(&self) -> usize {
+        self.mapping.len() - HEADER_SIZE
+    }
+
+    /// Whether this handle may write (a read-only duplicate may not).
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The mapping behind the segment, header included.
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    /// Fails with `Truncated` once a peer has truncated the segment under us.
+    pub fn check(&self) -> Result<()> {
+        if self.shield.is_poisoned() {
+            return Err(Error::new(
+                ErrorKind::Truncated,
+                "segment",
+                "a peer truncated the segment; its pages were replaced by zeros",
+            )
+            .with_hint("the segment can no longer be trusted: drop it and open it again"));
+        }
+        Ok(())
+    }
+
+    /// Copies payload bytes at `offset` into `buf`.
+    pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        self.mapping.read_at(payload_offset(offset)?, buf)?;
+        self.check()
+    }
+
+    /// Copies `data` into the payload at `offset`.
+    pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
+        self.mapping.write_at(payload_offset(offset)?, data)?;
+        self.check()
+    }
+
+    /// Reads a plain-old-data value from the payload at `offset`.
+    pub fn read_pod<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
+        let value = self.mapping.read_pod(payload_offset(offset)?)?;
+        self.check().map(|()| value)
+    }
+
+    /// Writes a plain-old-data value into the payload at `offset`.
+    pub fn write_pod<T: bytemuck::NoUninit>(&self, offset: usize, value: &T) -> Result<()> {
+        self.mapping.write_pod(payload_offset(offset)?, value)?;
+        self.check()
+    }
+
+    /// Borrows an atomic in the payload at `offset` (aligned, inside the payload, and on a
+    /// writable handle). Safe on every segment: a truncation by a peer replaces the pages
+    /// instead of faulting, and [`check`](Self::check) reports it.
+    pub fn atomic<A: SharedAtomic>(&self, offset: usize) -> Result<&A> {
+        // SAFETY: the whole mapping is shielded: its pages can be replaced but never fault.
+        unsafe { self.mapping.atomic_in_shielded(payload_offset(offset)?) }
+    }
+
+    /// Address of the payload's first byte, for the layers that build structures in it.
+    pub(crate) fn payload_ptr(&self) -> *mut u8 {
+        self.mapping.as_mut_ptr().wrapping_add(HEADER_SIZE)
+    }
+
+    /// The descriptor behind the segment.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsFd for Segment {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("location", &self.location)
+            .field("type_tag", &self.header.type_tag)
+            .field("payload_len", &self.payload_len())
+            .field("creator", &self.header.creator)
+            .field("writable", &self.writable)
+            .finish()
+    }
+}
+
+fn payload_offset(offset: usize) -> Result<usize> {
+    offset.checked_add(HEADER_SIZE).ok_or_else(|| {
+        Error::new(ErrorKind::OutOfBounds, "segment", "offset overflows").with_offset(offset as u64)
+    })
+}
+
+/// Removes a named segment's name; processes that have it mapped keep using it.
+pub fn unlink(name: &str) -> Result<()> {
+    options::validate_name(name)?;
+    crate::sys::shm_unlink(name)
+        .map_err(|errno| Error::os("unlink segment", errno).with_path(format!("/dev/shm/{name}")))
+}

@@ -1,0 +1,418 @@
+//! [`SegmentOptions`]: creating and opening segments of every kind.
+//!
+//! Creation runs in three steps that a concurrent opener can observe: the object appears
+//! (empty), it is sized and reserved, then the header is written in the *initialising* state,
+//! the payload initialised, and the header switched to *ready*. Openers wait (up to
+//! [`SegmentOptions::wait`]) through the first two steps and for the switch, and give up early
+//! if the creator dies meanwhile.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rustix::fs::{MemfdFlags, OFlags, SealFlags};
+use rustix::shm::OFlags as ShmFlags;
+
+use super::header::{HEADER_SIZE, RawHeader, STATE_OFFSET, STATE_READY, TypeTag};
+use super::{Location, ProcessIdentity, Segment};
+use crate::error::{Error, ErrorKind, Result};
+use crate::fault::shield::Shield;
+use crate::map::MapOptions;
+use crate::sys::{self, Errno};
+
+/// Longest segment name accepted (NAME_MAX is 255; room is left for suffixes tools add).
+pub const MAX_NAME_LEN: usize = 250;
+
+/// How to create or open a [`Segment`].
+#[derive(Debug, Clone)]
+pub struct SegmentOptions {
+    type_tag: TypeTag,
+    payload_len: usize,
+    mode: u32,
+    wait: Duration,
+}
+
+impl SegmentOptions {
+    /// Options for segments holding `type_tag` with `payload_len` bytes of payload. When
+    /// opening, a `payload_len` of 0 accepts any size; otherwise the sizes must agree.
+    pub fn new(type_tag: &str, payload_len: usize) -> Result<SegmentOptions> {
+        Ok(SegmentOptions {
+            type_tag: TypeTag::new(type_tag)?,
+            payload_len,
+            mode: 0o600,
+            wait: Duration::from_secs(2),
+        })
+    }
+
+    /// Permission bits for named and file segments (default 0600: owner only).
+    pub fn mode(&mut self, mode: u32) -> &mut Self {
+        self.mode = mode & 0o777;
+        self
+    }
+
+    /// How long opening waits for a creator that is still initialising (default 2 s).
+    pub fn wait(&mut self, wait: Duration) -> &mut Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Creates the named segment `name`; fails with `AlreadyExists` if it exists.
+    pub fn create(&self, name: &str) -> Result<Segment> {
+        self.create_with(name, |_| Ok(()))
+    }
+
+    /// Creates the named segment `name` and runs `init` on it before any opener can use it.
+    /// If `init` fails, the segment is removed again.
+    pub fn create_with(
+        &self,
+        name: &str,
+        init: impl FnOnce(&Segment) -> Result<()>,
+    ) -> Result<Segment> {
+        validate_name(name)?;
+        let flags = ShmFlags::CREATE | ShmFlags::EXCL | ShmFlags::RDWR;
+        let fd = sys::shm_open(name, flags, self.mode)
+            .map_err(|errno| named_error("create segment", name, errno))?;
+        let location = Location::Named(name.to_owned());
+        self.initialise(fd, location, init).inspect_err(|_| {
+            let _ = sys::shm_unlink(name);
+        })
+    }
+
+    /// Opens the named segment `name` for reading and writing.
+    pub fn open(&self, name: &str) -> Result<Segment> {
+        validate_name(name)?;
+        let fd = sys::shm_open(name, ShmFlags::RDWR, 0)
+            .map_err(|errno| named_error("open segment", name, errno))?;
+        self.adopt(fd, Location::Named(name.to_owned()), true)
+    }
+
+    /// Opens the named segment `name` read-only: atomics and writes are refused, and the
+    /// mapping cannot be made writable.
+    pub fn open_read_only(&self, name: &str) -> Result<Segment> {
+        validate_name(name)?;
+        let fd = sys::shm_open(name, ShmFlags::RDONLY, 0)
+            .map_err(|errno| named_error("open segment", name, errno))?;
+        self.adopt(fd, Location::Named(name.to_owned()), false)
+    }
+
+    /// Opens `name`, or creates it (running `init`) if it does not exist; safe against a
+    /// concurrent creator.
+    pub fn open_or_create_with(
+        &self,
+        name: &str,
+        init: impl FnOnce(&Segment) -> Result<()>,
+    ) -> Result<Segment> {
+        match self.create_with(name, init) {
+            Err(error) if error.kind() == ErrorKind::AlreadyExists => self.open(name),
+            result => result,
+        }
+    }
+
+    /// Opens `name`, or creates it with a zeroed payload.
+    pub fn open_or_create(&self, name: &str) -> Result<Segment> {
+        self.open_or_create_with(name, |_| Ok(()))
+    }
+
+    /// Creates an anonymous memfd segment, sealed against shrinking and growing.
+    pub fn create_memfd(&self, debug_name: &str) -> Result<Segment> {
+        self.create_memfd_with(debug_name, |_| Ok(()))
+    }
+
+    /// Creates a memfd segment and runs `init` on it.
+    pub fn create_memfd_with(
+        &self,
+        debug_name: &str,
+        init: impl FnOnce(&Segment) -> Result<()>,
+    ) -> Result<Segment> {
+        let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+        let fd = sys::memfd_create(debug_name, flags)
+            .map_err(|errno| Error::os("create segment", errno))?;
+        sys::ftruncate(fd.as_fd(), self.total_len()? as u64)
+            .map_err(|errno| Error::os("create segment", errno))?;
+        sys::fcntl_add_seals(
+            fd.as_fd(),
+            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+        )
+        .map_err(|errno| Error::os("seal segment", errno))?;
+        self.initialise(fd, Location::Memfd, init)
+    }
+
+    /// Creates a segment in a new file at `path` (fails if it exists) and runs `init` on it.
+    pub fn create_file_with(
+        &self,
+        path: impl AsRef<Path>,
+        init: impl FnOnce(&Segment) -> Result<()>,
+    ) -> Result<Segment> {
+        let path = path.as_ref();
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR;
+        let fd = open_path(path, flags, self.mode)?;
+        self.initialise(fd, Location::File(path.to_owned()), init)
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(path);
+            })
+    }
+
+    /// Opens the segment in the file at `path` for reading and writing.
+    pub fn open_file(&self, path: impl AsRef<Path>) -> Result<Segment> {
+        let path = path.as_ref();
+        let fd = open_path(path, OFlags::RDWR, 0)?;
+        self.adopt(fd, Location::File(path.to_owned()), true)
+    }
+
+    /// Takes a descriptor received from another process (its access mode decides whether the
+    /// segment is writable) and validates the segment behind it.
+    pub fn from_fd(&self, fd: OwnedFd) -> Result<Segment> {
+        let mode =
+            sys::fcntl_getfl(fd.as_fd()).map_err(|errno| Error::os("open segment", errno))?;
+        let writable = mode & OFlags::RWMODE == OFlags::RDWR;
+        self.adopt(fd, Location::Received, writable)
+    }
+
+    fn total_len(&self) -> Result<usize> {
+        HEADER_SIZE
+            .checked_add(self.payload_len)
+            .and_then(|len| len.checked_next_multiple_of(sys::page_size()))
+            .filter(|&len| len <= isize::MAX as usize)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    "create segment",
+                    "the payload length is too large",
+                )
+                .with_range(0, self.payload_len as u64)
+            })
+    }
+
+    /// Sizes a new object, writes its header, runs `init`, and marks it ready.
+    fn initialise(
+        &self,
+        fd: OwnedFd,
+        location: Location,
+        init: impl FnOnce(&Segment) -> Result<()>,
+    ) -> Result<Segment> {
+        let total = self.total_len()?;
+        let reserve = match location {
+            Location::Memfd => Ok(()),
+            _ => sys::fallocate(fd.as_fd(), 0, total as u64),
+        };
+        reserve.map_err(|errno| {
+            let error = Error::os("create segment", errno).with_range(0, total as u64);
+            match errno {
+                Errno::NOSPC => error.with_hint(
+                    "/dev/shm is full (in containers it is often only 64 MiB); a memfd segment \
+                     does not depend on it",
+                ),
+                _ => error,
+            }
+        })?;
+        let raw = RawHeader::new(total as u64, self.type_tag, ProcessIdentity::current());
+        let mapping = MapOptions::new()
+            .write(true)
+            .len(total)
+            .map_fd(fd.as_fd())?;
+        mapping.write_pod(0, &raw)?;
+        let header = raw.validate(total as u64)?;
+        let segment = assemble(fd, mapping, location, header, true)?;
+        init(&segment)?;
+        segment.check()?;
+        state_word(&segment)?.store(STATE_READY, Ordering::Release);
+        Ok(segment)
+    }
+
+    /// Validates an existing object and waits until its creator has marked it ready.
+    fn adopt(&self, fd: OwnedFd, location: Location, writable: bool) -> Result<Segment> {
+        let deadline = Instant::now() + self.wait;
+        let file_size = loop {
+            let size = sys::fstat(fd.as_fd())
+                .map_err(|errno| Error::os("open segment", errno))?
+                .st_size as u64;
+            if size >= HEADER_SIZE as u64 {
+                break size;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "open segment",
+                    format!("the object is {size} bytes, smaller than a segment header"),
+                )
+                .with_hint("it is not an mmapkit segment, or its creator died while creating it"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let len = usize::try_from(file_size).map_err(|_| {
+            Error::new(
+                ErrorKind::Corrupt,
+                "open segment",
+                "the object is too large to map",
+            )
+        })?;
+        let mapping = MapOptions::new()
+            .write(writable)
+            .len(len)
+            .map_fd(fd.as_fd())?;
+        let header = mapping.read_pod::<RawHeader>(0)?.validate(file_size)?;
+        if header.type_tag != self.type_tag {
+            return Err(Error::new(
+                ErrorKind::Incompatible,
+                "open segment",
+                format!(
+                    "it holds {:?}, not {:?}",
+                    header.type_tag.as_str(),
+                    self.type_tag.as_str()
+                ),
+            ));
+        }
+        if self.payload_len != 0 && self.total_len()? as u64 != file_size {
+            return Err(Error::new(
+                ErrorKind::Incompatible,
+                "open segment",
+                format!(
+                    "its payload is {} bytes, not the {} asked for",
+                    file_size - HEADER_SIZE as u64,
+                    self.payload_len
+                ),
+            ));
+        }
+        let segment = assemble(fd, mapping, location, header, writable)?;
+        wait_until_ready(&segment, deadline)?;
+        Ok(segment)
+    }
+}
+
+fn assemble(
+    fd: OwnedFd,
+    mapping: crate::Mapping,
+    location: Location,
+    header: super::Header,
+    writable: bool,
+) -> Result<Segment> {
+    let shield = Shield::register(
+        mapping.as_ptr(),
+        mapping.len().next_multiple_of(sys::page_size()),
+    )?;
+    Ok(Segment {
+        shield,
+        mapping,
+        fd,
+        location,
+        header,
+        writable,
+    })
+}
+
+/// The header's state word, read atomically; the mapping is shielded.
+fn state_word(segment: &Segment) -> Result<&AtomicU32> {
+    // SAFETY: the whole mapping is shielded (see `assemble`).
+    unsafe {
+        segment
+            .mapping
+            .atomic_in_shielded::<AtomicU32>(STATE_OFFSET)
+    }
+}
+
+fn wait_until_ready(segment: &Segment, deadline: Instant) -> Result<()> {
+    let read_state = || -> Result<u32> {
+        let state = match state_word(segment) {
+            Ok(word) => word.load(Ordering::Acquire),
+            // A read-only handle cannot borrow atomics; a guarded copy reads the word.
+            Err(_) => segment.mapping.read_pod::<u32>(STATE_OFFSET)?,
+        };
+        segment.check().map(|()| state)
+    };
+    loop {
+        match read_state()? {
+            STATE_READY => return Ok(()),
+            state if state > STATE_READY => {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "open segment",
+                    format!("unknown state {state}"),
+                ));
+            }
+            _ if !segment.header.creator.is_alive() => {
+                return Err(Error::new(
+                    ErrorKind::Corrupt,
+                    "open segment",
+                    format!(
+                        "its creator (pid {}) died while initialising it",
+                        segment.header.creator.pid
+                    ),
+                )
+                .with_hint("remove it (mmapkit::shm::unlink) and create it again"));
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    "open segment",
+                    "its creator is still initialising it",
+                ));
+            }
+            _ => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
+
+/// Checks a segment name: 1 to [`MAX_NAME_LEN`] bytes, no '/', no NUL, not "." or "..".
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let problem = if name.is_empty() {
+        Some("is empty")
+    } else if name.len() > MAX_NAME_LEN {
+        Some("is longer than 250 bytes")
+    } else if name.contains('/') {
+        Some("contains '/'")
+    } else if name.contains('\0') {
+        Some("contains NUL")
+    } else if name == "." || name == ".." {
+        Some("is a directory name")
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) => Err(Error::new(
+            ErrorKind::InvalidInput,
+            "segment name",
+            format!("{:?} {problem}", truncate_for_message(name)),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn truncate_for_message(name: &str) -> String {
+    name.chars().take(40).collect::<String>() + if name.chars().count() > 40 { "…" } else { "" }
+}
+
+fn named_error(operation: &'static str, name: &str, errno: Errno) -> Error {
+    let error = Error::os(operation, errno).with_path(format!("/dev/shm/{name}"));
+    match errno {
+        Errno::EXIST => error.with_hint("open it instead, or unlink it if it is stale"),
+        Errno::NOENT => error.with_hint("create it first"),
+        Errno::ACCESS => error.with_hint("segments are created owner-only (mode 0600) by default"),
+        _ => error,
+    }
+}
+
+fn open_path(path: &Path, flags: OFlags, mode: u32) -> Result<OwnedFd> {
+    let text = path.to_str().ok_or_else(|| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            "open segment",
+            "the path is not valid UTF-8",
+        )
+        .with_path(path)
+    })?;
+    sys::open(text, flags, mode).map_err(|errno| Error::os("open segment", errno).with_path(path))
+}
+
+/// The descriptor of a segment, for passing.
+pub(super) fn reopen_read_only(segment: &Segment) -> Result<OwnedFd> {
+    let fail = |errno| Error::os("duplicate segment", errno);
+    match &segment.location {
+        Location::Named(name) => sys::shm_open(name, ShmFlags::RDONLY, 0).map_err(fail),
+        _ => {
+            let fd: BorrowedFd<'_> = segment.fd.as_fd();
+            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+            sys::open(&path, OFlags::RDONLY, 0).map_err(fail)
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! Passing segments to other processes.
+//!
+//! * **fork**: a child inherits every segment as it is; nothing to do.
+//! * **exec**: [`Segment::pass_to`] makes a duplicate of the descriptor survive exec into a
+//!   [`Command`] child and names it in an environment variable; the child takes it with
+//!   [`SegmentOptions::from_inherited`].
+//! * **unrelated processes**: [`Segment::send`] sends the descriptor (and any extra ones, an
+//!   eventfd for instance) over a Unix socket with SCM_RIGHTS; [`SegmentOptions::receive`]
+//!   takes it on the other side. [`Segment::send_read_only`] sends a read-only duplicate for
+//!   a reader that is not trusted to write: it cannot map the segment writable, ever.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Mutex;
+
+use super::options::reopen_read_only;
+use super::{Segment, SegmentOptions};
+use crate::error::{Error, ErrorKind, Result};
+use crate::sys;
+
+/// The bytes that accompany a passed segment, so that a stray message is not taken for one.
+const GREETING: &[u8] = b"mmapkit-segment/1";
+/// Most descriptors one message carries (the segment's and extras).
+const MAX_FDS: usize = 16;
+
+impl Segment {
+    /// Sends the segment's descriptor, followed by `extra` descriptors, over `stream`.
+    pub fn send(&self, stream: &UnixStream, extra: &[BorrowedFd<'_>]) -> Result<()> {
+        send_fds(stream, self.fd.as_fd(), extra)
+    }
+
+    /// Sends a read-only duplicate of the segment over `stream`: the receiver can read the
+    /// payload but neither write it nor map it writable.
+    pub fn send_read_only(&self, stream: &UnixStream, extra: &[BorrowedFd<'_>]) -> Result<()> {
+        let read_only = reopen_read_only(self)?;
+        send_fds(stream, read_only.as_fd(), extra)
+    }
+
+    /// A read-only duplicate of the descriptor (a new open file description).
+    pub fn read_only_fd(&self) -> Result<OwnedFd> {
+        reopen_read_only(self)
+    }
+
+    /// Makes a duplicate of the descriptor survive exec into `command`'s child and stores its
+    /// number in the child's environment variable `variable`. The child calls
+    /// [`SegmentOptions::from_inherited`] with the same variable.
+    pub fn pass_to(&self, command: &mut Command, variable: &str) -> Result<()> {
+        let duplicate = sys::fcntl_dupfd_cloexec(self.fd.as_fd(), 3)
+            .map_err(|errno| Error::os("pass segment", errno))?;
+        command.env(variable, duplicate.as_raw_fd().to_string());
+        // SAFETY: the closure runs in the child between fork and exec and calls only fcntl,
+        // which is async-signal-safe. It owns `duplicate`, which stays open in the parent
+        // until the command is dropped, so the number it clears FD_CLOEXEC on is ours.
+        unsafe {
+            command.pre_exec(move || {
+                sys::fcntl_set_cloexec(duplicate.as_fd(), false).map_err(std::io::Error::from)
+            });
+        }
+        Ok(())
+    }
+}
+
+impl SegmentOptions {
+    /// Receives a segment sent with [`Segment::send`]; returns it and the extra descriptors.
+    pub fn receive(&self, stream: &UnixStream) -> Result<(Segment, Vec<OwnedFd>)> {
+        let mut buf = [0u8; 64];
+        let (len, mut fds) = sys::recv_with_fds(stream.as_fd(), &mut buf, MAX_FDS)
+            .map_err(|errno| Error::os("receive segment", errno))?;
+        if &buf[..len] != GREETING || fds.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                "receive segment",
+                format!(
+                    "the message is not a segment ({len} bytes, {} descriptors)",
+                    fds.len()
+                ),
+            ));
+        }
+        let segment = self.from_fd(fds.remove(0))?;
+        Ok((segment, fds))
+    }
+
+    /// Takes the segment a parent passed with [`Segment::pass_to`], from the descriptor named
+    /// in the environment variable `variable`. Each descriptor can be taken once.
+    pub fn from_inherited(&self, variable: &str) -> Result<Segment> {
+        static TAKEN: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
+        let missing = |message: String| {
+            Error::new(ErrorKind::NotFound, "inherit segment", message)
+                .with_hint("the parent passes it with Segment::pass_to")
+        };
+        let text =
+            std::env::var(variable).map_err(|_| missing(format!("${variable} is not set")))?;
+        let raw: RawFd =
+            text.parse().ok().filter(|&fd| fd >= 0).ok_or_else(|| {
+                missing(format!("${variable}={text:?} is not a descriptor number"))
+            })?;
+        let mut taken = TAKEN
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !taken.get_or_insert_with(HashSet::new).insert(raw) {
+            return Err(missing(format!(
+                "descriptor {raw} from ${variable} was taken already"
+            )));
+        }
+        // SAFETY: F_GETFD on a number reads only the descriptor table.
+        if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
+            return Err(missing(format!(
+                "descriptor {raw} from ${variable} is not open"
+            )));
+        }
+        // SAFETY: the number is open; the parent created it for this process (see `pass_to`),
+        // and the take-once set above makes this the only owner.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        sys::fcntl_set_cloexec(fd.as_fd(), true)
+            .map_err(|errno| Error::os("inherit segment", errno))?;
+        self.from_fd(fd)
+    }
+}
+
+fn send_fds(stream: &UnixStream, fd: BorrowedFd<'_>, extra: &[BorrowedFd<'_>]) -> Result<()> {
+    if extra.len() + 1 > MAX_FDS {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "send segment",
+            format!(
+                "at most {} extra descriptors fit in one message",
+                MAX_FDS - 1
+            ),
+        ));
+    }
+    let mut fds = Vec::with_capacity(extra.len() + 1);
+    fds.push(fd);
+    fds.extend_from_slice(extra);
+    sys::send_with_fds(stream.as_fd(), GREETING, &fds)
+        .map(drop)
+        .map_err(|errno| Error::os("send segment", errno))
+}

@@ -1,0 +1,146 @@
+//! Finding and removing stale named segments.
+//!
+//! Named segments outlive their processes: a creator killed with SIGKILL leaves its object in
+//! /dev/shm for good. A segment is *stale* when it carries a valid mmapkit header, its creator
+//! is dead (pid and start time, so a reused pid does not count), and no process maps it or
+//! holds it open (found by reading every /proc/PID/maps and /proc/PID/fd this process may
+//! read). [`list`] reports every object in /dev/shm, mmapkit's or not; [`cleanup`] unlinks the
+//! stale ones and never touches anything without an mmapkit header.
+//!
+//! Processes of other users whose /proc entries cannot be read are not seen as users: run as
+//! the segments' owner (or root) for an exact answer. The check and the unlink are not atomic:
+//! a process that opens a stale segment between the two keeps its mapping, but the name is
+//! gone, as with any unlink.
+
+use std::collections::{HashMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::Header;
+use super::header::{HEADER_SIZE, RawHeader};
+use crate::error::{Error, Result};
+use crate::map::MapOptions;
+
+/// Where named segments live.
+pub const SHM_DIR: &str = "/dev/shm";
+
+/// One object in /dev/shm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    /// Name (the file name in /dev/shm).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Owner's user id.
+    pub uid: u32,
+    /// Permission bits.
+    pub mode: u32,
+    /// The mmapkit header, when the object has a valid one.
+    pub header: Option<Header>,
+    /// Whether the creator still runs (mmapkit segments only).
+    pub creator_alive: Option<bool>,
+    /// Processes that map the object or hold it open.
+    pub users: Vec<u32>,
+}
+
+impl SegmentInfo {
+    /// A valid mmapkit segment whose creator is dead and that no process uses.
+    pub fn is_stale(&self) -> bool {
+        self.header.is_some() && self.creator_alive == Some(false) && self.users.is_empty()
+    }
+}
+
+/// Every regular file in /dev/shm, with what can be learned about it.
+pub fn list() -> Result<Vec<SegmentInfo>> {
+    list_in(Path::new(SHM_DIR))
+}
+
+/// Unlinks the stale segments (see the [module docs](self)); returns their names.
+pub fn cleanup() -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for info in list()?.into_iter().filter(SegmentInfo::is_stale) {
+        super::unlink(&info.name)?;
+        removed.push(info.name);
+    }
+    Ok(removed)
+}
+
+fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
+    let entries = std::fs::read_dir(directory)
+        .map_err(|error| Error::io("list segments", &error).with_path(directory))?;
+    let users = users_by_path();
+    let mut infos = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(metadata) = entry.metadata() else {
+            continue;
+        };
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if !metadata.is_file() {
+            continue;
+        }
+        let path = entry.path();
+        let header = read_header(&path, metadata.len());
+        let mut pids: Vec<u32> = users
+            .get(&path)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
+        pids.sort_unstable();
+        infos.push(SegmentInfo {
+            name,
+            size: metadata.len(),
+            uid: metadata.uid(),
+            mode: metadata.mode() & 0o7777,
+            creator_alive: header.map(|header| header.creator.is_alive()),
+            header,
+            users: pids,
+        });
+    }
+    infos.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(infos)
+}
+
+/// The header of the segment at `path`, if it has a valid one.
+fn read_header(path: &Path, size: u64) -> Option<Header> {
+    if size < HEADER_SIZE as u64 {
+        return None;
+    }
+    let map = MapOptions::new().len(HEADER_SIZE).map_path(path).ok()?;
+    map.read_pod::<RawHeader>(0).ok()?.validate(size).ok()
+}
+
+/// For every file some process maps or holds open: the pids that do, from /proc.
+fn users_by_path() -> HashMap<PathBuf, HashSet<u32>> {
+    let mut users: HashMap<PathBuf, HashSet<u32>> = HashMap::new();
+    let Ok(processes) = std::fs::read_dir("/proc") else {
+        return users;
+    };
+    for process in processes.flatten() {
+        let Some(pid) = process
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(maps) = std::fs::read_to_string(process.path().join("maps")) {
+            for line in maps.lines() {
+                if let Some(at) = line.find(SHM_DIR) {
+                    let path = line[at..].trim_end_matches(" (deleted)");
+                    users.entry(PathBuf::from(path)).or_default().insert(pid);
+                }
+            }
+        }
+        if let Ok(fds) = std::fs::read_dir(process.path().join("fd")) {
+            for fd in fds.flatten() {
+                if let Ok(target) = std::fs::read_link(fd.path())
+                    && target.starts_with(SHM_DIR)
+                {
+                    users.entry(target).or_default().insert(pid);
+                }
+            }
+        }
+    }
+    users
+}
