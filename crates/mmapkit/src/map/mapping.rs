@@ -384,6 +384,7 @@ impl Mapping {
     /// # Ok(()) }
     /// ```
     pub fn atomic<A: SharedAtomic>(&self, offset: usize) -> Result<&A> {
+        self.byte_span("atomic", offset, size_of::<A>())?;
         if self.reach() != Reach::Shared {
             return Err(Error::new(
                 ErrorKind::NotExclusive,
