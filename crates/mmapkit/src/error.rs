@@ -52,6 +52,12 @@ pub enum ErrorKind {
     Incompatible,
     /// A wait ran out of time.
     Timeout,
+    /// The owner of a lock died holding it; the data it protects may be inconsistent.
+    OwnerDied,
+    /// The other end of a channel is gone (closed, or its process died).
+    Disconnected,
+    /// The operation would have to wait (a full channel for `try_send`, a held lock).
+    WouldBlock,
     /// The kernel, file system or architecture does not offer the operation.
     Unsupported,
     /// Any other OS error.
@@ -87,6 +93,9 @@ impl ErrorKind {
             ErrorKind::Corrupt => "corrupt shared data",
             ErrorKind::Incompatible => "incompatible",
             ErrorKind::Timeout => "timed out",
+            ErrorKind::OwnerDied => "the lock's owner died",
+            ErrorKind::Disconnected => "disconnected",
+            ErrorKind::WouldBlock => "would block",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Io => "I/O error",
         }
@@ -285,10 +294,13 @@ impl From<Error> for io::Error {
             ErrorKind::NoSpace => io::ErrorKind::StorageFull,
             ErrorKind::Corrupt => io::ErrorKind::InvalidData,
             ErrorKind::Timeout => io::ErrorKind::TimedOut,
+            ErrorKind::Disconnected => io::ErrorKind::BrokenPipe,
+            ErrorKind::WouldBlock => io::ErrorKind::WouldBlock,
             ErrorKind::Unsupported => io::ErrorKind::Unsupported,
-            ErrorKind::NotExclusive | ErrorKind::Incompatible | ErrorKind::Io => {
-                io::ErrorKind::Other
-            }
+            ErrorKind::NotExclusive
+            | ErrorKind::Incompatible
+            | ErrorKind::OwnerDied
+            | ErrorKind::Io => io::ErrorKind::Other,
         };
         io::Error::new(kind, error)
     }

@@ -24,6 +24,7 @@
 //! | [`fault`] | the SIGBUS guard and the copying accessors built on it |
 //! | [`growable`] | [`GrowableMap`], a file mapping that grows for append-only logs |
 //! | [`shm`] | [`Segment`]: named, memfd and file segments, their header, passing, cleanup |
+//! | [`sync`] | robust mutex, condition variable, semaphore, events (pollable, async) in segments |
 //!
 //! # Safety model
 //! A Rust reference promises that what it points to does not change behind it. Memory that
@@ -45,6 +46,7 @@ pub mod fault;
 pub mod growable;
 pub mod map;
 pub mod shm;
+pub mod sync;
 pub mod sys;
 
 pub use error::{Error, ErrorKind, Result};

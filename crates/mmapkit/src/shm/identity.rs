@@ -90,23 +90,59 @@ impl ProcessIdentity {
     }
 }
 
-/// The calling thread's id, cached per thread and refreshed after fork.
-pub(crate) fn current_tid() -> u32 {
-    use std::cell::Cell;
-    thread_local! {
-        static TID: Cell<(u64, u32)> = const { Cell::new((u64::MAX, 0)) };
-    }
-    watch_forks();
-    let generation = FORK_GENERATION.load(Ordering::Relaxed);
-    TID.with(|cached| {
-        let (cached_generation, tid) = cached.get();
-        if cached_generation == generation {
-            return tid;
+/// A thread, identified so that a reused thread id does not pass for the old thread: lock
+/// owners are recorded this way, so that a thread (or the whole process) that dies holding a
+/// lock is noticed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ThreadIdentity {
+    /// Thread id (the kernel's tid; the pid for a process's main thread).
+    pub tid: u32,
+    /// Start time in clock ticks since boot (0 when it could not be read).
+    pub start_time: u64,
+}
+
+impl ThreadIdentity {
+    /// The calling thread, cached per thread and refreshed after fork.
+    pub fn current() -> ThreadIdentity {
+        use std::cell::Cell;
+        thread_local! {
+            static CACHED: Cell<(u64, ThreadIdentity)> =
+                const { Cell::new((u64::MAX, ThreadIdentity { tid: 0, start_time: 0 })) };
         }
-        let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
-        cached.set((generation, tid));
-        tid
-    })
+        watch_forks();
+        let generation = FORK_GENERATION.load(Ordering::Relaxed);
+        CACHED.with(|cached| {
+            let (cached_generation, identity) = cached.get();
+            if cached_generation == generation {
+                return identity;
+            }
+            let tid = rustix::thread::gettid().as_raw_nonzero().get() as u32;
+            let identity = ThreadIdentity {
+                tid,
+                start_time: start_time(tid).unwrap_or(0),
+            };
+            cached.set((generation, identity));
+            identity
+        })
+    }
+
+    /// Whether the thread `tid` exists, runs, and (when `start_time` is known) started then.
+    /// Reads /proc/TID/stat, which exists for every thread of the pid namespace.
+    pub fn is_alive(&self) -> bool {
+        if self.tid == 0 {
+            return false;
+        }
+        match stat_fields(self.tid) {
+            Some(fields) => {
+                let zombie = fields
+                    .first()
+                    .is_some_and(|state| *state == "Z" || *state == "X");
+                let started = fields.get(19).and_then(|field| field.parse::<u64>().ok());
+                !zombie && (self.start_time == 0 || started == Some(self.start_time))
+            }
+            None => false,
+        }
+    }
 }
 
 /// Fields 3 onwards of /proc/PID/stat (state first), split after the command name, which may
@@ -149,10 +185,13 @@ mod tests {
     }
 
     #[test]
-    fn thread_ids_differ_between_threads() {
-        let main = current_tid();
-        let other = std::thread::spawn(current_tid).join().unwrap();
-        assert_ne!(main, other);
-        assert_eq!(main, current_tid(), "cached");
+    fn threads_are_told_apart_and_a_finished_one_is_dead() {
+        let main = ThreadIdentity::current();
+        let other = std::thread::spawn(ThreadIdentity::current).join().unwrap();
+        assert_ne!(main.tid, other.tid);
+        assert_eq!(main, ThreadIdentity::current(), "cached");
+        assert!(main.is_alive());
+        assert!(!other.is_alive(), "the thread has finished");
+        assert!(main.start_time > 0);
     }
 }

@@ -30,8 +30,7 @@ mod passing;
 pub mod stale;
 
 pub use header::{Header, TypeTag};
-pub use identity::ProcessIdentity;
-pub(crate) use identity::current_tid;
+pub use identity::{ProcessIdentity, ThreadIdentity};
 pub use options::SegmentOptions;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

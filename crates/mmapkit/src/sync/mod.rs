@@ -1,0 +1,75 @@
+//! Process-shared synchronisation living inside a [`Segment`](crate::Segment): a robust
+//! [`Mutex`], a [`Condvar`], a counting [`Semaphore`], an [`Event`], and a [`PollableEvent`]
+//! whose waiters can also use poll/epoll (and, with the `tokio` feature, `async`).
+//!
+//! Each primitive is *placed* at an offset of a segment's payload: the creator calls `init`
+//! (typically inside [`SegmentOptions::create_with`](crate::SegmentOptions::create_with)),
+//! everyone else `open`s it at the same offset. A primitive starts with a magic word, so
+//! opening the wrong thing at an offset is an error, not undefined behaviour; `SIZE`/`size()`
+//! tell how many bytes each takes, and offsets must be 8-byte aligned.
+//!
+//! All of them wait the same way: a short spin (the other side is often mid-operation on
+//! the other core, and a sleeping wake-up costs hundreds of microseconds in a VM), then a
+//! futex sleep, so idle waiters use no CPU. Sleeps are cut into slices of [`POLL_SLICE`]; a
+//! waiter wakes at each slice's end to check that its peer is still alive and the segment
+//! intact, which bounds how long a crash goes unnoticed.
+//!
+//! Everything read from the segment is treated as possibly hostile: a garbage lock word is a
+//! lock held by a thread that does not exist (so the next locker recovers it), a corrupt magic
+//! is an error, and no value read there is used as an index without a check.
+
+mod condvar;
+mod event;
+mod mutex;
+mod semaphore;
+mod wait;
+
+pub use condvar::Condvar;
+pub use event::{Event, EventMode, PollableEvent};
+pub use mutex::{LockError, Mutex, MutexGuard};
+pub use semaphore::Semaphore;
+pub use wait::POLL_SLICE;
+
+use std::sync::atomic::AtomicU32;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::Segment;
+
+/// Checks the magic word at `offset` of `segment` and returns the word.
+fn expect_magic<'s>(
+    segment: &'s Segment,
+    offset: usize,
+    magic: u32,
+    what: &str,
+) -> Result<&'s AtomicU32> {
+    let word: &AtomicU32 = segment.atomic(offset)?;
+    let found = word.load(std::sync::atomic::Ordering::Acquire);
+    if found != magic {
+        return Err(Error::new(
+            ErrorKind::Corrupt,
+            "open",
+            format!("no {what} at offset {offset} (magic {found:#010x}, expected {magic:#010x})"),
+        )
+        .with_offset(offset as u64));
+    }
+    Ok(word)
+}
+
+/// Checks that `offset` is 8-byte aligned and that `size` bytes from it fit in the payload.
+fn check_placement(segment: &Segment, offset: usize, size: usize, what: &str) -> Result<()> {
+    let fits = offset
+        .checked_add(size)
+        .is_some_and(|end| end <= segment.payload_len());
+    if !offset.is_multiple_of(8) || !fits {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "place",
+            format!(
+                "a {what} needs {size} bytes at an 8-byte aligned offset inside the {}-byte payload",
+                segment.payload_len()
+            ),
+        )
+        .with_range(offset as u64, size as u64));
+    }
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! [`Mutex`]: a robust, process-shared lock on a futex, protecting a plain-old-data value.
+//!
+//! Layout at the placement offset (all little words, 8-byte aligned):
+//!
+//! ```text
+//! 0   u32  magic "MTX1"
+//! 4   u32  lock word: owner thread id (bits 0-29), waiters flag (bit 31); 0 = unlocked
+//! 8   u32  consistency: 0 consistent, 1 the previous owner died holding the lock
+//! 12  u32  reserved
+//! 16  u64  owner's start time (clock ticks since boot), 0 while unknown
+//! 24  T    the value (aligned for T)
+//! ```
+//!
+//! **Robustness.** The owner is a thread id plus the thread's start time, so a waiter can tell
+//! whether the owner still exists (see [`ThreadIdentity`]). A waiter checks when the owner has
+//! held the lock through a whole sleep slice (1 ms the first time, then [`POLL_SLICE`]); if the
+//! owner is gone — its process killed, or the thread ended without unlocking — the waiter takes
+//! the lock over, marks it inconsistent, and gets [`LockError::OwnerDied`] with the guard.
+//! The guard can inspect the value, repair it and [`mark_consistent`](MutexGuard::mark_consistent);
+//! until someone does, every locker is told the owner died. The kernel's robust futex list is
+//! not used: glibc owns each thread's list, and mixing entries into it is not possible safely.
+//!
+//! **The value.** It lives in shared memory that a buggy or hostile peer could write without
+//! taking the lock, so the safe accessors copy it out and in ([`get`](MutexGuard::get),
+//! [`set`](MutexGuard::set), [`update`](MutexGuard::update)); a reference is `unsafe`
+//! ([`as_mut`](MutexGuard::as_mut)) with that condition as its contract.
+//!
+//! [`POLL_SLICE`]: super::POLL_SLICE
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{check_placement, expect_magic, wait};
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::{Segment, ThreadIdentity};
+
+const MAGIC: u32 = u32::from_le_bytes(*b"MTX1");
+const WAITERS: u32 = 1 << 31;
+const OWNER: u32 = (1 << 30) - 1;
+const CONSISTENT: u32 = 0;
+const INCONSISTENT: u32 = 1;
+const HEADER: usize = 24;
+/// First sleep slice: short, so that a dead owner is noticed within a millisecond or so.
+const FIRST_SLICE: Duration = Duration::from_millis(1);
+
+/// A robust process-shared mutex protecting a `T`, placed in a segment. See the
+/// [module docs](self).
+pub struct Mutex<'s, T> {
+    segment: &'s Segment,
+    word: &'s AtomicU32,
+    consistency: &'s AtomicU32,
+    owner_start: &'s AtomicU64,
+    /// Payload offset of the value.
+    value: usize,
+    _value: PhantomData<fn() -> T>,
+}
+
+/// Why a lock attempt did not simply succeed.
+pub enum LockError<G> {
+    /// The lock is ours, but its previous owner died holding it: inspect and repair the value,
+    /// then call `mark_consistent` on the guard.
+    OwnerDied(G),
+    /// No lock: timeout, `WouldBlock` from `try_lock`, a truncated or corrupt segment.
+    Failed(Error),
+}
+
+impl<G> LockError<G> {
+    /// The error's kind (`OwnerDied` for the first variant).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LockError::OwnerDied(_) => ErrorKind::OwnerDied,
+            LockError::Failed(error) => error.kind(),
+        }
+    }
+
+    /// The guard, when the lock was taken over from a dead owner.
+    pub fn into_guard(self) -> Option<G> {
+        match self {
+            LockError::OwnerDied(guard) => Some(guard),
+            LockError::Failed(_) => None,
+        }
+    }
+}
+
+impl<G> From<Error> for LockError<G> {
+    fn from(error: Error) -> Self {
+        LockError::Failed(error)
+    }
+}
+
+impl<G> From<LockError<G>> for Error {
+    fn from(error: LockError<G>) -> Error {
+        match error {
+            LockError::OwnerDied(_) => Error::new(
+                ErrorKind::OwnerDied,
+                "lock",
+                "the lock's previous owner died holding it",
+            )
+            .with_hint(
+                "take the guard from LockError::OwnerDied, repair the data, mark it consistent",
+            ),
+            LockError::Failed(error) => error,
+        }
+    }
+}
+
+impl<G> fmt::Debug for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::OwnerDied(_) => f.write_str("OwnerDied(..)"),
+            LockError::Failed(error) => f.debug_tuple("Failed").field(error).finish(),
+        }
+    }
+}
+
+impl<G> fmt::Display for LockError<G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LockError::OwnerDied(_) => {
+                f.write_str("lock: the lock's previous owner died holding it")
+            }
+            LockError::Failed(error) => error.fmt(f),
+        }
+    }
+}
+
+impl<G> std::error::Error for LockError<G> {}
+
+/// The result of locking.
+pub type LockResult<'a, T> = std::result::Result<MutexGuard<'a, T>, LockError<MutexGuard<'a, T>>>;
+
+impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
+    /// Offset of the value from the placement offset.
+    const VALUE: usize = HEADER.next_multiple_of(align_of::<T>());
+    /// Bytes the mutex and its value take.
+    pub const SIZE: usize = Self::VALUE + size_of::<T>();
+
+    /// Places a new, unlocked mutex holding `value` at payload `offset` (aligned to 8 and to
+    /// `T`). Only the creator does this, before any other process opens it.
+    pub fn init(segment: &'s Segment, offset: usize, value: T) -> Result<Self> {
+        Self::check(segment, offset)?;
+        segment.write_pod(offset + Self::VALUE, &value)?;
+        for field in [4, 8, 12] {
+            segment
+                .atomic::<AtomicU32>(offset + field)?
+                .store(0, Ordering::Relaxed);
+        }
+        segment
+            .atomic::<AtomicU64>(offset + 16)?
+            .store(0, Ordering::Relaxed);
+        segment
+            .atomic::<AtomicU32>(offset)?
+            .store(MAGIC, Ordering::Release);
+        Self::open(segment, offset)
+    }
+
+    /// Opens the mutex placed at payload `offset`.
+    pub fn open(segment: &'s Segment, offset: usize) -> Result<Self> {
+        Self::check(segment, offset)?;
+        expect_magic(segment, offset, MAGIC, "mutex")?;
+        Ok(Mutex {
+            segment,
+            word: segment.atomic(offset + 4)?,
+            consistency: segment.atomic(offset + 8)?,
+            owner_start: segment.atomic(offset + 16)?,
+            value: offset + Self::VALUE,
+            _value: PhantomData,
+        })
+    }
+
+    fn check(segment: &Segment, offset: usize) -> Result<()> {
+        check_placement(segment, offset, Self::SIZE, "mutex")?;
+        if !offset.is_multiple_of(align_of::<T>()) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "place",
+                format!("the value needs {}-byte alignment", align_of::<T>()),
+            )
+            .with_offset(offset as u64));
+        }
+        Ok(())
+    }
+
+    /// Locks, waiting as long as it takes (a dead owner is taken over).
+    pub fn lock(&self) -> LockResult<'_, T> {
+        self.acquire(None)
+    }
+
+    /// Locks, waiting at most `timeout` (then `Failed` with kind `Timeout`).
+    pub fn lock_timeout(&self, timeout: Duration) -> LockResult<'_, T> {
+        self.acquire(Some(std::time::Instant::now() + timeout))
+    }
+
+    /// Locks if nobody holds the lock (or its holder is dead); otherwise `WouldBlock`.
+    pub fn try_lock(&self) -> LockResult<'_, T> {
+        let me = ThreadIdentity::current();
+        if self
+            .word
+            .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return self.acquired(me);
+        }
+        let held = self.word.load(Ordering::Relaxed);
+        if let Some(result) = self.take_over_if_dead(held, me) {
+            return result;
+        }
+        Err(LockError::Failed(Error::new(
+            ErrorKind::WouldBlock,
+            "try_lock",
+            "the lock is held",
+        )))
+    }
+
+    fn acquire(&self, deadline: Option<std::time::Instant>) -> LockResult<'_, T> {
+        let me = ThreadIdentity::current();
+        let take = || {
+            self.word
+                .compare_exchange(0, me.tid, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        };
+        if take() || wait::spin(|| self.word.load(Ordering::Relaxed) == 0 && take()) {
+            return self.acquired(me);
+        }
+        let mut slice = FIRST_SLICE;
+        let mut seen_before_sleep = None;
+        loop {
+            let held = self.word.load(Ordering::Relaxed);
+            if held & OWNER == 0 {
+                // Free: take it, keeping the waiters flag since others may still sleep.
+                if self
+                    .word
+                    .compare_exchange(held, me.tid | WAITERS, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+                {
+                    return self.acquired(me);
+                }
+                continue;
+            }
+            if seen_before_sleep == Some(held)
+                && let Some(result) = self.take_over_if_dead(held, me)
+            {
+                return result;
+            }
+            if held & WAITERS == 0
+                && self
+                    .word
+                    .compare_exchange(held, held | WAITERS, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_err()
+            {
+                continue;
+            }
+            seen_before_sleep = Some(held | WAITERS);
+            wait::sleep(self.word, held | WAITERS, deadline, slice, "lock")?;
+            self.segment.check()?;
+            slice = super::POLL_SLICE;
+        }
+    }
+
+    /// When the owner recorded in `held` is gone, takes the lock over from it.
+    fn take_over_if_dead(&self, held: u32, me: ThreadIdentity) -> Option<LockResult<'_, T>> {
+        let owner = ThreadIdentity {
+            tid: held & OWNER,
+            start_time: self.owner_start.load(Ordering::Relaxed),
+        };
+        if owner.tid == 0 || owner.is_alive() {
+            return None;
+        }
+        let taken = me.tid | (held & WAITERS);
+        if self
+            .word
+            .compare_exchange(held, taken, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return None;
+        }
+        self.consistency.store(INCONSISTENT, Ordering::Relaxed);
+        Some(self.acquired(me))
+    }
+
+    fn acquired(&self, me: ThreadIdentity) -> LockResult<'_, T> {
+        self.owner_start.store(me.start_time, Ordering::Relaxed);
+        let guard = MutexGuard { mutex: self };
+        if let Err(error) = self.segment.check() {
+            return Err(LockError::Failed(error));
+        }
+        if self.consistency.load(Ordering::Relaxed) != CONSISTENT {
+            return Err(LockError::OwnerDied(guard));
+        }
+        Ok(guard)
+    }
+
+    fn release(&self) {
+        self.owner_start.store(0, Ordering::Relaxed);
+        if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
+            wait::wake(self.word, 1);
+        }
+    }
+
+    /// The lock word, for [`Condvar`](super::Condvar).
+    pub(super) fn segment(&self) -> &'s Segment {
+        self.segment
+    }
+}
+
+impl<T> fmt::Debug for Mutex<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mutex")
+            .field(
+                "word",
+                &format_args!("{:#x}", self.word.load(Ordering::Relaxed)),
+            )
+            .field("value_offset", &self.value)
+            .finish()
+    }
+}
+
+/// Holds a [`Mutex`]; unlocks on drop.
+pub struct MutexGuard<'a, T: bytemuck::Pod> {
+    mutex: &'a Mutex<'a, T>,
+}
+
+impl<'a, T: bytemuck::Pod> MutexGuard<'a, T> {
+    /// A copy of the protected value.
+    pub fn get(&self) -> Result<T> {
+        self.mutex.segment.read_pod(self.mutex.value)
+    }
+
+    /// Replaces the protected value.
+    pub fn set(&mut self, value: &T) -> Result<()> {
+        self.mutex.segment.write_pod(self.mutex.value, value)
+    }
+
+    /// Copies the value out, lets `change` modify the copy, and writes it back.
+    pub fn update<R>(&mut self, change: impl FnOnce(&mut T) -> R) -> Result<R> {
+        let mut value = self.get()?;
+        let result = change(&mut value);
+        self.set(&value)?;
+        Ok(result)
+    }
+
+    /// Borrows the value in place.
+    ///
+    /// # Safety
+    /// While the reference lives, no other process or thread writes the value without holding
+    /// the lock (every party follows the protocol; none is hostile), and the segment is not
+    /// truncated.
+    pub unsafe fn as_mut(&mut self) -> &mut T {
+        let address = self
+            .mutex
+            .segment
+            .payload_ptr()
+            .wrapping_add(self.mutex.value);
+        // SAFETY: `init`/`open` checked that the value lies in the payload and is aligned for
+        // T; the lock is held; the caller guarantees nobody else writes it meanwhile.
+        unsafe { &mut *address.cast::<T>() }
+    }
+
+    /// Declares the value repaired after an owner's death; later lockers get `Ok` again.
+    pub fn mark_consistent(&mut self) {
+        self.mutex.consistency.store(CONSISTENT, Ordering::Relaxed);
+    }
+
+    /// Whether the value is marked consistent.
+    pub fn is_consistent(&self) -> bool {
+        self.mutex.consistency.load(Ordering::Relaxed) == CONSISTENT
+    }
+
+    /// The mutex this guard holds.
+    pub(super) fn mutex(&self) -> &'a Mutex<'a, T> {
+        self.mutex
+    }
+}
+
+impl<T: bytemuck::Pod> Drop for MutexGuard<'_, T> {
+    fn drop(&mut self) {
+        self.mutex.release();
+    }
+}
+
+impl<T: bytemuck::Pod> fmt::Debug for MutexGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MutexGuard")
+            .field("consistent", &self.is_consistent())
+            .finish()
+    }
+}

@@ -1,0 +1,130 @@
+//! [`Semaphore`]: a process-shared counting semaphore on a futex.
+//!
+//! Layout: `u32` magic "SEM1", `u32` count, `u32` sleepers, `u32` reserved. `post` wakes a
+//! sleeper only when one is registered, so an uncontended semaphore makes no system call.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{POLL_SLICE, check_placement, expect_magic, wait};
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::Segment;
+
+const MAGIC: u32 = u32::from_le_bytes(*b"SEM1");
+
+/// A process-shared counting semaphore, placed in a segment.
+#[derive(Debug)]
+pub struct Semaphore<'s> {
+    segment: &'s Segment,
+    count: &'s AtomicU32,
+    sleepers: &'s AtomicU32,
+}
+
+impl<'s> Semaphore<'s> {
+    /// Bytes a semaphore takes.
+    pub const SIZE: usize = 16;
+
+    /// Places a new semaphore holding `initial` at payload `offset` (8-byte aligned).
+    pub fn init(segment: &'s Segment, offset: usize, initial: u32) -> Result<Self> {
+        check_placement(segment, offset, Self::SIZE, "semaphore")?;
+        segment
+            .atomic::<AtomicU32>(offset + 4)?
+            .store(initial, Ordering::Relaxed);
+        segment
+            .atomic::<AtomicU32>(offset + 8)?
+            .store(0, Ordering::Relaxed);
+        segment
+            .atomic::<AtomicU32>(offset)?
+            .store(MAGIC, Ordering::Release);
+        Self::open(segment, offset)
+    }
+
+    /// Opens the semaphore placed at payload `offset`.
+    pub fn open(segment: &'s Segment, offset: usize) -> Result<Self> {
+        check_placement(segment, offset, Self::SIZE, "semaphore")?;
+        expect_magic(segment, offset, MAGIC, "semaphore")?;
+        Ok(Semaphore {
+            segment,
+            count: segment.atomic(offset + 4)?,
+            sleepers: segment.atomic(offset + 8)?,
+        })
+    }
+
+    /// The current count.
+    pub fn value(&self) -> u32 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Takes one unit if there is one.
+    pub fn try_wait(&self) -> Result<bool> {
+        let mut count = self.count.load(Ordering::Relaxed);
+        while count > 0 {
+            match self.count.compare_exchange_weak(
+                count,
+                count - 1,
+                Ordering::Acquire,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return self.segment.check().map(|()| true),
+                Err(now) => count = now,
+            }
+        }
+        self.segment.check().map(|()| false)
+    }
+
+    /// Takes one unit, waiting for it as long as it takes.
+    pub fn wait(&self) -> Result<()> {
+        self.wait_until(None)
+    }
+
+    /// Takes one unit, waiting at most `timeout` (then `Timeout`).
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<()> {
+        let mut taken = false;
+        if wait::spin(|| {
+            taken = matches!(self.try_wait(), Ok(true));
+            taken
+        }) {
+            return Ok(());
+        }
+        loop {
+            if self.try_wait()? {
+                return Ok(());
+            }
+            self.sleepers.fetch_add(1, Ordering::SeqCst);
+            let slept = wait::sleep(self.count, 0, deadline, POLL_SLICE, "wait");
+            self.sleepers.fetch_sub(1, Ordering::SeqCst);
+            slept?;
+        }
+    }
+
+    /// Returns one unit, waking a sleeper if there is one.
+    pub fn post(&self) -> Result<()> {
+        let mut count = self.count.load(Ordering::Relaxed);
+        loop {
+            let next = count.checked_add(1).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    "post",
+                    "the count would overflow u32",
+                )
+            })?;
+            match self.count.compare_exchange_weak(
+                count,
+                next,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => break,
+                Err(now) => count = now,
+            }
+        }
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            wait::wake(self.count, 1);
+        }
+        self.segment.check()
+    }
+}

@@ -1,0 +1,138 @@
+//! Synchronisation across processes made by fork: the robust mutex against SIGKILL (1,000
+//! rounds), a semaphore between processes, and waiters that sleep without using CPU.
+//!
+//! Runs without the libtest harness (fork in a threaded harness is hazardous).
+
+use std::time::{Duration, Instant};
+
+use mmapkit::sync::{Event, EventMode, LockError, Mutex, Semaphore};
+use mmapkit::{ErrorKind, Segment, SegmentOptions};
+
+fn main() {
+    let cases: &[(&str, fn())] = &[
+        (
+            "kill_9_of_the_lock_holder_1000_rounds",
+            kill_9_of_the_lock_holder_1000_rounds,
+        ),
+        ("semaphore_between_processes", semaphore_between_processes),
+        ("idle_waiters_use_no_cpu", idle_waiters_use_no_cpu),
+    ];
+    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let mut ran = 0;
+    for (name, case) in cases {
+        if filter
+            .as_ref()
+            .is_some_and(|filter| !name.contains(filter.as_str()))
+        {
+            continue;
+        }
+        case();
+        println!("test {name} ... ok");
+        ran += 1;
+    }
+    println!("\ntest result: ok. {ran} passed");
+}
+
+fn segment() -> Segment {
+    SegmentOptions::new("test/sync", 4096)
+        .unwrap()
+        .create_memfd("sync")
+        .unwrap()
+}
+
+/// Forks; the child runs `child` and exits with its code. Returns the child's pid.
+fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: this binary is single-threaded (no libtest harness).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+/// Waits for a child; returns its wait status and the CPU time it used.
+fn reap(pid: libc::pid_t) -> (i32, Duration) {
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for our own child, writing into valid locals.
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    (status, time(usage.ru_utime) + time(usage.ru_stime))
+}
+
+fn kill_9_of_the_lock_holder_1000_rounds() {
+    const ROUNDS: u64 = 1000;
+    let segment = segment();
+    let mutex = Mutex::init(&segment, 0, [0u64; 2]).unwrap();
+    let ready = Semaphore::init(&segment, 64, 0).unwrap();
+    let started = Instant::now();
+    for round in 1..=ROUNDS {
+        let child = fork(|| {
+            let mut guard = match mutex.lock() {
+                Ok(guard) => guard,
+                Err(error) => error.into_guard().unwrap(),
+            };
+            guard.set(&[round, 0]).unwrap(); // half-done work: [round, not finished]
+            ready.post().unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            0
+        });
+        ready.wait_timeout(Duration::from_secs(10)).unwrap();
+        // SAFETY: kills our own child.
+        assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
+        let (status, _) = reap(child);
+        assert!(libc::WIFSIGNALED(status));
+        match mutex.lock_timeout(Duration::from_secs(10)) {
+            Err(LockError::OwnerDied(mut guard)) => {
+                assert_eq!(
+                    guard.get().unwrap(),
+                    [round, 0],
+                    "the dead owner's data is there"
+                );
+                guard.set(&[round, 1]).unwrap();
+                guard.mark_consistent();
+            }
+            Ok(_) => panic!("round {round}: the owner's death was not reported"),
+            Err(error) => panic!("round {round}: {error}"),
+        }
+    }
+    assert_eq!(mutex.lock().unwrap().get().unwrap(), [ROUNDS, 1]);
+    println!("({ROUNDS} rounds in {:?})", started.elapsed());
+}
+
+fn semaphore_between_processes() {
+    let segment = segment();
+    let semaphore = Semaphore::init(&segment, 0, 0).unwrap();
+    let child = fork(|| {
+        for _ in 0..1000 {
+            semaphore.post().unwrap();
+        }
+        0
+    });
+    for _ in 0..1000 {
+        semaphore.wait_timeout(Duration::from_secs(10)).unwrap();
+    }
+    assert_eq!(reap(child).0, 0);
+    assert_eq!(semaphore.value(), 0);
+}
+
+fn idle_waiters_use_no_cpu() {
+    let segment = segment();
+    let event = Event::init(&segment, 0, EventMode::ManualReset).unwrap();
+    let child = fork(|| {
+        let error = event.wait_timeout(Duration::from_millis(600)).unwrap_err();
+        i32::from(error.kind() != ErrorKind::Timeout)
+    });
+    let (status, cpu) = reap(child);
+    assert_eq!(status, 0);
+    // A busy waiter would use about the whole 600 ms; a sleeping one a few milliseconds.
+    assert!(
+        cpu < Duration::from_millis(150),
+        "the waiter used {cpu:?} of CPU in 600 ms"
+    );
+    println!("(a 600 ms wait used {cpu:?} of CPU)");
+}
