@@ -25,6 +25,7 @@
 //! | [`growable`] | [`GrowableMap`], a file mapping that grows for append-only logs |
 //! | [`shm`] | [`Segment`]: named, memfd and file segments, their header, passing, cleanup |
 //! | [`sync`] | robust mutex, condition variable, semaphore, events (pollable, async) in segments |
+//! | [`channel`] | SPSC, byte and MPMC queues in segments: zero-copy, blocking, disconnect-aware |
 //!
 //! # Safety model
 //! A Rust reference promises that what it points to does not change behind it. Memory that
@@ -41,6 +42,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod channel;
 pub mod error;
 pub mod fault;
 pub mod growable;

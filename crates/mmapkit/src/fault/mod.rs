@@ -129,6 +129,28 @@ impl Mapping {
     }
 }
 
+/// Copies between ordinary memory and a shielded shared segment (a channel's data area, say)
+/// through the guarded routine: opaque to the compiler, so bytes a peer changes meanwhile are
+/// merely bytes, and a fault ends the copy with `Truncated` instead of a crash.
+///
+/// # Safety
+/// `dst` and `src` are valid for `len` bytes (apart from pages a truncation removed), do not
+/// overlap, and no Rust reference covers `dst`.
+pub(crate) unsafe fn copy_shared(
+    operation: &'static str,
+    dst: *mut u8,
+    src: *const u8,
+    len: usize,
+) -> Result<()> {
+    guard::install().map_err(|errno| Error::os(operation, errno))?;
+    // SAFETY: forwarded from this function's contract; the handler is installed.
+    let outcome = unsafe { guard::copy(dst, src, len) };
+    match outcome.remaining {
+        0 => Ok(()),
+        remaining => Err(truncated(operation, len - remaining, outcome.fault_code)),
+    }
+}
+
 fn truncated(operation: &'static str, offset: usize, fault_code: usize) -> Error {
     let hardware = fault_code == libc::BUS_MCEERR_AR as usize;
     let message = if hardware {

@@ -1,0 +1,327 @@
+//! Queues in shared memory: each channel is a segment of its own.
+//!
+//! * [`Channel<T>`]: single producer, single consumer, fixed-size plain-old-data messages;
+//!   zero-copy sending ([`Sender::loan`]: reserve a slot, write in place, commit) and receiving
+//!   in place ([`Receiver::receive_in_place`]). Lock-free.
+//! * [`ByteChannel`]: single producer, single consumer, variable-length byte messages.
+//! * [`MpmcChannel<T>`]: many producers and many consumers (in any processes); each message is
+//!   delivered once. Producers and consumers each serialise on a robust mutex.
+//!
+//! Every channel offers `try_recv` (never waits), blocking `recv` and `recv_timeout` (spin
+//! briefly, then sleep on a futex), and backpressure: `send` waits while the queue is full,
+//! `try_send` reports `WouldBlock`. When the other side is gone — dropped, or its process
+//! killed — the waiting side gets [`Disconnected`](crate::ErrorKind::Disconnected) within a
+//! sleep slice or two (about 10–20 ms), never a hang: endpoints are recorded in the channel
+//! with their process identity (see `endpoints`). Messages already queued are still delivered
+//! before a receiver reports the disconnection.
+//!
+//! **Polling.** A channel created with [`ChannelOptions::pollable`] carries an eventfd
+//! *doorbell*: a receiver can wait for it with poll/epoll next to other descriptors (or with
+//! `recv_async` under the `tokio` feature). The doorbell is a descriptor, so senders must get
+//! the channel from its creator with it — by fork, exec, or [`Channel::send_over`] on a Unix
+//! socket; a sender that opens a pollable channel by name is refused, since it could not ring.
+//!
+//! **Trust.** Positions, record headers and lengths written by the other side are validated
+//! before use; impossible values are [`Corrupt`](crate::ErrorKind::Corrupt) errors, and no read
+//! or write ever leaves the channel's data area. Message contents are copied out before they
+//! are handed over, except through the explicitly `unsafe` in-place borrows, whose contract is
+//! that the peer follows the protocol.
+
+mod bytes;
+mod control;
+mod endpoints;
+mod mpmc;
+mod spsc;
+
+pub use bytes::{ByteChannel, ByteReceiver, ByteSender, LoanBytes, ReceivedBytes};
+pub use mpmc::{MpmcChannel, MpmcReceiver, MpmcSender};
+pub use spsc::{Channel, Loan, Received, Receiver, Sender};
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::{Segment, SegmentOptions};
+use control::{Control, Shape, slot_size};
+
+/// The kinds of channel, as recorded in the control block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Spsc = 1,
+    Bytes = 2,
+    Mpmc = 3,
+}
+
+impl Kind {
+    fn from_word(word: u32) -> Option<Kind> {
+        match word {
+            1 => Some(Kind::Spsc),
+            2 => Some(Kind::Bytes),
+            3 => Some(Kind::Mpmc),
+            _ => None,
+        }
+    }
+
+    fn type_tag(self) -> &'static str {
+        match self {
+            Kind::Spsc => "mmapkit/spsc",
+            Kind::Bytes => "mmapkit/bytes",
+            Kind::Mpmc => "mmapkit/mpmc",
+        }
+    }
+}
+
+/// How to create a channel.
+#[derive(Debug, Clone)]
+pub struct ChannelOptions {
+    capacity: usize,
+    pollable: bool,
+    mode: u32,
+}
+
+impl ChannelOptions {
+    /// A channel of `capacity` messages (typed channels) or bytes (byte channels), rounded up
+    /// to a power of two.
+    pub fn new(capacity: usize) -> ChannelOptions {
+        ChannelOptions {
+            capacity,
+            pollable: false,
+            mode: 0o600,
+        }
+    }
+
+    /// Gives the channel a doorbell eventfd, so that receivers can poll it (see the
+    /// [module docs](self)).
+    pub fn pollable(&mut self, pollable: bool) -> &mut Self {
+        self.pollable = pollable;
+        self
+    }
+
+    /// Permission bits of a named channel's segment (default 0600).
+    pub fn mode(&mut self, mode: u32) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    fn shape(&self, kind: Kind, element_size: usize, element_align: usize) -> Result<Shape> {
+        let invalid =
+            |message: String| Error::new(ErrorKind::InvalidInput, "create channel", message);
+        let capacity = self
+            .capacity
+            .max(if kind == Kind::Bytes { 64 } else { 1 })
+            .checked_next_power_of_two()
+            .ok_or_else(|| invalid(format!("capacity {} is too large", self.capacity)))?;
+        let element = |value: usize| {
+            u32::try_from(value).map_err(|_| invalid("the element type is too large".into()))
+        };
+        Ok(Shape {
+            kind,
+            element_size: element(element_size)?,
+            element_align: element(element_align)?,
+            capacity: capacity as u64,
+            pollable: self.pollable,
+        })
+    }
+}
+
+/// A channel's segment and, for pollable channels, its doorbell.
+#[derive(Debug)]
+struct Handle {
+    segment: Segment,
+    doorbell: Option<OwnedFd>,
+}
+
+/// Where a new channel lives.
+enum Place<'a> {
+    Named(&'a str),
+    Memfd,
+}
+
+impl Handle {
+    fn create(place: Place<'_>, options: &ChannelOptions, shape: Shape) -> Result<Handle> {
+        let payload = shape.payload_len().ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "create channel",
+                "the capacity is too large",
+            )
+        })?;
+        let mut segment_options = SegmentOptions::new(shape.kind.type_tag(), payload)?;
+        segment_options.mode(options.mode);
+        let init = |segment: &Segment| {
+            Control::init(segment, shape)?;
+            let control =
+                Control::open(segment, shape.kind, shape.element_size, shape.element_align)?;
+            endpoints::init(&control)?;
+            if shape.kind == Kind::Mpmc {
+                mpmc::init_locks(segment)?;
+            }
+            Ok(())
+        };
+        let segment = match place {
+            Place::Named(name) => segment_options.create_with(name, init)?,
+            Place::Memfd => segment_options.create_memfd_with(shape.kind.type_tag(), init)?,
+        };
+        let doorbell = match shape.pollable {
+            true => {
+                Some(crate::sys::eventfd(0).map_err(|errno| Error::os("create channel", errno))?)
+            }
+            false => None,
+        };
+        Ok(Handle { segment, doorbell })
+    }
+
+    fn open(name: &str, kind: Kind) -> Result<Handle> {
+        let segment = SegmentOptions::new(kind.type_tag(), 0)?.open(name)?;
+        Ok(Handle {
+            segment,
+            doorbell: None,
+        })
+    }
+
+    fn from_segment(segment: Segment, doorbell: Option<OwnedFd>) -> Handle {
+        Handle { segment, doorbell }
+    }
+
+    fn receive_from(stream: &UnixStream, kind: Kind) -> Result<Handle> {
+        let (segment, mut extra) = SegmentOptions::new(kind.type_tag(), 0)?.receive(stream)?;
+        Ok(Handle {
+            segment,
+            doorbell: extra.pop(),
+        })
+    }
+
+    fn send_over(&self, stream: &UnixStream) -> Result<()> {
+        let extra: Vec<BorrowedFd<'_>> = self.doorbell.iter().map(AsFd::as_fd).collect();
+        self.segment.send(stream, &extra)
+    }
+
+    fn control(
+        &self,
+        kind: Kind,
+        element_size: usize,
+        element_align: usize,
+    ) -> Result<Control<'_>> {
+        let size = u32::try_from(element_size).unwrap_or(u32::MAX);
+        let align = u32::try_from(element_align).unwrap_or(u32::MAX);
+        Control::open(&self.segment, kind, size, align)
+    }
+
+    /// Refuses a sender that could not ring a pollable channel's doorbell.
+    fn check_doorbell(&self, control: &Control<'_>) -> Result<()> {
+        if control.shape.pollable && self.doorbell.is_none() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "attach sender",
+                "this channel is pollable, and this handle has no doorbell to ring",
+            )
+            .with_hint(
+                "get the channel from its creator (fork, exec or receive_from) instead of by name",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The ring's geometry.
+#[derive(Debug, Clone, Copy)]
+struct Ring<'c> {
+    control: Control<'c>,
+    mask: u64,
+    slot_size: usize,
+}
+
+impl<'c> Ring<'c> {
+    fn new(control: Control<'c>) -> Ring<'c> {
+        let shape = control.shape;
+        Ring {
+            control,
+            mask: shape.capacity - 1,
+            slot_size: slot_size(shape.element_size as usize, shape.element_align as usize),
+        }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.mask + 1
+    }
+
+    /// The slot of `position`; always inside the data area (`Control::open` checked its size).
+    fn slot<T>(&self, position: u64) -> *mut T {
+        let index = (position & self.mask) as usize;
+        self.control
+            .data()
+            .wrapping_add(index * self.slot_size)
+            .cast()
+    }
+}
+
+/// Limits how often a waiting endpoint reads /proc to see whether its peer died.
+#[derive(Debug)]
+struct PeerCheck {
+    next: Instant,
+}
+
+impl PeerCheck {
+    const INTERVAL: Duration = Duration::from_millis(10);
+
+    fn new() -> PeerCheck {
+        PeerCheck {
+            next: Instant::now(),
+        }
+    }
+
+    /// Whether the peer is gone; the expensive process check runs at most once per interval.
+    fn gone(&mut self, control: &Control<'_>, endpoint: &endpoints::Endpoint<'_>) -> Result<bool> {
+        let now = Instant::now();
+        let check_processes = now >= self.next;
+        if check_processes {
+            self.next = now + Self::INTERVAL;
+        }
+        endpoints::peer_gone(control, endpoint, check_processes)
+    }
+}
+
+/// The deadline `timeout` from now.
+fn deadline(timeout: Duration) -> Instant {
+    Instant::now() + timeout
+}
+
+fn timed_out(operation: &'static str) -> Error {
+    Error::new(ErrorKind::Timeout, operation, "the wait timed out")
+}
+
+/// A doorbell registered with tokio's reactor.
+#[cfg(feature = "tokio")]
+struct AsyncDoorbell {
+    registered: tokio::io::unix::AsyncFd<OwnedFd>,
+}
+
+#[cfg(feature = "tokio")]
+impl AsyncDoorbell {
+    fn new(doorbell: &OwnedFd) -> Result<AsyncDoorbell> {
+        use tokio::io::Interest;
+        let duplicate = doorbell
+            .try_clone()
+            .map_err(|error| Error::io("recv_async", &error))?;
+        // SAFETY: an OwnedFd is a valid open descriptor that returns the same number for as
+        // long as it lives, and the AsyncFd owns it until dropped.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(duplicate, Interest::READABLE)
+        }
+        .map_err(|error| Error::io("recv_async", &error.into()))?;
+        Ok(AsyncDoorbell { registered })
+    }
+
+    /// Waits until the doorbell rings or a poll slice passes (so that a dead peer is noticed).
+    async fn ready(&self) -> Result<()> {
+        match tokio::time::timeout(crate::sync::POLL_SLICE, self.registered.readable()).await {
+            Ok(Ok(mut ready)) => {
+                ready.clear_ready();
+                Ok(())
+            }
+            Ok(Err(error)) => Err(Error::io("recv_async", &error)),
+            Err(_elapsed) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,514 @@
+//! [`Channel<T>`]: a lock-free single-producer, single-consumer ring of plain-old-data values.
+//!
+//! The ring has a power-of-two number of slots; `head` and `tail` count messages ever sent
+//! and received, so `head - tail` is the fill level and `position % capacity` the slot. Each
+//! side keeps the last value it saw of the other's position and reads the shared one only
+//! when that copy says the ring is full (sender) or empty (receiver).
+
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::control::Control;
+use super::endpoints::{self, Endpoint, Role};
+use super::{ChannelOptions, Handle, Kind, PeerCheck, Place, Ring, deadline, timed_out};
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::Segment;
+
+/// A single-producer, single-consumer channel of `T`. See the [module docs](super).
+#[derive(Debug)]
+pub struct Channel<T> {
+    handle: Handle,
+    _messages: PhantomData<fn(T) -> T>,
+}
+
+impl<T: bytemuck::Pod> Channel<T> {
+    /// Creates the named channel `name` (a segment in /dev/shm).
+    pub fn create(name: &str, options: &ChannelOptions) -> Result<Self> {
+        let shape = options.shape(Kind::Spsc, size_of::<T>(), align_of::<T>())?;
+        Self::wrap(Handle::create(Place::Named(name), options, shape)?)
+    }
+
+    /// Creates an anonymous channel in a memfd, to share by fork, exec or a Unix socket.
+    pub fn create_memfd(options: &ChannelOptions) -> Result<Self> {
+        let shape = options.shape(Kind::Spsc, size_of::<T>(), align_of::<T>())?;
+        Self::wrap(Handle::create(Place::Memfd, options, shape)?)
+    }
+
+    /// Opens the named channel `name`; its element type must have `T`'s size and alignment.
+    pub fn open(name: &str) -> Result<Self> {
+        Self::wrap(Handle::open(name, Kind::Spsc)?)
+    }
+
+    /// Adopts a channel segment received or inherited from another process.
+    pub fn from_segment(segment: Segment, doorbell: Option<OwnedFd>) -> Result<Self> {
+        Self::wrap(Handle::from_segment(segment, doorbell))
+    }
+
+    /// Receives a channel sent with [`send_over`](Self::send_over).
+    pub fn receive_from(stream: &UnixStream) -> Result<Self> {
+        Self::wrap(Handle::receive_from(stream, Kind::Spsc)?)
+    }
+
+    /// Sends the channel (its segment and doorbell) to another process over a Unix socket.
+    pub fn send_over(&self, stream: &UnixStream) -> Result<()> {
+        self.handle.send_over(stream)
+    }
+
+    fn wrap(handle: Handle) -> Result<Self> {
+        handle.control(Kind::Spsc, size_of::<T>(), align_of::<T>())?;
+        Ok(Channel {
+            handle,
+            _messages: PhantomData,
+        })
+    }
+
+    fn control(&self) -> Result<Control<'_>> {
+        self.handle
+            .control(Kind::Spsc, size_of::<T>(), align_of::<T>())
+    }
+
+    /// The segment behind the channel.
+    pub fn segment(&self) -> &Segment {
+        &self.handle.segment
+    }
+
+    /// How many messages fit.
+    pub fn capacity(&self) -> usize {
+        self.control()
+            .map_or(0, |control| control.shape.capacity as usize)
+    }
+
+    /// Attaches the sending side (one per channel; a dead one is taken over).
+    pub fn sender(&self) -> Result<Sender<'_, T>> {
+        let control = self.control()?;
+        self.handle.check_doorbell(&control)?;
+        let doorbell = self.handle.doorbell.as_ref();
+        let endpoint = endpoints::attach(&control, Role::Sender, true, doorbell)?;
+        let (head, tail) = control.positions()?;
+        Ok(Sender {
+            ring: Ring::new(control),
+            endpoint,
+            doorbell,
+            head,
+            tail_seen: tail,
+            peer: PeerCheck::new(),
+            _messages: PhantomData,
+        })
+    }
+
+    /// Attaches the receiving side (one per channel; a dead one is taken over).
+    pub fn receiver(&self) -> Result<Receiver<'_, T>> {
+        let control = self.control()?;
+        let doorbell = self.handle.doorbell.as_ref();
+        let endpoint = endpoints::attach(&control, Role::Receiver, true, doorbell)?;
+        let (head, tail) = control.positions()?;
+        Ok(Receiver {
+            ring: Ring::new(control),
+            endpoint,
+            doorbell,
+            tail,
+            head_seen: head,
+            peer: PeerCheck::new(),
+            _messages: PhantomData,
+        })
+    }
+}
+
+/// The sending side of a [`Channel`].
+#[derive(Debug)]
+pub struct Sender<'c, T> {
+    ring: Ring<'c>,
+    endpoint: Endpoint<'c>,
+    doorbell: Option<&'c OwnedFd>,
+    head: u64,
+    tail_seen: u64,
+    peer: PeerCheck,
+    _messages: PhantomData<fn(T)>,
+}
+
+impl<'c, T: bytemuck::Pod> Sender<'c, T> {
+    /// Whether a slot is free, reading the receiver's position only when needed.
+    fn has_room(&mut self) -> Result<bool> {
+        if self.head - self.tail_seen < self.ring.capacity() {
+            return Ok(true);
+        }
+        let tail = self.ring.control.tail.load(Ordering::Acquire);
+        match self.head.checked_sub(tail) {
+            Some(used) if used <= self.ring.capacity() => {
+                self.tail_seen = tail;
+                Ok(used < self.ring.capacity())
+            }
+            _ => Err(Error::new(
+                ErrorKind::Corrupt,
+                "send",
+                format!(
+                    "the receiver's position {tail} is impossible (head {})",
+                    self.head
+                ),
+            )),
+        }
+    }
+
+    /// Waits for a free slot until `deadline`.
+    fn wait_for_room(&mut self, deadline: Option<Instant>, operation: &'static str) -> Result<()> {
+        if self.has_room()? {
+            return Ok(());
+        }
+        let mut failure = None;
+        if crate::sync::spin(|| match self.has_room() {
+            Ok(room) => room,
+            Err(error) => {
+                failure = Some(error);
+                true
+            }
+        }) {
+            return failure.map_or(Ok(()), Err);
+        }
+        loop {
+            if self.peer.gone(&self.ring.control, &self.endpoint)? {
+                return Err(endpoints::disconnected(operation, &self.endpoint));
+            }
+            let control = self.ring.control;
+            control
+                .sleep_as_sender(|| self.has_room(), deadline)
+                .map_err(|error| match error.kind() {
+                    ErrorKind::Timeout => timed_out(operation),
+                    _ => error,
+                })?;
+            control.segment.check()?;
+            if self.has_room()? {
+                return Ok(());
+            }
+        }
+    }
+
+    fn publish(&mut self) -> Result<()> {
+        self.head += 1;
+        self.ring.control.head.store(self.head, Ordering::Release);
+        self.ring.control.wake_receivers(self.doorbell, false);
+        self.ring.control.segment.check()
+    }
+
+    fn write_slot(&mut self, value: &T) {
+        // SAFETY: the slot lies in the data area and is aligned for T (slot size is a
+        // multiple of T's alignment, the data area is 64-byte aligned); the receiver does not
+        // read it until `publish`, and the shield keeps the page mapped.
+        unsafe { self.ring.slot::<T>(self.head).write_volatile(*value) };
+    }
+
+    fn check_receiver(&self, operation: &'static str) -> Result<()> {
+        match self.endpoint.peer_detached() {
+            true => Err(endpoints::disconnected(operation, &self.endpoint)),
+            false => Ok(()),
+        }
+    }
+
+    /// Sends `value`, waiting while the channel is full.
+    pub fn send(&mut self, value: &T) -> Result<()> {
+        self.check_receiver("send")?;
+        self.wait_for_room(None, "send")?;
+        self.write_slot(value);
+        self.publish()
+    }
+
+    /// Sends `value`, waiting at most `timeout` for room.
+    pub fn send_timeout(&mut self, value: &T, timeout: Duration) -> Result<()> {
+        self.check_receiver("send")?;
+        self.wait_for_room(Some(deadline(timeout)), "send")?;
+        self.write_slot(value);
+        self.publish()
+    }
+
+    /// Sends `value` if there is room now; otherwise `WouldBlock`. `Disconnected` once the
+    /// receiver is gone.
+    pub fn try_send(&mut self, value: &T) -> Result<()> {
+        self.check_receiver("try_send")?;
+        if !self.has_room()? {
+            return Err(self.full_error("try_send")?);
+        }
+        self.write_slot(value);
+        self.publish()
+    }
+
+    fn full_error(&mut self, operation: &'static str) -> Result<Error> {
+        if self.peer.gone(&self.ring.control, &self.endpoint)? {
+            return Ok(endpoints::disconnected(operation, &self.endpoint));
+        }
+        Ok(Error::new(
+            ErrorKind::WouldBlock,
+            operation,
+            "the channel is full",
+        ))
+    }
+
+    /// Reserves the next slot, waiting for room: write the message in place, then
+    /// [`commit`](Loan::commit). Dropping the loan uncommitted sends nothing.
+    pub fn loan(&mut self) -> Result<Loan<'_, 'c, T>> {
+        self.check_receiver("loan")?;
+        self.wait_for_room(None, "loan")?;
+        Ok(Loan { sender: self })
+    }
+
+    /// Reserves the next slot if there is room now; otherwise `WouldBlock`.
+    pub fn try_loan(&mut self) -> Result<Loan<'_, 'c, T>> {
+        self.check_receiver("try_loan")?;
+        if !self.has_room()? {
+            return Err(self.full_error("try_loan")?);
+        }
+        Ok(Loan { sender: self })
+    }
+}
+
+/// A reserved slot of a [`Sender`]; see [`Sender::loan`].
+#[derive(Debug)]
+pub struct Loan<'s, 'c, T: bytemuck::Pod> {
+    sender: &'s mut Sender<'c, T>,
+}
+
+impl<T: bytemuck::Pod> Loan<'_, '_, T> {
+    /// Writes the message into the slot.
+    pub fn write(&mut self, value: &T) {
+        self.sender.write_slot(value);
+    }
+
+    /// The slot's address, to fill it field by field through raw pointers.
+    pub fn as_mut_ptr(&mut self) -> *mut T {
+        self.sender.ring.slot(self.sender.head)
+    }
+
+    /// Borrows the slot (holding whatever an earlier message left there).
+    ///
+    /// # Safety
+    /// The receiver follows the protocol: it does not write the slot (nor truncate the
+    /// segment) while the loan lives.
+    pub unsafe fn as_mut(&mut self) -> &mut T {
+        // SAFETY: the slot lies in the data area, is aligned for T and holds a valid T (any
+        // bit pattern is one); no other reference to it exists on our side, and the caller
+        // guarantees the peer does not touch it.
+        unsafe { &mut *self.as_mut_ptr() }
+    }
+
+    /// Publishes the message.
+    pub fn commit(self) -> Result<()> {
+        self.sender.publish()
+    }
+}
+
+/// The receiving side of a [`Channel`].
+#[derive(Debug)]
+pub struct Receiver<'c, T> {
+    ring: Ring<'c>,
+    endpoint: Endpoint<'c>,
+    doorbell: Option<&'c OwnedFd>,
+    tail: u64,
+    head_seen: u64,
+    peer: PeerCheck,
+    _messages: PhantomData<fn() -> T>,
+}
+
+impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
+    /// Whether a message waits, reading the sender's position only when needed.
+    fn available(&mut self) -> Result<bool> {
+        if self.head_seen > self.tail {
+            return Ok(true);
+        }
+        let head = self.ring.control.head.load(Ordering::Acquire);
+        match head.checked_sub(self.tail) {
+            Some(used) if used <= self.ring.capacity() => {
+                self.head_seen = head;
+                Ok(used > 0)
+            }
+            _ => Err(Error::new(
+                ErrorKind::Corrupt,
+                "receive",
+                format!(
+                    "the sender's position {head} is impossible (tail {})",
+                    self.tail
+                ),
+            )),
+        }
+    }
+
+    fn release(&mut self) -> Result<()> {
+        self.tail += 1;
+        self.ring.control.tail.store(self.tail, Ordering::Release);
+        self.ring.control.wake_senders(false);
+        self.ring.control.segment.check()
+    }
+
+    fn take(&mut self) -> Result<T> {
+        // SAFETY: the slot lies in the data area and is aligned for T; the sender published
+        // it (Acquire on head) and does not reuse it until `release`; any bits are a valid T.
+        let value = unsafe { self.ring.slot::<T>(self.tail).read_volatile() };
+        self.release()?;
+        Ok(value)
+    }
+
+    /// Waits until a message is available or `deadline`; `Disconnected` when the queue is
+    /// empty and every sender is gone.
+    fn wait_for_message(
+        &mut self,
+        deadline: Option<Instant>,
+        operation: &'static str,
+    ) -> Result<()> {
+        if self.available()? {
+            return Ok(());
+        }
+        let mut failure = None;
+        if crate::sync::spin(|| match self.available() {
+            Ok(ready) => ready,
+            Err(error) => {
+                failure = Some(error);
+                true
+            }
+        }) {
+            return failure.map_or(Ok(()), Err);
+        }
+        loop {
+            if self.peer.gone(&self.ring.control, &self.endpoint)? {
+                // A last message may have been published just before the sender left.
+                return match self.available()? {
+                    true => Ok(()),
+                    false => Err(endpoints::disconnected(operation, &self.endpoint)),
+                };
+            }
+            let control = self.ring.control;
+            control
+                .sleep_as_receiver(|| self.available(), deadline)
+                .map_err(|error| match error.kind() {
+                    ErrorKind::Timeout => timed_out(operation),
+                    _ => error,
+                })?;
+            control.segment.check()?;
+            if self.available()? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Takes the next message if one is there; `Ok(None)` if not, `Disconnected` if there is
+    /// none and every sender is gone.
+    pub fn try_recv(&mut self) -> Result<Option<T>> {
+        if self.available()? {
+            return self.take().map(Some);
+        }
+        if self.peer.gone(&self.ring.control, &self.endpoint)? {
+            // A last message may have been published just before the sender left.
+            return match self.available()? {
+                true => self.take().map(Some),
+                false => Err(endpoints::disconnected("try_recv", &self.endpoint)),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Takes the next message, waiting as long as it takes.
+    pub fn recv(&mut self) -> Result<T> {
+        self.wait_for_message(None, "recv")?;
+        self.take()
+    }
+
+    /// Takes the next message, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<T> {
+        self.wait_for_message(Some(deadline(timeout)), "recv")?;
+        self.take()
+    }
+
+    /// Waits for the next message and lends it in place; it is released when the
+    /// [`Received`] is dropped.
+    pub fn receive_in_place(&mut self) -> Result<Received<'_, 'c, T>> {
+        self.wait_for_message(None, "receive_in_place")?;
+        Ok(Received { receiver: self })
+    }
+
+    /// The doorbell to poll, for a pollable channel.
+    pub fn pollable_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.doorbell.map(AsFd::as_fd)
+    }
+
+    /// Prepares to poll the doorbell: returns `true` if messages are already waiting (receive
+    /// them instead of polling), `false` once the doorbell is armed and polling may begin.
+    pub fn arm(&mut self) -> Result<bool> {
+        let Some(doorbell) = self.doorbell else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "arm",
+                "this channel has no doorbell",
+            )
+            .with_hint("create it with ChannelOptions::pollable(true)"));
+        };
+        super::control::drain(doorbell);
+        if self.available()? {
+            return Ok(true);
+        }
+        self.ring.control.arm_pollers();
+        if self.peer.gone(&self.ring.control, &self.endpoint)? {
+            return Ok(true);
+        }
+        self.available()
+    }
+
+    /// Takes the next message without blocking the thread, on tokio's reactor (needs a
+    /// pollable channel).
+    #[cfg(feature = "tokio")]
+    pub async fn recv_async(&mut self) -> Result<T> {
+        let doorbell = match self.doorbell {
+            Some(doorbell) => super::AsyncDoorbell::new(doorbell)?,
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "recv_async",
+                    "this channel has no doorbell",
+                ));
+            }
+        };
+        loop {
+            if let Some(value) = self.try_recv()? {
+                return Ok(value);
+            }
+            if !self.arm()? {
+                doorbell.ready().await?;
+            }
+        }
+    }
+}
+
+/// A message lent in place by [`Receiver::receive_in_place`]; released on drop.
+#[derive(Debug)]
+pub struct Received<'r, 'c, T: bytemuck::Pod> {
+    receiver: &'r mut Receiver<'c, T>,
+}
+
+impl<T: bytemuck::Pod> Received<'_, '_, T> {
+    /// A copy of the message.
+    pub fn read(&self) -> T {
+        // SAFETY: as in `Receiver::take`; the slot stays ours until this value drops.
+        unsafe { self.as_ptr().read_volatile() }
+    }
+
+    /// The message's address.
+    pub fn as_ptr(&self) -> *const T {
+        self.receiver.ring.slot(self.receiver.tail)
+    }
+
+    /// Borrows the message in place.
+    ///
+    /// # Safety
+    /// The sender follows the protocol: it does not write a published slot (nor truncate the
+    /// segment) while the borrow lives.
+    pub unsafe fn get(&self) -> &T {
+        // SAFETY: the slot lies in the data area, is aligned and holds a valid T; the caller
+        // guarantees the sender does not change it meanwhile.
+        unsafe { &*self.as_ptr() }
+    }
+}
+
+impl<T: bytemuck::Pod> Drop for Received<'_, '_, T> {
+    fn drop(&mut self) {
+        // A truncated segment is reported by the next operation.
+        let _ = self.receiver.release();
+    }
+}

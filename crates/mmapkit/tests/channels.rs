@@ -1,0 +1,334 @@
+//! Channels between threads of one process: ordering, backpressure, loans, disconnection,
+//! polling, and hostile bytes. (Processes are in `channel_processes.rs`.)
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::SegmentName;
+use mmapkit::ErrorKind;
+use mmapkit::channel::{ByteChannel, Channel, ChannelOptions, MpmcChannel};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C)]
+struct Message {
+    sequence: u64,
+    payload: [u8; 56],
+}
+
+#[test]
+fn spsc_delivers_every_message_in_order_through_wrap_and_backpressure() {
+    let channel = Channel::<Message>::create_memfd(&ChannelOptions::new(8)).unwrap();
+    assert_eq!(channel.capacity(), 8);
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut sender = channel.sender().unwrap();
+            for sequence in 0..50_000u64 {
+                let message = Message {
+                    sequence,
+                    payload: [sequence as u8; 56],
+                };
+                sender.send(&message).unwrap();
+            }
+        });
+        let mut receiver = channel.receiver().unwrap();
+        for expected in 0..50_000u64 {
+            let message = receiver.recv_timeout(Duration::from_secs(10)).unwrap();
+            assert_eq!(message.sequence, expected);
+            assert_eq!(message.payload, [expected as u8; 56]);
+        }
+    });
+}
+
+#[test]
+fn try_variants_report_full_and_empty() {
+    let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(2)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    assert_eq!(receiver.try_recv().unwrap(), None);
+    sender.try_send(&1).unwrap();
+    sender.try_send(&2).unwrap();
+    assert_eq!(
+        sender.try_send(&3).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
+    let started = Instant::now();
+    let error = sender
+        .send_timeout(&3, Duration::from_millis(30))
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout);
+    assert!(started.elapsed() >= Duration::from_millis(30));
+    assert_eq!(receiver.try_recv().unwrap(), Some(1));
+    assert_eq!(receiver.recv().unwrap(), 2);
+    assert_eq!(
+        receiver
+            .recv_timeout(Duration::from_millis(20))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Timeout
+    );
+}
+
+#[test]
+fn loans_write_in_place_and_uncommitted_loans_send_nothing() {
+    let channel = Channel::<[u64; 4]>::create_memfd(&ChannelOptions::new(4)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    let mut loan = sender.loan().unwrap();
+    loan.write(&[9; 4]);
+    drop(loan);
+    assert_eq!(
+        receiver.try_recv().unwrap(),
+        None,
+        "an uncommitted loan sends nothing"
+    );
+    let mut loan = sender.loan().unwrap();
+    let slot = loan.as_mut_ptr();
+    // SAFETY: the slot is ours until commit; writing one element through the raw pointer.
+    unsafe { (*slot)[0] = 1 };
+    // SAFETY: the receiver (this thread) follows the protocol.
+    unsafe { loan.as_mut()[1..].copy_from_slice(&[2, 3, 4]) };
+    loan.commit().unwrap();
+    let received = receiver.receive_in_place().unwrap();
+    assert_eq!(received.read(), [1, 2, 3, 4]);
+    // SAFETY: the sender (this thread) follows the protocol.
+    assert_eq!(unsafe { received.get() }, &[1, 2, 3, 4]);
+}
+
+#[test]
+fn dropping_the_sender_disconnects_after_the_queue_drains() {
+    let channel = Channel::<u32>::create_memfd(&ChannelOptions::new(16)).unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    // A receiver that starts first waits; it is not disconnected from a sender never seen.
+    let early = receiver
+        .recv_timeout(Duration::from_millis(20))
+        .unwrap_err();
+    assert_eq!(early.kind(), ErrorKind::Timeout);
+    let mut sender = channel.sender().unwrap();
+    sender.send(&7).unwrap();
+    sender.send(&8).unwrap();
+    drop(sender);
+    assert_eq!(receiver.recv().unwrap(), 7);
+    assert_eq!(receiver.try_recv().unwrap(), Some(8));
+    assert_eq!(
+        receiver.try_recv().unwrap_err().kind(),
+        ErrorKind::Disconnected
+    );
+    assert_eq!(receiver.recv().unwrap_err().kind(), ErrorKind::Disconnected);
+
+    let mut sender = channel.sender().unwrap();
+    drop(receiver);
+    assert_eq!(sender.send(&1).unwrap_err().kind(), ErrorKind::Disconnected);
+}
+
+#[test]
+fn a_blocked_receiver_wakes_when_the_sender_leaves() {
+    let channel = Channel::<u32>::create_memfd(&ChannelOptions::new(16)).unwrap();
+    let sender = channel.sender().unwrap();
+    std::thread::scope(|scope| {
+        let waiting = scope.spawn(|| {
+            let mut receiver = channel.receiver().unwrap();
+            let started = Instant::now();
+            let error = receiver.recv().unwrap_err();
+            (error.kind(), started.elapsed())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        drop(sender);
+        let (kind, _) = waiting.join().unwrap();
+        assert_eq!(kind, ErrorKind::Disconnected);
+    });
+}
+
+#[test]
+fn one_sender_and_one_receiver_only() {
+    let channel = Channel::<u8>::create_memfd(&ChannelOptions::new(4)).unwrap();
+    let _sender = channel.sender().unwrap();
+    assert_eq!(
+        channel.sender().unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    let receiver = channel.receiver().unwrap();
+    assert_eq!(
+        channel.receiver().unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    drop(receiver);
+    channel.receiver().unwrap();
+}
+
+#[test]
+fn named_channels_check_the_element_type() {
+    let name = SegmentName::new("channel");
+    let created = Channel::<u64>::create(&name, &ChannelOptions::new(4)).unwrap();
+    let opened = Channel::<u64>::open(&name).unwrap();
+    created.sender().unwrap().send(&5).unwrap();
+    assert_eq!(opened.receiver().unwrap().recv().unwrap(), 5);
+    assert_eq!(
+        Channel::<u32>::open(&name).unwrap_err().kind(),
+        ErrorKind::Incompatible
+    );
+    assert_eq!(
+        ByteChannel::open(&name).unwrap_err().kind(),
+        ErrorKind::Incompatible
+    );
+}
+
+#[test]
+fn byte_messages_of_every_length_survive_wrap_around() {
+    let channel = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
+    assert_eq!(channel.max_message(), 2040);
+    let lengths: Vec<usize> = (0..3000).map(|i| (i * 7919) % 2041).collect();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut sender = channel.sender().unwrap();
+            for (index, &len) in lengths.iter().enumerate() {
+                let message: Vec<u8> = (0..len).map(|byte| (byte + index) as u8).collect();
+                sender.send(&message).unwrap();
+            }
+        });
+        let mut receiver = channel.receiver().unwrap();
+        let mut buf = Vec::new();
+        for (index, &len) in lengths.iter().enumerate() {
+            receiver.recv_into(&mut buf).unwrap();
+            assert_eq!(buf.len(), len);
+            assert!(
+                buf.iter()
+                    .enumerate()
+                    .all(|(byte, &value)| value == (byte + index) as u8)
+            );
+        }
+    });
+}
+
+#[test]
+fn byte_loans_and_limits() {
+    let channel = ByteChannel::create_memfd(&ChannelOptions::new(1024)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    let error = sender
+        .send(&vec![0; channel.max_message() + 1])
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    let mut loan = sender.loan(11).unwrap();
+    loan.write_at(0, b"hello").unwrap();
+    loan.write_at(5, b" world").unwrap();
+    assert_eq!(
+        loan.write_at(6, b"overflow").unwrap_err().kind(),
+        ErrorKind::OutOfBounds
+    );
+    loan.commit().unwrap();
+    let received = receiver.receive_in_place().unwrap();
+    assert_eq!(received.len(), 11);
+    assert_eq!(received.to_vec().unwrap(), b"hello world");
+    drop(received);
+    sender.try_send(b"").unwrap();
+    assert_eq!(receiver.try_recv().unwrap(), Some(Vec::new()));
+}
+
+#[test]
+fn mpmc_delivers_each_message_exactly_once_between_threads() {
+    let channel = MpmcChannel::<u64>::create_memfd(&ChannelOptions::new(64)).unwrap();
+    let received = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for producer in 0..4u64 {
+            let mut sender = channel.sender().unwrap();
+            scope.spawn(move || {
+                for sequence in 0..5_000u64 {
+                    sender.send(&(producer << 32 | sequence)).unwrap();
+                }
+            });
+        }
+        for _ in 0..3 {
+            let mut receiver = channel.receiver().unwrap();
+            let received = &received;
+            scope.spawn(move || {
+                let mut mine = Vec::new();
+                loop {
+                    match receiver.recv_timeout(Duration::from_secs(10)) {
+                        Ok(value) => mine.push(value),
+                        Err(error) if error.kind() == ErrorKind::Disconnected => break,
+                        Err(error) => panic!("{error}"),
+                    }
+                }
+                received.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let received = received.into_inner().unwrap();
+    let unique: BTreeSet<u64> = received.iter().copied().collect();
+    assert_eq!(received.len(), 20_000, "no duplicates");
+    assert_eq!(unique.len(), 20_000, "nothing lost");
+}
+
+#[test]
+fn polling_the_doorbell_wakes_for_a_message() {
+    let channel = Channel::<u64>::create_memfd(ChannelOptions::new(4).pollable(true)).unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    assert!(!receiver.arm().unwrap(), "nothing yet: armed");
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            channel.sender().unwrap().send(&99).unwrap();
+        });
+        let fd = receiver.pollable_fd().unwrap();
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let five_seconds = rustix::event::Timespec {
+            tv_sec: 5,
+            tv_nsec: 0,
+        };
+        assert_eq!(
+            rustix::event::poll(&mut fds, Some(&five_seconds)).unwrap(),
+            1
+        );
+    });
+    assert_eq!(receiver.try_recv().unwrap(), Some(99));
+}
+
+#[test]
+fn a_pollable_channel_opened_by_name_cannot_send() {
+    let name = SegmentName::new("pollable");
+    let _created = Channel::<u64>::create(&name, ChannelOptions::new(4).pollable(true)).unwrap();
+    let by_name = Channel::<u64>::open(&name).unwrap();
+    let error = by_name.sender().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unsupported);
+    assert!(error.to_string().contains("doorbell"), "{error}");
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread")]
+async fn async_receive_wakes_on_the_doorbell() {
+    let channel = Channel::<u64>::create_memfd(ChannelOptions::new(4).pollable(true)).unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            channel.sender().unwrap().send(&7).unwrap();
+        });
+    });
+    let value = tokio::time::timeout(Duration::from_secs(5), receiver.recv_async())
+        .await
+        .unwrap();
+    assert_eq!(value.unwrap(), 7);
+}
+
+#[test]
+fn hostile_positions_and_records_are_errors() {
+    let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(4)).unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    let head: &AtomicU64 = channel.segment().atomic(64).unwrap();
+    head.store(1 << 40, Ordering::SeqCst);
+    assert_eq!(receiver.try_recv().unwrap_err().kind(), ErrorKind::Corrupt);
+
+    let bytes = ByteChannel::create_memfd(&ChannelOptions::new(256)).unwrap();
+    let mut sender = bytes.sender().unwrap();
+    let mut receiver = bytes.receiver().unwrap();
+    sender.send(b"honest").unwrap();
+    // The peer rewrites the record's length to run past the end of the ring.
+    bytes.segment().write_pod(1024, &[100_000u32, 1]).unwrap();
+    assert_eq!(receiver.try_recv().unwrap_err().kind(), ErrorKind::Corrupt);
+}
