@@ -76,9 +76,10 @@ fn loans_write_in_place_and_uncommitted_loans_send_nothing() {
     let channel = Channel::<[u64; 4]>::create_memfd(&ChannelOptions::new(4)).unwrap();
     let mut sender = channel.sender().unwrap();
     let mut receiver = channel.receiver().unwrap();
-    let mut loan = sender.loan().unwrap();
-    loan.write(&[9; 4]);
-    drop(loan);
+    {
+        let mut uncommitted = sender.loan().unwrap();
+        uncommitted.write(&[9; 4]);
+    }
     assert_eq!(
         receiver.try_recv().unwrap(),
         None,

@@ -1,0 +1,316 @@
+//! The receiving side of a [`ByteChannel`](super::ByteChannel).
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::{MESSAGE, RECORD_HEADER, SKIP, max_message, record_len};
+use crate::channel::control::{self, Control};
+use crate::channel::endpoints::{self, Endpoint};
+use crate::channel::{PeerCheck, deadline, timed_out};
+use crate::error::{Error, ErrorKind, Result};
+use crate::fault::copy_shared;
+
+/// The receiving side of a [`ByteChannel`].
+#[derive(Debug)]
+pub struct ByteReceiver<'c> {
+    control: Control<'c>,
+    endpoint: Endpoint<'c>,
+    doorbell: Option<&'c OwnedFd>,
+    tail: u64,
+    head_seen: u64,
+    peer: PeerCheck,
+}
+
+impl<'c> ByteReceiver<'c> {
+    pub(super) fn new(
+        control: Control<'c>,
+        endpoint: Endpoint<'c>,
+        doorbell: Option<&'c OwnedFd>,
+        tail: u64,
+        head_seen: u64,
+        peer: PeerCheck,
+    ) -> ByteReceiver<'c> {
+        ByteReceiver {
+            control,
+            endpoint,
+            doorbell,
+            tail,
+            head_seen,
+            peer,
+        }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.control.shape.capacity
+    }
+
+    fn published(&mut self) -> Result<u64> {
+        if self.head_seen > self.tail {
+            return Ok(self.head_seen - self.tail);
+        }
+        let head = self.control.head.load(Ordering::Acquire);
+        match head.checked_sub(self.tail) {
+            Some(used) if used <= self.capacity() && head.is_multiple_of(8) => {
+                self.head_seen = head;
+                Ok(used)
+            }
+            _ => Err(Error::new(
+                ErrorKind::Corrupt,
+                "receive",
+                format!(
+                    "the sender's position {head} is impossible (tail {})",
+                    self.tail
+                ),
+            )),
+        }
+    }
+
+    /// The next message's payload offset in the data area and its length, skipping skip
+    /// records; `None` when nothing is published. Every header is validated.
+    fn next_message(&mut self) -> Result<Option<(usize, usize)>> {
+        loop {
+            let published = self.published()?;
+            if published == 0 {
+                return Ok(None);
+            }
+            let offset = self.tail % self.capacity();
+            let to_end = self.capacity() - offset;
+            // SAFETY: the header lies in the data area and was published (Acquire on head).
+            let [len, kind] = unsafe {
+                self.control
+                    .data()
+                    .wrapping_add(offset as usize)
+                    .cast::<[u32; 2]>()
+                    .read_volatile()
+            };
+            let len = u64::from(len);
+            match kind {
+                SKIP if len == to_end && len <= published => {
+                    self.advance(len)?;
+                }
+                MESSAGE
+                    if len <= max_message(self.capacity())
+                        && record_len(len) <= to_end.min(published) =>
+                {
+                    return Ok(Some(((offset + RECORD_HEADER) as usize, len as usize)));
+                }
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::Corrupt,
+                        "receive",
+                        format!(
+                            "record at {} has kind {kind} and length {len}: impossible here",
+                            self.tail
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, bytes: u64) -> Result<()> {
+        self.tail += bytes;
+        self.control.tail.store(self.tail, Ordering::Release);
+        self.control.wake_senders(false);
+        self.control.segment.check()
+    }
+
+    fn copy_out(&mut self, (offset, len): (usize, usize), buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        buf.reserve(len);
+        let source = self.control.data().wrapping_add(offset);
+        // SAFETY: the message lies in the data area (validated in `next_message`); `buf` has
+        // room for `len` bytes, which the copy initialises before `set_len`.
+        unsafe {
+            copy_shared("receive", buf.as_mut_ptr(), source, len)?;
+            buf.set_len(len);
+        }
+        self.advance(record_len(len as u64))
+    }
+
+    fn wait_for_message(
+        &mut self,
+        deadline: Option<Instant>,
+        operation: &'static str,
+    ) -> Result<(usize, usize)> {
+        if let Some(message) = self.next_message()? {
+            return Ok(message);
+        }
+        let mut found = None;
+        let mut failure = None;
+        crate::sync::spin(|| match self.next_message() {
+            Ok(message) => {
+                found = message;
+                found.is_some()
+            }
+            Err(error) => {
+                failure = Some(error);
+                true
+            }
+        });
+        if let Some(error) = failure {
+            return Err(error);
+        }
+        if let Some(message) = found {
+            return Ok(message);
+        }
+        loop {
+            if self.peer.gone(&self.control, &self.endpoint)? {
+                return self
+                    .next_message()?
+                    .ok_or_else(|| endpoints::disconnected(operation, &self.endpoint));
+            }
+            let control = self.control;
+            control
+                .sleep_as_receiver(|| self.published().map(|bytes| bytes > 0), deadline)
+                .map_err(|error| match error.kind() {
+                    ErrorKind::Timeout => timed_out(operation),
+                    _ => error,
+                })?;
+            control.segment.check()?;
+            if let Some(message) = self.next_message()? {
+                return Ok(message);
+            }
+        }
+    }
+
+    /// Receives the next message into `buf` (replacing its contents), waiting for it.
+    pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<()> {
+        let message = self.wait_for_message(None, "recv")?;
+        self.copy_out(message, buf)
+    }
+
+    /// Receives the next message, waiting for it.
+    pub fn recv(&mut self) -> Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.recv_into(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Receives the next message, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Vec<u8>> {
+        let message = self.wait_for_message(Some(deadline(timeout)), "recv")?;
+        let mut buf = Vec::new();
+        self.copy_out(message, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Receives the next message if one is there; `Ok(None)` if not, `Disconnected` when
+    /// there is none and the sender is gone.
+    pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
+        let message = match self.next_message()? {
+            Some(message) => message,
+            None if self.peer.gone(&self.control, &self.endpoint)? => self
+                .next_message()?
+                .ok_or_else(|| endpoints::disconnected("try_recv", &self.endpoint))?,
+            None => return Ok(None),
+        };
+        let mut buf = Vec::new();
+        self.copy_out(message, &mut buf)?;
+        Ok(Some(buf))
+    }
+
+    /// Waits for the next message and lends it in place; released when dropped.
+    pub fn receive_in_place(&mut self) -> Result<ReceivedBytes<'_, 'c>> {
+        let (offset, len) = self.wait_for_message(None, "receive_in_place")?;
+        Ok(ReceivedBytes {
+            receiver: self,
+            offset,
+            len,
+        })
+    }
+
+    /// The doorbell to poll, for a pollable channel.
+    pub fn pollable_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.doorbell.map(AsFd::as_fd)
+    }
+
+    /// Prepares to poll: `true` if messages already wait, `false` once the doorbell is armed.
+    pub fn arm(&mut self) -> Result<bool> {
+        let Some(doorbell) = self.doorbell else {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "arm",
+                "this channel has no doorbell",
+            )
+            .with_hint("create it with ChannelOptions::pollable(true)"));
+        };
+        control::drain(doorbell);
+        if self.published()? > 0 {
+            return Ok(true);
+        }
+        self.control.arm_pollers();
+        if self.peer.gone(&self.control, &self.endpoint)? {
+            return Ok(true);
+        }
+        Ok(self.published()? > 0)
+    }
+}
+
+/// A message lent in place by [`ByteReceiver::receive_in_place`]; released on drop.
+#[derive(Debug)]
+pub struct ReceivedBytes<'r, 'c> {
+    receiver: &'r mut ByteReceiver<'c>,
+    offset: usize,
+    len: usize,
+}
+
+impl ReceivedBytes<'_, '_> {
+    /// The message's length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True for an empty message.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies the message into `buf`, which must be exactly as long.
+    pub fn copy_to(&self, buf: &mut [u8]) -> Result<()> {
+        if buf.len() != self.len {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "copy_to",
+                format!(
+                    "the buffer is {} bytes and the message {}",
+                    buf.len(),
+                    self.len
+                ),
+            ));
+        }
+        // SAFETY: the message lies in the data area and stays ours until this value drops.
+        unsafe { copy_shared("copy_to", buf.as_mut_ptr(), self.as_ptr(), self.len) }
+    }
+
+    /// A copy of the message.
+    pub fn to_vec(&self) -> Result<Vec<u8>> {
+        let mut buf = vec![0; self.len];
+        self.copy_to(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// The message's first byte.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.receiver.control.data().wrapping_add(self.offset)
+    }
+
+    /// Borrows the message in place.
+    ///
+    /// # Safety
+    /// The sender follows the protocol: it does not write published bytes (nor truncate the
+    /// segment) while the borrow lives.
+    pub unsafe fn as_slice(&self) -> &[u8] {
+        // SAFETY: `len` bytes at the message's offset lie in the data area; the caller
+        // guarantees the peer leaves them alone.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for ReceivedBytes<'_, '_> {
+    fn drop(&mut self) {
+        // A truncated segment is reported by the next operation.
+        let _ = self.receiver.advance(record_len(self.len as u64));
+    }
+}
