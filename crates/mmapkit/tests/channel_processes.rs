@@ -1,0 +1,371 @@
+//! Channels between processes: forked and exec'd peers, peers killed mid-send or mid-receive,
+//! several producer and consumer processes, a named channel between unrelated processes, and
+//! a pollable channel handed over a Unix socket.
+//!
+//! Runs without the libtest harness (fork in a threaded harness is hazardous). Exec'd children
+//! are fresh copies of this binary started with `MMAPKIT_CHANNEL_SCENARIO` naming their part.
+
+mod common;
+
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::SegmentName;
+use mmapkit::channel::{ByteChannel, Channel, ChannelOptions, MpmcChannel};
+use mmapkit::sync::Semaphore;
+use mmapkit::{ErrorKind, SegmentOptions};
+
+const SCENARIO: &str = "MMAPKIT_CHANNEL_SCENARIO";
+const NAME: &str = "MMAPKIT_TEST_CHANNEL";
+const SOCKET: &str = "MMAPKIT_TEST_SOCKET";
+
+fn main() {
+    if let Ok(scenario) = std::env::var(SCENARIO) {
+        let code = match scenario.as_str() {
+            "named-sender" => named_sender(),
+            "socket-sender" => socket_sender(),
+            other => panic!("unknown scenario {other}"),
+        };
+        std::process::exit(code);
+    }
+    let cases: &[(&str, fn())] = &[
+        (
+            "forked_sender_streams_in_order",
+            forked_sender_streams_in_order,
+        ),
+        (
+            "sender_killed_mid_send_disconnects",
+            sender_killed_mid_send_disconnects,
+        ),
+        (
+            "receiver_killed_unblocks_a_full_sender",
+            receiver_killed_unblocks_a_full_sender,
+        ),
+        (
+            "mpmc_processes_deliver_exactly_once",
+            mpmc_processes_deliver_exactly_once,
+        ),
+        (
+            "named_channel_between_unrelated_processes",
+            named_channel_between_unrelated_processes,
+        ),
+        (
+            "pollable_channel_over_a_unix_socket",
+            pollable_channel_over_a_unix_socket,
+        ),
+    ];
+    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
+    let mut ran = 0;
+    for (name, case) in cases {
+        if filter
+            .as_ref()
+            .is_some_and(|filter| !name.contains(filter.as_str()))
+        {
+            continue;
+        }
+        case();
+        println!("test {name} ... ok");
+        ran += 1;
+    }
+    println!("\ntest result: ok. {ran} passed");
+}
+
+fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: this binary is single-threaded (no libtest harness).
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+fn reap(pid: libc::pid_t) -> i32 {
+    let mut status = 0;
+    // SAFETY: waits for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
+
+fn kill(pid: libc::pid_t) {
+    // SAFETY: kills our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+}
+
+fn forked_sender_streams_in_order() {
+    let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(256)).unwrap();
+    let child = fork(|| {
+        let mut sender = channel.sender().unwrap();
+        for value in 0..200_000u64 {
+            sender.send(&value).unwrap();
+        }
+        0
+    });
+    let mut receiver = channel.receiver().unwrap();
+    for expected in 0..200_000u64 {
+        assert_eq!(
+            receiver.recv_timeout(Duration::from_secs(10)).unwrap(),
+            expected
+        );
+    }
+    assert_eq!(
+        receiver
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Disconnected
+    );
+    assert_eq!(reap(child), 0);
+}
+
+fn sender_killed_mid_send_disconnects() {
+    let channel = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
+    let signals = SegmentOptions::new("test/signals", 64)
+        .unwrap()
+        .create_memfd("signals")
+        .unwrap();
+    let loaned = Semaphore::init(&signals, 0, 0).unwrap();
+    let child = fork(|| {
+        let mut sender = channel.sender().unwrap();
+        for index in 0..10u8 {
+            sender.send(&[index; 100]).unwrap();
+        }
+        let mut loan = sender.loan(500).unwrap();
+        loan.write_at(0, &[0xEE; 250]).unwrap(); // half-written, never committed
+        loaned.post().unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        0
+    });
+    loaned.wait_timeout(Duration::from_secs(10)).unwrap();
+    kill(child);
+    let killed = Instant::now();
+    let mut receiver = channel.receiver().unwrap();
+    for index in 0..10u8 {
+        assert_eq!(receiver.recv().unwrap(), vec![index; 100]);
+    }
+    let error = receiver.recv().unwrap_err();
+    let noticed = killed.elapsed();
+    assert_eq!(error.kind(), ErrorKind::Disconnected);
+    assert!(
+        noticed < Duration::from_millis(500),
+        "the death was noticed after {noticed:?}"
+    );
+    println!("(the sender's death was noticed {noticed:?} after SIGKILL)");
+    reap(child);
+}
+
+fn receiver_killed_unblocks_a_full_sender() {
+    let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(4)).unwrap();
+    let signals = SegmentOptions::new("test/signals", 64)
+        .unwrap()
+        .create_memfd("signals")
+        .unwrap();
+    let attached = Semaphore::init(&signals, 0, 0).unwrap();
+    let child = fork(|| {
+        let _receiver = channel.receiver().unwrap();
+        attached.post().unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        0
+    });
+    attached.wait_timeout(Duration::from_secs(10)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    for value in 0..4 {
+        sender.send(&value).unwrap();
+    }
+    kill(child);
+    let killed = Instant::now();
+    let error = sender.send(&4).unwrap_err();
+    let noticed = killed.elapsed();
+    assert_eq!(error.kind(), ErrorKind::Disconnected);
+    assert!(
+        noticed < Duration::from_millis(500),
+        "the death was noticed after {noticed:?}"
+    );
+    println!("(the receiver's death was noticed {noticed:?} after SIGKILL)");
+    reap(child);
+}
+
+fn mpmc_processes_deliver_exactly_once() {
+    const PRODUCERS: u64 = 3;
+    const CONSUMERS: usize = 3;
+    const PER_PRODUCER: u64 = 20_000;
+    let channel = MpmcChannel::<u64>::create_memfd(&ChannelOptions::new(128)).unwrap();
+    // One bit per message, and a duplicate counter, shared by all consumers.
+    let words = (PRODUCERS * PER_PRODUCER).div_ceil(64) as usize;
+    let tally = SegmentOptions::new("test/tally", words * 8 + 8)
+        .unwrap()
+        .create_memfd("tally")
+        .unwrap();
+    let start_gate = SegmentOptions::new("test/gate", 64)
+        .unwrap()
+        .create_memfd("gate")
+        .unwrap();
+    let gate = Semaphore::init(&start_gate, 0, 0).unwrap();
+    let mut children = Vec::new();
+    for _ in 0..CONSUMERS {
+        children.push(fork(|| {
+            let mut receiver = channel.receiver().unwrap();
+            gate.post().unwrap();
+            loop {
+                match receiver.recv_timeout(Duration::from_secs(20)) {
+                    Ok(message) => {
+                        let id = (message >> 32) * PER_PRODUCER + (message & 0xffff_ffff);
+                        let word: &AtomicU64 = tally.atomic(8 + (id / 64) as usize * 8).unwrap();
+                        if word.fetch_or(1 << (id % 64), Ordering::SeqCst) & (1 << (id % 64)) != 0 {
+                            tally
+                                .atomic::<AtomicU64>(0)
+                                .unwrap()
+                                .fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                    Err(error) if error.kind() == ErrorKind::Disconnected => return 0,
+                    Err(_) => return 1,
+                }
+            }
+        }));
+    }
+    for _ in 0..CONSUMERS {
+        gate.wait_timeout(Duration::from_secs(10)).unwrap();
+    }
+    for producer in 0..PRODUCERS {
+        children.push(fork(|| {
+            let mut sender = channel.sender().unwrap();
+            for sequence in 0..PER_PRODUCER {
+                sender.send(&(producer << 32 | sequence)).unwrap();
+            }
+            0
+        }));
+    }
+    for child in children {
+        let status = reap(child);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "status {status:#x}"
+        );
+    }
+    assert_eq!(
+        tally.atomic::<AtomicU64>(0).unwrap().load(Ordering::SeqCst),
+        0,
+        "duplicates"
+    );
+    let mut delivered = 0;
+    for word in 0..words {
+        delivered += tally
+            .atomic::<AtomicU64>(8 + word * 8)
+            .unwrap()
+            .load(Ordering::SeqCst)
+            .count_ones();
+    }
+    assert_eq!(
+        u64::from(delivered),
+        PRODUCERS * PER_PRODUCER,
+        "every message arrived"
+    );
+}
+
+fn named_channel_between_unrelated_processes() {
+    let name = SegmentName::new("named-channel");
+    let channel = ByteChannel::create(&name, &ChannelOptions::new(4096)).unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(SCENARIO, "named-sender")
+        .env(NAME, &*name)
+        .spawn()
+        .unwrap();
+    for index in 0..100 {
+        let message = receiver.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(
+            message,
+            format!("message {index} from an unrelated process").into_bytes()
+        );
+    }
+    assert_eq!(
+        receiver
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Disconnected
+    );
+    assert!(child.wait().unwrap().success());
+}
+
+fn named_sender() -> i32 {
+    let channel = ByteChannel::open(&std::env::var(NAME).unwrap()).unwrap();
+    let mut sender = channel.sender().unwrap();
+    for index in 0..100 {
+        sender
+            .send(format!("message {index} from an unrelated process").as_bytes())
+            .unwrap();
+    }
+    0
+}
+
+fn pollable_channel_over_a_unix_socket() {
+    let directory = tempfile::tempdir().unwrap();
+    let socket_path = directory.path().join("socket");
+    let listener = UnixListener::bind(&socket_path).unwrap();
+    let channel = Channel::<u64>::create_memfd(ChannelOptions::new(16).pollable(true)).unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env(SCENARIO, "socket-sender")
+        .env(SOCKET, &socket_path)
+        .spawn()
+        .unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    channel.send_over(&stream).unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    let mut received = Vec::new();
+    // A poll loop over the channel's doorbell and the socket at once, until the channel is
+    // drained and disconnected and the socket has spoken.
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let mut socket_said = String::new();
+    let mut disconnected = false;
+    while !disconnected || socket_said.is_empty() {
+        let channel_ready = disconnected || receiver.arm().unwrap();
+        let doorbell = receiver.pollable_fd().unwrap();
+        let mut fds = [
+            PollFd::new(&stream, PollFlags::IN),
+            PollFd::new(&doorbell, PollFlags::IN),
+        ];
+        let watched = if channel_ready { 1 } else { 2 };
+        let timeout = Timespec {
+            tv_sec: if channel_ready { 0 } else { 10 },
+            tv_nsec: 0,
+        };
+        let ready = rustix::event::poll(&mut fds[..watched], Some(&timeout)).unwrap();
+        assert!(ready > 0 || channel_ready, "nothing arrived in 10 s");
+        if fds[0].revents().contains(PollFlags::IN) && socket_said.is_empty() {
+            let mut buf = [0u8; 64];
+            let len = rustix::io::read(&stream, &mut buf).unwrap();
+            socket_said = String::from_utf8_lossy(&buf[..len]).into_owned();
+        }
+        while !disconnected {
+            match receiver.try_recv() {
+                Ok(Some(value)) => received.push(value),
+                Ok(None) => break,
+                Err(error) if error.kind() == ErrorKind::Disconnected => disconnected = true,
+                Err(error) => panic!("{error}"),
+            }
+        }
+    }
+    assert_eq!(received, (0..50).collect::<Vec<u64>>());
+    assert_eq!(socket_said, "done");
+    assert!(child.wait().unwrap().success());
+}
+
+fn socket_sender() -> i32 {
+    let stream = UnixStream::connect(std::env::var(SOCKET).unwrap()).unwrap();
+    let channel = Channel::<u64>::receive_from(&stream).unwrap();
+    let mut sender = channel.sender().unwrap();
+    for value in 0..50u64 {
+        sender.send(&value).unwrap();
+        if value % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    rustix::io::write(&stream, b"done").unwrap();
+    0
+}
