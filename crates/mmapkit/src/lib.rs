@@ -26,6 +26,7 @@
 //! | [`shm`] | [`Segment`]: named, memfd and file segments, their header, passing, cleanup |
 //! | [`sync`] | robust mutex, condition variable, semaphore, events (pollable, async) in segments |
 //! | [`channel`] | SPSC, byte and MPMC queues in segments: zero-copy, blocking, disconnect-aware |
+//! | [`alloc`] | relative pointers, a multi-process heap, and vec/string/map containers on it |
 //!
 //! # Safety model
 //! A Rust reference promises that what it points to does not change behind it. Memory that
@@ -42,6 +43,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod channel;
 pub mod error;
 pub mod fault;
