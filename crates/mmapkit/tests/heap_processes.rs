@@ -80,7 +80,7 @@ fn churn(
     let mut live: Vec<(RelPtr<u8>, usize, u8)> = Vec::new();
     for _ in 0..rounds {
         let roll = next(&mut state);
-        if roll % 3 != 0 || live.is_empty() {
+        if !roll.is_multiple_of(3) || live.is_empty() {
             let size = 1 + (roll >> 8) as usize % 2000;
             let fill = (roll >> 32) as u8;
             let block = match heap.alloc(size) {
