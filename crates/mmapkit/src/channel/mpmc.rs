@@ -117,18 +117,30 @@ impl<T: bytemuck::Pod> MpmcChannel<T> {
     }
 }
 
-/// Locks one side's mutex; a dead previous holder is harmless here (see the module docs).
-fn lock<'m>(mutex: &'m Mutex<'m, u64>, deadline: Option<Instant>) -> Result<MutexGuard<'m, u64>> {
-    let result = match deadline {
-        Some(deadline) => mutex.lock_timeout(deadline.saturating_duration_since(Instant::now())),
-        None => mutex.lock(),
+/// How long an operation may wait for its side's lock.
+#[derive(Debug, Clone, Copy)]
+enum Wait {
+    /// Not at all: a held lock means "would block".
+    Never,
+    /// Until the deadline (for ever with `None`).
+    Until(Option<Instant>),
+}
+
+/// Locks one side's mutex (`None`: it is held and `wait` says not to wait); a dead previous
+/// holder is harmless here (see the module docs).
+fn lock<'m>(mutex: &'m Mutex<'m, u64>, wait: Wait) -> Result<Option<MutexGuard<'m, u64>>> {
+    let result = match wait {
+        Wait::Never => mutex.try_lock(),
+        Wait::Until(Some(deadline)) => mutex.lock_timeout(deadline.saturating_duration_since(Instant::now())),
+        Wait::Until(None) => mutex.lock(),
     };
     match result {
-        Ok(guard) => Ok(guard),
+        Ok(guard) => Ok(Some(guard)),
         Err(LockError::OwnerDied(mut guard)) => {
             guard.mark_consistent();
-            Ok(guard)
+            Ok(Some(guard))
         }
+        Err(LockError::Failed(error)) if error.kind() == ErrorKind::WouldBlock => Ok(None),
         Err(LockError::Failed(error)) => Err(error),
     }
 }
@@ -146,8 +158,10 @@ pub struct MpmcSender<'c, T> {
 
 impl<T: bytemuck::Pod> MpmcSender<'_, T> {
     /// Sends `value` if there is room, under the producers' lock; returns whether it did.
-    fn try_push(&mut self, value: &T, deadline: Option<Instant>) -> Result<bool> {
-        let guard = lock(&self.lock, deadline)?;
+    fn try_push(&mut self, value: &T, wait: Wait) -> Result<bool> {
+        let Some(guard) = lock(&self.lock, wait)? else {
+            return Ok(false);
+        };
         let (head, tail) = self.ring.control.positions()?;
         if head - tail >= self.ring.capacity() {
             return Ok(false);
@@ -168,7 +182,7 @@ impl<T: bytemuck::Pod> MpmcSender<'_, T> {
         operation: &'static str,
     ) -> Result<()> {
         loop {
-            if self.try_push(value, deadline)? {
+            if self.try_push(value, Wait::Until(deadline))? {
                 return Ok(());
             }
             if self.peer.gone(&self.ring.control, &self.endpoint)? {
@@ -201,9 +215,10 @@ impl<T: bytemuck::Pod> MpmcSender<'_, T> {
         self.send_until(value, Some(deadline(timeout)), "send")
     }
 
-    /// Sends `value` if there is room now; otherwise `WouldBlock` (or `Disconnected`).
+    /// Sends `value` if there is room now and no other producer holds the lock; otherwise
+    /// `WouldBlock` (or `Disconnected`).
     pub fn try_send(&mut self, value: &T) -> Result<()> {
-        if self.try_push(value, None)? {
+        if self.try_push(value, Wait::Never)? {
             return Ok(());
         }
         if self.peer.gone(&self.ring.control, &self.endpoint)? {
@@ -229,8 +244,10 @@ pub struct MpmcReceiver<'c, T> {
 
 impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
     /// Takes a message if there is one, under the consumers' lock.
-    fn try_pop(&mut self, deadline: Option<Instant>) -> Result<Option<T>> {
-        let guard = lock(&self.lock, deadline)?;
+    fn try_pop(&mut self, wait: Wait) -> Result<Option<T>> {
+        let Some(guard) = lock(&self.lock, wait)? else {
+            return Ok(None);
+        };
         let (head, tail) = self.ring.control.positions()?;
         if head == tail {
             return Ok(None);
@@ -246,12 +263,12 @@ impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
 
     fn recv_until(&mut self, deadline: Option<Instant>, operation: &'static str) -> Result<T> {
         loop {
-            if let Some(value) = self.try_pop(deadline)? {
+            if let Some(value) = self.try_pop(Wait::Until(deadline))? {
                 return Ok(value);
             }
             if self.peer.gone(&self.ring.control, &self.endpoint)? {
                 return self
-                    .try_pop(deadline)?
+                    .try_pop(Wait::Until(deadline))?
                     .ok_or_else(|| endpoints::disconnected(operation, &self.endpoint));
             }
             let control = self.ring.control;
@@ -280,11 +297,11 @@ impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
     /// Takes a message if one is there; `Ok(None)` if not, `Disconnected` when there is none
     /// and every sender is gone.
     pub fn try_recv(&mut self) -> Result<Option<T>> {
-        if let Some(value) = self.try_pop(None)? {
+        if let Some(value) = self.try_pop(Wait::Never)? {
             return Ok(Some(value));
         }
         if self.peer.gone(&self.ring.control, &self.endpoint)? {
-            return match self.try_pop(None)? {
+            return match self.try_pop(Wait::Never)? {
                 Some(value) => Ok(Some(value)),
                 None => Err(endpoints::disconnected("try_recv", &self.endpoint)),
             };
