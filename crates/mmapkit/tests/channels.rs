@@ -118,6 +118,15 @@ fn dropping_the_sender_disconnects_after_the_queue_drains() {
         ErrorKind::Disconnected
     );
     assert_eq!(receiver.recv().unwrap_err().kind(), ErrorKind::Disconnected);
+    // A receiver attached anew has had no sender yet: it waits for the next one.
+    drop(receiver);
+    let mut receiver = channel.receiver().unwrap();
+    let waiting = receiver
+        .recv_timeout(Duration::from_millis(20))
+        .unwrap_err();
+    assert_eq!(waiting.kind(), ErrorKind::Timeout);
+    channel.sender().unwrap().send(&9).unwrap();
+    assert_eq!(receiver.recv().unwrap(), 9);
 
     let mut sender = channel.sender().unwrap();
     drop(receiver);

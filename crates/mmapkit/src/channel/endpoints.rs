@@ -10,8 +10,9 @@
 //! An endpoint claims an entry when it attaches and frees it when dropped. A process killed
 //! with SIGKILL frees nothing, so "attached" also means "its process is alive" (pid and start
 //! time, see [`ProcessIdentity`]); that check reads /proc and is made only on slow paths.
-//! A side is *disconnected* once the other side has attached at least once and none of its
-//! endpoints is left: a receiver started before any sender waits instead.
+//! A side is *disconnected* once it has had a peer — one attached when it attached, or one
+//! that attached since — and no peer is left. An endpoint that has never had a peer (a
+//! receiver started before any sender, or re-attached after the last one left) waits instead.
 //!
 //! Single-producer/single-consumer channels use fixed entries (0 for the sender, 1 for the
 //! receiver), so that two processes cannot both become the sender; an entry whose process died
@@ -60,9 +61,14 @@ pub(super) struct Endpoint<'c> {
     role: Role,
     /// For channels with one endpoint per side: the entry the peer uses.
     peer_entry: Option<usize>,
-    /// For channels with one endpoint per side: the peer entry's role word and the peer
-    /// side's attach counter, for a check cheap enough to make on every send.
-    peer_words: Option<(&'c AtomicU32, &'c AtomicU32)>,
+    /// For channels with one endpoint per side: the peer entry's role word, for a check cheap
+    /// enough to make on every send.
+    peer_role: Option<&'c AtomicU32>,
+    /// The peer side's attach counter, and its value when this endpoint attached.
+    peer_attaches: &'c AtomicU32,
+    baseline: u32,
+    /// Whether a peer was attached when this endpoint attached.
+    had_peer: bool,
     control: Control<'c>,
     doorbell: Option<&'c OwnedFd>,
 }
@@ -155,18 +161,25 @@ pub(super) fn attach<'c>(
             entry.start.store(me.start_time, Ordering::Relaxed);
             entry.role.store(role as u32, Ordering::Release);
             attach_counter(control, role)?.fetch_add(1, Ordering::AcqRel);
-            let peer_words = match peer_entry {
-                Some(index) => Some((
-                    self::entry(control, index)?.role,
-                    attach_counter(control, role.other())?,
-                )),
+            let peer_role = match peer_entry {
+                Some(index) => Some(self::entry(control, index)?.role),
                 None => None,
             };
+            let peer_attaches = attach_counter(control, role.other())?;
+            let baseline = peer_attaches.load(Ordering::Acquire);
+            let mut had_peer = false;
+            for index in 0..ENTRIES {
+                had_peer |= self::entry(control, index)?.role.load(Ordering::Acquire)
+                    == role.other() as u32;
+            }
             return Ok(Endpoint {
                 role_word: entry.role,
                 role,
                 peer_entry,
-                peer_words,
+                peer_role,
+                peer_attaches,
+                baseline,
+                had_peer,
                 control: *control,
                 doorbell,
             });
@@ -190,12 +203,16 @@ pub(super) fn attach<'c>(
 }
 
 impl Endpoint<'_> {
-    /// For one-endpoint-per-side channels: whether the peer attached once and has detached
-    /// since (two loads; a killed peer is only noticed by [`peer_gone`]).
+    /// Whether this endpoint has had a peer: one present at attach time, or one since.
+    fn has_had_peer(&self) -> bool {
+        self.had_peer || self.peer_attaches.load(Ordering::Acquire) != self.baseline
+    }
+
+    /// For one-endpoint-per-side channels: whether this endpoint had a peer and it detached
+    /// (two loads; a killed peer is only noticed by [`peer_gone`]).
     pub(super) fn peer_detached(&self) -> bool {
-        self.peer_words.is_some_and(|(role, attached)| {
-            attached.load(Ordering::Relaxed) > 0 && role.load(Ordering::Relaxed) == FREE
-        })
+        self.peer_role
+            .is_some_and(|role| role.load(Ordering::Relaxed) == FREE && self.has_had_peer())
     }
 }
 
@@ -207,7 +224,7 @@ pub(super) fn peer_gone(
     check_processes: bool,
 ) -> Result<bool> {
     let peer = endpoint.role.other();
-    if attach_counter(control, peer)?.load(Ordering::Acquire) == 0 {
+    if !endpoint.has_had_peer() {
         return Ok(false);
     }
     let entries = match endpoint.peer_entry {

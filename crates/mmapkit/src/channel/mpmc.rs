@@ -131,7 +131,9 @@ enum Wait {
 fn lock<'m>(mutex: &'m Mutex<'m, u64>, wait: Wait) -> Result<Option<MutexGuard<'m, u64>>> {
     let result = match wait {
         Wait::Never => mutex.try_lock(),
-        Wait::Until(Some(deadline)) => mutex.lock_timeout(deadline.saturating_duration_since(Instant::now())),
+        Wait::Until(Some(deadline)) => {
+            mutex.lock_timeout(deadline.saturating_duration_since(Instant::now()))
+        }
         Wait::Until(None) => mutex.lock(),
     };
     match result {
