@@ -15,6 +15,10 @@ pub enum Unit {
     Milliseconds,
     /// Nanoseconds per operation; lower is better.
     Nanoseconds,
+    /// Microseconds per operation; lower is better.
+    Microseconds,
+    /// Millions of operations per second; higher is better.
+    MillionsPerSecond,
 }
 
 impl Unit {
@@ -23,6 +27,8 @@ impl Unit {
             Unit::GigabytesPerSecond => "GB/s",
             Unit::Milliseconds => "ms",
             Unit::Nanoseconds => "ns",
+            Unit::Microseconds => "us",
+            Unit::MillionsPerSecond => "M/s",
         }
     }
 }

@@ -4,7 +4,11 @@
 mod files;
 mod guard;
 mod harness;
+#[cfg(feature = "iceoryx2")]
+mod iceoryx;
+mod ipc;
 mod mapcost;
+mod process;
 mod scan;
 
 use std::path::PathBuf;
@@ -39,6 +43,13 @@ enum Scenario {
     Guard,
     /// Map + unmap of a 4 KiB window and of the whole file, and of anonymous memory.
     Mapcost,
+    /// Ping-pong latency between two processes: 64 B, 4 KiB, 1 MiB (iceoryx2 with the
+    /// `iceoryx2` feature).
+    IpcLatency,
+    /// 64-byte messages streamed between two processes, messages per second.
+    IpcThroughput,
+    /// Wake-up latency of a sleeping receiver.
+    IpcWake,
     /// Every scenario above.
     All,
 }
@@ -58,6 +69,12 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     if cli.rounds == 0 || cli.size_mib == 0 {
         return Err("--rounds and --size-mib must be at least 1".into());
     }
+    match cli.scenario {
+        Scenario::IpcLatency => return Ok(ipc::latency(cli.rounds)),
+        Scenario::IpcThroughput => return Ok(ipc::throughput(cli.rounds)),
+        Scenario::IpcWake => return Ok(ipc::wake(cli.rounds)),
+        _ => {}
+    }
     let file = files::prepare(&cli.dir, "data.bin", cli.size_mib << 20)?;
     let all = matches!(cli.scenario, Scenario::All);
     if all || matches!(cli.scenario, Scenario::Scan) {
@@ -68,6 +85,11 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
     if all || matches!(cli.scenario, Scenario::Mapcost) {
         mapcost::run(&file, cli.rounds)?;
+    }
+    if all {
+        ipc::latency(cli.rounds);
+        ipc::throughput(cli.rounds);
+        ipc::wake(cli.rounds);
     }
     Ok(())
 }

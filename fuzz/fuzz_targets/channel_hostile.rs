@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
             0 => drop(byte_tx.try_send(&vec![arg(2); usize::from(arg(1))])),
             1 => drop(byte_rx.try_recv()),
             2 => {
-                if let Ok(mut loan) = byte_tx.loan(usize::from(arg(1) % 100)) {
+                if let Ok(mut loan) = byte_tx.try_loan(usize::from(arg(1) % 100)) {
                     let _ = loan.write_at(usize::from(arg(2) % 100), &[arg(3); 4]);
                     let _ = loan.commit();
                 }

@@ -44,6 +44,11 @@ impl<K, V> std::fmt::Debug for ShmMap<'_, K, V> {
     }
 }
 
+/// The error for a bucket state the header's counts say cannot exist.
+fn inconsistent(state: &str) -> Error {
+    Error::new(ErrorKind::Corrupt, "map", format!("a {state} bucket that the header does not count"))
+}
+
 fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
         (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
@@ -189,11 +194,11 @@ impl<'h, K: bytemuck::Pod + Eq, V: bytemuck::Pod> ShmMap<'h, K, V> {
             let bucket = self.bucket(&header, (start + step) & mask);
             let state = self.state(bucket)?;
             if state != FULL {
+                if state == DELETED {
+                    header.deleted = header.deleted.checked_sub(1).ok_or_else(|| inconsistent("deleted"))?;
+                }
                 self.write_entry(bucket, key, value)?;
                 header.len += 1;
-                if state == DELETED {
-                    header.deleted -= 1;
-                }
                 self.heap.write(self.header, &header)?;
                 return Ok(None);
             }
@@ -214,9 +219,9 @@ impl<'h, K: bytemuck::Pod + Eq, V: bytemuck::Pod> ShmMap<'h, K, V> {
         let value = self
             .heap
             .read_value(RelPtr::from_offset(bucket.offset() + Self::VALUE))?;
-        self.heap.write(bucket.cast::<u64>(), &DELETED)?;
-        header.len -= 1;
+        header.len = header.len.checked_sub(1).ok_or_else(|| inconsistent("full"))?;
         header.deleted += 1;
+        self.heap.write(bucket.cast::<u64>(), &DELETED)?;
         self.heap.write(self.header, &header)?;
         Ok(Some(value))
     }

@@ -229,6 +229,20 @@ impl<'c> ByteSender<'c> {
         self.send_with(data, None, false, "try_send")
     }
 
+    /// Reserves a `len`-byte message if there is room now; otherwise `WouldBlock` (or
+    /// `Disconnected`).
+    pub fn try_loan(&mut self, len: usize) -> Result<LoanBytes<'_, 'c>> {
+        if self.endpoint.peer_detached() {
+            return Err(endpoints::disconnected("try_loan", &self.endpoint));
+        }
+        let position = self.reserve(len, None, false, "try_loan")?;
+        Ok(LoanBytes {
+            sender: self,
+            position,
+            len,
+        })
+    }
+
     /// Reserves a `len`-byte message to fill in place, waiting for room; publish it with
     /// [`LoanBytes::commit`].
     pub fn loan(&mut self, len: usize) -> Result<LoanBytes<'_, 'c>> {
