@@ -32,14 +32,27 @@ fn ports(outgoing: &str, incoming: &str, size: usize) -> Ports {
         .initial_max_slice_len(size)
         .create()
         .expect("publisher");
-    let subscriber = service(incoming).subscriber_builder().create().expect("subscriber");
-    Ports { publisher, subscriber, _node: node }
+    let subscriber = service(incoming)
+        .subscriber_builder()
+        .create()
+        .expect("subscriber");
+    Ports {
+        publisher,
+        subscriber,
+        _node: node,
+    }
 }
 
 fn send(ports: &Ports, size: usize) {
     // SAFETY: the payload is left uninitialised on purpose (zero-copy, as iceoryx2's benchmark
     // does); nobody reads it.
-    let sample = unsafe { ports.publisher.loan_slice_uninit(size).expect("loan").assume_init() };
+    let sample = unsafe {
+        ports
+            .publisher
+            .loan_slice_uninit(size)
+            .expect("loan")
+            .assume_init()
+    };
     sample.send().expect("send");
 }
 
@@ -50,7 +63,11 @@ fn receive(ports: &Ports) {
 /// One-way latency in nanoseconds of `iterations` round trips of `size`-byte messages.
 pub fn latency(size: usize, iterations: u64) -> f64 {
     iceoryx2::prelude::set_log_level(iceoryx2::prelude::LogLevel::Error);
-    let unique = format!("mmapkit-bench/{}/{}", std::process::id(), crate::process::now_ns());
+    let unique = format!(
+        "mmapkit-bench/{}/{}",
+        std::process::id(),
+        crate::process::now_ns()
+    );
     let (ping, pong) = (format!("{unique}/ping"), format!("{unique}/pong"));
     let warm_up = iterations / 10;
     let ready = Handshake::new();

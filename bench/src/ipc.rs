@@ -135,8 +135,14 @@ impl PipePair {
         let (a_read, b_write) = rustix::pipe::pipe().expect("pipe");
         let (b_read, a_write) = rustix::pipe::pipe().expect("pipe");
         (
-            PipePair { read: a_read.into(), write: a_write.into() },
-            PipePair { read: b_read.into(), write: b_write.into() },
+            PipePair {
+                read: a_read.into(),
+                write: a_write.into(),
+            },
+            PipePair {
+                read: b_read.into(),
+                write: b_write.into(),
+            },
         )
     }
 }
@@ -164,17 +170,28 @@ fn pipe_latency(size: usize) -> f64 {
 
 pub fn latency(rounds: usize) {
     for (size, label) in [(64, "64"), (4096, "4k"), (1 << 20, "1m")] {
-        let mut contenders = vec![Contender::new("mmapkit channel (zero-copy)", move || mmapkit_latency(size))];
+        let mut contenders = vec![Contender::new("mmapkit channel (zero-copy)", move || {
+            mmapkit_latency(size)
+        })];
         #[cfg(feature = "iceoryx2")]
         contenders.push(Contender::new("iceoryx2 0.10 (zero-copy)", move || {
             crate::iceoryx::latency(size, iterations(size, true))
         }));
-        contenders.push(Contender::new("Unix domain socket", move || socket_latency(size)));
+        contenders.push(Contender::new("Unix domain socket", move || {
+            socket_latency(size)
+        }));
         contenders.push(Contender::new("pipe", move || pipe_latency(size)));
         let samples = harness::alternate(rounds, &mut contenders);
-        let title = format!("ipc-latency-{label}: ping-pong between two processes, {size}-byte messages, one way");
+        let title = format!(
+            "ipc-latency-{label}: ping-pong between two processes, {size}-byte messages, one way"
+        );
         harness::print_table(&title, Unit::Nanoseconds, &samples);
-        harness::print_json(&format!("ipc-latency-{label}"), &samples[0], &samples[1], Unit::Nanoseconds);
+        harness::print_json(
+            &format!("ipc-latency-{label}"),
+            &samples[0],
+            &samples[1],
+            Unit::Nanoseconds,
+        );
     }
 }
 
@@ -240,7 +257,12 @@ pub fn throughput(rounds: usize) {
         Unit::MillionsPerSecond,
         &samples,
     );
-    harness::print_json("ipc-throughput-64", &samples[0], &samples[1], Unit::MillionsPerSecond);
+    harness::print_json(
+        "ipc-throughput-64",
+        &samples[0],
+        &samples[1],
+        Unit::MillionsPerSecond,
+    );
 }
 
 const WAKES: u64 = 100;

@@ -326,6 +326,23 @@ async fn async_receive_wakes_on_the_doorbell() {
     assert_eq!(value.unwrap(), 7);
 }
 
+#[cfg(feature = "tokio")]
+#[tokio::test(flavor = "current_thread")]
+async fn async_byte_receive_wakes_on_the_doorbell() {
+    let channel = ByteChannel::create_memfd(ChannelOptions::new(1024).pollable(true)).unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            channel.sender().unwrap().send(b"async bytes").unwrap();
+        });
+    });
+    let message = tokio::time::timeout(Duration::from_secs(5), receiver.recv_async())
+        .await
+        .unwrap();
+    assert_eq!(message.unwrap(), b"async bytes");
+}
+
 #[test]
 fn hostile_positions_and_records_are_errors() {
     let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(4)).unwrap();

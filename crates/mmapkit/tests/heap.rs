@@ -255,8 +255,12 @@ fn corrupt_container_headers_are_errors() {
     let mut counted = ShmMap::<u64, u64>::new(&heap).unwrap();
     counted.insert(&5, &50).unwrap();
     counted.remove(&5).unwrap();
-    heap.write_bytes(counted.pointer(), 8, &0u64.to_ne_bytes()).unwrap(); // deleted := 0
-    assert_eq!(counted.insert(&5, &51).unwrap_err().kind(), ErrorKind::Corrupt);
+    heap.write_bytes(counted.pointer(), 8, &0u64.to_ne_bytes())
+        .unwrap(); // deleted := 0
+    assert_eq!(
+        counted.insert(&5, &51).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
     let text = ShmString::new(&heap, "ok").unwrap();
     let header: [u64; 3] = heap.read_value(text.pointer().cast()).unwrap();
     heap.write_bytes(RelPtr::<u8>::from_offset(header[2]), 0, &[0xff, 0xfe])

@@ -162,7 +162,7 @@ fn memfd_segments_are_sealed_and_offer_atomics() {
     assert_eq!(segment.location(), &Location::Memfd);
     let seals = rustix::fs::fcntl_get_seals(segment.as_fd()).unwrap();
     use rustix::fs::SealFlags;
-    assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL));
+    assert!(seals.contains(SealFlags::SHRINK | SealFlags::GROW));
     assert_eq!(
         segment.mapping().reach(),
         Reach::Shared,
@@ -180,6 +180,32 @@ fn memfd_segments_are_sealed_and_offer_atomics() {
         segment.atomic::<AtomicU64>(past).unwrap_err().kind(),
         ErrorKind::OutOfBounds
     );
+}
+
+#[test]
+fn a_memfd_sealed_against_future_writes_reaches_others_read_only() {
+    let segment = options(4096).create_memfd("frozen").unwrap();
+    segment.write_at(0, b"published").unwrap();
+    segment.seal_future_writes().unwrap();
+    segment.write_at(0, b"P").unwrap(); // the creator's mapping keeps writing
+    let duplicate = rustix::io::fcntl_dupfd_cloexec(segment.as_fd(), 0).unwrap();
+    let reader = options(4096).from_fd(duplicate).unwrap();
+    assert!(
+        !reader.is_writable(),
+        "a read-write descriptor still maps read-only"
+    );
+    assert_eq!(&reader.read_pod::<[u8; 9]>(0).unwrap(), b"Published");
+    assert_eq!(
+        reader.write_at(0, b"x").unwrap_err().kind(),
+        ErrorKind::PermissionDenied
+    );
+    let named = SegmentName::new("not-memfd");
+    let error = options(64)
+        .create(&named)
+        .unwrap()
+        .seal_future_writes()
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Unsupported);
 }
 
 #[test]

@@ -46,7 +46,11 @@ impl<K, V> std::fmt::Debug for ShmMap<'_, K, V> {
 
 /// The error for a bucket state the header's counts say cannot exist.
 fn inconsistent(state: &str) -> Error {
-    Error::new(ErrorKind::Corrupt, "map", format!("a {state} bucket that the header does not count"))
+    Error::new(
+        ErrorKind::Corrupt,
+        "map",
+        format!("a {state} bucket that the header does not count"),
+    )
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -195,7 +199,10 @@ impl<'h, K: bytemuck::Pod + Eq, V: bytemuck::Pod> ShmMap<'h, K, V> {
             let state = self.state(bucket)?;
             if state != FULL {
                 if state == DELETED {
-                    header.deleted = header.deleted.checked_sub(1).ok_or_else(|| inconsistent("deleted"))?;
+                    header.deleted = header
+                        .deleted
+                        .checked_sub(1)
+                        .ok_or_else(|| inconsistent("deleted"))?;
                 }
                 self.write_entry(bucket, key, value)?;
                 header.len += 1;
@@ -219,7 +226,10 @@ impl<'h, K: bytemuck::Pod + Eq, V: bytemuck::Pod> ShmMap<'h, K, V> {
         let value = self
             .heap
             .read_value(RelPtr::from_offset(bucket.offset() + Self::VALUE))?;
-        header.len = header.len.checked_sub(1).ok_or_else(|| inconsistent("full"))?;
+        header.len = header
+            .len
+            .checked_sub(1)
+            .ok_or_else(|| inconsistent("full"))?;
         header.deleted += 1;
         self.heap.write(bucket.cast::<u64>(), &DELETED)?;
         self.heap.write(self.header, &header)?;

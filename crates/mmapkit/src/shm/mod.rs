@@ -141,6 +141,24 @@ impl Segment {
         self.mapping.as_mut_ptr().wrapping_add(HEADER_SIZE)
     }
 
+    /// Freezes a memfd segment for everyone else: from now on no process can map it writable
+    /// or write(2) to it (`F_SEAL_FUTURE_WRITE`); mappings that are writable already, this
+    /// one included, keep writing. No seal can be added after this one. For publishing data
+    /// that readers must be able to trust not to change under them once they map it —
+    /// `Unsupported` for other kinds of segment.
+    pub fn seal_future_writes(&self) -> Result<()> {
+        if self.location != Location::Memfd {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "seal segment",
+                "only memfd segments can be sealed",
+            ));
+        }
+        let seals = rustix::fs::SealFlags::FUTURE_WRITE | rustix::fs::SealFlags::SEAL;
+        crate::sys::fcntl_add_seals(self.fd.as_fd(), seals)
+            .map_err(|errno| Error::os("seal segment", errno))
+    }
+
     /// The descriptor behind the segment.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()

@@ -114,7 +114,8 @@ impl SegmentOptions {
         self.open_or_create_with(name, |_| Ok(()))
     }
 
-    /// Creates an anonymous memfd segment, sealed against shrinking and growing.
+    /// Creates an anonymous memfd segment, sealed against shrinking and growing (see
+    /// [`Segment::seal_future_writes`] for freezing its contents too).
     pub fn create_memfd(&self, debug_name: &str) -> Result<Segment> {
         self.create_memfd_with(debug_name, |_| Ok(()))
     }
@@ -130,11 +131,8 @@ impl SegmentOptions {
             .map_err(|errno| Error::os("create segment", errno))?;
         sys::ftruncate(fd.as_fd(), self.total_len()? as u64)
             .map_err(|errno| Error::os("create segment", errno))?;
-        sys::fcntl_add_seals(
-            fd.as_fd(),
-            SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-        )
-        .map_err(|errno| Error::os("seal segment", errno))?;
+        sys::fcntl_add_seals(fd.as_fd(), SealFlags::SHRINK | SealFlags::GROW)
+            .map_err(|errno| Error::os("seal segment", errno))?;
         self.initialise(fd, Location::Memfd, init)
     }
 
@@ -223,6 +221,9 @@ impl SegmentOptions {
     /// Validates an existing object and waits until its creator has marked it ready.
     fn adopt(&self, fd: OwnedFd, location: Location, writable: bool) -> Result<Segment> {
         let deadline = Instant::now() + self.wait;
+        // A memfd sealed against writes can only be mapped read-only, whatever the descriptor.
+        let sealed = sys::fcntl_get_seals(fd.as_fd()).unwrap_or(SealFlags::empty());
+        let writable = writable && !sealed.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE);
         let file_size = loop {
             let size = sys::fstat(fd.as_fd())
                 .map_err(|errno| Error::os("open segment", errno))?

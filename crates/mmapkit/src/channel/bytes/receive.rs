@@ -248,6 +248,32 @@ impl<'c> ByteReceiver<'c> {
     }
 }
 
+impl ByteReceiver<'_> {
+    /// Receives the next message without blocking the thread, on tokio's reactor (needs a
+    /// pollable channel).
+    #[cfg(feature = "tokio")]
+    pub async fn recv_async(&mut self) -> Result<Vec<u8>> {
+        let doorbell = match self.doorbell {
+            Some(doorbell) => crate::channel::AsyncDoorbell::new(doorbell)?,
+            None => {
+                return Err(Error::new(
+                    ErrorKind::Unsupported,
+                    "recv_async",
+                    "this channel has no doorbell",
+                ));
+            }
+        };
+        loop {
+            if let Some(message) = self.try_recv()? {
+                return Ok(message);
+            }
+            if !self.arm()? {
+                doorbell.ready().await?;
+            }
+        }
+    }
+}
+
 /// A message lent in place by [`ByteReceiver::receive_in_place`]; released on drop.
 #[derive(Debug)]
 pub struct ReceivedBytes<'r, 'c> {
