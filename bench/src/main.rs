@@ -70,26 +70,27 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         return Err("--rounds and --size-mib must be at least 1".into());
     }
     match cli.scenario {
-        Scenario::IpcLatency => return Ok(ipc::latency(cli.rounds)),
-        Scenario::IpcThroughput => return Ok(ipc::throughput(cli.rounds)),
-        Scenario::IpcWake => return Ok(ipc::wake(cli.rounds)),
-        _ => {}
-    }
-    let file = files::prepare(&cli.dir, "data.bin", cli.size_mib << 20)?;
-    let all = matches!(cli.scenario, Scenario::All);
-    if all || matches!(cli.scenario, Scenario::Scan) {
-        scan::run(&file, cli.rounds)?;
-    }
-    if all || matches!(cli.scenario, Scenario::Guard) {
-        guard::run(&file, cli.rounds)?;
-    }
-    if all || matches!(cli.scenario, Scenario::Mapcost) {
-        mapcost::run(&file, cli.rounds)?;
-    }
-    if all {
-        ipc::latency(cli.rounds);
-        ipc::throughput(cli.rounds);
-        ipc::wake(cli.rounds);
+        Scenario::IpcLatency => ipc::latency(cli.rounds),
+        Scenario::IpcThroughput => ipc::throughput(cli.rounds),
+        Scenario::IpcWake => ipc::wake(cli.rounds),
+        Scenario::Scan | Scenario::Guard | Scenario::Mapcost | Scenario::All => {
+            let file = files::prepare(&cli.dir, "data.bin", cli.size_mib << 20)?;
+            let all = matches!(cli.scenario, Scenario::All);
+            if all || matches!(cli.scenario, Scenario::Scan) {
+                scan::run(&file, cli.rounds)?;
+            }
+            if all || matches!(cli.scenario, Scenario::Guard) {
+                guard::run(&file, cli.rounds)?;
+            }
+            if all || matches!(cli.scenario, Scenario::Mapcost) {
+                mapcost::run(&file, cli.rounds)?;
+            }
+            if all {
+                ipc::latency(cli.rounds);
+                ipc::throughput(cli.rounds);
+                ipc::wake(cli.rounds);
+            }
+        }
     }
     Ok(())
 }
