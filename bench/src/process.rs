@@ -1,15 +1,20 @@
 //! Forked peers for the IPC benchmarks: the measuring process forks one partner per run, so
-//! that every transport is measured between two real processes on the two vCPUs.
+//! that every transport is measured between two real processes. The measuring process runs
+//! on CPU 0 and the partner on CPU 1 (as iceoryx2's own benchmark pins its two sides): left to
+//! the scheduler, a partner woken by a futex is often placed on the waker's CPU, and two
+//! processes that poll each other on one CPU measure the scheduler, not the transport.
 
 use std::time::Duration;
 
 /// Runs `child` in a forked process and returns its pid. The benchmark binary is
 /// single-threaded, so forking is sound.
 pub fn fork(child: impl FnOnce()) -> libc::pid_t {
+    pin_to(0);
     // SAFETY: mmapkit-bench runs on one thread, so the child inherits no lock held by another.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork failed: {}", std::io::Error::last_os_error());
     if pid == 0 {
+        pin_to(1);
         let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)) {
             Ok(()) => 0,
             Err(_) => 101,
@@ -18,6 +23,14 @@ pub fn fork(child: impl FnOnce()) -> libc::pid_t {
         unsafe { libc::_exit(code) };
     }
     pid
+}
+
+/// Runs the calling process on `cpu` only (when the machine has it).
+fn pin_to(cpu: usize) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    // A machine with one CPU keeps the default placement.
+    let _ = rustix::thread::sched_setaffinity(None, &set);
 }
 
 /// Waits for a forked partner and panics if it failed.
