@@ -34,7 +34,10 @@
 //! breaks that promise, so mmapkit hands out references only where nothing else can reach the
 //! memory, and reaches everything else through copies or atomics. The rules are in the [`map`]
 //! module docs; every way around them is an `unsafe` method with its contract written out.
-//! Mapping memory both writable and executable needs an `unsafe` opt-in (W^X).
+//! Mapping memory both writable and executable needs an `unsafe` opt-in (W^X). One caveat is
+//! inherent to shared memory and documented in [`fault`]: within one process, a copy that races
+//! an atomic on the same bytes is a mixed-size race Rust's memory model leaves undefined; the
+//! layers here never let their copies and atomics meet on the same bytes.
 //!
 //! # Platform
 //! Linux is the platform this is built and tested on. The fault guard is implemented for

@@ -36,6 +36,10 @@ fn main() {
             forked_sender_streams_in_order,
         ),
         (
+            "a_child_dropping_an_inherited_endpoint_leaves_the_parent_attached",
+            a_child_dropping_an_inherited_endpoint_leaves_the_parent_attached,
+        ),
+        (
             "sender_killed_mid_send_disconnects",
             sender_killed_mid_send_disconnects,
         ),
@@ -120,6 +124,27 @@ fn forked_sender_streams_in_order() {
         ErrorKind::Disconnected
     );
     assert_eq!(reap(child), 0);
+}
+
+fn a_child_dropping_an_inherited_endpoint_leaves_the_parent_attached() {
+    let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(4)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    let inherited: *mut _ = &mut sender;
+    let child = fork(|| {
+        // SAFETY: in the child this is the child's own copy of the parent's sender; it is
+        // dropped once here and never touched again (the child exits right after).
+        unsafe { std::ptr::drop_in_place(inherited) };
+        0
+    });
+    assert_eq!(reap(child), 0);
+    assert_eq!(
+        channel.sender().unwrap_err().kind(),
+        ErrorKind::AlreadyExists,
+        "still attached"
+    );
+    let mut receiver = channel.receiver().unwrap();
+    sender.send(&1).unwrap();
+    assert_eq!(receiver.recv().unwrap(), 1);
 }
 
 fn sender_killed_mid_send_disconnects() {

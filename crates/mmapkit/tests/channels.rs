@@ -343,6 +343,25 @@ async fn async_byte_receive_wakes_on_the_doorbell() {
     assert_eq!(message.unwrap(), b"async bytes");
 }
 
+#[derive(Debug, Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(C, align(128))]
+struct OverAligned([u8; 128]);
+
+#[test]
+fn over_aligned_elements_are_refused() {
+    let error = Channel::<OverAligned>::create_memfd(&ChannelOptions::new(4)).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput);
+    assert!(error.to_string().contains("aligned"), "{error}");
+}
+
+#[test]
+fn a_hostile_byte_channel_capacity_is_refused() {
+    let bytes = ByteChannel::create_memfd(&ChannelOptions::new(256)).unwrap();
+    bytes.segment().write_pod(16, &4u64).unwrap(); // capacity: 4 bytes
+    assert_eq!(bytes.sender().unwrap_err().kind(), ErrorKind::Corrupt);
+    assert_eq!(bytes.receiver().unwrap_err().kind(), ErrorKind::Corrupt);
+}
+
 #[test]
 fn hostile_positions_and_records_are_errors() {
     let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(4)).unwrap();
@@ -350,6 +369,15 @@ fn hostile_positions_and_records_are_errors() {
     let head: &AtomicU64 = channel.segment().atomic(64).unwrap();
     head.store(1 << 40, Ordering::SeqCst);
     assert_eq!(receiver.try_recv().unwrap_err().kind(), ErrorKind::Corrupt);
+    // Positions at the top of the range would overflow when moved: refused on attach.
+    head.store(u64::MAX, Ordering::SeqCst);
+    channel
+        .segment()
+        .atomic::<AtomicU64>(128)
+        .unwrap()
+        .store(u64::MAX, Ordering::SeqCst);
+    drop(receiver);
+    assert_eq!(channel.receiver().unwrap_err().kind(), ErrorKind::Corrupt);
 
     let bytes = ByteChannel::create_memfd(&ChannelOptions::new(256)).unwrap();
     let mut sender = bytes.sender().unwrap();

@@ -132,6 +132,23 @@ fn damaged_metadata_is_an_error() {
 }
 
 #[test]
+fn a_dead_lock_holder_and_a_broken_chain_give_corrupt_not_a_hang() {
+    let segment = segment(16 * 1024);
+    let heap = Heap::init(&segment, 0, 16 * 1024).unwrap();
+    // The lock's holder is a thread that does not exist, so the next locker repairs the heap;
+    // the first block's header claims a size that wraps around the address space.
+    segment
+        .atomic::<std::sync::atomic::AtomicU32>(64 + 4)
+        .unwrap()
+        .store(0x3fff_fff0, std::sync::atomic::Ordering::SeqCst);
+    segment
+        .atomic::<std::sync::atomic::AtomicU64>(384)
+        .unwrap()
+        .store(u64::MAX - 47, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(heap.alloc(16).unwrap_err().kind(), ErrorKind::Corrupt);
+}
+
+#[test]
 fn containers_round_trip() {
     let segment = segment(64 * 1024);
     let heap = Heap::init(&segment, 0, segment.payload_len()).unwrap();

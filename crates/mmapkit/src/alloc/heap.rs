@@ -16,7 +16,8 @@
 //! are always merged (boundary tags), and size classes are powers of two searched best-fit, so
 //! fragmentation stays low under mixed sizes.
 //!
-//! Every word is read through the segment's bounds-checked copies and validated before use:
+//! Metadata words are read with atomic loads at checked offsets, payloads with the segment's
+//! bounds-checked copies, and everything is validated before use:
 //! a block that leaves the region, a header that disagrees with its footer or check word, a
 //! free-list link to something that is not a free block — each is a
 //! [`Corrupt`](crate::ErrorKind::Corrupt) error. If a process dies holding the allocation lock,
@@ -189,7 +190,9 @@ impl<'s> Heap<'s> {
         })?;
         let block_size = self.block_size(block)?.0;
         self.unlink_free(block)?;
-        let rest = block_size - need;
+        let rest = block_size
+            .checked_sub(need)
+            .ok_or_else(|| corrupt(format!("free block {block} shrank below {need} bytes")))?;
         if rest >= MIN_BLOCK {
             // The remainder is written inside the old block, where no walk looks, and becomes
             // a block of its own only when the first part's header commits the split.
@@ -526,7 +529,8 @@ impl<'s> Heap<'s> {
         while block < self.len {
             let word = self.load(block)?;
             let size = word & !15;
-            if size < MIN_BLOCK || word & 14 != 0 || block + size > self.len {
+            let fits = block.checked_add(size).is_some_and(|end| end <= self.len);
+            if size < MIN_BLOCK || word & 14 != 0 || !fits {
                 return Err(corrupt(format!("the header chain breaks at block {block}")));
             }
             blocks.push((block, size, word & ALLOCATED != 0));

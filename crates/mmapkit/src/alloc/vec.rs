@@ -34,8 +34,9 @@ impl<T> std::fmt::Debug for ShmVec<'_, T> {
 }
 
 impl<'h, T: bytemuck::Pod> ShmVec<'h, T> {
-    /// Creates an empty vector in `heap`.
+    /// Creates an empty vector in `heap`; zero-sized element types are refused.
     pub fn new(heap: &'h Heap<'h>) -> Result<Self> {
+        Self::check_element()?;
         let header = heap.alloc_value(&VecHeader {
             len: 0,
             capacity: 0,
@@ -50,6 +51,7 @@ impl<'h, T: bytemuck::Pod> ShmVec<'h, T> {
 
     /// Opens the vector whose header is at `header`.
     pub fn open(heap: &'h Heap<'h>, header: RelPtr<VecHeader>) -> Result<Self> {
+        Self::check_element()?;
         let vector = ShmVec {
             heap,
             header,
@@ -57,6 +59,18 @@ impl<'h, T: bytemuck::Pod> ShmVec<'h, T> {
         };
         vector.load()?;
         Ok(vector)
+    }
+
+    /// The capacity of a vector of zero-sized values would be bounded by nothing in the heap.
+    fn check_element() -> Result<()> {
+        match size_of::<T>() {
+            0 => Err(Error::new(
+                ErrorKind::InvalidInput,
+                "vector",
+                "zero-sized element types are not supported",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Where the vector's header is, to store in other structures.

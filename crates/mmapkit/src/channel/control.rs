@@ -33,12 +33,21 @@ use crate::sync::POLL_SLICE;
 use crate::sys::Errno;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"CHN1");
+/// Positions may not reach this far: far beyond anything real, it keeps `+ 1` from
+/// overflowing on values a peer wrote.
+pub(super) const MAX_POSITION: u64 = 1 << 62;
 /// Offset of the data area from the start of the payload.
 pub(super) const DATA_OFFSET: usize = 1024;
 pub(super) const ENDPOINTS_OFFSET: usize = 320;
 pub(super) const PRODUCER_LOCK_OFFSET: usize = 832;
 pub(super) const CONSUMER_LOCK_OFFSET: usize = 896;
 const FLAG_POLLABLE: u32 = 1;
+/// Largest element alignment: the data area is 128-byte aligned in memory (the segment's
+/// payload starts 128 bytes into a page, the data area 1024 bytes further).
+pub(super) const MAX_ALIGN: usize = 64;
+/// Byte channels hold between 64 bytes and 4 GiB (record lengths are 32-bit).
+pub(super) const MIN_BYTE_CAPACITY: u64 = 64;
+pub(super) const MAX_BYTE_CAPACITY: u64 = 1 << 32;
 
 /// What `init` writes and `open` checks on line 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,7 +170,16 @@ impl<'c> Control<'c> {
         let fits = shape
             .payload_len()
             .is_some_and(|needed| needed <= segment.payload_len());
-        if !shape.capacity.is_power_of_two() || word(32)? as usize != DATA_OFFSET || !fits {
+        let byte_capacity_ok = kind != Kind::Bytes
+            || (MIN_BYTE_CAPACITY..=MAX_BYTE_CAPACITY).contains(&shape.capacity);
+        let align_ok =
+            shape.element_align.is_power_of_two() && shape.element_align as usize <= MAX_ALIGN;
+        if !shape.capacity.is_power_of_two()
+            || word(32)? as usize != DATA_OFFSET
+            || !fits
+            || !byte_capacity_ok
+            || !align_ok
+        {
             return Err(corrupt(format!(
                 "capacity {} and data offset {} do not fit a {}-byte payload",
                 shape.capacity,
@@ -183,12 +201,13 @@ impl<'c> Control<'c> {
     }
 
     /// Reads both positions and checks them against each other: `head - tail` must lie in
-    /// `0..=capacity` (in slots or bytes), whatever a peer wrote.
+    /// `0..=capacity` (in slots or bytes), and the head must leave room to grow for 2^62
+    /// messages, whatever a peer wrote.
     pub(super) fn positions(&self) -> Result<(u64, u64)> {
         let tail = self.tail.load(Ordering::Acquire);
         let head = self.head.load(Ordering::Acquire);
         match head.checked_sub(tail) {
-            Some(used) if used <= self.shape.capacity => Ok((head, tail)),
+            Some(used) if used <= self.shape.capacity && head < MAX_POSITION => Ok((head, tail)),
             _ => Err(Error::new(
                 ErrorKind::Corrupt,
                 "channel",
@@ -248,9 +267,11 @@ impl<'c> Control<'c> {
         sleep(self.tx_sequence, self.tx_sleepers, ready, deadline, "send")
     }
 
-    /// Asks senders to ring the doorbell at their next message.
+    /// Asks senders to ring the doorbell at their next message; the fence pairs with the
+    /// one in `wake_receivers`, so the check of the queue that follows sees their message.
     pub(super) fn arm_pollers(&self) {
         self.rx_pollers.store(1, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     /// Wakes everything: an endpoint left.

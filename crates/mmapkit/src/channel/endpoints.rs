@@ -3,16 +3,22 @@
 //!
 //! ```text
 //! 320  u32 senders ever attached   324  u32 receivers ever attached   328  8 bytes reserved
-//! 336  30 entries of 16 bytes: u32 role (0 free, 1 sender, 2 receiver, 3 being claimed),
-//!      u32 pid, u64 process start time
+//! 336  30 entries of 16 bytes: u64 state = pid (bits 32-63) | generation (2-31) | role (0-1),
+//!      u64 process start time (0 until written)
 //! ```
 //!
-//! An endpoint claims an entry when it attaches and frees it when dropped. A process killed
-//! with SIGKILL frees nothing, so "attached" also means "its process is alive" (pid and start
-//! time, see [`ProcessIdentity`]); that check reads /proc and is made only on slow paths.
-//! A side is *disconnected* once it has had a peer — one attached when it attached, or one
-//! that attached since — and no peer is left. An endpoint that has never had a peer (a
-//! receiver started before any sender, or re-attached after the last one left) waits instead.
+//! An endpoint claims an entry with one compare-and-swap of the state word, which records the
+//! claiming process and bumps the generation; every later change of the entry changes the
+//! generation too, so a stale view of an entry can never be swapped in twice (no ABA). The
+//! entry is freed when the endpoint is dropped — by the process that claimed it only, so a
+//! child that inherited an endpoint across fork does not free its parent's.
+//!
+//! A process killed with SIGKILL frees nothing, so "attached" also means "its process is alive"
+//! (pid and start time, see [`ProcessIdentity`]; a pid alone until the start time is written);
+//! that check reads /proc and is made only on slow paths. A side is *disconnected* once it has
+//! had a peer — one attached when it attached, or one that attached since — and no peer is
+//! left. An endpoint that has never had a peer (a receiver started before any sender, or
+//! re-attached after the last one left) waits instead.
 //!
 //! Single-producer/single-consumer channels use fixed entries (0 for the sender, 1 for the
 //! receiver), so that two processes cannot both become the sender; an entry whose process died
@@ -27,8 +33,9 @@ use crate::shm::ProcessIdentity;
 
 const ENTRIES: usize = 30;
 const FIRST_ENTRY: usize = ENDPOINTS_OFFSET + 16;
-const FREE: u32 = 0;
-const CLAIMING: u32 = 3;
+const FREE: u64 = 0;
+const ROLE_BITS: u64 = 0b11;
+const GENERATION_BITS: u64 = ((1 << 30) - 1) << 2;
 
 /// Which side an endpoint is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,17 +60,34 @@ impl Role {
     }
 }
 
+/// The next state of an entry whose current state is `state`: `role` held by `pid`, with the
+/// generation moved on.
+fn next_state(state: u64, pid: u32, role: u64) -> u64 {
+    let generation = (state & GENERATION_BITS).wrapping_add(1 << 2) & GENERATION_BITS;
+    u64::from(pid) << 32 | generation | role
+}
+
+fn role_of(state: u64) -> u64 {
+    state & ROLE_BITS
+}
+
+fn pid_of(state: u64) -> u32 {
+    (state >> 32) as u32
+}
+
 /// An attached endpoint; on drop it detaches and wakes everyone waiting on the channel, so
 /// that the other side learns at once.
 #[derive(Debug)]
 pub(super) struct Endpoint<'c> {
-    role_word: &'c AtomicU32,
+    state_word: &'c AtomicU64,
+    /// The state this endpoint wrote when it claimed its entry.
+    claimed: u64,
     role: Role,
     /// For channels with one endpoint per side: the entry the peer uses.
     peer_entry: Option<usize>,
-    /// For channels with one endpoint per side: the peer entry's role word, for a check cheap
+    /// For channels with one endpoint per side: the peer entry's state word, for a check cheap
     /// enough to make on every send.
-    peer_role: Option<&'c AtomicU32>,
+    peer_state: Option<&'c AtomicU64>,
     /// The peer side's attach counter, and its value when this endpoint attached.
     peer_attaches: &'c AtomicU32,
     baseline: u32,
@@ -75,22 +99,30 @@ pub(super) struct Endpoint<'c> {
 
 impl Drop for Endpoint<'_> {
     fn drop(&mut self) {
-        self.role_word.store(FREE, Ordering::Release);
-        self.control.wake_everyone(self.doorbell);
+        // Only the claiming process frees the entry (not a child that inherited it by fork),
+        // and only if nobody has taken it over since.
+        if pid_of(self.claimed) == ProcessIdentity::current().pid {
+            let freed = next_state(self.claimed, 0, FREE);
+            let _ = self.state_word.compare_exchange(
+                self.claimed,
+                freed,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            self.control.wake_everyone(self.doorbell);
+        }
     }
 }
 
 struct Entry<'c> {
-    role: &'c AtomicU32,
-    pid: &'c AtomicU32,
+    state: &'c AtomicU64,
     start: &'c AtomicU64,
 }
 
 fn entry<'c>(control: &Control<'c>, index: usize) -> Result<Entry<'c>> {
     let offset = FIRST_ENTRY + index * 16;
     Ok(Entry {
-        role: control.segment.atomic(offset)?,
-        pid: control.segment.atomic(offset + 4)?,
+        state: control.segment.atomic(offset)?,
         start: control.segment.atomic(offset + 8)?,
     })
 }
@@ -102,22 +134,26 @@ fn attach_counter<'c>(control: &Control<'c>, role: Role) -> Result<&'c AtomicU32
 }
 
 impl Entry<'_> {
-    fn owner(&self) -> ProcessIdentity {
+    /// The process holding the entry whose state is `state`.
+    fn owner(&self, state: u64) -> ProcessIdentity {
         ProcessIdentity {
-            pid: self.pid.load(Ordering::Relaxed),
-            start_time: self.start.load(Ordering::Relaxed),
+            pid: pid_of(state),
+            start_time: self.start.load(Ordering::Acquire),
         }
     }
 
-    /// Claims the entry if it is free, or held by `role` in a process that died.
-    fn claim(&self, role: Role) -> bool {
-        let current = self.role.load(Ordering::Acquire);
-        let claimable = current == FREE || (current == role as u32 && !self.owner().is_alive());
-        claimable
+    /// Claims the entry for `role` if it is free, or held (in any role) by a process that
+    /// died. Returns the state written.
+    fn claim(&self, role: Role, me: ProcessIdentity) -> Option<u64> {
+        let current = self.state.load(Ordering::Acquire);
+        let claimable = role_of(current) == FREE || !self.owner(current).is_alive();
+        let claimed = next_state(current, me.pid, role as u64);
+        (claimable
             && self
-                .role
-                .compare_exchange(current, CLAIMING, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
+                .state
+                .compare_exchange(current, claimed, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok())
+        .then_some(claimed)
     }
 }
 
@@ -127,7 +163,9 @@ pub(super) fn init(control: &Control<'_>) -> Result<()> {
         attach_counter(control, role)?.store(0, Ordering::Relaxed);
     }
     for index in 0..ENTRIES {
-        entry(control, index)?.role.store(FREE, Ordering::Relaxed);
+        let entry = entry(control, index)?;
+        entry.state.store(FREE, Ordering::Relaxed);
+        entry.start.store(0, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -149,41 +187,41 @@ pub(super) fn attach<'c>(
         (true, Role::Sender) => (Some(FIXED_SENDER), Some(FIXED_RECEIVER)),
         (true, Role::Receiver) => (Some(FIXED_RECEIVER), Some(FIXED_SENDER)),
     };
-    let candidates: Vec<usize> = match fixed_entry {
-        Some(index) => vec![index],
-        None => (0..ENTRIES).collect(),
+    let candidates = match fixed_entry {
+        Some(index) => index..index + 1,
+        None => 0..ENTRIES,
     };
+    let me = ProcessIdentity::current();
     for index in candidates {
         let entry = entry(control, index)?;
-        if entry.claim(role) {
-            let me = ProcessIdentity::current();
-            entry.pid.store(me.pid, Ordering::Relaxed);
-            entry.start.store(me.start_time, Ordering::Relaxed);
-            entry.role.store(role as u32, Ordering::Release);
-            attach_counter(control, role)?.fetch_add(1, Ordering::AcqRel);
-            let peer_role = match peer_entry {
-                Some(index) => Some(self::entry(control, index)?.role),
-                None => None,
-            };
-            let peer_attaches = attach_counter(control, role.other())?;
-            let baseline = peer_attaches.load(Ordering::Acquire);
-            let mut had_peer = false;
-            for index in 0..ENTRIES {
-                had_peer |= self::entry(control, index)?.role.load(Ordering::Acquire)
-                    == role.other() as u32;
-            }
-            return Ok(Endpoint {
-                role_word: entry.role,
-                role,
-                peer_entry,
-                peer_role,
-                peer_attaches,
-                baseline,
-                had_peer,
-                control: *control,
-                doorbell,
-            });
+        let Some(claimed) = entry.claim(role, me) else {
+            continue;
+        };
+        entry.start.store(me.start_time, Ordering::Release);
+        attach_counter(control, role)?.fetch_add(1, Ordering::AcqRel);
+        let peer_state = match peer_entry {
+            Some(index) => Some(self::entry(control, index)?.state),
+            None => None,
+        };
+        let peer_attaches = attach_counter(control, role.other())?;
+        let baseline = peer_attaches.load(Ordering::Acquire);
+        let mut had_peer = false;
+        for index in 0..ENTRIES {
+            had_peer |= role_of(self::entry(control, index)?.state.load(Ordering::Acquire))
+                == role.other() as u64;
         }
+        return Ok(Endpoint {
+            state_word: entry.state,
+            claimed,
+            role,
+            peer_entry,
+            peer_state,
+            peer_attaches,
+            baseline,
+            had_peer,
+            control: *control,
+            doorbell,
+        });
     }
     Err(match fixed_entry {
         Some(_) => Error::new(
@@ -211,13 +249,14 @@ impl Endpoint<'_> {
     /// For one-endpoint-per-side channels: whether this endpoint had a peer and it detached
     /// (two loads; a killed peer is only noticed by [`peer_gone`]).
     pub(super) fn peer_detached(&self) -> bool {
-        self.peer_role
-            .is_some_and(|role| role.load(Ordering::Relaxed) == FREE && self.has_had_peer())
+        self.peer_state.is_some_and(|state| {
+            role_of(state.load(Ordering::Relaxed)) == FREE && self.has_had_peer()
+        })
     }
 }
 
-/// Whether the other side of `endpoint` is gone: it attached at least once, and no entry of
-/// its role is left — or, with `check_processes`, none of those left belongs to a live process.
+/// Whether the other side of `endpoint` is gone: it had a peer, and no entry of the peer's
+/// role is left — or, with `check_processes`, none of those left belongs to a live process.
 pub(super) fn peer_gone(
     control: &Control<'_>,
     endpoint: &Endpoint<'_>,
@@ -233,12 +272,9 @@ pub(super) fn peer_gone(
     };
     for index in entries {
         let entry = entry(control, index)?;
-        match entry.role.load(Ordering::Acquire) {
-            CLAIMING => return Ok(false),
-            role if role == peer as u32 && (!check_processes || entry.owner().is_alive()) => {
-                return Ok(false);
-            }
-            _ => {}
+        let state = entry.state.load(Ordering::Acquire);
+        if role_of(state) == peer as u64 && (!check_processes || entry.owner(state).is_alive()) {
+            return Ok(false);
         }
     }
     Ok(true)

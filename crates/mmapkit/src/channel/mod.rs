@@ -107,10 +107,24 @@ impl ChannelOptions {
     fn shape(&self, kind: Kind, element_size: usize, element_align: usize) -> Result<Shape> {
         let invalid =
             |message: String| Error::new(ErrorKind::InvalidInput, "create channel", message);
+        if element_align > control::MAX_ALIGN {
+            return Err(invalid(format!(
+                "elements aligned to {element_align} bytes; slots are aligned to at most {}",
+                control::MAX_ALIGN
+            )));
+        }
+        let minimum = if kind == Kind::Bytes {
+            control::MIN_BYTE_CAPACITY
+        } else {
+            1
+        };
         let capacity = self
             .capacity
-            .max(if kind == Kind::Bytes { 64 } else { 1 })
+            .max(minimum as usize)
             .checked_next_power_of_two()
+            .filter(|&capacity| {
+                kind != Kind::Bytes || capacity as u64 <= control::MAX_BYTE_CAPACITY
+            })
             .ok_or_else(|| invalid(format!("capacity {} is too large", self.capacity)))?;
         let element = |value: usize| {
             u32::try_from(value).map_err(|_| invalid("the element type is too large".into()))

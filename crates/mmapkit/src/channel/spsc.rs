@@ -194,8 +194,8 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
 
     fn write_slot(&mut self, value: &T) {
         // SAFETY: the slot lies in the data area and is aligned for T (slot size is a
-        // multiple of T's alignment, the data area is 64-byte aligned); the receiver does not
-        // read it until `publish`, and the shield keeps the page mapped.
+        // multiple of T's alignment, which is at most 64; the data area is 128-byte aligned);
+        // the receiver does not read it until `publish`, and the shield keeps the page mapped.
         unsafe { self.ring.slot::<T>(self.head).write_volatile(*value) };
     }
 
@@ -223,7 +223,8 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
     }
 
     /// Sends `value` if there is room now; otherwise `WouldBlock`. `Disconnected` once the
-    /// receiver is gone.
+    /// receiver has detached; a receiver whose process was killed is noticed when the ring
+    /// fills (a full ring checks whether the receiver's process is alive).
     pub fn try_send(&mut self, value: &T) -> Result<()> {
         self.check_receiver("try_send")?;
         if !self.has_room()? {

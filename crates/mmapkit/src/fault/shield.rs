@@ -59,6 +59,14 @@ pub(crate) struct Shield {
 impl Shield {
     /// Shields `[start, start + len)`, a range of whole pages the caller has mapped.
     pub(crate) fn register(start: *const u8, len: usize) -> Result<Shield> {
+        if !super::guard::AVAILABLE {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "shield",
+                "the fault guard is not implemented for this architecture, so shared segments \
+                 that a peer could truncate cannot be used safely",
+            ));
+        }
         super::guard::install().map_err(|errno| Error::os("shield", errno))?;
         PAGE_SIZE.store(sys::page_size(), Ordering::Relaxed);
         let index = SLOTS

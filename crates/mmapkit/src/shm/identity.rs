@@ -126,6 +126,16 @@ impl ThreadIdentity {
         })
     }
 
+    /// The thread `tid` as it is now, if it exists and has not exited.
+    pub fn of(tid: u32) -> Option<ThreadIdentity> {
+        let fields = stat_fields(tid)?;
+        let zombie = fields
+            .first()
+            .is_some_and(|state| *state == "Z" || *state == "X");
+        let start_time = fields.get(19)?.parse().ok()?;
+        (!zombie).then_some(ThreadIdentity { tid, start_time })
+    }
+
     /// Whether the thread `tid` exists, runs, and (when `start_time` is known) started then.
     /// Reads /proc/TID/stat, which exists for every thread of the pid namespace.
     pub fn is_alive(&self) -> bool {

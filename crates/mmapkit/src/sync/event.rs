@@ -125,6 +125,14 @@ impl<'s> Event<'s> {
 
     /// Passes if the event is set (clearing it for auto reset); never waits.
     pub fn try_wait(&self) -> Result<bool> {
+        let state = self.state.load(Ordering::Acquire);
+        if state > SET {
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                "wait",
+                format!("event state {state} is unknown"),
+            ));
+        }
         let passed = match self.mode {
             EventMode::ManualReset => self.is_set(),
             EventMode::AutoReset => self
@@ -215,23 +223,29 @@ impl<'s> PollableEvent<'s> {
     /// After the eventfd polled readable: drains it and passes if the event is set (clearing
     /// it for auto reset).
     pub fn try_wait(&self) -> Result<bool> {
-        let mut count = [0u8; 8];
-        match rustix::io::read(&self.eventfd, &mut count) {
-            Ok(_) | Err(Errno::AGAIN) => {}
-            Err(errno) => return Err(Error::os("wait", errno)),
-        }
+        self.drain()?;
         self.event.try_wait()
     }
 
     /// Waits (spin, then futex) until the event is set.
     pub fn wait(&self) -> Result<()> {
         self.event.wait()?;
-        self.try_wait().map(drop)
+        self.drain()
     }
 
     /// Waits at most `timeout` for the event.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {
-        self.event.wait_timeout(timeout)
+        self.event.wait_timeout(timeout)?;
+        self.drain()
+    }
+
+    /// Empties the eventfd, so that it polls readable again only at the next `set`.
+    fn drain(&self) -> Result<()> {
+        let mut count = [0u8; 8];
+        match rustix::io::read(&self.eventfd, &mut count) {
+            Ok(_) | Err(Errno::AGAIN) => Ok(()),
+            Err(errno) => Err(Error::os("wait", errno)),
+        }
     }
 
     /// The event in the segment.

@@ -10,13 +10,16 @@
 //!
 //! All of them wait the same way: a short spin (the other side is often mid-operation on
 //! the other core, and a sleeping wake-up costs hundreds of microseconds in a VM), then a
-//! futex sleep, so idle waiters use no CPU. Sleeps are cut into slices of [`POLL_SLICE`]; a
-//! waiter wakes at each slice's end to check that its peer is still alive and the segment
-//! intact, which bounds how long a crash goes unnoticed.
+//! futex sleep, so idle waiters use no CPU. Sleeps are cut into slices of [`POLL_SLICE`]; at
+//! each slice's end a waiter checks its deadline and the segment's integrity, and a mutex
+//! waiter checks whether the lock's owner is still alive, which bounds how long an owner's
+//! crash goes unnoticed.
 //!
-//! Everything read from the segment is treated as possibly hostile: a garbage lock word is a
-//! lock held by a thread that does not exist (so the next locker recovers it), a corrupt magic
-//! is an error, and no value read there is used as an index without a check.
+//! Everything read from the segment is treated as possibly hostile: a corrupt magic or state
+//! is an error, no value read there is used as an index without a check, and a garbage lock
+//! word naming a thread that does not exist is recovered by the next locker. A peer that
+//! writes the id of a live thread into a lock word holds the lock as far as anyone can tell:
+//! against untrusted peers, lock with a timeout.
 
 mod condvar;
 mod event;

@@ -7,12 +7,16 @@
 //! 4   u32  lock word: owner thread id (bits 0-29), waiters flag (bit 31); 0 = unlocked
 //! 8   u32  consistency: 0 consistent, 1 the previous owner died holding the lock
 //! 12  u32  reserved
-//! 16  u64  owner's start time (clock ticks since boot), 0 while unknown
+//! 16  u64  owner record: owner thread id (high half), low 32 bits of its start time
+//!          (clock ticks since boot); 0 while unknown
 //! 24  T    the value (aligned for T)
 //! ```
 //!
 //! **Robustness.** The owner is a thread id plus the thread's start time, so a waiter can tell
-//! whether the owner still exists (see [`ThreadIdentity`]). A waiter checks when the owner has
+//! whether the owner still exists (see [`ThreadIdentity`]). Both halves of the owner record are
+//! one atomic word and name the thread they describe, so a waiter never pairs one owner's id
+//! with another's start time; while the record does not name the current holder yet, the
+//! holder counts as dead only if its thread id no longer exists at all. A waiter checks when the owner has
 //! held the lock through a whole sleep slice (1 ms the first time, then [`POLL_SLICE`]); if the
 //! owner is gone — its process killed, or the thread ended without unlocking — the waiter takes
 //! the lock over, marks it inconsistent, and gets [`LockError::OwnerDied`] with the guard.
@@ -51,7 +55,7 @@ pub struct Mutex<'s, T> {
     segment: &'s Segment,
     word: &'s AtomicU32,
     consistency: &'s AtomicU32,
-    owner_start: &'s AtomicU64,
+    owner: &'s AtomicU64,
     /// Payload offset of the value.
     value: usize,
     _value: PhantomData<fn() -> T>,
@@ -164,7 +168,7 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
             segment,
             word: segment.atomic(offset + 4)?,
             consistency: segment.atomic(offset + 8)?,
-            owner_start: segment.atomic(offset + 16)?,
+            owner: segment.atomic(offset + 16)?,
             value: offset + Self::VALUE,
             _value: PhantomData,
         })
@@ -172,7 +176,9 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
 
     fn check(segment: &Segment, offset: usize) -> Result<()> {
         check_placement(segment, offset, Self::SIZE, "mutex")?;
-        if !offset.is_multiple_of(align_of::<T>()) {
+        // The payload is 128-byte aligned in memory, so an offset aligned for T (up to 128)
+        // is an address aligned for T.
+        if align_of::<T>() > 128 || !offset.is_multiple_of(align_of::<T>()) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "place",
@@ -261,11 +267,22 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
 
     /// When the owner recorded in `held` is gone, takes the lock over from it.
     fn take_over_if_dead(&self, held: u32, me: ThreadIdentity) -> Option<LockResult<'_, T>> {
-        let owner = ThreadIdentity {
-            tid: held & OWNER,
-            start_time: self.owner_start.load(Ordering::Relaxed),
+        let tid = held & OWNER;
+        if tid == 0 {
+            return None;
+        }
+        let record = self.owner.load(Ordering::Acquire);
+        let alive = match ThreadIdentity::of(tid) {
+            None => false,
+            // The record describes this holder: compare start times.
+            Some(thread) if (record >> 32) as u32 == tid => {
+                thread.start_time & 0xffff_ffff == record & 0xffff_ffff
+            }
+            // The holder has not written its record yet (or a peer scribbled): a thread with
+            // that id exists, so it may be the holder; wait.
+            Some(_) => true,
         };
-        if owner.tid == 0 || owner.is_alive() {
+        if alive {
             return None;
         }
         let taken = me.tid | (held & WAITERS);
@@ -281,8 +298,12 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
     }
 
     fn acquired(&self, me: ThreadIdentity) -> LockResult<'_, T> {
-        self.owner_start.store(me.start_time, Ordering::Relaxed);
-        let guard = MutexGuard { mutex: self };
+        let record = u64::from(me.tid) << 32 | (me.start_time & 0xffff_ffff);
+        self.owner.store(record, Ordering::Release);
+        let guard = MutexGuard {
+            mutex: self,
+            _not_send: PhantomData,
+        };
         if let Err(error) = self.segment.check() {
             return Err(LockError::Failed(error));
         }
@@ -293,7 +314,7 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
     }
 
     fn release(&self) {
-        self.owner_start.store(0, Ordering::Relaxed);
+        self.owner.store(0, Ordering::Relaxed);
         if self.word.swap(0, Ordering::Release) & WAITERS != 0 {
             wait::wake(self.word, 1);
         }
@@ -317,9 +338,11 @@ impl<T> fmt::Debug for Mutex<'_, T> {
     }
 }
 
-/// Holds a [`Mutex`]; unlocks on drop.
+/// Holds a [`Mutex`]; unlocks on drop. Not `Send`: the lock belongs to the thread that took
+/// it (ownership is recorded by thread id).
 pub struct MutexGuard<'a, T: bytemuck::Pod> {
     mutex: &'a Mutex<'a, T>,
+    _not_send: PhantomData<*const ()>,
 }
 
 impl<'a, T: bytemuck::Pod> MutexGuard<'a, T> {

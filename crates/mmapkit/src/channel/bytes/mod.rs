@@ -4,7 +4,7 @@
 //! `u32` length and `u32` kind (message or skip), followed by the payload padded to 8 bytes.
 //! A message never wraps: when it does not fit before the end of the ring, the sender fills
 //! the rest with a skip record and starts again at offset 0. Messages can therefore be up to
-//! half the ring's capacity.
+//! half the ring's capacity less an 8-byte record header ([`ByteChannel::max_message`]).
 //!
 //! The receiver checks every header against the ring before using it: a skip must reach
 //! exactly to the end, a message must fit both in what was published and before the end, and

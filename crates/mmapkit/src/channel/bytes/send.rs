@@ -246,6 +246,9 @@ impl<'c> ByteSender<'c> {
     /// Reserves a `len`-byte message to fill in place, waiting for room; publish it with
     /// [`LoanBytes::commit`].
     pub fn loan(&mut self, len: usize) -> Result<LoanBytes<'_, 'c>> {
+        if self.endpoint.peer_detached() {
+            return Err(endpoints::disconnected("loan", &self.endpoint));
+        }
         let position = self.reserve(len, None, true, "loan")?;
         Ok(LoanBytes {
             sender: self,
