@@ -33,57 +33,62 @@ fn one_way(started: Instant, iterations: u64) -> f64 {
     started.elapsed().as_nanos() as f64 / (2 * iterations) as f64
 }
 
-fn mmapkit_latency_typed<const N: usize>(iterations: u64) -> f64 {
-    let ping = Channel::<[u8; N]>::create_memfd(&ChannelOptions::new(16)).expect("channel");
-    let pong = Channel::<[u8; N]>::create_memfd(&ChannelOptions::new(16)).expect("channel");
+/// Times `iterations` round trips after a tenth as many to warm up: the forked partner runs
+/// `pong(rounds)` (answer `rounds` pings), this process runs `ping` once per round trip.
+fn timed_ping_pong(iterations: u64, pong: impl FnOnce(u64), mut ping: impl FnMut()) -> f64 {
     let warm_up = iterations / 10;
-    let child = fork(|| {
-        let mut receiver = ping.receiver().expect("receiver");
-        let mut sender = pong.sender().expect("sender");
-        for _ in 0..warm_up + iterations {
-            drop(receiver.receive_in_place().expect("receive"));
-            sender.loan().expect("loan").commit().expect("commit");
-        }
-    });
-    let mut sender = ping.sender().expect("sender");
-    let mut receiver = pong.receiver().expect("receiver");
-    let mut round_trip = || {
-        sender.loan().expect("loan").commit().expect("commit");
-        drop(receiver.receive_in_place().expect("receive"));
-    };
-    (0..warm_up).for_each(|_| round_trip());
+    let child = fork(|| pong(warm_up + iterations));
+    (0..warm_up).for_each(|_| ping());
     let started = Instant::now();
-    (0..iterations).for_each(|_| round_trip());
+    (0..iterations).for_each(|_| ping());
     let result = one_way(started, iterations);
     reap(child);
     result
+}
+
+fn mmapkit_latency_typed<const N: usize>(iterations: u64) -> f64 {
+    let ping = Channel::<[u8; N]>::create_memfd(&ChannelOptions::new(16)).expect("channel");
+    let pong = Channel::<[u8; N]>::create_memfd(&ChannelOptions::new(16)).expect("channel");
+    let mut sender = ping.sender().expect("sender");
+    let mut receiver = pong.receiver().expect("receiver");
+    timed_ping_pong(
+        iterations,
+        |rounds| {
+            let mut receiver = ping.receiver().expect("receiver");
+            let mut sender = pong.sender().expect("sender");
+            for _ in 0..rounds {
+                drop(receiver.receive_in_place().expect("receive"));
+                sender.loan().expect("loan").commit().expect("commit");
+            }
+        },
+        || {
+            sender.loan().expect("loan").commit().expect("commit");
+            drop(receiver.receive_in_place().expect("receive"));
+        },
+    )
 }
 
 fn mmapkit_latency_bytes(size: usize, iterations: u64) -> f64 {
     let options = ChannelOptions::new(4 * size);
     let ping = ByteChannel::create_memfd(&options).expect("channel");
     let pong = ByteChannel::create_memfd(&options).expect("channel");
-    let warm_up = iterations / 10;
-    let child = fork(|| {
-        let mut receiver = ping.receiver().expect("receiver");
-        let mut sender = pong.sender().expect("sender");
-        for _ in 0..warm_up + iterations {
-            drop(receiver.receive_in_place().expect("receive"));
-            sender.loan(size).expect("loan").commit().expect("commit");
-        }
-    });
     let mut sender = ping.sender().expect("sender");
     let mut receiver = pong.receiver().expect("receiver");
-    let mut round_trip = || {
-        sender.loan(size).expect("loan").commit().expect("commit");
-        drop(receiver.receive_in_place().expect("receive"));
-    };
-    (0..warm_up).for_each(|_| round_trip());
-    let started = Instant::now();
-    (0..iterations).for_each(|_| round_trip());
-    let result = one_way(started, iterations);
-    reap(child);
-    result
+    timed_ping_pong(
+        iterations,
+        |rounds| {
+            let mut receiver = ping.receiver().expect("receiver");
+            let mut sender = pong.sender().expect("sender");
+            for _ in 0..rounds {
+                drop(receiver.receive_in_place().expect("receive"));
+                sender.loan(size).expect("loan").commit().expect("commit");
+            }
+        },
+        || {
+            sender.loan(size).expect("loan").commit().expect("commit");
+            drop(receiver.receive_in_place().expect("receive"));
+        },
+    )
 }
 
 fn mmapkit_latency(size: usize) -> f64 {
@@ -97,26 +102,21 @@ fn mmapkit_latency(size: usize) -> f64 {
 
 /// Ping-pong over a pair of byte streams (a socket pair, or two pipes).
 fn stream_latency(size: usize, mut near: impl Read + Write, mut far: impl Read + Write) -> f64 {
-    let iterations = iterations(size, false);
-    let warm_up = iterations / 10;
-    let child = fork(move || {
-        let mut buffer = vec![0u8; size];
-        for _ in 0..warm_up + iterations {
-            far.read_exact(&mut buffer).expect("read");
-            far.write_all(&buffer).expect("write");
-        }
-    });
     let mut buffer = vec![0u8; size];
-    let mut round_trip = || {
-        near.write_all(&buffer).expect("write");
-        near.read_exact(&mut buffer).expect("read");
-    };
-    (0..warm_up).for_each(|_| round_trip());
-    let started = Instant::now();
-    (0..iterations).for_each(|_| round_trip());
-    let result = one_way(started, iterations);
-    reap(child);
-    result
+    timed_ping_pong(
+        iterations(size, false),
+        move |rounds| {
+            let mut buffer = vec![0u8; size];
+            for _ in 0..rounds {
+                far.read_exact(&mut buffer).expect("read");
+                far.write_all(&buffer).expect("write");
+            }
+        },
+        || {
+            near.write_all(&buffer).expect("write");
+            near.read_exact(&mut buffer).expect("read");
+        },
+    )
 }
 
 fn socket_latency(size: usize) -> f64 {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::SegmentName;
+use common::processes::{self, Ended, fork, wait};
 use mmapkit::channel::{ByteChannel, Channel, ChannelOptions, MpmcChannel};
 use mmapkit::sync::Semaphore;
 use mmapkit::{ErrorKind, SegmentOptions};
@@ -60,39 +61,7 @@ fn main() {
             pollable_channel_over_a_unix_socket,
         ),
     ];
-    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let mut ran = 0;
-    for (name, case) in cases {
-        if filter
-            .as_ref()
-            .is_some_and(|filter| !name.contains(filter.as_str()))
-        {
-            continue;
-        }
-        case();
-        println!("test {name} ... ok");
-        ran += 1;
-    }
-    println!("\ntest result: ok. {ran} passed");
-}
-
-fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: this binary is single-threaded (no libtest harness).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-        // SAFETY: ends the child without running the parent's exit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    pid
-}
-
-fn reap(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    status
+    processes::run(cases);
 }
 
 fn kill(pid: libc::pid_t) {
@@ -123,7 +92,7 @@ fn forked_sender_streams_in_order() {
             .kind(),
         ErrorKind::Disconnected
     );
-    assert_eq!(reap(child), 0);
+    assert_eq!(wait(child), Ended::Exited(0));
 }
 
 fn a_child_dropping_an_inherited_endpoint_leaves_the_parent_attached() {
@@ -136,7 +105,7 @@ fn a_child_dropping_an_inherited_endpoint_leaves_the_parent_attached() {
         unsafe { std::ptr::drop_in_place(inherited) };
         0
     });
-    assert_eq!(reap(child), 0);
+    assert_eq!(wait(child), Ended::Exited(0));
     assert_eq!(
         channel.sender().unwrap_err().kind(),
         ErrorKind::AlreadyExists,
@@ -180,7 +149,7 @@ fn sender_killed_mid_send_disconnects() {
         "the death was noticed after {noticed:?}"
     );
     println!("(the sender's death was noticed {noticed:?} after SIGKILL)");
-    reap(child);
+    wait(child);
 }
 
 fn receiver_killed_unblocks_a_full_sender() {
@@ -211,7 +180,7 @@ fn receiver_killed_unblocks_a_full_sender() {
         "the death was noticed after {noticed:?}"
     );
     println!("(the receiver's death was noticed {noticed:?} after SIGKILL)");
-    reap(child);
+    wait(child);
 }
 
 fn mpmc_processes_deliver_exactly_once() {
@@ -266,11 +235,7 @@ fn mpmc_processes_deliver_exactly_once() {
         }));
     }
     for child in children {
-        let status = reap(child);
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "status {status:#x}"
-        );
+        assert_eq!(wait(child), Ended::Exited(0));
     }
     assert_eq!(
         tally.atomic::<AtomicU64>(0).unwrap().load(Ordering::SeqCst),

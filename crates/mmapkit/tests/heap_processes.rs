@@ -3,8 +3,11 @@
 //!
 //! Runs without the libtest harness (fork in a threaded harness is hazardous).
 
+mod common;
+
 use std::time::Duration;
 
+use common::processes::{self, Ended, fork, wait};
 use mmapkit::alloc::{Heap, RelPtr};
 use mmapkit::{Segment, SegmentOptions};
 
@@ -19,20 +22,7 @@ fn main() {
             processes_killed_mid_allocation_leave_a_sound_heap,
         ),
     ];
-    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let mut ran = 0;
-    for (name, case) in cases {
-        if filter
-            .as_ref()
-            .is_some_and(|filter| !name.contains(filter.as_str()))
-        {
-            continue;
-        }
-        case();
-        println!("test {name} ... ok");
-        ran += 1;
-    }
-    println!("\ntest result: ok. {ran} passed");
+    processes::run(cases);
 }
 
 fn segment() -> Segment {
@@ -40,25 +30,6 @@ fn segment() -> Segment {
         .unwrap()
         .create_memfd("heap")
         .unwrap()
-}
-
-fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: this binary is single-threaded (no libtest harness).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-        // SAFETY: ends the child without running the parent's exit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    pid
-}
-
-fn reap(pid: libc::pid_t) -> i32 {
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    status
 }
 
 /// A small deterministic generator, so that each process has its own sequence.
@@ -124,7 +95,7 @@ fn two_processes_allocate_and_free_at_random() {
         }
     });
     let live = churn(&heap, 0xdead_beef_cafe_f00d, 20_000).unwrap();
-    assert_eq!(reap(child), 0);
+    assert_eq!(wait(child), Ended::Exited(0));
     let stats = heap.check().unwrap();
     assert!(
         stats.allocated_blocks >= live.len() as u64,
@@ -147,7 +118,7 @@ fn processes_killed_mid_allocation_leave_a_sound_heap() {
         std::thread::sleep(Duration::from_millis(10 + round % 7));
         // SAFETY: kills our own child.
         assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
-        reap(child);
+        wait(child);
         // Whatever the child was doing, the heap is whole: the lock is taken over and the free
         // lists rebuilt if it died holding it.
         let probe = heap.alloc(64).unwrap();

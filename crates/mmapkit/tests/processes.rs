@@ -8,9 +8,9 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use common::processes::{self, Ended, fork, wait};
 use common::{file_with, pattern};
 use mmapkit::{MapOptions, Protection};
 
@@ -37,22 +37,7 @@ fn main() {
             write_to_read_only_page_kills_child_with_sigsegv,
         ),
     ];
-    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let mut ran = 0;
-    for (name, case) in cases {
-        if filter
-            .as_ref()
-            .is_some_and(|filter| !name.contains(filter.as_str()))
-        {
-            continue;
-        }
-        print!("test {name} ... ");
-        std::io::stdout().flush().unwrap();
-        case();
-        println!("ok");
-        ran += 1;
-    }
-    println!("\ntest result: ok. {ran} passed");
+    processes::run(cases);
 }
 
 /// A one-byte-message pipe between parent and child.
@@ -83,38 +68,6 @@ impl Signal {
         // SAFETY: reads one byte into a valid buffer from our own pipe.
         let read = unsafe { libc::read(self.read, byte.as_mut_ptr().cast(), 1) };
         assert_eq!(read, 1);
-    }
-}
-
-/// How a child ended.
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    Exited(i32),
-    Signalled(i32),
-}
-
-/// Runs `child` in a forked process, which exits with the code it returns (0: success).
-fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: this binary is single-threaded (no libtest harness), so the child inherits no
-    // lock held by another thread.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-        // SAFETY: ends the child at once, without running the parent's exit handlers twice.
-        unsafe { libc::_exit(code) };
-    }
-    pid
-}
-
-fn wait(pid: libc::pid_t) -> Ended {
-    let mut status = 0;
-    // SAFETY: waits for our own child, writing its status into a valid integer.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    if libc::WIFSIGNALED(status) {
-        Ended::Signalled(libc::WTERMSIG(status))
-    } else {
-        Ended::Exited(libc::WEXITSTATUS(status))
     }
 }
 

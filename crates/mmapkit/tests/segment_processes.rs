@@ -8,11 +8,11 @@
 mod common;
 
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::SegmentName;
+use common::processes::{self, Ended, fork, wait};
 use mmapkit::{ErrorKind, Segment, SegmentOptions};
 
 const SCENARIO: &str = "MMAPKIT_SEGMENT_SCENARIO";
@@ -47,47 +47,19 @@ fn main() {
         ),
         ("another_user_is_refused", another_user_is_refused),
     ];
-    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let mut ran = 0;
-    for (name, case) in cases {
-        if filter
-            .as_ref()
-            .is_some_and(|filter| !name.contains(filter.as_str()))
-        {
-            continue;
-        }
-        case();
-        println!("test {name} ... ok");
-        ran += 1;
-    }
-    println!("\ntest result: ok. {ran} passed");
-}
-
-fn fork(child: impl FnOnce() -> i32) -> ExitStatus {
-    // SAFETY: this binary is single-threaded (no libtest harness).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-        // SAFETY: ends the child without running the parent's exit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    ExitStatus::from_raw(status)
+    processes::run(cases);
 }
 
 fn fork_child_writes_and_parent_sees() {
     let name = SegmentName::new("fork");
     let segment = options().create(&name).unwrap();
     let counter: &AtomicU64 = segment.atomic(0).unwrap();
-    let status = fork(|| {
+    let child = fork(|| {
         segment.write_at(8, b"written by the child").unwrap();
         counter.fetch_add(1, Ordering::SeqCst);
         0
     });
-    assert!(status.success());
+    assert_eq!(wait(child), Ended::Exited(0));
     assert_eq!(counter.load(Ordering::SeqCst), 1);
     assert_eq!(
         &segment.read_pod::<[u8; 20]>(8).unwrap(),
@@ -165,7 +137,7 @@ fn another_user_is_refused() {
     }
     let name = SegmentName::new("owner-only");
     let _segment: Segment = options().create(&name).unwrap();
-    let status = fork(|| {
+    let child = fork(|| {
         // SAFETY: drops privileges in the child only; nobody (65534) exists on every Linux.
         if unsafe { libc::setgid(65534) } != 0 || unsafe { libc::setuid(65534) } != 0 {
             return 2;
@@ -173,5 +145,5 @@ fn another_user_is_refused() {
         let error = options().open(&name).unwrap_err();
         i32::from(error.kind() != ErrorKind::PermissionDenied)
     });
-    assert!(status.success(), "{status:?}");
+    assert_eq!(wait(child), Ended::Exited(0));
 }

@@ -12,17 +12,11 @@ use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::processes::Ended;
 use common::{file_with, pattern};
 use mmapkit::{ErrorKind, MapOptions, Mapping};
 
 const SCENARIO: &str = "MMAPKIT_SIGNAL_SCENARIO";
-
-/// How a scenario's process must end.
-#[derive(Debug, PartialEq, Eq)]
-enum Ended {
-    Exited(i32),
-    Signalled(i32),
-}
 
 const APPLICATION_HANDLER_EXIT: i32 = 42;
 

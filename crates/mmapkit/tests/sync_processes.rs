@@ -3,8 +3,11 @@
 //!
 //! Runs without the libtest harness (fork in a threaded harness is hazardous).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
+use common::processes::{self, fork};
 use mmapkit::sync::{Event, EventMode, LockError, Mutex, Semaphore};
 use mmapkit::{ErrorKind, Segment, SegmentOptions};
 
@@ -17,20 +20,7 @@ fn main() {
         ("semaphore_between_processes", semaphore_between_processes),
         ("idle_waiters_use_no_cpu", idle_waiters_use_no_cpu),
     ];
-    let filter: Option<String> = std::env::args().skip(1).find(|arg| !arg.starts_with('-'));
-    let mut ran = 0;
-    for (name, case) in cases {
-        if filter
-            .as_ref()
-            .is_some_and(|filter| !name.contains(filter.as_str()))
-        {
-            continue;
-        }
-        case();
-        println!("test {name} ... ok");
-        ran += 1;
-    }
-    println!("\ntest result: ok. {ran} passed");
+    processes::run(cases);
 }
 
 fn segment() -> Segment {
@@ -40,21 +30,8 @@ fn segment() -> Segment {
         .unwrap()
 }
 
-/// Forks; the child runs `child` and exits with its code. Returns the child's pid.
-fn fork(child: impl FnOnce() -> i32) -> libc::pid_t {
-    // SAFETY: this binary is single-threaded (no libtest harness).
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0);
-    if pid == 0 {
-        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)).unwrap_or(101);
-        // SAFETY: ends the child without running the parent's exit handlers.
-        unsafe { libc::_exit(code) };
-    }
-    pid
-}
-
 /// Waits for a child; returns its wait status and the CPU time it used.
-fn reap(pid: libc::pid_t) -> (i32, Duration) {
+fn wait_with_cpu(pid: libc::pid_t) -> (i32, Duration) {
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -84,7 +61,7 @@ fn kill_9_of_the_lock_holder_1000_rounds() {
         ready.wait_timeout(Duration::from_secs(10)).unwrap();
         // SAFETY: kills our own child.
         assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
-        let (status, _) = reap(child);
+        let (status, _) = wait_with_cpu(child);
         assert!(libc::WIFSIGNALED(status));
         match mutex.lock_timeout(Duration::from_secs(10)) {
             Err(LockError::OwnerDied(mut guard)) => {
@@ -116,7 +93,7 @@ fn semaphore_between_processes() {
     for _ in 0..1000 {
         semaphore.wait_timeout(Duration::from_secs(10)).unwrap();
     }
-    assert_eq!(reap(child).0, 0);
+    assert_eq!(wait_with_cpu(child).0, 0);
     assert_eq!(semaphore.value(), 0);
 }
 
@@ -127,7 +104,7 @@ fn idle_waiters_use_no_cpu() {
         let error = event.wait_timeout(Duration::from_millis(600)).unwrap_err();
         i32::from(error.kind() != ErrorKind::Timeout)
     });
-    let (status, cpu) = reap(child);
+    let (status, cpu) = wait_with_cpu(child);
     assert_eq!(status, 0);
     // A busy waiter would use about the whole 600 ms; a sleeping one a few milliseconds.
     assert!(

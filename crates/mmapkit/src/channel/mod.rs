@@ -296,6 +296,132 @@ impl PeerCheck {
     }
 }
 
+/// Which side of a channel waits: a sender for room, a receiver for a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Sender,
+    Receiver,
+}
+
+/// The pieces of an endpoint that waiting and polling need.
+struct Parts<'a, 'c> {
+    control: Control<'c>,
+    endpoint: &'a endpoints::Endpoint<'c>,
+    peer: &'a mut PeerCheck,
+    doorbell: Option<&'c OwnedFd>,
+}
+
+impl Parts<'_, '_> {
+    fn peer_gone(&mut self) -> Result<bool> {
+        self.peer.gone(&self.control, self.endpoint)
+    }
+}
+
+/// An endpoint waiting for its condition (room to send, or a message to receive).
+trait Waiter<'c> {
+    /// Whether the condition holds now.
+    fn ready(&mut self) -> Result<bool>;
+    /// The endpoint's pieces.
+    fn parts(&mut self) -> Parts<'_, 'c>;
+}
+
+/// A receiving endpoint awaited on tokio's reactor.
+#[cfg(feature = "tokio")]
+trait Polled<'c>: Waiter<'c> {
+    type Message;
+    fn try_recv(&mut self) -> Result<Option<Self::Message>>;
+}
+
+/// Waits until `waiter` is ready: a spin, then sleeps of one slice each until the condition
+/// holds, the deadline passes (`Timeout`) or the peer is gone (`Disconnected` — a receiver
+/// first takes what the peer left in the queue).
+fn wait_for<'c>(
+    waiter: &mut impl Waiter<'c>,
+    side: Side,
+    deadline: Option<Instant>,
+    operation: &'static str,
+) -> Result<()> {
+    if waiter.ready()? {
+        return Ok(());
+    }
+    let mut failure = None;
+    if crate::sync::spin(|| match waiter.ready() {
+        Ok(ready) => ready,
+        Err(error) => {
+            failure = Some(error);
+            true
+        }
+    }) {
+        return failure.map_or(Ok(()), Err);
+    }
+    let control = waiter.parts().control;
+    loop {
+        if waiter.parts().peer_gone()? {
+            return match side == Side::Receiver && waiter.ready()? {
+                true => Ok(()),
+                false => Err(endpoints::disconnected(operation, waiter.parts().endpoint)),
+            };
+        }
+        let slept = match side {
+            Side::Sender => control.sleep_as_sender(|| waiter.ready(), deadline),
+            Side::Receiver => control.sleep_as_receiver(|| waiter.ready(), deadline),
+        };
+        slept.map_err(|error| match error.kind() {
+            ErrorKind::Timeout => timed_out(operation),
+            _ => error,
+        })?;
+        control.segment.check()?;
+        if waiter.ready()? {
+            return Ok(());
+        }
+    }
+}
+
+/// Prepares a receiver to poll its doorbell: `true` if messages already wait (or the sender
+/// is gone, which the next receive reports), `false` once the doorbell is armed.
+fn arm<'c>(receiver: &mut impl Waiter<'c>) -> Result<bool> {
+    let Some(doorbell) = receiver.parts().doorbell else {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "arm",
+            "this channel has no doorbell",
+        )
+        .with_hint("create it with ChannelOptions::pollable(true)"));
+    };
+    control::drain(doorbell);
+    if receiver.ready()? {
+        return Ok(true);
+    }
+    receiver.parts().control.arm_pollers();
+    if receiver.parts().peer_gone()? {
+        return Ok(true);
+    }
+    receiver.ready()
+}
+
+/// Receives on tokio's reactor: waits for the doorbell instead of blocking the thread.
+#[cfg(feature = "tokio")]
+async fn recv_async<'c, R: Polled<'c>>(receiver: &mut R) -> Result<R::Message> {
+    let doorbell = match receiver.parts().doorbell {
+        Some(doorbell) => AsyncDoorbell::new(doorbell)?,
+        None => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "recv_async",
+                "this channel has no doorbell",
+            ));
+        }
+    };
+    loop {
+        if let Some(message) = receiver.try_recv()? {
+            return Ok(message);
+        }
+        if !arm(receiver)? {
+            doorbell.ready().await?;
+        }
+    }
+}
+
 /// The deadline `timeout` from now.
 fn deadline(timeout: Duration) -> Instant {
     Instant::now() + timeout

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use super::control::Control;
 use super::endpoints::{self, Endpoint, Role};
-use super::{ChannelOptions, Handle, Kind, PeerCheck, Place, Ring, deadline, timed_out};
+use super::{
+    ChannelOptions, Handle, Kind, Parts, PeerCheck, Place, Ring, Side, Waiter, deadline, wait_for,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Segment;
 
@@ -154,35 +156,7 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
 
     /// Waits for a free slot until `deadline`.
     fn wait_for_room(&mut self, deadline: Option<Instant>, operation: &'static str) -> Result<()> {
-        if self.has_room()? {
-            return Ok(());
-        }
-        let mut failure = None;
-        if crate::sync::spin(|| match self.has_room() {
-            Ok(room) => room,
-            Err(error) => {
-                failure = Some(error);
-                true
-            }
-        }) {
-            return failure.map_or(Ok(()), Err);
-        }
-        loop {
-            if self.peer.gone(&self.ring.control, &self.endpoint)? {
-                return Err(endpoints::disconnected(operation, &self.endpoint));
-            }
-            let control = self.ring.control;
-            control
-                .sleep_as_sender(|| self.has_room(), deadline)
-                .map_err(|error| match error.kind() {
-                    ErrorKind::Timeout => timed_out(operation),
-                    _ => error,
-                })?;
-            control.segment.check()?;
-            if self.has_room()? {
-                return Ok(());
-            }
-        }
+        wait_for(self, Side::Sender, deadline, operation)
     }
 
     fn publish(&mut self) -> Result<()> {
@@ -355,39 +329,7 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
         deadline: Option<Instant>,
         operation: &'static str,
     ) -> Result<()> {
-        if self.available()? {
-            return Ok(());
-        }
-        let mut failure = None;
-        if crate::sync::spin(|| match self.available() {
-            Ok(ready) => ready,
-            Err(error) => {
-                failure = Some(error);
-                true
-            }
-        }) {
-            return failure.map_or(Ok(()), Err);
-        }
-        loop {
-            if self.peer.gone(&self.ring.control, &self.endpoint)? {
-                // A last message may have been published just before the sender left.
-                return match self.available()? {
-                    true => Ok(()),
-                    false => Err(endpoints::disconnected(operation, &self.endpoint)),
-                };
-            }
-            let control = self.ring.control;
-            control
-                .sleep_as_receiver(|| self.available(), deadline)
-                .map_err(|error| match error.kind() {
-                    ErrorKind::Timeout => timed_out(operation),
-                    _ => error,
-                })?;
-            control.segment.check()?;
-            if self.available()? {
-                return Ok(());
-            }
-        }
+        wait_for(self, Side::Receiver, deadline, operation)
     }
 
     /// Takes the next message if one is there; `Ok(None)` if not, `Disconnected` if there is
@@ -433,47 +375,14 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
     /// Prepares to poll the doorbell: returns `true` if messages are already waiting (receive
     /// them instead of polling), `false` once the doorbell is armed and polling may begin.
     pub fn arm(&mut self) -> Result<bool> {
-        let Some(doorbell) = self.doorbell else {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "arm",
-                "this channel has no doorbell",
-            )
-            .with_hint("create it with ChannelOptions::pollable(true)"));
-        };
-        super::control::drain(doorbell);
-        if self.available()? {
-            return Ok(true);
-        }
-        self.ring.control.arm_pollers();
-        if self.peer.gone(&self.ring.control, &self.endpoint)? {
-            return Ok(true);
-        }
-        self.available()
+        super::arm(self)
     }
 
     /// Takes the next message without blocking the thread, on tokio's reactor (needs a
     /// pollable channel).
     #[cfg(feature = "tokio")]
     pub async fn recv_async(&mut self) -> Result<T> {
-        let doorbell = match self.doorbell {
-            Some(doorbell) => super::AsyncDoorbell::new(doorbell)?,
-            None => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    "recv_async",
-                    "this channel has no doorbell",
-                ));
-            }
-        };
-        loop {
-            if let Some(value) = self.try_recv()? {
-                return Ok(value);
-            }
-            if !self.arm()? {
-                doorbell.ready().await?;
-            }
-        }
+        super::recv_async(self).await
     }
 }
 
@@ -511,5 +420,44 @@ impl<T: bytemuck::Pod> Drop for Received<'_, '_, T> {
     fn drop(&mut self) {
         // A truncated segment is reported by the next operation.
         let _ = self.receiver.release();
+    }
+}
+
+impl<'c, T: bytemuck::Pod> Waiter<'c> for Sender<'c, T> {
+    fn ready(&mut self) -> Result<bool> {
+        self.has_room()
+    }
+
+    fn parts(&mut self) -> Parts<'_, 'c> {
+        Parts {
+            control: self.ring.control,
+            endpoint: &self.endpoint,
+            peer: &mut self.peer,
+            doorbell: self.doorbell,
+        }
+    }
+}
+
+impl<'c, T: bytemuck::Pod> Waiter<'c> for Receiver<'c, T> {
+    fn ready(&mut self) -> Result<bool> {
+        self.available()
+    }
+
+    fn parts(&mut self) -> Parts<'_, 'c> {
+        Parts {
+            control: self.ring.control,
+            endpoint: &self.endpoint,
+            peer: &mut self.peer,
+            doorbell: self.doorbell,
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<'c, T: bytemuck::Pod> super::Polled<'c> for Receiver<'c, T> {
+    type Message = T;
+
+    fn try_recv(&mut self) -> Result<Option<T>> {
+        Receiver::try_recv(self)
     }
 }

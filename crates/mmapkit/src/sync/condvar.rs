@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use super::mutex::{LockResult, MutexGuard};
-use super::{POLL_SLICE, check_placement, expect_magic, wait};
+use super::{POLL_SLICE, find, place, wait};
 use crate::error::Result;
 use crate::shm::Segment;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"CVR1");
+const WHAT: &str = "condition variable";
 
 /// A process-shared condition variable, placed in a segment.
 #[derive(Debug)]
@@ -28,20 +29,13 @@ impl<'s> Condvar<'s> {
 
     /// Places a new condition variable at payload `offset` (8-byte aligned).
     pub fn init(segment: &'s Segment, offset: usize) -> Result<Self> {
-        check_placement(segment, offset, Self::SIZE, "condition variable")?;
-        segment
-            .atomic::<AtomicU32>(offset + 4)?
-            .store(0, Ordering::Relaxed);
-        segment
-            .atomic::<AtomicU32>(offset)?
-            .store(MAGIC, Ordering::Release);
+        place(segment, offset, Self::SIZE, WHAT, MAGIC, &[(4, 0)])?;
         Self::open(segment, offset)
     }
 
     /// Opens the condition variable placed at payload `offset`.
     pub fn open(segment: &'s Segment, offset: usize) -> Result<Self> {
-        check_placement(segment, offset, Self::SIZE, "condition variable")?;
-        expect_magic(segment, offset, MAGIC, "condition variable")?;
+        find(segment, offset, Self::SIZE, WHAT, MAGIC)?;
         Ok(Condvar {
             segment,
             sequence: segment.atomic(offset + 4)?,

@@ -14,12 +14,13 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{POLL_SLICE, check_placement, expect_magic, wait};
+use super::{find, place, wait};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Segment;
 use crate::sys::{self, Errno};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"EVT1");
+const WHAT: &str = "event";
 const CLEAR: u32 = 0;
 const SET: u32 = 1;
 
@@ -47,30 +48,24 @@ impl<'s> Event<'s> {
 
     /// Places a new, clear event at payload `offset` (8-byte aligned).
     pub fn init(segment: &'s Segment, offset: usize, mode: EventMode) -> Result<Self> {
-        check_placement(segment, offset, Self::SIZE, "event")?;
-        segment
-            .atomic::<AtomicU32>(offset + 4)?
-            .store(CLEAR, Ordering::Relaxed);
         let mode_word = match mode {
             EventMode::ManualReset => 0,
             EventMode::AutoReset => 1,
         };
-        segment
-            .atomic::<AtomicU32>(offset + 8)?
-            .store(mode_word, Ordering::Relaxed);
-        segment
-            .atomic::<AtomicU32>(offset + 12)?
-            .store(0, Ordering::Relaxed);
-        segment
-            .atomic::<AtomicU32>(offset)?
-            .store(MAGIC, Ordering::Release);
+        place(
+            segment,
+            offset,
+            Self::SIZE,
+            WHAT,
+            MAGIC,
+            &[(4, CLEAR), (8, mode_word), (12, 0)],
+        )?;
         Self::open(segment, offset)
     }
 
     /// Opens the event placed at payload `offset`.
     pub fn open(segment: &'s Segment, offset: usize) -> Result<Self> {
-        check_placement(segment, offset, Self::SIZE, "event")?;
-        expect_magic(segment, offset, MAGIC, "event")?;
+        find(segment, offset, Self::SIZE, WHAT, MAGIC)?;
         let mode = match segment
             .atomic::<AtomicU32>(offset + 8)?
             .load(Ordering::Relaxed)
@@ -154,22 +149,9 @@ impl<'s> Event<'s> {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<()> {
-        let mut passed = false;
-        if wait::spin(|| {
-            passed = matches!(self.try_wait(), Ok(true));
-            passed
-        }) {
-            return Ok(());
-        }
-        loop {
-            if self.try_wait()? {
-                return Ok(());
-            }
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            let slept = wait::sleep(self.state, CLEAR, deadline, POLL_SLICE, "wait");
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
-            slept?;
-        }
+        wait::until_taken(self.state, CLEAR, self.sleepers, deadline, || {
+            self.try_wait()
+        })
     }
 }
 

@@ -39,6 +39,35 @@ use std::sync::atomic::AtomicU32;
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Segment;
 
+/// Places a primitive of `size` bytes at `offset`: checks the placement, stores each
+/// `(offset from the placement, value)` word, and the magic last, so that an opener never sees
+/// the magic before the rest.
+fn place(
+    segment: &Segment,
+    offset: usize,
+    size: usize,
+    what: &str,
+    magic: u32,
+    words: &[(usize, u32)],
+) -> Result<()> {
+    check_placement(segment, offset, size, what)?;
+    for &(field, value) in words {
+        segment
+            .atomic::<AtomicU32>(offset + field)?
+            .store(value, std::sync::atomic::Ordering::Relaxed);
+    }
+    segment
+        .atomic::<AtomicU32>(offset)?
+        .store(magic, std::sync::atomic::Ordering::Release);
+    Ok(())
+}
+
+/// Checks that a primitive of `size` bytes with `magic` is placed at `offset`.
+fn find(segment: &Segment, offset: usize, size: usize, what: &str, magic: u32) -> Result<()> {
+    check_placement(segment, offset, size, what)?;
+    expect_magic(segment, offset, magic, what).map(drop)
+}
+
 /// Checks the magic word at `offset` of `segment` and returns the word.
 fn expect_magic<'s>(
     segment: &'s Segment,

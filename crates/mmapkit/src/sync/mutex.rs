@@ -36,7 +36,7 @@ use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::{check_placement, expect_magic, wait};
+use super::{check_placement, find, place, wait};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::{Segment, ThreadIdentity};
 
@@ -146,24 +146,15 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
     pub fn init(segment: &'s Segment, offset: usize, value: T) -> Result<Self> {
         Self::check(segment, offset)?;
         segment.write_pod(offset + Self::VALUE, &value)?;
-        for field in [4, 8, 12] {
-            segment
-                .atomic::<AtomicU32>(offset + field)?
-                .store(0, Ordering::Relaxed);
-        }
-        segment
-            .atomic::<AtomicU64>(offset + 16)?
-            .store(0, Ordering::Relaxed);
-        segment
-            .atomic::<AtomicU32>(offset)?
-            .store(MAGIC, Ordering::Release);
+        let zeroed = [(4, 0), (8, 0), (12, 0), (16, 0), (20, 0)];
+        place(segment, offset, Self::SIZE, "mutex", MAGIC, &zeroed)?;
         Self::open(segment, offset)
     }
 
     /// Opens the mutex placed at payload `offset`.
     pub fn open(segment: &'s Segment, offset: usize) -> Result<Self> {
         Self::check(segment, offset)?;
-        expect_magic(segment, offset, MAGIC, "mutex")?;
+        find(segment, offset, Self::SIZE, "mutex", MAGIC)?;
         Ok(Mutex {
             segment,
             word: segment.atomic(offset + 4)?,

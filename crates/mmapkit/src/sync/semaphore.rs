@@ -6,11 +6,12 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{POLL_SLICE, check_placement, expect_magic, wait};
+use super::{find, place, wait};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Segment;
 
 const MAGIC: u32 = u32::from_le_bytes(*b"SEM1");
+const WHAT: &str = "semaphore";
 
 /// A process-shared counting semaphore, placed in a segment.
 #[derive(Debug)]
@@ -26,23 +27,20 @@ impl<'s> Semaphore<'s> {
 
     /// Places a new semaphore holding `initial` at payload `offset` (8-byte aligned).
     pub fn init(segment: &'s Segment, offset: usize, initial: u32) -> Result<Self> {
-        check_placement(segment, offset, Self::SIZE, "semaphore")?;
-        segment
-            .atomic::<AtomicU32>(offset + 4)?
-            .store(initial, Ordering::Relaxed);
-        segment
-            .atomic::<AtomicU32>(offset + 8)?
-            .store(0, Ordering::Relaxed);
-        segment
-            .atomic::<AtomicU32>(offset)?
-            .store(MAGIC, Ordering::Release);
+        place(
+            segment,
+            offset,
+            Self::SIZE,
+            WHAT,
+            MAGIC,
+            &[(4, initial), (8, 0)],
+        )?;
         Self::open(segment, offset)
     }
 
     /// Opens the semaphore placed at payload `offset`.
     pub fn open(segment: &'s Segment, offset: usize) -> Result<Self> {
-        check_placement(segment, offset, Self::SIZE, "semaphore")?;
-        expect_magic(segment, offset, MAGIC, "semaphore")?;
+        find(segment, offset, Self::SIZE, WHAT, MAGIC)?;
         Ok(Semaphore {
             segment,
             count: segment.atomic(offset + 4)?,
@@ -83,22 +81,7 @@ impl<'s> Semaphore<'s> {
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<()> {
-        let mut taken = false;
-        if wait::spin(|| {
-            taken = matches!(self.try_wait(), Ok(true));
-            taken
-        }) {
-            return Ok(());
-        }
-        loop {
-            if self.try_wait()? {
-                return Ok(());
-            }
-            self.sleepers.fetch_add(1, Ordering::SeqCst);
-            let slept = wait::sleep(self.count, 0, deadline, POLL_SLICE, "wait");
-            self.sleepers.fetch_sub(1, Ordering::SeqCst);
-            slept?;
-        }
+        wait::until_taken(self.count, 0, self.sleepers, deadline, || self.try_wait())
     }
 
     /// Returns one unit, waking a sleeper if there is one.

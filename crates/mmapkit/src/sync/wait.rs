@@ -65,3 +65,27 @@ pub(crate) fn wake(word: &AtomicU32, count: u32) {
     // FUTEX_WAKE fails only for an invalid address, which a borrowed atomic cannot be.
     let _ = sys::futex_wake(word, count);
 }
+
+/// Waits until `take` succeeds: spin first, then sleep on `word` while it holds `idle` (the
+/// value meaning "nothing to take"), counted in `sleepers` so that the waker knows to wake.
+/// `take` is retried after every wake-up and at the end of every slice.
+pub(crate) fn until_taken(
+    word: &AtomicU32,
+    idle: u32,
+    sleepers: &AtomicU32,
+    deadline: Option<Instant>,
+    mut take: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    if spin(|| matches!(take(), Ok(true))) {
+        return Ok(());
+    }
+    loop {
+        if take()? {
+            return Ok(());
+        }
+        sleepers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let slept = sleep(word, idle, deadline, POLL_SLICE, "wait");
+        sleepers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        slept?;
+    }
+}

@@ -3,6 +3,8 @@
 
 use std::fs;
 
+pub mod processes;
+
 /// One line of /proc/self/maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapsLine {

@@ -5,9 +5,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{MESSAGE, RECORD_HEADER, SKIP, max_message, record_len};
-use crate::channel::control::{self, Control};
+use crate::channel::control::Control;
 use crate::channel::endpoints::{self, Endpoint};
-use crate::channel::{PeerCheck, deadline, timed_out};
+use crate::channel::{Parts, PeerCheck, Side, Waiter, deadline, wait_for};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::copy_shared;
 
@@ -134,45 +134,14 @@ impl<'c> ByteReceiver<'c> {
         deadline: Option<Instant>,
         operation: &'static str,
     ) -> Result<(usize, usize)> {
-        if let Some(message) = self.next_message()? {
-            return Ok(message);
-        }
-        let mut found = None;
-        let mut failure = None;
-        crate::sync::spin(|| match self.next_message() {
-            Ok(message) => {
-                found = message;
-                found.is_some()
-            }
-            Err(error) => {
-                failure = Some(error);
-                true
-            }
-        });
-        if let Some(error) = failure {
-            return Err(error);
-        }
-        if let Some(message) = found {
-            return Ok(message);
-        }
-        loop {
-            if self.peer.gone(&self.control, &self.endpoint)? {
-                return self
-                    .next_message()?
-                    .ok_or_else(|| endpoints::disconnected(operation, &self.endpoint));
-            }
-            let control = self.control;
-            control
-                .sleep_as_receiver(|| self.published().map(|bytes| bytes > 0), deadline)
-                .map_err(|error| match error.kind() {
-                    ErrorKind::Timeout => timed_out(operation),
-                    _ => error,
-                })?;
-            control.segment.check()?;
-            if let Some(message) = self.next_message()? {
-                return Ok(message);
-            }
-        }
+        wait_for(self, Side::Receiver, deadline, operation)?;
+        self.next_message()?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                operation,
+                "a published message vanished",
+            )
+        })
     }
 
     /// Receives the next message into `buf` (replacing its contents), waiting for it.
@@ -228,23 +197,7 @@ impl<'c> ByteReceiver<'c> {
 
     /// Prepares to poll: `true` if messages already wait, `false` once the doorbell is armed.
     pub fn arm(&mut self) -> Result<bool> {
-        let Some(doorbell) = self.doorbell else {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                "arm",
-                "this channel has no doorbell",
-            )
-            .with_hint("create it with ChannelOptions::pollable(true)"));
-        };
-        control::drain(doorbell);
-        if self.published()? > 0 {
-            return Ok(true);
-        }
-        self.control.arm_pollers();
-        if self.peer.gone(&self.control, &self.endpoint)? {
-            return Ok(true);
-        }
-        Ok(self.published()? > 0)
+        crate::channel::arm(self)
     }
 }
 
@@ -253,24 +206,7 @@ impl ByteReceiver<'_> {
     /// pollable channel).
     #[cfg(feature = "tokio")]
     pub async fn recv_async(&mut self) -> Result<Vec<u8>> {
-        let doorbell = match self.doorbell {
-            Some(doorbell) => crate::channel::AsyncDoorbell::new(doorbell)?,
-            None => {
-                return Err(Error::new(
-                    ErrorKind::Unsupported,
-                    "recv_async",
-                    "this channel has no doorbell",
-                ));
-            }
-        };
-        loop {
-            if let Some(message) = self.try_recv()? {
-                return Ok(message);
-            }
-            if !self.arm()? {
-                doorbell.ready().await?;
-            }
-        }
+        crate::channel::recv_async(self).await
     }
 }
 
@@ -338,5 +274,29 @@ impl Drop for ReceivedBytes<'_, '_> {
     fn drop(&mut self) {
         // A truncated segment is reported by the next operation.
         let _ = self.receiver.advance(record_len(self.len as u64));
+    }
+}
+
+impl<'c> Waiter<'c> for ByteReceiver<'c> {
+    fn ready(&mut self) -> Result<bool> {
+        self.next_message().map(|message| message.is_some())
+    }
+
+    fn parts(&mut self) -> Parts<'_, 'c> {
+        Parts {
+            control: self.control,
+            endpoint: &self.endpoint,
+            peer: &mut self.peer,
+            doorbell: self.doorbell,
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl<'c> crate::channel::Polled<'c> for ByteReceiver<'c> {
+    type Message = Vec<u8>;
+
+    fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
+        ByteReceiver::try_recv(self)
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{MESSAGE, RECORD_HEADER, SKIP, max_message, record_len};
 use crate::channel::control::Control;
 use crate::channel::endpoints::{self, Endpoint};
-use crate::channel::{PeerCheck, deadline, timed_out};
+use crate::channel::{Parts, PeerCheck, Side, Waiter, deadline, wait_for};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::copy_shared;
 
@@ -73,35 +73,15 @@ impl<'c> ByteSender<'c> {
         deadline: Option<Instant>,
         operation: &'static str,
     ) -> Result<()> {
-        if self.has_room(needed)? {
-            return Ok(());
-        }
-        let mut failure = None;
-        if crate::sync::spin(|| match self.has_room(needed) {
-            Ok(room) => room,
-            Err(error) => {
-                failure = Some(error);
-                true
-            }
-        }) {
-            return failure.map_or(Ok(()), Err);
-        }
-        loop {
-            if self.peer.gone(&self.control, &self.endpoint)? {
-                return Err(endpoints::disconnected(operation, &self.endpoint));
-            }
-            let control = self.control;
-            control
-                .sleep_as_sender(|| self.has_room(needed), deadline)
-                .map_err(|error| match error.kind() {
-                    ErrorKind::Timeout => timed_out(operation),
-                    _ => error,
-                })?;
-            control.segment.check()?;
-            if self.has_room(needed)? {
-                return Ok(());
-            }
-        }
+        wait_for(
+            &mut RoomFor {
+                sender: self,
+                needed,
+            },
+            Side::Sender,
+            deadline,
+            operation,
+        )
     }
 
     fn header_at(&self, position: u64) -> *mut [u32; 2] {
@@ -232,24 +212,25 @@ impl<'c> ByteSender<'c> {
     /// Reserves a `len`-byte message if there is room now; otherwise `WouldBlock` (or
     /// `Disconnected`).
     pub fn try_loan(&mut self, len: usize) -> Result<LoanBytes<'_, 'c>> {
-        if self.endpoint.peer_detached() {
-            return Err(endpoints::disconnected("try_loan", &self.endpoint));
-        }
-        let position = self.reserve(len, None, false, "try_loan")?;
-        Ok(LoanBytes {
-            sender: self,
-            position,
-            len,
-        })
+        self.loan_with(len, false, "try_loan")
     }
 
     /// Reserves a `len`-byte message to fill in place, waiting for room; publish it with
     /// [`LoanBytes::commit`].
     pub fn loan(&mut self, len: usize) -> Result<LoanBytes<'_, 'c>> {
+        self.loan_with(len, true, "loan")
+    }
+
+    fn loan_with(
+        &mut self,
+        len: usize,
+        wait: bool,
+        operation: &'static str,
+    ) -> Result<LoanBytes<'_, 'c>> {
         if self.endpoint.peer_detached() {
-            return Err(endpoints::disconnected("loan", &self.endpoint));
+            return Err(endpoints::disconnected(operation, &self.endpoint));
         }
-        let position = self.reserve(len, None, true, "loan")?;
+        let position = self.reserve(len, None, wait, operation)?;
         Ok(LoanBytes {
             sender: self,
             position,
@@ -314,5 +295,27 @@ impl LoanBytes<'_, '_> {
     /// Publishes the message.
     pub fn commit(self) -> Result<()> {
         self.sender.commit(self.position, self.len)
+    }
+}
+
+/// A sender waiting for `needed` bytes of room.
+struct RoomFor<'s, 'c> {
+    sender: &'s mut ByteSender<'c>,
+    needed: u64,
+}
+
+impl<'c> Waiter<'c> for RoomFor<'_, 'c> {
+    fn ready(&mut self) -> Result<bool> {
+        self.sender.has_room(self.needed)
+    }
+
+    fn parts(&mut self) -> Parts<'_, 'c> {
+        let sender = &mut *self.sender;
+        Parts {
+            control: sender.control,
+            endpoint: &sender.endpoint,
+            peer: &mut sender.peer,
+            doorbell: sender.doorbell,
+        }
     }
 }
