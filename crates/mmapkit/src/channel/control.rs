@@ -15,15 +15,15 @@
 //! Producer and consumer each write their own cache line and only read the other's, so the
 //! two sides do not fight over a line on every message.
 //!
-//! **Waking.** A side about to sleep counts itself in its sleeper word (a locked increment,
-//! a full barrier on x86), checks the queue once more, then sleeps on its futex sequence. The
-//! other side, after moving its position, issues a full fence and looks at that sleeper count:
-//! this Dekker pairing guarantees that either the sleeper sees the new position or the mover
-//! sees the sleeper. Sleeps are cut into slices anyway (see [`crate::sync::POLL_SLICE`]), so
+//! **Waking.** A side about to sleep counts itself in its sleeper word and then checks the
+//! queue once more; the other side moves its position with an exchange and then looks at that
+//! sleeper count. All four accesses are sequentially consistent (a Dekker pairing, with no
+//! separate fence), so either the sleeper sees the new position or the mover sees the
+//! sleeper. Sleeps are cut into slices anyway (see [`crate::sync::POLL_SLICE`]), so
 //! that a dead peer is noticed.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::Kind;
@@ -204,8 +204,8 @@ impl<'c> Control<'c> {
     /// `0..=capacity` (in slots or bytes), and the head must leave room to grow for 2^62
     /// messages, whatever a peer wrote.
     pub(super) fn positions(&self) -> Result<(u64, u64)> {
-        let tail = self.tail.load(Ordering::Acquire);
-        let head = self.head.load(Ordering::Acquire);
+        let tail = self.tail.load(Ordering::SeqCst);
+        let head = self.head.load(Ordering::SeqCst);
         match head.checked_sub(tail) {
             Some(used) if used <= self.shape.capacity && head < MAX_POSITION => Ok((head, tail)),
             _ => Err(Error::new(
@@ -219,27 +219,30 @@ impl<'c> Control<'c> {
         }
     }
 
-    /// After moving `head`: wakes receivers that sleep or poll.
-    pub(super) fn wake_receivers(&self, doorbell: Option<&OwnedFd>, all: bool) {
-        fence(Ordering::SeqCst);
-        if self.rx_sleepers.load(Ordering::Relaxed) > 0 {
+    /// Moves `head` to `head` and wakes receivers that sleep or poll. The sequentially
+    /// consistent exchange (one locked instruction on x86) orders the new head before the look
+    /// at the sleepers, as the sleepers' counted increment orders theirs before their look at
+    /// the head: one of the two always sees the other, without a separate fence.
+    pub(super) fn publish_head(&self, head: u64, doorbell: Option<&OwnedFd>) {
+        self.head.swap(head, Ordering::SeqCst);
+        if self.rx_sleepers.load(Ordering::SeqCst) > 0 {
             self.rx_sequence.fetch_add(1, Ordering::Release);
-            crate::sync::wake(self.rx_sequence, if all { i32::MAX as u32 } else { 1 });
+            crate::sync::wake(self.rx_sequence, 1);
         }
         if let Some(doorbell) = doorbell
-            && self.rx_pollers.load(Ordering::Relaxed) > 0
+            && self.rx_pollers.load(Ordering::SeqCst) > 0
             && self.rx_pollers.swap(0, Ordering::AcqRel) > 0
         {
             ring(doorbell);
         }
     }
 
-    /// After moving `tail`: wakes senders that wait for room.
-    pub(super) fn wake_senders(&self, all: bool) {
-        fence(Ordering::SeqCst);
-        if self.tx_sleepers.load(Ordering::Relaxed) > 0 {
+    /// Moves `tail` to `tail` and wakes senders that wait for room (see `publish_head`).
+    pub(super) fn publish_tail(&self, tail: u64) {
+        self.tail.swap(tail, Ordering::SeqCst);
+        if self.tx_sleepers.load(Ordering::SeqCst) > 0 {
             self.tx_sequence.fetch_add(1, Ordering::Release);
-            crate::sync::wake(self.tx_sequence, if all { i32::MAX as u32 } else { 1 });
+            crate::sync::wake(self.tx_sequence, 1);
         }
     }
 
@@ -267,11 +270,10 @@ impl<'c> Control<'c> {
         sleep(self.tx_sequence, self.tx_sleepers, ready, deadline, "send")
     }
 
-    /// Asks senders to ring the doorbell at their next message; the fence pairs with the
-    /// one in `wake_receivers`, so the check of the queue that follows sees their message.
+    /// Asks senders to ring the doorbell at their next message; sequentially consistent like
+    /// `publish_head`, so the check of the queue that follows sees their message.
     pub(super) fn arm_pollers(&self) {
-        self.rx_pollers.store(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+        self.rx_pollers.swap(1, Ordering::SeqCst);
     }
 
     /// Wakes everything: an endpoint left.

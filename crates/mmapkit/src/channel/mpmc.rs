@@ -11,7 +11,6 @@
 use std::marker::PhantomData;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::control::{CONSUMER_LOCK_OFFSET, Control, PRODUCER_LOCK_OFFSET};
@@ -171,9 +170,8 @@ impl<T: bytemuck::Pod> MpmcSender<'_, T> {
         // SAFETY: the slot lies in the data area and is aligned for T; consumers do not read
         // it until the head moves past it, and the producers' lock makes it ours.
         unsafe { self.ring.slot::<T>(head).write_volatile(*value) };
-        self.ring.control.head.store(head + 1, Ordering::Release);
+        self.ring.control.publish_head(head + 1, self.doorbell);
         drop(guard);
-        self.ring.control.wake_receivers(self.doorbell, false);
         self.ring.control.segment.check().map(|()| true)
     }
 
@@ -257,9 +255,8 @@ impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
         // SAFETY: the slot lies in the data area and is aligned for T; it was published (head
         // read with Acquire) and the consumers' lock makes it ours to take.
         let value = unsafe { self.ring.slot::<T>(tail).read_volatile() };
-        self.ring.control.tail.store(tail + 1, Ordering::Release);
+        self.ring.control.publish_tail(tail + 1);
         drop(guard);
-        self.ring.control.wake_senders(false);
         self.ring.control.segment.check().map(|()| Some(value))
     }
 

@@ -137,7 +137,7 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
         if self.head - self.tail_seen < self.ring.capacity() {
             return Ok(true);
         }
-        let tail = self.ring.control.tail.load(Ordering::Acquire);
+        let tail = self.ring.control.tail.load(Ordering::SeqCst);
         match self.head.checked_sub(tail) {
             Some(used) if used <= self.ring.capacity() => {
                 self.tail_seen = tail;
@@ -161,8 +161,7 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
 
     fn publish(&mut self) -> Result<()> {
         self.head += 1;
-        self.ring.control.head.store(self.head, Ordering::Release);
-        self.ring.control.wake_receivers(self.doorbell, false);
+        self.ring.control.publish_head(self.head, self.doorbell);
         self.ring.control.segment.check()
     }
 
@@ -290,7 +289,7 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
         if self.head_seen > self.tail {
             return Ok(true);
         }
-        let head = self.ring.control.head.load(Ordering::Acquire);
+        let head = self.ring.control.head.load(Ordering::SeqCst);
         match head.checked_sub(self.tail) {
             Some(used) if used <= self.ring.capacity() => {
                 self.head_seen = head;
@@ -309,8 +308,7 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
 
     fn release(&mut self) -> Result<()> {
         self.tail += 1;
-        self.ring.control.tail.store(self.tail, Ordering::Release);
-        self.ring.control.wake_senders(false);
+        self.ring.control.publish_tail(self.tail);
         self.ring.control.segment.check()
     }
 

@@ -49,7 +49,7 @@ impl<'c> ByteReceiver<'c> {
         if self.head_seen > self.tail {
             return Ok(self.head_seen - self.tail);
         }
-        let head = self.control.head.load(Ordering::Acquire);
+        let head = self.control.head.load(Ordering::SeqCst);
         match head.checked_sub(self.tail) {
             Some(used) if used <= self.capacity() && head.is_multiple_of(8) => {
                 self.head_seen = head;
@@ -111,8 +111,7 @@ impl<'c> ByteReceiver<'c> {
 
     fn advance(&mut self, bytes: u64) -> Result<()> {
         self.tail += bytes;
-        self.control.tail.store(self.tail, Ordering::Release);
-        self.control.wake_senders(false);
+        self.control.publish_tail(self.tail);
         self.control.segment.check()
     }
 

@@ -50,7 +50,7 @@ impl<'c> ByteSender<'c> {
         if self.capacity() - (self.head - self.tail_seen) >= needed {
             return Ok(true);
         }
-        let tail = self.control.tail.load(Ordering::Acquire);
+        let tail = self.control.tail.load(Ordering::SeqCst);
         match self.head.checked_sub(tail) {
             Some(used) if used <= self.capacity() && tail.is_multiple_of(8) => {
                 self.tail_seen = tail;
@@ -150,8 +150,7 @@ impl<'c> ByteSender<'c> {
 
     fn publish(&mut self, bytes: u64) -> Result<()> {
         self.head += bytes;
-        self.control.head.store(self.head, Ordering::Release);
-        self.control.wake_receivers(self.doorbell, false);
+        self.control.publish_head(self.head, self.doorbell);
         self.control.segment.check()
     }
 
