@@ -5,7 +5,8 @@
 //!   measures itself: a slot is loaned and published without writing the payload, and received
 //!   in place without reading it. Sockets and pipes have to copy the bytes through the kernel.
 //! * `ipc-throughput`: 64 B messages streamed one way as fast as the receiver takes them; each
-//!   message is copied in and out (`send(&msg)`, `recv()`).
+//!   message is copied in and out, one by one (`send(&msg)`, `recv()`, the JSON line) and in
+//!   batches of 64 (`send_batch`, `recv_batch`).
 //! * `ipc-wake`: a receiver that has gone to sleep (the sender pauses 3 ms between messages);
 //!   the time from the sender's timestamp to the receiver holding the message.
 
@@ -221,6 +222,34 @@ fn mmapkit_throughput() -> f64 {
     per_second / 1e6
 }
 
+/// The same stream sent and received in batches of up to 64 messages.
+fn mmapkit_throughput_batched() -> f64 {
+    let channel = Channel::<[u8; 64]>::create_memfd(&ChannelOptions::new(4096)).expect("channel");
+    let child = fork(|| {
+        let mut sender = channel.sender().expect("sender");
+        let mut batch = [[0u8; 64]; 64];
+        for first in (0..STREAMED).step_by(64) {
+            let count = 64.min(STREAMED - first) as usize;
+            for (index, message) in batch[..count].iter_mut().enumerate() {
+                message[..8].copy_from_slice(&(first + index as u64).to_ne_bytes());
+            }
+            sender.send_batch(&batch[..count]).expect("send");
+        }
+    });
+    let mut receiver = channel.receiver().expect("receiver");
+    let mut messages = Vec::with_capacity(64);
+    let mut received = receiver.recv_batch(&mut messages, 64).expect("recv") as u64;
+    let started = Instant::now();
+    let first_batch = received;
+    while received < STREAMED {
+        messages.clear();
+        received += receiver.recv_batch(&mut messages, 64).expect("recv") as u64;
+    }
+    let per_second = (STREAMED - first_batch) as f64 / started.elapsed().as_secs_f64();
+    reap(child);
+    per_second / 1e6
+}
+
 fn stream_throughput(mut near: impl Read, mut far: impl Write + Send) -> f64 {
     let child = fork(move || {
         let message = [7u8; 64];
@@ -242,6 +271,7 @@ fn stream_throughput(mut near: impl Read, mut far: impl Write + Send) -> f64 {
 pub fn throughput(rounds: usize) {
     let mut contenders = vec![
         Contender::new("mmapkit channel (copy in/out)", mmapkit_throughput),
+        Contender::new("mmapkit channel, batches of 64", mmapkit_throughput_batched),
         Contender::new("Unix domain socket", || {
             let (near, far) = UnixStream::pair().expect("socketpair");
             stream_throughput(near, far)
@@ -260,7 +290,13 @@ pub fn throughput(rounds: usize) {
     harness::print_json(
         "ipc-throughput-64",
         &samples[0],
+        &samples[2],
+        Unit::MillionsPerSecond,
+    );
+    harness::print_json(
+        "ipc-throughput-64-batched",
         &samples[1],
+        &samples[2],
         Unit::MillionsPerSecond,
     );
 }

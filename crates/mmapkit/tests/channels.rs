@@ -43,6 +43,27 @@ fn spsc_delivers_every_message_in_order_through_wrap_and_backpressure() {
 }
 
 #[test]
+fn batches_arrive_whole_and_in_order() {
+    let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(64)).unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut sender = channel.sender().unwrap();
+            let values: Vec<u64> = (0..10_000).collect();
+            for batch in values.chunks(100) {
+                sender.send_batch(batch).unwrap();
+            }
+        });
+        let mut receiver = channel.receiver().unwrap();
+        let mut received = Vec::new();
+        while received.len() < 10_000 {
+            let taken = receiver.recv_batch(&mut received, 48).unwrap();
+            assert!((1..=48).contains(&taken));
+        }
+        assert_eq!(received, (0..10_000).collect::<Vec<u64>>());
+    });
+}
+
+#[test]
 fn try_variants_report_full_and_empty() {
     let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(2)).unwrap();
     let mut sender = channel.sender().unwrap();

@@ -160,16 +160,25 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
     }
 
     fn publish(&mut self) -> Result<()> {
-        self.head += 1;
+        self.publish_many(1)
+    }
+
+    /// Publishes the next `count` slots, written already, at once.
+    fn publish_many(&mut self, count: u64) -> Result<()> {
+        self.head += count;
         self.ring.control.publish_head(self.head, self.doorbell);
         self.ring.control.segment.check()
     }
 
     fn write_slot(&mut self, value: &T) {
+        self.write_slot_at(self.head, value);
+    }
+
+    fn write_slot_at(&mut self, position: u64, value: &T) {
         // SAFETY: the slot lies in the data area and is aligned for T (slot size is a
         // multiple of T's alignment, which is at most 64; the data area is 128-byte aligned);
         // the receiver does not read it until `publish`, and the shield keeps the page mapped.
-        unsafe { self.ring.slot::<T>(self.head).write_volatile(*value) };
+        unsafe { self.ring.slot::<T>(position).write_volatile(*value) };
     }
 
     fn check_receiver(&self, operation: &'static str) -> Result<()> {
@@ -193,6 +202,25 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
         self.wait_for_room(Some(deadline(timeout)), "send")?;
         self.write_slot(value);
         self.publish()
+    }
+
+    /// Sends every value of `values` in order, waiting for room as needed, and publishes them
+    /// in as few steps as the room allows: one shared-position update per batch instead of
+    /// one per message, for streaming.
+    pub fn send_batch(&mut self, values: &[T]) -> Result<()> {
+        self.check_receiver("send_batch")?;
+        let mut rest = values;
+        while !rest.is_empty() {
+            self.wait_for_room(None, "send_batch")?;
+            let free = self.ring.capacity() - (self.head - self.tail_seen);
+            let count = rest.len().min(free as usize);
+            for (index, value) in rest[..count].iter().enumerate() {
+                self.write_slot_at(self.head + index as u64, value);
+            }
+            self.publish_many(count as u64)?;
+            rest = &rest[count..];
+        }
+        Ok(())
     }
 
     /// Sends `value` if there is room now; otherwise `WouldBlock`. `Disconnected` once the
@@ -307,7 +335,12 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
     }
 
     fn release(&mut self) -> Result<()> {
-        self.tail += 1;
+        self.release_many(1)
+    }
+
+    /// Gives the next `count` slots, read already, back to the sender at once.
+    fn release_many(&mut self, count: u64) -> Result<()> {
+        self.tail += count;
         self.ring.control.publish_tail(self.tail);
         self.ring.control.segment.check()
     }
@@ -350,6 +383,22 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
     pub fn recv(&mut self) -> Result<T> {
         self.wait_for_message(None, "recv")?;
         self.take()
+    }
+
+    /// Waits for at least one message, then appends every message waiting (at most `max`) to
+    /// `out`, handing their slots back at once; returns how many it took. The receiving half
+    /// of [`Sender::send_batch`].
+    pub fn recv_batch(&mut self, out: &mut Vec<T>, max: usize) -> Result<usize> {
+        self.wait_for_message(None, "recv_batch")?;
+        let count = (self.head_seen - self.tail).min(max as u64);
+        out.reserve(count as usize);
+        for index in 0..count {
+            // SAFETY: as in `take`: these slots were published (the head was read with
+            // SeqCst ordering) and stay ours until `release_many`.
+            out.push(unsafe { self.ring.slot::<T>(self.tail + index).read_volatile() });
+        }
+        self.release_many(count)?;
+        Ok(count as usize)
     }
 
     /// Takes the next message, waiting at most `timeout`.
