@@ -60,6 +60,8 @@ pub enum ErrorKind {
     WouldBlock,
     /// The kernel, file system or architecture does not offer the operation.
     Unsupported,
+    /// A pager's store failed to read or write a page; the store's own error is the source.
+    Store,
     /// Any other OS error.
     Io,
 }
@@ -97,6 +99,7 @@ impl ErrorKind {
             ErrorKind::Disconnected => "disconnected",
             ErrorKind::WouldBlock => "would block",
             ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Store => "the store failed",
             ErrorKind::Io => "I/O error",
         }
     }
@@ -157,6 +160,20 @@ impl Error {
     pub fn io(operation: &'static str, error: &io::Error) -> Error {
         let errno = error.raw_os_error().unwrap_or(libc::EIO);
         Error::os(operation, rustix::io::Errno::from_raw_os_error(errno))
+    }
+
+    /// An error a pager's store reported: kind [`ErrorKind::Store`], the store's message, and
+    /// the store's error (its kind and text) as the source.
+    pub fn store(operation: &'static str, error: &io::Error) -> Error {
+        let mut wrapped = Error::new(ErrorKind::Store, operation, error.to_string());
+        wrapped.0.os = Some(match error.raw_os_error() {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::new(error.kind(), error.to_string()),
+        });
+        if error.raw_os_error().is_some() {
+            wrapped.0.message = os_message(error).into();
+        }
+        wrapped
     }
 
     /// Adds the path the operation was about.
@@ -300,6 +317,7 @@ impl From<Error> for io::Error {
             ErrorKind::NotExclusive
             | ErrorKind::Incompatible
             | ErrorKind::OwnerDied
+            | ErrorKind::Store
             | ErrorKind::Io => io::ErrorKind::Other,
         };
         io::Error::new(kind, error)

@@ -27,6 +27,7 @@
 //! | [`sync`] | robust mutex, condition variable, semaphore, events (pollable, async) in segments |
 //! | [`channel`] | SPSC, byte and MPMC queues in segments: zero-copy, blocking, disconnect-aware |
 //! | [`alloc`] | relative pointers, a multi-process heap, and vec/string/map containers on it |
+//! | [`pager`] | demand paging in user space: userfaultfd, stores, budget, eviction, write-back |
 //!
 //! # Safety model
 //! A Rust reference promises that what it points to does not change behind it. Memory that
@@ -52,6 +53,8 @@ pub mod error;
 pub mod fault;
 pub mod growable;
 pub mod map;
+#[cfg(target_os = "linux")]
+pub mod pager;
 pub mod shm;
 pub mod sync;
 pub mod sys;

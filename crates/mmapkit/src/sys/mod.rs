@@ -9,6 +9,9 @@
 //! Functions that take addresses are `unsafe`: the kernel acts on whatever is mapped there, so
 //! the caller must own the range.
 
+#[cfg(target_os = "linux")]
+pub mod uffd;
+
 use std::ffi::c_void;
 use std::os::fd::{BorrowedFd, OwnedFd};
 

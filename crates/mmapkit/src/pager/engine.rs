@@ -1,0 +1,490 @@
+//! The engine of a region: what happens on a fault, how pages are filled from the store, how
+//! frames are reserved within the budget, and the queue of work done ahead of demand.
+//!
+//! Filling a page is a claim (Absent → Filling, so one thread fills it), a store read into a
+//! handler's scratch buffer, and one UFFDIO_COPY that installs the bytes atomically —
+//! write-protected for a read fault, so that the first write is seen, writable for a write
+//! fault, which is dirty from the start. The copy does not wake the waiting threads: the page
+//! state is set first and the threads are woken after, so that nobody ever sees an installed
+//! page whose state says it is still being filled. Write-back and eviction live in
+//! `writeback`.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::ops::Range;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use super::OnStoreError;
+use super::pages::{PageTable, State};
+use super::readahead::ReadAhead;
+use super::stats::Counters;
+use super::store::Store;
+use crate::map::{Mapping, UncheckedAdvice};
+use crate::sys::Errno;
+use crate::sys::uffd::{self, Fault};
+
+/// Why pages claimed for filling were not filled.
+enum Unfilled {
+    /// The store failed; the pages are still claimed.
+    Store(io::Error),
+    /// UFFDIO_COPY failed (the region is going away); the pages were given back.
+    Install(Errno),
+}
+
+/// Keeps the first of several errors.
+pub(super) fn remember(slot: &Mutex<Option<io::Error>>, error: io::Error) {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert(error);
+}
+
+/// How the engine is set up; built by [`Pager`](super::Pager).
+#[derive(Debug)]
+pub(crate) struct Layout {
+    /// Bytes of the store (the region's length).
+    pub(crate) len: usize,
+    /// log2 of the pager's page size.
+    pub(crate) page_shift: u32,
+    /// Most pages resident at once.
+    pub(crate) budget_pages: usize,
+    /// Most pages read ahead of a sequential stream.
+    pub(crate) readahead_pages: usize,
+    /// Most pages one store read asks for (read-ahead and prefetch are split into such runs).
+    pub(crate) run_pages: usize,
+    /// Whether first writes are tracked (a writable region).
+    pub(crate) dirty_tracking: bool,
+    pub(crate) on_error: OnStoreError,
+}
+
+pub(crate) struct Engine {
+    pub(super) memory: Mapping,
+    pub(super) base: usize,
+    pub(super) layout: Layout,
+    pub(super) pages: PageTable,
+    pub(super) uffd: OwnedFd,
+    pub(super) store: Arc<dyn Store>,
+    readahead: ReadAhead,
+    work: Mutex<VecDeque<Range<usize>>>,
+    wakeup: OwnedFd,
+    shutdown: AtomicBool,
+    /// Store read errors of failed pages, until reported (or for good, with `Signal`).
+    failures: Mutex<HashMap<usize, Arc<io::Error>>>,
+    /// The first write-back error since the last `flush`, which returns it.
+    pub(super) write_error: Mutex<Option<io::Error>>,
+    /// The first store error answered with zeros (`OnStoreError::Zero`) not yet taken.
+    pub(super) zero_fill_error: Mutex<Option<io::Error>>,
+    pub(super) counters: Counters,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("layout", &self.layout)
+            .field("store", &self.store.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub(crate) fn new(
+        memory: Mapping,
+        uffd: OwnedFd,
+        store: Arc<dyn Store>,
+        layout: Layout,
+    ) -> crate::Result<Engine> {
+        let pages = memory.len() >> layout.page_shift;
+        let wakeup = crate::sys::eventfd(0).map_err(|errno| crate::Error::os("pager", errno))?;
+        Ok(Engine {
+            base: memory.as_ptr() as usize,
+            memory,
+            readahead: ReadAhead::new(pages, layout.readahead_pages),
+            pages: PageTable::new(pages),
+            layout,
+            uffd,
+            store,
+            work: Mutex::new(VecDeque::new()),
+            wakeup,
+            shutdown: AtomicBool::new(false),
+            failures: Mutex::new(HashMap::new()),
+            write_error: Mutex::new(None),
+            zero_fill_error: Mutex::new(None),
+            counters: Counters::default(),
+        })
+    }
+
+    pub(crate) fn page_size(&self) -> usize {
+        1 << self.layout.page_shift
+    }
+
+    /// The page holding byte `offset` of the region.
+    pub(crate) fn page_of(&self, offset: usize) -> usize {
+        offset >> self.layout.page_shift
+    }
+
+    /// The address and length in bytes of a run of pages.
+    pub(super) fn span(&self, run: &Range<usize>) -> (usize, usize) {
+        (
+            self.base + (run.start << self.layout.page_shift),
+            run.len() << self.layout.page_shift,
+        )
+    }
+
+    /// Wakes the threads waiting on faults in `run`.
+    pub(super) fn wake(&self, run: &Range<usize>) {
+        let (address, len) = self.span(run);
+        // Waking fails only for a range outside every registration, which ours is not.
+        let _ = uffd::wake(self.uffd.as_fd(), address, len);
+    }
+
+    /// Handles one fault read from the userfaultfd.
+    pub(crate) fn on_fault(&self, fault: Fault, scratch: &mut [u8]) {
+        let Some(page) = fault
+            .address
+            .checked_sub(self.base)
+            .map(|offset| self.page_of(offset))
+            .filter(|&page| page < self.pages.len())
+        else {
+            return;
+        };
+        if fault.write_protect {
+            self.on_write_fault(page);
+        } else {
+            self.on_missing(page, fault.write, scratch);
+        }
+    }
+
+    fn on_missing(&self, page: usize, write: bool, scratch: &mut [u8]) {
+        let started = Instant::now();
+        if let Some(ahead) = self.readahead.on_fault(page) {
+            self.enqueue(ahead);
+        }
+        if !self.pages.claim(page, true) {
+            // Someone else fills, writes back or evicts it and wakes us when done; a page
+            // already installed means our fault raced that wake-up.
+            if matches!(self.pages.state(page), State::Clean | State::Dirty) {
+                self.wake(&(page..page + 1));
+            }
+            return;
+        }
+        Counters::add(&self.counters.faults, 1);
+        self.reserve(1, true);
+        let run = page..page + 1;
+        match self.fill(&run, write, scratch) {
+            Ok(()) => {
+                self.counters.record_latency(started.elapsed());
+                self.wake(&run);
+            }
+            Err(Unfilled::Store(error)) => self.fail(page, write, error, scratch),
+            Err(Unfilled::Install(_)) => {}
+        }
+    }
+
+    /// A write to a write-protected page: the first write to a clean page makes it dirty.
+    fn on_write_fault(&self, page: usize) {
+        let run = page..page + 1;
+        loop {
+            match self.pages.state(page) {
+                State::Clean => {
+                    if !self.pages.transition(page, State::Clean, State::Dirty) {
+                        continue;
+                    }
+                    self.pages.add_dirty(1);
+                    self.pages.reference(page);
+                    Counters::add(&self.counters.write_faults, 1);
+                    self.unprotect(&run);
+                }
+                // Still protected after a failed write-back: it stays dirty.
+                State::Dirty => self.unprotect(&run),
+                // Its installer sets the state in a moment, then wakes nobody (this writer
+                // did not wait on a missing page): look again.
+                State::Filling => {
+                    std::thread::yield_now();
+                    continue;
+                }
+                // Their owner wakes the writer when done; it then faults again.
+                State::Cleaning | State::Evicting => {}
+                State::Absent | State::Failed => self.wake(&run),
+            }
+            return;
+        }
+    }
+
+    fn unprotect(&self, run: &Range<usize>) {
+        let (address, len) = self.span(run);
+        // SAFETY: the run lies in our registered region; lifting the protection only lets
+        // the waiting writer proceed.
+        if unsafe { uffd::write_protect(self.uffd.as_fd(), address, len, false) }.is_err() {
+            self.wake(run);
+        }
+    }
+
+    /// Reads the claimed pages of `run` from the store and installs them, without waking
+    /// their waiters (the caller does, once its bookkeeping is done). On a store error the
+    /// pages stay claimed, for the caller to decide; on an install error they are given back
+    /// and their waiters woken.
+    fn fill(&self, run: &Range<usize>, write: bool, scratch: &mut [u8]) -> Result<(), Unfilled> {
+        let start = run.start << self.layout.page_shift;
+        let bytes = run.len() << self.layout.page_shift;
+        let from_store = bytes.min(self.layout.len - start);
+        let buf = &mut scratch[..bytes];
+        self.store
+            .read_at(start as u64, &mut buf[..from_store])
+            .map_err(Unfilled::Store)?;
+        buf[from_store..].fill(0);
+        self.install(run, buf, write).map_err(Unfilled::Install)?;
+        Counters::add(&self.counters.pages_filled, run.len() as u64);
+        Counters::add(&self.counters.bytes_read, from_store as u64);
+        Ok(())
+    }
+
+    /// Installs `bytes` as the claimed pages of `run` and sets their state; the caller wakes
+    /// their waiters.
+    fn install(&self, run: &Range<usize>, bytes: &[u8], write: bool) -> Result<(), Errno> {
+        let (address, len) = self.span(run);
+        let protect = self.layout.dirty_tracking && !write;
+        let mut done = 0;
+        while done < len {
+            // SAFETY: the pages of `run` are claimed by this thread (state Filling), so they
+            // are missing and nobody else installs them; `bytes` is a page-aligned scratch
+            // buffer of `len` bytes.
+            let copied = unsafe {
+                uffd::copy(
+                    self.uffd.as_fd(),
+                    address + done,
+                    bytes[done..].as_ptr(),
+                    len - done,
+                    protect,
+                    false,
+                )
+            };
+            match copied {
+                Ok(()) => done = len,
+                Err((Errno::AGAIN, partial)) => done += partial,
+                Err((errno, _)) => {
+                    self.unclaim(run);
+                    return Err(errno);
+                }
+            }
+        }
+        let state = if write { State::Dirty } else { State::Clean };
+        for page in run.clone() {
+            self.pages.transition(page, State::Filling, state);
+        }
+        if write {
+            self.pages.add_dirty(run.len());
+        }
+        Ok(())
+    }
+
+    /// Gives claimed pages back (nothing was installed) and wakes their waiters, who fault
+    /// again.
+    fn unclaim(&self, run: &Range<usize>) {
+        for page in run.clone() {
+            self.pages.transition(page, State::Filling, State::Absent);
+        }
+        self.pages.release(run.len());
+        self.wake(run);
+    }
+
+    /// A demand fill failed: zeros, or a poisoned page whose next access raises SIGBUS,
+    /// which a guarded accessor turns into the store's error.
+    fn fail(&self, page: usize, write: bool, error: io::Error, scratch: &mut [u8]) {
+        Counters::add(&self.counters.store_errors, 1);
+        let run = page..page + 1;
+        if self.layout.on_error == OnStoreError::Zero {
+            let zeros = &mut scratch[..self.page_size()];
+            zeros.fill(0);
+            if self.install(&run, zeros, write).is_ok() {
+                self.wake(&run);
+                remember(
+                    &self.zero_fill_error,
+                    io::Error::new(
+                        error.kind(),
+                        format!("page {page} reads as zeros after a store error: {error}"),
+                    ),
+                );
+            }
+            return;
+        }
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(page, Arc::new(error));
+        self.pages.transition(page, State::Filling, State::Failed);
+        self.pages.release(1);
+        let (address, len) = self.span(&run);
+        // SAFETY: the page is ours (it was Filling, now Failed) and missing; poisoning wakes
+        // its waiters, whose access then raises SIGBUS.
+        if unsafe { uffd::poison(self.uffd.as_fd(), address, len) }.is_err() {
+            self.wake(&run);
+        }
+    }
+
+    /// The store error of a failed page, for a guarded accessor that faulted on it. With
+    /// [`OnStoreError::Report`] the failure is consumed and the page can be tried again.
+    pub(crate) fn take_failure(&self, page: usize) -> Option<Arc<io::Error>> {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        if self.layout.on_error == OnStoreError::Signal {
+            return failures.get(&page).cloned();
+        }
+        let error = failures.remove(&page)?;
+        drop(failures);
+        self.clear_failed(page);
+        Some(error)
+    }
+
+    /// Makes a failed page absent again, so that its next access asks the store anew.
+    pub(crate) fn clear_failed(&self, page: usize) {
+        if self.pages.state(page) != State::Failed {
+            return;
+        }
+        let start = page << self.layout.page_shift;
+        // SAFETY: a failed page holds only the poison marker, which discarding removes; no
+        // reference relies on its (nonexistent) contents.
+        let discarded = unsafe {
+            self.memory
+                .advise_unchecked(start..start + self.page_size(), UncheckedAdvice::DontNeed)
+        };
+        if discarded.is_ok() {
+            self.failures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&page);
+            self.pages.transition(page, State::Failed, State::Absent);
+        }
+    }
+
+    /// Reserves frames for `count` pages, evicting to stay within the budget. A demand fault
+    /// always gets its frame (over the budget if nothing can be evicted, which happens only
+    /// while every resident page is in flight); read-ahead gets nothing then and returns 0.
+    pub(super) fn reserve(&self, count: usize, demand: bool) -> usize {
+        let budget = self.layout.budget_pages;
+        loop {
+            if self.pages.try_reserve(count, budget) {
+                return count;
+            }
+            let excess = (self.pages.resident() + count).saturating_sub(budget);
+            let batch = (budget / 64).clamp(1, 32);
+            if self.evict_some(excess.max(batch)) == 0 {
+                if demand {
+                    self.pages.force_reserve(count);
+                    return count;
+                }
+                return 0;
+            }
+        }
+    }
+
+    /// Fills the absent pages of `range` ahead of demand, in runs of at most `run_pages`.
+    /// Stops quietly when the budget has no room; returns the first store error.
+    pub(crate) fn fill_ahead(&self, range: Range<usize>, scratch: &mut [u8]) -> io::Result<()> {
+        let mut page = range.start;
+        while page < range.end {
+            if !self.pages.claim(page, false) {
+                page += 1;
+                continue;
+            }
+            let mut end = page + 1;
+            while end < range.end
+                && end - page < self.layout.run_pages
+                && self.pages.claim(end, false)
+            {
+                end += 1;
+            }
+            let run = page..end;
+            if self.reserve(run.len(), false) == 0 {
+                for page in run.clone() {
+                    self.pages.transition(page, State::Filling, State::Absent);
+                }
+                self.wake(&run);
+                return Ok(());
+            }
+            match self.fill(&run, false, scratch) {
+                Ok(()) => {
+                    Counters::add(&self.counters.pages_prefetched, run.len() as u64);
+                    self.wake(&run);
+                }
+                Err(Unfilled::Store(error)) => {
+                    self.unclaim(&run);
+                    Counters::add(&self.counters.store_errors, 1);
+                    return Err(error);
+                }
+                Err(Unfilled::Install(errno)) => {
+                    return Err(io::Error::from_raw_os_error(errno.raw_os_error()));
+                }
+            }
+            page = end;
+        }
+        Ok(())
+    }
+
+    /// Queues `range` to be filled ahead of demand by a handler thread.
+    pub(crate) fn enqueue(&self, range: Range<usize>) {
+        let range = range.start.min(self.pages.len())..range.end.min(self.pages.len());
+        if range.is_empty() {
+            return;
+        }
+        self.work
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(range);
+        self.signal();
+    }
+
+    /// The next run of queued work, at most `run_pages` long.
+    pub(crate) fn next_work(&self) -> Option<Range<usize>> {
+        let mut work = self.work.lock().unwrap_or_else(|e| e.into_inner());
+        let range = work.pop_front()?;
+        let split = range.start + range.len().min(self.layout.run_pages);
+        if split < range.end {
+            work.push_front(split..range.end);
+        }
+        let more = !work.is_empty();
+        drop(work);
+        if more {
+            // Another idle handler can take the rest meanwhile.
+            self.signal();
+        }
+        Some(range.start..split)
+    }
+
+    pub(crate) fn signal(&self) {
+        // The eventfd counter cannot overflow in practice; a failed write only delays work
+        // until the next fault.
+        let _ = rustix::io::write(&self.wakeup, &1u64.to_ne_bytes());
+    }
+
+    /// Blocks until a fault, queued work or shutdown.
+    pub(crate) fn wait(&self) {
+        use rustix::event::{PollFd, PollFlags, poll};
+        let mut fds = [
+            PollFd::new(&self.uffd, PollFlags::IN),
+            PollFd::new(&self.wakeup, PollFlags::IN),
+        ];
+        // EINTR and friends just return to the caller's loop, which looks again.
+        let _ = poll(&mut fds, None);
+        let mut counter = [0u8; 8];
+        let _ = rustix::io::read(&self.wakeup, &mut counter);
+    }
+
+    /// Reads pending faults without blocking.
+    pub(crate) fn read_faults(&self, buf: &mut [u8], faults: &mut Vec<Fault>) -> usize {
+        uffd::read_faults(self.uffd.as_fd(), buf, faults).unwrap_or(0)
+    }
+
+    /// Stops the handlers: each passes the wake-up on as it leaves (one read of the eventfd
+    /// consumes it).
+    pub(crate) fn shut_down(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.work.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.signal();
+    }
+
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+}

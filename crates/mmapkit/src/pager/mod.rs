@@ -1,0 +1,336 @@
+//! Demand paging in user space: a region of memory whose pages are filled from a [`Store`]
+//! the first time they are touched, with a resident budget, eviction, dirty tracking,
+//! write-back, read-ahead and prefetch under the program's control.
+//!
+//! # Why
+//! mmap(2) pages a file in lazily and writes it back behind the program's back: it decides
+//! what stays in memory, when dirty pages reach the disk, and it reports an I/O error as
+//! SIGBUS. A database buffer pool keeps those decisions for itself. A pager gives a program
+//! the same control while keeping mmap's interface — plain memory that any code can read —
+//! and lets the bytes come from anywhere: a file, memory, a compressed archive, an HTTP
+//! server.
+//!
+//! # How
+//! [`Pager::build`] reserves the region with an anonymous mapping and registers it with
+//! userfaultfd(2). An access to a page that is not in memory blocks the accessing thread in
+//! the kernel and sends a message to one of the region's handler threads, which reads the
+//! page from the store and installs it with one UFFDIO_COPY; the thread then continues as if
+//! the page had always been there.
+//!
+//! * **Dirty tracking**: pages installed for a read are write-protected (UFFDIO_COPY with the
+//!   write-protect mode), so the first write faults once and marks the page dirty; pages
+//!   installed for a write are dirty from the start.
+//! * **Budget and eviction**: at most [`budget`](Pager::budget) bytes are resident. When a
+//!   fill needs room, the CLOCK hand picks victims (pages the pager saw used get a second
+//!   chance); a dirty victim is written back while write-protected, then discarded with
+//!   MADV_DONTNEED.
+//! * **Write-back**: [`PagedRegion::flush`] writes every dirty page to the store and
+//!   flushes the store — the pager's msync. Dropping the region does the same.
+//! * **Read-ahead and prefetch**: a thread walking the region sequentially is recognised
+//!   from its faults, and the pages ahead of it are filled by the other handlers in runs of
+//!   up to 512 KiB; [`PagedRegion::prefetch`] queues any range.
+//! * **Errors are values**: a store that fails never hangs the faulting thread. What the
+//!   access sees is set per region with [`OnStoreError`].
+//!
+//! # Access
+//! The region is memory that the pager changes behind the program's back (it discards
+//! evicted pages and refills them from a store someone else may write), and an access to a
+//! failed page raises SIGBUS. So the safe accessors copy ([`PagedRegion::read_at`],
+//! [`PagedRegion::write_at`]) through the fault guard, which turns that SIGBUS into the
+//! store's error; raw access is through [`PagedRegion::as_ptr`] and the `unsafe`
+//! [`PagedRegion::as_slice`].
+//!
+//! # Limits
+//! * Linux only, and userfaultfd must be allowed: as root (CAP_SYS_PTRACE), with
+//!   `vm.unprivileged_userfaultfd = 1`, with access to /dev/userfaultfd, or — the fallback —
+//!   in user-mode-only mode, where a system call that reads into a missing page of the
+//!   region (read(2) into it, say) fails with EFAULT instead of faulting the page in.
+//! * Write-protect tracking needs Linux 5.7; [`OnStoreError::Report`] and
+//!   [`OnStoreError::Signal`] need UFFDIO_POISON (Linux 6.6).
+//! * userfaultfd reports faults, not hits: a page used only through raw pointers after it
+//!   was filled looks unused to CLOCK.
+//! * A forked child does not inherit the region (it is MADV_DONTFORK): without the pager
+//!   behind it, its missing pages would read as zeros.
+//! * A store must never touch the region it backs.
+
+mod engine;
+mod handler;
+mod pages;
+mod readahead;
+mod region;
+mod stats;
+pub mod store;
+mod writeback;
+
+pub use region::PagedRegion;
+pub use stats::{Histogram, Stats};
+pub use store::{FileStore, MemoryStore, Store};
+
+use std::sync::Arc;
+
+use crate::map::{MapOptions, UncheckedAdvice};
+use crate::sys::uffd;
+use crate::{Error, ErrorKind, Result};
+use engine::{Engine, Layout};
+
+/// What an access to a page sees when the store fails to read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnStoreError {
+    /// The access fails: a guarded accessor ([`PagedRegion::read_at`], …) returns the
+    /// store's error ([`ErrorKind::Store`]) and the page is tried again on its next access;
+    /// a raw access raises SIGBUS, as the kernel does for an mmap I/O error.
+    #[default]
+    Report,
+    /// The page reads as zeros; the error is counted in [`Stats::store_errors`] and kept for
+    /// [`PagedRegion::take_zero_fill_error`]. Nothing ever faults.
+    Zero,
+    /// Like `Report`, but the page stays failed — every access raises SIGBUS, every guarded
+    /// access returns the error — until [`PagedRegion::retry_failed`]: the behaviour of a
+    /// poisoned page.
+    Signal,
+}
+
+/// Builds a [`PagedRegion`] over a [`Store`].
+///
+/// ```no_run
+/// use mmapkit::pager::{FileStore, Pager};
+/// # fn main() -> mmapkit::Result<()> {
+/// let store = FileStore::open("/var/lib/app/table.dat", true)?;
+/// let region = Pager::new(store).budget(256 << 20).build()?;
+/// let mut header = [0u8; 64];
+/// region.read_at(0, &mut header)?;   // the first page is read from the file now
+/// region.write_at(4096, b"updated")?; // and this one becomes dirty
+/// region.flush()?;                   // written back, then fsync
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Pager {
+    store: Arc<dyn Store>,
+    page_size: usize,
+    budget: Option<usize>,
+    readahead: usize,
+    handlers: Option<usize>,
+    pin_handlers: bool,
+    on_error: OnStoreError,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for Pager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pager")
+            .field("store", &self.store.describe())
+            .field("page_size", &self.page_size)
+            .field("budget", &self.budget)
+            .field("readahead", &self.readahead)
+            .field("handlers", &self.handlers)
+            .field("on_error", &self.on_error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default page: large enough that a sequential scan moves 64 KiB per fault, small
+/// enough that a random 4 KiB read does not drag in much it does not need.
+pub const DEFAULT_PAGE_SIZE: usize = 64 << 10;
+/// The default read-ahead maximum.
+pub const DEFAULT_READAHEAD: usize = 4 << 20;
+/// Most bytes one store read asks for when filling ahead of demand.
+const RUN_BYTES: usize = 512 << 10;
+
+impl Pager {
+    /// A pager over `store`, with the defaults: 64 KiB pages, no budget, 4 MiB read-ahead,
+    /// one handler per CPU, [`OnStoreError::Report`], writable if the store is.
+    pub fn new(store: impl Store + 'static) -> Pager {
+        Pager::from_arc(Arc::new(store))
+    }
+
+    /// A pager over a store shared with others.
+    pub fn from_arc(store: Arc<dyn Store>) -> Pager {
+        Pager {
+            store,
+            page_size: DEFAULT_PAGE_SIZE,
+            budget: None,
+            readahead: DEFAULT_READAHEAD,
+            handlers: None,
+            pin_handlers: true,
+            on_error: OnStoreError::Report,
+            read_only: false,
+        }
+    }
+
+    /// The pager's page: a power of two, at least the system page, at most 1 GiB.
+    pub fn page_size(&mut self, bytes: usize) -> &mut Self {
+        self.page_size = bytes;
+        self
+    }
+
+    /// The most bytes resident at once (rounded down to whole pages, at least two pages).
+    /// The budget can be exceeded by one page per handler thread, and only while every
+    /// resident page is being filled or written back.
+    pub fn budget(&mut self, bytes: usize) -> &mut Self {
+        self.budget = Some(bytes);
+        self
+    }
+
+    /// The most bytes read ahead of a sequential reader; 0 disables read-ahead. Capped at a
+    /// quarter of the budget.
+    pub fn readahead(&mut self, bytes: usize) -> &mut Self {
+        self.readahead = bytes;
+        self
+    }
+
+    /// How many handler threads serve faults (default: one per CPU the process may use).
+    pub fn handler_threads(&mut self, count: usize) -> &mut Self {
+        self.handlers = Some(count);
+        self
+    }
+
+    /// Whether handler `i` is pinned to the `i`-th allowed CPU (default: yes; see the
+    /// `handler` notes on why).
+    pub fn pin_handlers(&mut self, pin: bool) -> &mut Self {
+        self.pin_handlers = pin;
+        self
+    }
+
+    /// What an access sees when the store fails (default: [`OnStoreError::Report`]).
+    pub fn on_store_error(&mut self, behaviour: OnStoreError) -> &mut Self {
+        self.on_error = behaviour;
+        self
+    }
+
+    /// Maps the region read-only even if the store is writable: nothing is written back.
+    pub fn read_only(&mut self, read_only: bool) -> &mut Self {
+        self.read_only = read_only;
+        self
+    }
+
+    /// Reserves the region, registers it with userfaultfd and starts the handler threads.
+    pub fn build(&self) -> Result<PagedRegion> {
+        let layout = self.layout()?;
+        let (uffd, access) = open_userfaultfd(&layout)?;
+        let map_len = self.store.len() as usize;
+        let map_len = map_len.next_multiple_of(self.page_size);
+        let memory = MapOptions::new()
+            .len(map_len)
+            .write(layout.dirty_tracking)
+            .no_reserve(true)
+            .map_anonymous()?;
+        // SAFETY: the mapping is new and ours; DontFork only keeps it out of forked children.
+        unsafe { memory.advise_unchecked(.., UncheckedAdvice::DontFork) }?;
+        // SAFETY: the mapping is ours and nothing has touched it; from now on its missing
+        // pages are served by the handlers started below.
+        unsafe {
+            uffd::register(
+                std::os::fd::AsFd::as_fd(&uffd),
+                memory.as_ptr() as usize,
+                map_len,
+                layout.dirty_tracking,
+            )
+        }
+        .map_err(|errno| Error::os("pager", errno).with_message("cannot register the region"))?;
+        let run_bytes = layout.run_pages << layout.page_shift;
+        let engine = Arc::new(Engine::new(memory, uffd, Arc::clone(&self.store), layout)?);
+        let cpus = handler::allowed_cpus();
+        let count = self.handlers.unwrap_or(cpus.len()).max(1);
+        let mut region = PagedRegion::new(Arc::clone(&engine), access);
+        for index in 0..count {
+            let cpu = if self.pin_handlers && !cpus.is_empty() {
+                Some(cpus[index % cpus.len()])
+            } else {
+                None
+            };
+            let scratch = handler::Scratch::new(run_bytes)?;
+            region.add_handler(handler::spawn(Arc::clone(&engine), index, cpu, scratch)?);
+        }
+        Ok(region)
+    }
+
+    fn layout(&self) -> Result<Layout> {
+        let invalid = |message: String| Err(Error::new(ErrorKind::InvalidInput, "pager", message));
+        let system_page = crate::sys::page_size();
+        let page_size = self.page_size;
+        if !page_size.is_power_of_two() || page_size < system_page || page_size > 1 << 30 {
+            return invalid(format!(
+                "page size {page_size} must be a power of two from {system_page} to 1 GiB"
+            ));
+        }
+        let len = self.store.len();
+        if len == 0 {
+            return invalid(format!(
+                "the store {} is empty: there is nothing to page",
+                self.store.describe()
+            ));
+        }
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|len| len.checked_next_multiple_of(page_size).is_some())
+            .filter(|&len| len <= isize::MAX as usize)
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidInput,
+                    "pager",
+                    format!("the store is too large to map ({len} bytes)"),
+                )
+            })?;
+        let page_shift = page_size.trailing_zeros();
+        let budget_pages = match self.budget {
+            None => usize::MAX,
+            Some(bytes) if bytes / page_size >= 2 => bytes / page_size,
+            Some(bytes) => {
+                return invalid(format!(
+                    "a budget of {bytes} bytes holds fewer than two {page_size}-byte pages"
+                ));
+            }
+        };
+        Ok(Layout {
+            len,
+            page_shift,
+            budget_pages,
+            readahead_pages: (self.readahead / page_size).min(budget_pages / 4),
+            run_pages: (RUN_BYTES / page_size).max(1),
+            dirty_tracking: self.store.is_writable() && !self.read_only,
+            on_error: self.on_error,
+        })
+    }
+}
+
+/// Opens the userfaultfd and agrees on the features the layout needs.
+fn open_userfaultfd(layout: &Layout) -> Result<(std::os::fd::OwnedFd, uffd::Access)> {
+    let (fd, access) = uffd::open().map_err(|errno| {
+        let error = Error::os("pager", errno).with_message("cannot open a userfaultfd");
+        match errno {
+            crate::sys::Errno::PERM | crate::sys::Errno::ACCESS => error.with_hint(
+                "run as root, set the sysctl vm.unprivileged_userfaultfd=1, or grant access \
+                 to /dev/userfaultfd",
+            ),
+            crate::sys::Errno::NOSYS => error
+                .with_kind(ErrorKind::Unsupported)
+                .with_hint("the kernel was built without CONFIG_USERFAULTFD"),
+            _ => error,
+        }
+    })?;
+    let mut wanted = 0;
+    if layout.dirty_tracking {
+        wanted |= u64::from(uffd::FEATURE_WRITE_PROTECT);
+    }
+    if layout.on_error != OnStoreError::Zero {
+        wanted |= u64::from(uffd::FEATURE_POISON);
+    }
+    let offered = uffd::available_features().unwrap_or(0);
+    let missing = wanted & !offered;
+    if missing != 0 {
+        let what = if missing & u64::from(uffd::FEATURE_WRITE_PROTECT) != 0 {
+            "write-protect faults (Linux 5.7), which a writable region needs to track dirty pages"
+        } else {
+            "UFFDIO_POISON (Linux 6.6), which OnStoreError::Report and ::Signal need; \
+             OnStoreError::Zero works without it"
+        };
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "pager",
+            format!("this kernel's userfaultfd lacks {what}"),
+        ));
+    }
+    uffd::handshake(std::os::fd::AsFd::as_fd(&fd), wanted)
+        .map_err(|errno| Error::os("pager", errno).with_message("userfaultfd handshake failed"))?;
+    Ok((fd, access))
+}

@@ -1,0 +1,243 @@
+//! Where a pager's pages come from and go back to.
+//!
+//! A [`Store`] is a flat array of bytes addressed by offset: the pager asks it for whole pages
+//! when a page is first touched (or prefetched) and hands dirty pages back on eviction and
+//! [`flush`](super::PagedRegion::flush). Stores are called from the pager's handler threads,
+//! several at once, so they are `Send + Sync` and take `&self`.
+//!
+//! Built in: [`MemoryStore`] (a buffer, for tests and scratch space), [`FileStore`]
+//! (pread/pwrite on a file), [`CompressedStore`] (seekable zstd, read-only) and, with the
+//! `http` feature, [`HttpStore`] (HTTP range requests, read-only).
+//!
+//! A store must never touch the region it backs: the handler thread that called it would wait
+//! on its own fault.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+/// A byte array the pager reads pages from and writes dirty pages to.
+///
+/// The pager only asks for ranges inside `0..len()`, and reads of up to one page-run at a
+/// time. Errors are values: a read error reaches the accessing thread as configured with
+/// [`OnStoreError`](super::OnStoreError); a write error keeps the page dirty and is returned by
+/// the next [`flush`](super::PagedRegion::flush).
+pub trait Store: Send + Sync {
+    /// The size in bytes; fixed for the life of the region.
+    fn len(&self) -> u64;
+
+    /// Whether the store holds no bytes (a region over it cannot be built).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills all of `buf` with the bytes at `offset`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Whether [`write_at`](Self::write_at) can succeed. A region over a read-only store is
+    /// mapped read-only and tracks no dirty pages.
+    fn is_writable(&self) -> bool {
+        false
+    }
+
+    /// Writes all of `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let _ = (offset, data);
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this store is read-only",
+        ))
+    }
+
+    /// Makes the writes so far durable (fsync for a file).
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// A short description for error messages and reports: a path, a URL.
+    fn describe(&self) -> String {
+        String::from("store")
+    }
+}
+
+/// A store in memory: a buffer behind a read-write lock. Useful as scratch space that is
+/// paged like any other store, and as the model in tests.
+#[derive(Debug)]
+pub struct MemoryStore {
+    bytes: RwLock<Vec<u8>>,
+}
+
+impl MemoryStore {
+    /// A store holding `bytes`.
+    pub fn new(bytes: Vec<u8>) -> MemoryStore {
+        MemoryStore {
+            bytes: RwLock::new(bytes),
+        }
+    }
+
+    /// A store of `len` zero bytes.
+    pub fn zeroed(len: usize) -> MemoryStore {
+        MemoryStore::new(vec![0; len])
+    }
+
+    /// A copy of the bytes the store holds now.
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.bytes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Store for MemoryStore {
+    fn len(&self) -> u64 {
+        self.bytes.read().unwrap_or_else(|e| e.into_inner()).len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let bytes = self.bytes.read().unwrap_or_else(|e| e.into_inner());
+        let range = checked_range(offset, buf.len(), bytes.len())?;
+        buf.copy_from_slice(&bytes[range]);
+        Ok(())
+    }
+
+    fn is_writable(&self) -> bool {
+        true
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let mut bytes = self.bytes.write().unwrap_or_else(|e| e.into_inner());
+        let range = checked_range(offset, data.len(), bytes.len())?;
+        bytes[range].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        String::from("memory")
+    }
+}
+
+fn checked_range(offset: u64, len: usize, size: usize) -> io::Result<std::ops::Range<usize>> {
+    usize::try_from(offset)
+        .ok()
+        .and_then(|start| Some(start..start.checked_add(len)?))
+        .filter(|range| range.end <= size)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range {offset}+{len} is outside the store (size {size})"),
+            )
+        })
+}
+
+/// A file as a store: pread(2) and pwrite(2) at the page's offset, fsync on flush.
+///
+/// The length is the file's size when the store is opened. A file that shrinks afterwards
+/// makes reads past its new end fail (an error value, not a SIGBUS).
+#[derive(Debug)]
+pub struct FileStore {
+    file: File,
+    len: u64,
+    writable: bool,
+    path: Option<PathBuf>,
+}
+
+impl FileStore {
+    /// Opens `path` for reading, and for writing too when `writable`.
+    pub fn open(path: impl AsRef<Path>, writable: bool) -> io::Result<FileStore> {
+        let path = path.as_ref();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(path)?;
+        let mut store = FileStore::from_file(file, writable)?;
+        store.path = Some(path.to_path_buf());
+        Ok(store)
+    }
+
+    /// Uses an open file; `writable` says whether pages are written back (the file must then
+    /// be open for writing).
+    pub fn from_file(file: File, writable: bool) -> io::Result<FileStore> {
+        let metadata = file.metadata()?;
+        if !metadata.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a file store needs a regular file",
+            ));
+        }
+        Ok(FileStore {
+            file,
+            len: metadata.len(),
+            writable,
+            path: None,
+        })
+    }
+}
+
+impl Store for FileStore {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the file store was opened read-only",
+            ));
+        }
+        self.file.write_all_at(data, offset)
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        if self.writable {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        match &self.path {
+            Some(path) => path.display().to_string(),
+            None => String::from("file"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_store_rejects_ranges_outside_it() {
+        let store = MemoryStore::zeroed(10);
+        assert!(store.read_at(8, &mut [0; 2]).is_ok());
+        assert!(store.read_at(9, &mut [0; 2]).is_err());
+        assert!(store.write_at(u64::MAX, &[1]).is_err());
+        store.write_at(3, &[7, 8]).unwrap();
+        assert_eq!(store.snapshot()[3..5], [7, 8]);
+    }
+
+    #[test]
+    fn file_store_reads_what_the_file_holds_and_refuses_writes_when_read_only() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        io::Write::write_all(&mut file, b"hello pager").unwrap();
+        let store = FileStore::open(file.path(), false).unwrap();
+        assert_eq!(store.len(), 11);
+        let mut buf = [0; 5];
+        store.read_at(6, &mut buf).unwrap();
+        assert_eq!(&buf, b"pager");
+        assert!(store.read_at(8, &mut buf).is_err());
+        assert_eq!(
+            store.write_at(0, b"x").unwrap_err().kind(),
+            io::ErrorKind::PermissionDenied
+        );
+    }
+}

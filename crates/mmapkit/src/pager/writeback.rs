@@ -1,0 +1,157 @@
+//! Write-back and eviction: the pager's msync and its page reclaim.
+//!
+//! A dirty page is written back while write-protected: the writer that touches it meanwhile
+//! faults and waits, and the bytes the store receives are the bytes the page holds. Flushing
+//! then marks the page clean (still protected, so its next write is seen again); evicting
+//! discards it with MADV_DONTNEED, after which any access faults and refills it from the
+//! store, which now has the latest bytes. A write-back that fails never discards: the page
+//! stays dirty and the error is returned by the next `flush`.
+
+use std::io;
+use std::ops::Range;
+use std::os::fd::AsFd;
+
+use super::engine::{Engine, remember};
+use super::pages::{State, Victim, runs_of};
+use super::stats::Counters;
+use crate::map::UncheckedAdvice;
+use crate::sys::uffd;
+
+impl Engine {
+    /// Runs the CLOCK hand for up to `want` victims and evicts them; returns how many pages
+    /// were evicted.
+    pub(super) fn evict_some(&self, want: usize) -> usize {
+        let mut victims = Vec::with_capacity(want);
+        self.pages.select_victims(want, &mut victims);
+        self.evict(victims)
+    }
+
+    /// Evicts the resident pages of `range` (written back first if dirty); returns how many.
+    pub(crate) fn evict_range(&self, range: Range<usize>) -> usize {
+        let mut victims = Vec::new();
+        for page in range {
+            for (from, dirty) in [(State::Clean, false), (State::Dirty, true)] {
+                if self.pages.transition(page, from, State::Evicting) {
+                    victims.push(Victim { page, dirty });
+                }
+            }
+        }
+        self.evict(victims)
+    }
+
+    /// Evicts pages already moved to `Evicting`; returns how many left memory.
+    fn evict(&self, mut victims: Vec<Victim>) -> usize {
+        victims.sort_unstable_by_key(|victim| victim.page);
+        let dirty = runs_of(victims.iter().filter(|v| v.dirty).map(|v| v.page));
+        let mut kept = Vec::new();
+        for run in dirty {
+            self.protect(&run);
+            match self.write_back(&run) {
+                Ok(()) => self.pages.sub_dirty(run.len()),
+                Err(error) => {
+                    // Keep the bytes: the page stays dirty (and protected, so its next
+                    // write unprotects it again) and the next flush reports the error.
+                    for page in run.clone() {
+                        self.pages.transition(page, State::Evicting, State::Dirty);
+                        self.pages.reference(page);
+                    }
+                    self.wake(&run);
+                    kept.push(run);
+                    Counters::add(&self.counters.store_errors, 1);
+                    remember(&self.write_error, error);
+                }
+            }
+        }
+        let discard = runs_of(
+            victims
+                .iter()
+                .map(|victim| victim.page)
+                .filter(|page| !kept.iter().any(|run| run.contains(page))),
+        );
+        let mut evicted = 0;
+        for run in discard {
+            let start = run.start << self.layout.page_shift;
+            let end = run.end << self.layout.page_shift;
+            // SAFETY: the pages are ours (Evicting) and no reference covers region memory
+            // (accessors copy); their bytes are in the store, which refills them on the next
+            // access.
+            let discarded = unsafe {
+                self.memory
+                    .advise_unchecked(start..end, UncheckedAdvice::DontNeed)
+            };
+            let next = if discarded.is_ok() {
+                State::Absent
+            } else {
+                State::Clean
+            };
+            for page in run.clone() {
+                self.pages.transition(page, State::Evicting, next);
+            }
+            if discarded.is_ok() {
+                self.pages.release(run.len());
+                evicted += run.len();
+            }
+            self.wake(&run);
+        }
+        Counters::add(&self.counters.evictions, evicted as u64);
+        evicted
+    }
+
+    /// Writes every dirty page back and then flushes the store. Returns the first error,
+    /// including a write-back error of an eviction since the last flush.
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        let mut first_error = self
+            .write_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if self.pages.dirty() > 0 {
+            let claimed = (0..self.pages.len())
+                .filter(|&page| self.pages.transition(page, State::Dirty, State::Cleaning));
+            for run in runs_of(claimed) {
+                self.protect(&run);
+                let (next, written) = match self.write_back(&run) {
+                    Ok(()) => (State::Clean, true),
+                    Err(error) => {
+                        Counters::add(&self.counters.store_errors, 1);
+                        first_error.get_or_insert(error);
+                        (State::Dirty, false)
+                    }
+                };
+                for page in run.clone() {
+                    self.pages.transition(page, State::Cleaning, next);
+                }
+                if written {
+                    self.pages.sub_dirty(run.len());
+                }
+                self.wake(&run);
+            }
+        }
+        if let Err(error) = self.store.flush() {
+            first_error.get_or_insert(error);
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn protect(&self, run: &Range<usize>) {
+        let (address, len) = self.span(run);
+        // SAFETY: the run is ours (Evicting or Cleaning) and resident; protecting it only
+        // makes writers wait until we wake them.
+        let _ = unsafe { uffd::write_protect(self.uffd.as_fd(), address, len, true) };
+    }
+
+    /// Writes a run of write-protected pages to the store.
+    fn write_back(&self, run: &Range<usize>) -> io::Result<()> {
+        let start = run.start << self.layout.page_shift;
+        let end = (run.end << self.layout.page_shift).min(self.layout.len);
+        // SAFETY: the pages are resident and write-protected, and we own them (Evicting or
+        // Cleaning): writers fault and wait, nothing installs or discards them, so the bytes
+        // do not change while the slice lives. The range lies inside the region.
+        let bytes =
+            unsafe { std::slice::from_raw_parts((self.base + start) as *const u8, end - start) };
+        self.store.write_at(start as u64, bytes)?;
+        Counters::add(&self.counters.writebacks, run.len() as u64);
+        Counters::add(&self.counters.bytes_written, bytes.len() as u64);
+        Ok(())
+    }
+}
