@@ -157,48 +157,102 @@ impl Engine {
         }
     }
 
+    /// A missing page: fill it, and on a sequential read fill the next pages of the
+    /// read-ahead window in the same store read (the rest of the window is queued for the
+    /// other handlers), as the kernel's synchronous read-ahead does.
     fn on_missing(&self, page: usize, write: bool, scratch: &mut [u8]) {
         let started = Instant::now();
-        if let Some(ahead) = self.readahead.on_fault(page) {
-            self.enqueue(ahead);
-        }
+        let ahead = self.readahead.on_fault(page);
         if !self.pages.claim(page, true) {
             // Someone else fills, writes back or evicts it and wakes us when done; a page
             // already installed means our fault raced that wake-up.
             if matches!(self.pages.state(page), State::Clean | State::Dirty) {
                 self.wake(&(page..page + 1));
             }
+            if let Some(ahead) = ahead {
+                self.enqueue(ahead);
+            }
             return;
         }
         Counters::add(&self.counters.faults, 1);
         self.reserve(1, true);
-        let run = page..page + 1;
+        let mut run = page..page + 1;
+        if let Some(mut ahead) = ahead {
+            if !write && ahead.start == run.end {
+                self.extend_claim(&mut run, ahead.end);
+                ahead.start = run.end;
+            }
+            self.enqueue(ahead);
+        }
         match self.fill(&run, write, scratch) {
             Ok(()) => {
+                Counters::add(&self.counters.pages_prefetched, run.len() as u64 - 1);
                 self.counters.record_latency(started.elapsed());
                 self.wake(&run);
             }
-            Err(Unfilled::Store(error)) => self.fail(page, write, error, scratch),
+            Err(Unfilled::Store(error)) => {
+                let extra = run.start + 1..run.end;
+                self.unclaim(&extra);
+                self.fail(page, write, error, scratch);
+            }
             Err(Unfilled::Install(_)) => {}
         }
     }
 
+    /// Extends `run` with the absent pages after it, up to `limit` and one store read, with
+    /// frames for them.
+    fn extend_claim(&self, run: &mut Range<usize>, limit: usize) {
+        let extra = self.claim_run(run.end, limit.min(run.start + self.layout.run_pages));
+        if self.reserve_run(&extra) {
+            run.end = extra.end;
+        }
+    }
+
+    /// Claims consecutive absent pages from `start`, up to `limit` and one store read.
+    fn claim_run(&self, start: usize, limit: usize) -> Range<usize> {
+        let mut end = start;
+        while end < limit && end - start < self.layout.run_pages && self.pages.claim(end, false) {
+            end += 1;
+        }
+        start..end
+    }
+
+    /// Reserves frames for claimed pages ahead of demand (evicting if need be); if the
+    /// budget has no room, gives the pages back and returns false.
+    fn reserve_run(&self, run: &Range<usize>) -> bool {
+        if run.is_empty() || self.reserve(run.len(), false) > 0 {
+            return true;
+        }
+        for page in run.clone() {
+            self.pages.transition(page, State::Filling, State::Absent);
+        }
+        self.wake(run);
+        false
+    }
+
     /// A write to a write-protected page: the first write to a clean page makes it dirty.
+    /// The page is owned (Unprotecting) while its protection is lifted, so that a concurrent
+    /// write-back, which protects the page before reading it, cannot have the protection
+    /// lifted under it and miss a write.
     fn on_write_fault(&self, page: usize) {
         let run = page..page + 1;
         loop {
             match self.pages.state(page) {
-                State::Clean => {
-                    if !self.pages.transition(page, State::Clean, State::Dirty) {
+                from @ (State::Clean | State::Dirty) => {
+                    if !self.pages.transition(page, from, State::Unprotecting) {
                         continue;
                     }
-                    self.pages.add_dirty(1);
                     self.pages.reference(page);
-                    Counters::add(&self.counters.write_faults, 1);
+                    if from == State::Clean {
+                        self.pages.add_dirty(1);
+                        Counters::add(&self.counters.write_faults, 1);
+                    }
                     self.unprotect(&run);
+                    self.pages
+                        .transition(page, State::Unprotecting, State::Dirty);
+                    // The unprotect woke the writer already; wake again in case it failed.
+                    self.wake(&run);
                 }
-                // Still protected after a failed write-back: it stays dirty.
-                State::Dirty => self.unprotect(&run),
                 // Its installer sets the state in a moment, then wakes nobody (this writer
                 // did not wait on a missing page): look again.
                 State::Filling => {
@@ -206,7 +260,7 @@ impl Engine {
                     continue;
                 }
                 // Their owner wakes the writer when done; it then faults again.
-                State::Cleaning | State::Evicting => {}
+                State::Cleaning | State::Evicting | State::Unprotecting => {}
                 State::Absent | State::Failed => self.wake(&run),
             }
             return;
@@ -215,11 +269,9 @@ impl Engine {
 
     fn unprotect(&self, run: &Range<usize>) {
         let (address, len) = self.span(run);
-        // SAFETY: the run lies in our registered region; lifting the protection only lets
-        // the waiting writer proceed.
-        if unsafe { uffd::write_protect(self.uffd.as_fd(), address, len, false) }.is_err() {
-            self.wake(run);
-        }
+        // SAFETY: the run lies in our registered region and we own it (Unprotecting); lifting
+        // the protection only lets the waiting writer proceed.
+        let _ = unsafe { uffd::write_protect(self.uffd.as_fd(), address, len, false) };
     }
 
     /// Reads the claimed pages of `run` from the store and installs them, without waking
@@ -283,6 +335,9 @@ impl Engine {
     /// Gives claimed pages back (nothing was installed) and wakes their waiters, who fault
     /// again.
     fn unclaim(&self, run: &Range<usize>) {
+        if run.is_empty() {
+            return;
+        }
         for page in run.clone() {
             self.pages.transition(page, State::Filling, State::Absent);
         }
@@ -299,7 +354,6 @@ impl Engine {
             let zeros = &mut scratch[..self.page_size()];
             zeros.fill(0);
             if self.install(&run, zeros, write).is_ok() {
-                self.wake(&run);
                 remember(
                     &self.zero_fill_error,
                     io::Error::new(
@@ -307,6 +361,7 @@ impl Engine {
                         format!("page {page} reads as zeros after a store error: {error}"),
                     ),
                 );
+                self.wake(&run);
             }
             return;
         }
@@ -384,23 +439,12 @@ impl Engine {
     pub(crate) fn fill_ahead(&self, range: Range<usize>, scratch: &mut [u8]) -> io::Result<()> {
         let mut page = range.start;
         while page < range.end {
-            if !self.pages.claim(page, false) {
+            let run = self.claim_run(page, range.end);
+            if run.is_empty() {
                 page += 1;
                 continue;
             }
-            let mut end = page + 1;
-            while end < range.end
-                && end - page < self.layout.run_pages
-                && self.pages.claim(end, false)
-            {
-                end += 1;
-            }
-            let run = page..end;
-            if self.reserve(run.len(), false) == 0 {
-                for page in run.clone() {
-                    self.pages.transition(page, State::Filling, State::Absent);
-                }
-                self.wake(&run);
+            if !self.reserve_run(&run) {
                 return Ok(());
             }
             match self.fill(&run, false, scratch) {
@@ -417,7 +461,7 @@ impl Engine {
                     return Err(io::Error::from_raw_os_error(errno.raw_os_error()));
                 }
             }
-            page = end;
+            page = run.end;
         }
         Ok(())
     }

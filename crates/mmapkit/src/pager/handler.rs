@@ -56,7 +56,17 @@ pub(crate) fn spawn(
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("mmapkit-pager-{index}"))
-        .spawn(move || run(&engine, cpu, scratch))
+        .spawn(move || {
+            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run(&engine, cpu, scratch)
+            }));
+            if served.is_err() {
+                // Threads blocked on faults of the region would wait for ever: a pager with
+                // a broken invariant must stop the process rather than hang it.
+                eprintln!("mmapkit: a pager handler thread panicked; aborting");
+                std::process::abort();
+            }
+        })
         .map_err(|error| Error::io("pager", &error).with_message("cannot start a handler thread"))
 }
 

@@ -10,6 +10,7 @@
 //!   Absent ─────────▶ Filling ───────────────────────────▶ Clean ◀──┐
 //!     ▲   ◀─ release ─┘  │ install (write fault)           │ first   │ written
 //!     │                  ▼                                 ▼ write   │ back
+//!     │                  │                           Unprotecting    │
 //!     │   store error ─▶ Failed (poisoned)               Dirty ──▶ Cleaning
 //!     │                                                    │
 //!     └──────────────── Evicting ◀─── CLOCK victim ────────┘ (or Clean)
@@ -42,6 +43,10 @@ pub(crate) enum State {
     Evicting = 5,
     /// Its store read failed; accesses raise SIGBUS until the failure is reported or cleared.
     Failed = 6,
+    /// Becoming dirty: the handler that saw its first write lifts the write protection.
+    /// Owned like the other transitional states, so that no write-back can protect the page
+    /// and have the protection lifted under it.
+    Unprotecting = 7,
 }
 
 const STATE_MASK: u8 = 0x7f;
@@ -56,7 +61,8 @@ impl State {
             3 => State::Dirty,
             4 => State::Cleaning,
             5 => State::Evicting,
-            _ => State::Failed,
+            6 => State::Failed,
+            _ => State::Unprotecting,
         }
     }
 

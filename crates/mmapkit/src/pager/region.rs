@@ -239,14 +239,14 @@ impl PagedRegion {
             Bound::Excluded(&end) => end,
             Bound::Unbounded => self.len(),
         };
-        if start > end {
+        if start > end && start <= self.len() {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 operation,
                 "the range ends before it starts",
             ));
         }
-        self.check(operation, start, end - start)?;
+        self.check(operation, start, end.saturating_sub(start))?;
         let pages = self.engine.page_of(start)..self.engine.page_of(end + self.page_size() - 1);
         Ok(pages)
     }

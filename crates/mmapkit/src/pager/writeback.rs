@@ -99,15 +99,22 @@ impl Engine {
 
     /// Writes every dirty page back and then flushes the store. Returns the first error,
     /// including a write-back error of an eviction since the last flush.
+    ///
+    /// Every write that completed before the call is in the store when it returns: pages
+    /// that another thread is writing back (an eviction, a concurrent flush) or about to make
+    /// dirty are waited for, not skipped.
     pub(crate) fn flush(&self) -> io::Result<()> {
-        let mut first_error = self
-            .write_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let mut first_error = None;
         if self.pages.dirty() > 0 {
-            let claimed = (0..self.pages.len())
-                .filter(|&page| self.pages.transition(page, State::Dirty, State::Cleaning));
+            let claimed = (0..self.pages.len()).filter(|&page| {
+                while matches!(
+                    self.pages.state(page),
+                    State::Unprotecting | State::Evicting | State::Cleaning
+                ) {
+                    std::thread::yield_now();
+                }
+                self.pages.transition(page, State::Dirty, State::Cleaning)
+            });
             for run in runs_of(claimed) {
                 self.protect(&run);
                 let (next, written) = match self.write_back(&run) {
@@ -126,6 +133,14 @@ impl Engine {
                 }
                 self.wake(&run);
             }
+        }
+        let eviction_error = self
+            .write_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(error) = eviction_error {
+            first_error.get_or_insert(error);
         }
         if let Err(error) = self.store.flush() {
             first_error.get_or_insert(error);
