@@ -67,13 +67,18 @@ impl CacheState {
     }
 }
 
+fn fadvise(file: &File, advice: sys::FileAdvice) -> mmapkit::Result<()> {
+    sys::fadvise(file.as_fd(), 0, 0, advice).map_err(|errno| mmapkit::Error::os("fadvise", errno))
+}
+
+/// Evicts the file from the page cache (its pages are clean, so all of them go).
+pub fn evict(bench_file: &BenchFile) -> mmapkit::Result<()> {
+    fadvise(&bench_file.file, sys::FileAdvice::DontNeed)
+}
+
 /// Evicts the file from the page cache and brings it back in `state`.
 pub fn warm(bench_file: &BenchFile, state: CacheState) -> mmapkit::Result<()> {
-    let fadvise = |file: &File, advice| {
-        sys::fadvise(file.as_fd(), 0, 0, advice)
-            .map_err(|errno| mmapkit::Error::os("fadvise", errno))
-    };
-    fadvise(&bench_file.file, sys::FileAdvice::DontNeed)?;
+    evict(bench_file)?;
     // A fresh open file description: read-ahead state carries over between reads of one
     // description, and would make the second state inherit the first one's folio sizes.
     let reader = File::open(&bench_file.path).map_err(|e| mmapkit::Error::io("open", &e))?;

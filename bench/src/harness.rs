@@ -19,6 +19,8 @@ pub enum Unit {
     Microseconds,
     /// Millions of operations per second; higher is better.
     MillionsPerSecond,
+    /// Thousands of operations per second; higher is better.
+    ThousandsPerSecond,
 }
 
 impl Unit {
@@ -29,6 +31,7 @@ impl Unit {
             Unit::Nanoseconds => "ns",
             Unit::Microseconds => "us",
             Unit::MillionsPerSecond => "M/s",
+            Unit::ThousandsPerSecond => "K/s",
         }
     }
 }

@@ -1,6 +1,7 @@
 //! `mmapkit-bench`: mmapkit against its anchors, in one process, alternating, several rounds.
 //! One subcommand per scenario; each prints a table and one JSON line per comparison.
 
+mod cgroup;
 mod files;
 mod guard;
 mod harness;
@@ -8,6 +9,7 @@ mod harness;
 mod iceoryx;
 mod ipc;
 mod mapcost;
+mod pager;
 mod process;
 mod scan;
 
@@ -35,7 +37,7 @@ struct Cli {
     scenario: Scenario,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 enum Scenario {
     /// Sum the words of a page-cache-hot file: mmapkit, memmap2, read(), a Vec in memory.
     Scan,
@@ -50,6 +52,21 @@ enum Scenario {
     IpcThroughput,
     /// Wake-up latency of a sleeping receiver.
     IpcWake,
+    /// Sequential scan of the page-cache-hot file through the pager against kernel mmap.
+    PagerSeq,
+    /// Random 4 KiB reads through the pager (faults per second) against kernel mmap.
+    PagerRandom,
+    /// Scan with a budget of 25% of the file against kernel mmap under the same cgroup
+    /// memory limit, from a cold cache.
+    PagerBudget,
+    /// One side of `pager-budget`, run in the cgroup (internal).
+    #[command(hide = true)]
+    PagerBudgetChild {
+        mode: String,
+        path: String,
+        budget: usize,
+        procs: String,
+    },
     /// Every scenario above.
     All,
 }
@@ -69,27 +86,34 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     if cli.rounds == 0 || cli.size_mib == 0 {
         return Err("--rounds and --size-mib must be at least 1".into());
     }
-    match cli.scenario {
+    let file = || files::prepare(&cli.dir, "data.bin", cli.size_mib << 20);
+    match &cli.scenario {
         Scenario::IpcLatency => ipc::latency(cli.rounds),
         Scenario::IpcThroughput => ipc::throughput(cli.rounds),
         Scenario::IpcWake => ipc::wake(cli.rounds),
-        Scenario::Scan | Scenario::Guard | Scenario::Mapcost | Scenario::All => {
-            let file = files::prepare(&cli.dir, "data.bin", cli.size_mib << 20)?;
-            let all = matches!(cli.scenario, Scenario::All);
-            if all || matches!(cli.scenario, Scenario::Scan) {
-                scan::run(&file, cli.rounds)?;
-            }
-            if all || matches!(cli.scenario, Scenario::Guard) {
-                guard::run(&file, cli.rounds)?;
-            }
-            if all || matches!(cli.scenario, Scenario::Mapcost) {
-                mapcost::run(&file, cli.rounds)?;
-            }
-            if all {
-                ipc::latency(cli.rounds);
-                ipc::throughput(cli.rounds);
-                ipc::wake(cli.rounds);
-            }
+        Scenario::Scan => scan::run(&file()?, cli.rounds)?,
+        Scenario::Guard => guard::run(&file()?, cli.rounds)?,
+        Scenario::Mapcost => mapcost::run(&file()?, cli.rounds)?,
+        Scenario::PagerSeq => pager::sequential(&file()?, cli.rounds)?,
+        Scenario::PagerRandom => pager::random(&file()?, cli.rounds)?,
+        Scenario::PagerBudget => pager::budget(&file()?, cli.rounds)?,
+        Scenario::PagerBudgetChild {
+            mode,
+            path,
+            budget,
+            procs,
+        } => pager::budget_child(mode, path, *budget, procs)?,
+        Scenario::All => {
+            let file = file()?;
+            scan::run(&file, cli.rounds)?;
+            guard::run(&file, cli.rounds)?;
+            mapcost::run(&file, cli.rounds)?;
+            ipc::latency(cli.rounds);
+            ipc::throughput(cli.rounds);
+            ipc::wake(cli.rounds);
+            pager::sequential(&file, cli.rounds)?;
+            pager::random(&file, cli.rounds)?;
+            pager::budget(&file, cli.rounds)?;
         }
     }
     Ok(())
