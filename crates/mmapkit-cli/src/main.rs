@@ -5,6 +5,8 @@
 //! says which and why), 2 for a usage error.
 
 mod demo;
+mod page;
+mod units;
 
 use std::process::ExitCode;
 
@@ -22,12 +24,15 @@ struct Cli {
 enum Command {
     /// Show how mappings behave across fork, copy-on-write, msync and truncation.
     Demo(demo::DemoArgs),
+    /// Read a file through the user-space pager with a memory budget and report what it did.
+    Page(page::PageArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Page(args) => page::run(&args).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

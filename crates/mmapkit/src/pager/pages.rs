@@ -83,6 +83,7 @@ pub(crate) struct Victim {
 pub(crate) struct PageTable {
     states: Box<[AtomicU8]>,
     resident: AtomicUsize,
+    peak_resident: AtomicUsize,
     dirty: AtomicUsize,
     hand: Mutex<usize>,
 }
@@ -92,6 +93,7 @@ impl PageTable {
         PageTable {
             states: (0..pages).map(|_| AtomicU8::new(0)).collect(),
             resident: AtomicUsize::new(0),
+            peak_resident: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
             hand: Mutex::new(0),
         }
@@ -147,16 +149,28 @@ impl PageTable {
 
     /// Reserves `count` frames if that keeps residency within `budget`.
     pub(crate) fn try_reserve(&self, count: usize, budget: usize) -> bool {
-        self.resident
+        let reserved = self
+            .resident
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |resident| {
                 resident.checked_add(count).filter(|&total| total <= budget)
-            })
-            .is_ok()
+            });
+        if let Ok(before) = reserved {
+            self.peak_resident
+                .fetch_max(before + count, Ordering::Relaxed);
+        }
+        reserved.is_ok()
     }
 
     /// Reserves `count` frames whatever the budget (a demand fault with nothing evictable).
     pub(crate) fn force_reserve(&self, count: usize) {
-        self.resident.fetch_add(count, Ordering::SeqCst);
+        let before = self.resident.fetch_add(count, Ordering::SeqCst);
+        self.peak_resident
+            .fetch_max(before + count, Ordering::Relaxed);
+    }
+
+    /// The most frames ever reserved at once.
+    pub(crate) fn peak_resident(&self) -> usize {
+        self.peak_resident.load(Ordering::Relaxed)
     }
 
     /// Returns `count` frames.

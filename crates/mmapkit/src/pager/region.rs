@@ -322,9 +322,11 @@ impl PagedRegion {
     /// What the region did so far.
     pub fn stats(&self) -> Stats {
         let page = self.page_size() as u64;
+        let pages = &self.engine.pages;
         self.engine.counters.snapshot(
-            self.engine.pages.resident() as u64 * page,
-            self.engine.pages.dirty() as u64 * page,
+            pages.resident() as u64 * page,
+            pages.peak_resident() as u64 * page,
+            pages.dirty() as u64 * page,
         )
     }
 

@@ -30,6 +30,8 @@ pub struct Stats {
     pub store_errors: u64,
     /// Bytes in memory now.
     pub resident_bytes: u64,
+    /// The most bytes that were in memory at once (frames reserved for fills included).
+    pub peak_resident_bytes: u64,
     /// Bytes in memory that the store does not have yet.
     pub dirty_bytes: u64,
     /// Time from reading a fault off the userfaultfd to waking the faulting thread.
@@ -54,8 +56,8 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "resident {} B, dirty {} B",
-            self.resident_bytes, self.dirty_bytes
+            "resident {} B (peak {} B), dirty {} B",
+            self.resident_bytes, self.peak_resident_bytes, self.dirty_bytes
         )?;
         write!(f, "fault latency: {}", self.fault_latency)
     }
@@ -184,7 +186,13 @@ impl Counters {
         self.latency_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 
-    pub(crate) fn snapshot(&self, resident_bytes: u64, dirty_bytes: u64) -> Stats {
+    /// The counters with the page table's figures, in bytes.
+    pub(crate) fn snapshot(
+        &self,
+        resident_bytes: u64,
+        peak_resident_bytes: u64,
+        dirty_bytes: u64,
+    ) -> Stats {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Stats {
             faults: load(&self.faults),
@@ -197,6 +205,7 @@ impl Counters {
             bytes_written: load(&self.bytes_written),
             store_errors: load(&self.store_errors),
             resident_bytes,
+            peak_resident_bytes,
             dirty_bytes,
             fault_latency: Histogram {
                 buckets: std::array::from_fn(|bucket| load(&self.latency[bucket])),
@@ -216,7 +225,7 @@ mod tests {
         for micros in [1, 1, 1, 1, 1, 1, 1, 1, 1, 100] {
             counters.record_latency(Duration::from_micros(micros));
         }
-        let histogram = counters.snapshot(0, 0).fault_latency;
+        let histogram = counters.snapshot(0, 0, 0).fault_latency;
         assert_eq!(histogram.count(), 10);
         // 1 µs = 1000 ns lies in [512, 1024): the bucket's top is 1024 ns.
         assert_eq!(histogram.quantile(0.5), Duration::from_nanos(1024));

@@ -1,0 +1,263 @@
+//! `mmapkit page`: read a file through the user-space pager with a memory budget, and report
+//! what the pager did — faults, read-ahead, evictions, fault latency.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mmapkit::pager::{FileStore, PagedRegion, Pager, Stats};
+
+use crate::units::{Size, human, parse_size};
+
+/// Bytes per guarded read of a scan.
+const CHUNK: usize = 1 << 20;
+/// Bytes per random read.
+const RANDOM_READ: usize = 4096;
+
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// The file to read through the pager.
+    file: std::path::PathBuf,
+    /// Most memory the pager may hold: bytes, with K/M/G/T, or a percentage of the file
+    /// (default: the whole file).
+    #[arg(long, value_parser = parse_size)]
+    budget: Option<Size>,
+    /// The pager's page size (a power of two, at least the system page).
+    #[arg(long, value_parser = parse_size, default_value = "64K")]
+    page_size: Size,
+    /// Most bytes read ahead of a sequential scan (0 turns read-ahead off).
+    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    readahead: Size,
+    /// Handler threads (default: one per CPU).
+    #[arg(long)]
+    handlers: Option<usize>,
+    /// Instead of scanning, make this many random 4 KiB reads.
+    #[arg(long, value_name = "COUNT")]
+    random: Option<usize>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Never draw a progress bar (it is drawn only when stderr is a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
+    let store = FileStore::open(&args.file, false)
+        .map_err(|error| mmapkit::Error::io("open", &error).with_path(&args.file))?;
+    let size = mmapkit::pager::Store::len(&store);
+    let mut pager = Pager::new(store);
+    let budget = args.budget.map(|budget| budget.of(size) as usize);
+    pager
+        .page_size(args.page_size.of(size) as usize)
+        .readahead(args.readahead.of(size) as usize);
+    if let Some(budget) = budget {
+        pager.budget(budget);
+    }
+    if let Some(handlers) = args.handlers {
+        pager.handler_threads(handlers);
+    }
+    let region = pager.build().map_err(|error| error.with_path(&args.file))?;
+    let progress = progress_bar(args, region.len() as u64);
+    let started = Instant::now();
+    let work = match args.random {
+        Some(count) => random_reads(&region, count, &progress),
+        None => scan(&region, &progress),
+    }
+    .map_err(|error| error.with_path(&args.file))?;
+    let elapsed = started.elapsed();
+    progress.finish_and_clear();
+    let stats = region.stats();
+    let report = Report {
+        path: args.file.display().to_string(),
+        size,
+        budget: budget.map(|budget| budget as u64),
+        page_size: region.page_size(),
+        handlers: args.handlers,
+        work,
+        elapsed,
+        stats,
+    };
+    if args.json {
+        println!("{}", report.json());
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
+}
+
+fn progress_bar(args: &PageArgs, len: u64) -> ProgressBar {
+    if args.no_progress || args.json || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{bar:40} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// What was done: a scan with its checksum, or random reads.
+enum Work {
+    Scan { checksum: u64 },
+    Random { reads: usize },
+}
+
+fn scan(region: &PagedRegion, progress: &ProgressBar) -> mmapkit::Result<Work> {
+    let mut chunk = vec![0u8; CHUNK];
+    let mut checksum = 0u64;
+    let mut offset = 0;
+    while offset < region.len() {
+        let len = CHUNK.min(region.len() - offset);
+        region.read_at(offset, &mut chunk[..len])?;
+        checksum = chunk[..len]
+            .chunks(8)
+            .map(|word| {
+                let mut bytes = [0u8; 8];
+                bytes[..word.len()].copy_from_slice(word);
+                u64::from_le_bytes(bytes)
+            })
+            .fold(checksum, u64::wrapping_add);
+        offset += len;
+        progress.set_position(offset as u64);
+        progress.set_message(format!("resident {}", human(region.stats().resident_bytes)));
+    }
+    Ok(Work::Scan { checksum })
+}
+
+fn random_reads(
+    region: &PagedRegion,
+    count: usize,
+    progress: &ProgressBar,
+) -> mmapkit::Result<Work> {
+    progress.set_length(count as u64);
+    let slots = (region.len() / RANDOM_READ).max(1);
+    let mut buf = [0u8; RANDOM_READ];
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for done in 0..count {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let offset = (state as usize % slots) * RANDOM_READ;
+        let len = RANDOM_READ.min(region.len() - offset);
+        region.read_at(offset, &mut buf[..len])?;
+        if done % 1024 == 0 {
+            progress.set_position(done as u64);
+        }
+    }
+    Ok(Work::Random { reads: count })
+}
+
+struct Report {
+    path: String,
+    size: u64,
+    budget: Option<u64>,
+    page_size: usize,
+    handlers: Option<usize>,
+    work: Work,
+    elapsed: Duration,
+    stats: Stats,
+}
+
+impl Report {
+    fn text(&self) -> String {
+        let stats = &self.stats;
+        let seconds = self.elapsed.as_secs_f64();
+        let budget = self.budget.map_or_else(
+            || String::from("no budget"),
+            |b| format!("a budget of {}", human(b)),
+        );
+        let mut out = format!(
+            "paged {} ({}) with {}, {} pages\n",
+            self.path,
+            human(self.size),
+            budget,
+            human(self.page_size as u64)
+        );
+        out += &match self.work {
+            Work::Scan { checksum } => format!(
+                "scanned in {seconds:.3} s ({:.2} GB/s); sum of u64 words {checksum:#018x}\n",
+                self.size as f64 / seconds / 1e9
+            ),
+            Work::Random { reads } => format!(
+                "{reads} random 4 KiB reads in {seconds:.3} s ({:.0} faults/s)\n",
+                stats.faults as f64 / seconds
+            ),
+        };
+        let rows = [
+            (
+                "faults",
+                format!("{} (first writes {})", stats.faults, stats.write_faults),
+            ),
+            (
+                "pages filled",
+                format!(
+                    "{} (ahead of demand {})",
+                    stats.pages_filled, stats.pages_prefetched
+                ),
+            ),
+            ("read from store", human(stats.bytes_read)),
+            ("evictions", stats.evictions.to_string()),
+            (
+                "write-backs",
+                format!("{} ({})", stats.writebacks, human(stats.bytes_written)),
+            ),
+            ("store errors", stats.store_errors.to_string()),
+            (
+                "resident",
+                format!(
+                    "{} now, {} at most",
+                    human(stats.resident_bytes),
+                    human(stats.peak_resident_bytes)
+                ),
+            ),
+            ("fault latency", stats.fault_latency.to_string()),
+        ];
+        for (label, value) in rows {
+            out += &format!("  {label:<16} {value}\n");
+        }
+        out
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let stats = &self.stats;
+        let latency = &stats.fault_latency;
+        let micros = |d: Duration| d.as_secs_f64() * 1e6;
+        let (mode, checksum, reads) = match self.work {
+            Work::Scan { checksum } => ("scan", Some(format!("{checksum:#018x}")), None),
+            Work::Random { reads } => ("random", None, Some(reads)),
+        };
+        serde_json::json!({
+            "file": self.path,
+            "size": self.size,
+            "budget": self.budget,
+            "page_size": self.page_size,
+            "handlers": self.handlers,
+            "mode": mode,
+            "reads": reads,
+            "checksum": checksum,
+            "seconds": self.elapsed.as_secs_f64(),
+            "faults": stats.faults,
+            "write_faults": stats.write_faults,
+            "pages_filled": stats.pages_filled,
+            "pages_prefetched": stats.pages_prefetched,
+            "bytes_read": stats.bytes_read,
+            "evictions": stats.evictions,
+            "writebacks": stats.writebacks,
+            "bytes_written": stats.bytes_written,
+            "store_errors": stats.store_errors,
+            "resident_bytes": stats.resident_bytes,
+            "peak_resident_bytes": stats.peak_resident_bytes,
+            "fault_latency_us": {
+                "count": latency.count(),
+                "mean": micros(latency.mean()),
+                "p50_below": micros(latency.quantile(0.5)),
+                "p99_below": micros(latency.quantile(0.99)),
+                "max_below": micros(latency.quantile(1.0)),
+            },
+        })
+    }
+}

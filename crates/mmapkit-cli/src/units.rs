@@ -1,0 +1,96 @@
+//! Sizes on the command line and in reports: `64K`, `256MiB`, `1.5G`, `25%` in, `1.0 GiB` out.
+
+/// A size argument: bytes, or a fraction of something the command knows (a file's length).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Size {
+    Bytes(u64),
+    Percent(f64),
+}
+
+impl Size {
+    /// The size in bytes, with percentages taken of `whole`.
+    pub fn of(self, whole: u64) -> u64 {
+        match self {
+            Size::Bytes(bytes) => bytes,
+            Size::Percent(percent) => (whole as f64 * percent / 100.0) as u64,
+        }
+    }
+}
+
+/// Parses `4096`, `64K`, `64KiB`, `256M`, `1.5G`, `2T` (powers of 1024) or `25%`.
+pub fn parse_size(text: &str) -> Result<Size, String> {
+    let text = text.trim();
+    if let Some(percent) = text.strip_suffix('%') {
+        return match percent.trim().parse::<f64>() {
+            Ok(value) if value > 0.0 && value <= 100.0 => Ok(Size::Percent(value)),
+            _ => Err(format!(
+                "{text:?}: a percentage must be above 0 and at most 100"
+            )),
+        };
+    }
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    let shift = match suffix.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {suffix:?} (use K, M, G, T or %)"
+            ));
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: not a size (examples: 4096, 64K, 1.5G, 25%)"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{text:?}: out of range"));
+    }
+    Ok(Size::Bytes(bytes as u64))
+}
+
+/// `1536` → `1.5 KiB`; exact bytes below 1 KiB.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_percentages() {
+        assert_eq!(parse_size("4096"), Ok(Size::Bytes(4096)));
+        assert_eq!(parse_size("64K"), Ok(Size::Bytes(65536)));
+        assert_eq!(parse_size("64KiB"), Ok(Size::Bytes(65536)));
+        assert_eq!(parse_size("1.5G"), Ok(Size::Bytes(3 << 29)));
+        assert_eq!(parse_size(" 256 mb "), Ok(Size::Bytes(256 << 20)));
+        assert_eq!(parse_size("25%"), Ok(Size::Percent(25.0)));
+        assert_eq!(parse_size("25%").unwrap().of(1000), 250);
+        for bad in ["", "K", "12Q", "0%", "150%", "1e400G", "-1"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn human_sizes_pick_a_unit() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human(1 << 30), "1.0 GiB");
+    }
+}
