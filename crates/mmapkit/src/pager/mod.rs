@@ -64,6 +64,10 @@ mod writeback;
 
 pub use region::PagedRegion;
 pub use stats::{Histogram, Stats};
+#[cfg(feature = "http")]
+pub use store::HttpStore;
+#[cfg(feature = "zstd")]
+pub use store::{CompressedStore, SeekableWriter};
 pub use store::{FileStore, MemoryStore, Store};
 
 use std::sync::Arc;

@@ -71,7 +71,7 @@ impl ReadAhead {
         };
         stream.used = now;
         stream.last = page;
-        stream.window = (stream.window * 2).clamp(FIRST_WINDOW, self.max_window);
+        stream.window = (stream.window * 2).max(FIRST_WINDOW).min(self.max_window);
         let end = (page + 1 + stream.window).min(self.pages);
         let start = stream.covered_end.max(page + 1);
         stream.covered_end = stream.covered_end.max(end);
@@ -111,6 +111,14 @@ mod tests {
         assert_eq!(readahead.on_fault(91), Some(92..94));
         assert_eq!(readahead.on_fault(94), Some(95..99));
         assert_eq!(readahead.on_fault(99), None, "the region ends at page 100");
+    }
+
+    #[test]
+    fn a_one_page_window_reads_one_page_ahead() {
+        let readahead = ReadAhead::new(100, 1);
+        assert_eq!(readahead.on_fault(0), None);
+        assert_eq!(readahead.on_fault(1), Some(2..3));
+        assert_eq!(readahead.on_fault(3), Some(4..5));
     }
 
     #[test]

@@ -12,6 +12,16 @@
 //! A store must never touch the region it backs: the handler thread that called it would wait
 //! on its own fault.
 
+#[cfg(feature = "zstd")]
+mod compressed;
+#[cfg(feature = "http")]
+mod http;
+
+#[cfg(feature = "zstd")]
+pub use compressed::{CompressedStore, SeekTable, SeekableWriter};
+#[cfg(feature = "http")]
+pub use http::{DEFAULT_TIMEOUT as HTTP_TIMEOUT, HttpStore};
+
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
