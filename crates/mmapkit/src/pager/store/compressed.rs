@@ -215,13 +215,13 @@ impl CompressedStore {
                 frame.size
             )));
         }
-        if let Some(expected) = frame.checksum {
-            if xxhash_rust::xxh64::xxh64(&bytes, 0) as u32 != expected {
-                return Err(invalid(format!(
-                    "the frame at {} fails its checksum",
-                    frame.offset
-                )));
-            }
+        if let Some(expected) = frame.checksum
+            && xxhash_rust::xxh64::xxh64(&bytes, 0) as u32 != expected
+        {
+            return Err(invalid(format!(
+                "the frame at {} fails its checksum",
+                frame.offset
+            )));
         }
         let bytes = Arc::new(bytes);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
