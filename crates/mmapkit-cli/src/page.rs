@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use mmapkit::pager::{FileStore, PagedRegion, Pager, Stats};
+use std::sync::Arc;
+
+use mmapkit::pager::{CompressedStore, FileStore, HttpStore, PagedRegion, Pager, Stats, Store};
 
 use crate::units::{Size, human, parse_size};
 
@@ -17,7 +19,8 @@ const RANDOM_READ: usize = 4096;
 
 #[derive(Debug, Args)]
 pub struct PageArgs {
-    /// The file to read through the pager.
+    /// What to read through the pager: a file, a seekable zstd archive (read as the data it
+    /// holds), or an http:// URL (read with range requests).
     file: std::path::PathBuf,
     /// Most memory the pager may hold: bytes, with K/M/G/T, or a percentage of the file
     /// (default: the whole file).
@@ -43,11 +46,33 @@ pub struct PageArgs {
     no_progress: bool,
 }
 
+/// The store for `source`: HTTP for a URL, the archive's contents for a seekable zstd
+/// archive, else the file itself.
+fn open_store(source: &std::path::Path) -> mmapkit::Result<(Arc<dyn Store>, &'static str)> {
+    let failed = |error: std::io::Error| match error.raw_os_error() {
+        Some(_) => mmapkit::Error::io("open", &error).with_path(source),
+        None => mmapkit::Error::store("open", &error).with_path(source),
+    };
+    if let Some(url) = source.to_str().filter(|s| s.starts_with("http://")) {
+        return Ok((Arc::new(HttpStore::open(url).map_err(failed)?), "http"));
+    }
+    let file = std::fs::File::open(source).map_err(failed)?;
+    if CompressedStore::is_seekable_archive(&file) {
+        return Ok((
+            Arc::new(CompressedStore::from_file(file).map_err(failed)?),
+            "seekable zstd",
+        ));
+    }
+    Ok((
+        Arc::new(FileStore::from_file(file, false).map_err(failed)?),
+        "file",
+    ))
+}
+
 pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
-    let store = FileStore::open(&args.file, false)
-        .map_err(|error| mmapkit::Error::io("open", &error).with_path(&args.file))?;
-    let size = mmapkit::pager::Store::len(&store);
-    let mut pager = Pager::new(store);
+    let (store, kind) = open_store(&args.file)?;
+    let size = store.len();
+    let mut pager = Pager::from_arc(store);
     let budget = args.budget.map(|budget| budget.of(size) as usize);
     pager
         .page_size(args.page_size.of(size) as usize)
@@ -71,6 +96,7 @@ pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
     let stats = region.stats();
     let report = Report {
         path: args.file.display().to_string(),
+        kind,
         size,
         budget: budget.map(|budget| budget as u64),
         page_size: region.page_size(),
@@ -153,6 +179,7 @@ fn random_reads(
 
 struct Report {
     path: String,
+    kind: &'static str,
     size: u64,
     budget: Option<u64>,
     page_size: usize,
@@ -171,8 +198,9 @@ impl Report {
             |b| format!("a budget of {}", human(b)),
         );
         let mut out = format!(
-            "paged {} ({}) with {}, {} pages\n",
+            "paged {} ({}, {}) with {}, {} pages\n",
             self.path,
+            self.kind,
             human(self.size),
             budget,
             human(self.page_size as u64)
@@ -232,6 +260,7 @@ impl Report {
         };
         serde_json::json!({
             "file": self.path,
+            "store": self.kind,
             "size": self.size,
             "budget": self.budget,
             "page_size": self.page_size,

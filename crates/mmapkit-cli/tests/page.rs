@@ -1,0 +1,120 @@
+//! `mmapkit page`: the scan's checksum matches the file, the budget holds, the report is
+//! machine-readable, and bad input gets the right exit code.
+
+use std::io::Write;
+use std::process::{Command, Output};
+
+fn mmapkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmapkit"))
+        .args(args)
+        .output()
+        .expect("run mmapkit")
+}
+
+fn data(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 31 % 253) as u8).collect()
+}
+
+/// The checksum `mmapkit page` prints: the wrapping sum of little-endian u64 words, the last
+/// one zero-padded.
+fn sum_of_words(bytes: &[u8]) -> String {
+    let sum = bytes
+        .chunks(8)
+        .map(|word| {
+            let mut padded = [0u8; 8];
+            padded[..word.len()].copy_from_slice(word);
+            u64::from_le_bytes(padded)
+        })
+        .fold(0u64, u64::wrapping_add);
+    format!("{sum:#018x}")
+}
+
+fn json_report(args: &[&str]) -> serde_json::Value {
+    let output = mmapkit(args);
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_slice(&output.stdout).expect("one JSON object")
+}
+
+#[test]
+fn a_scan_under_a_budget_sums_the_file_and_stays_within_the_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.bin");
+    let bytes = data(8 * 1024 * 1024 + 5);
+    std::fs::write(&path, &bytes).unwrap();
+    let path = path.to_str().unwrap();
+    let report = json_report(&[
+        "page",
+        path,
+        "--budget",
+        "25%",
+        "--page-size",
+        "16K",
+        "--json",
+    ]);
+    assert_eq!(report["store"], "file");
+    assert_eq!(report["mode"], "scan");
+    assert_eq!(report["checksum"], sum_of_words(&bytes));
+    assert_eq!(report["bytes_read"], bytes.len() as u64);
+    let budget = report["budget"].as_u64().unwrap();
+    assert_eq!(budget, bytes.len() as u64 / 4);
+    // One frame per handler thread may be in flight over the budget.
+    let peak = report["peak_resident_bytes"].as_u64().unwrap();
+    assert!(
+        peak <= budget + 4 * 16 * 1024,
+        "peak {peak} over budget {budget}"
+    );
+    assert!(report["evictions"].as_u64().unwrap() > 0);
+
+    let text = mmapkit(&["page", path, "--budget", "1M", "--random", "500"]);
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("500 random 4 KiB reads"), "{text}");
+    assert!(text.contains("fault latency"), "{text}");
+}
+
+#[test]
+fn a_seekable_zstd_archive_is_read_as_the_data_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.zst");
+    let bytes = data(3 * 1024 * 1024);
+    let file = std::fs::File::create(&path).unwrap();
+    let mut writer = mmapkit::pager::SeekableWriter::new(file, 256 * 1024, 3).unwrap();
+    writer.write_all(&bytes).unwrap();
+    writer.finish().unwrap();
+    let report = json_report(&["page", path.to_str().unwrap(), "--json"]);
+    assert_eq!(report["store"], "seekable zstd");
+    assert_eq!(report["size"], bytes.len() as u64);
+    assert_eq!(report["checksum"], sum_of_words(&bytes));
+}
+
+#[test]
+fn bad_input_fails_with_a_message_and_the_right_exit_code() {
+    let missing = mmapkit(&["page", "/nonexistent/file"]);
+    assert_eq!(missing.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&missing.stderr);
+    assert!(message.contains("no such file"), "{message}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.bin");
+    std::fs::write(&path, data(1 << 20)).unwrap();
+    let path = path.to_str().unwrap();
+    let tiny = mmapkit(&["page", path, "--budget", "1K"]);
+    assert_eq!(tiny.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&tiny.stderr).contains("fewer than two"));
+
+    let odd_page = mmapkit(&["page", path, "--page-size", "12K"]);
+    assert_eq!(odd_page.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&odd_page.stderr).contains("power of two"));
+
+    assert_eq!(
+        mmapkit(&["page", path, "--budget", "12Q"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(mmapkit(&["page"]).status.code(), Some(2));
+
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    let output = mmapkit(&["page", empty.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("empty"));
+}
