@@ -98,7 +98,7 @@ pub enum OnStoreError {
 ///
 /// ```no_run
 /// use mmapkit::pager::{FileStore, Pager};
-/// # fn main() -> mmapkit::Result<()> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = FileStore::open("/var/lib/app/table.dat", true)?;
 /// let region = Pager::new(store).budget(256 << 20).build()?;
 /// let mut header = [0u8; 64];
