@@ -139,19 +139,23 @@ fn scan(region: &PagedRegion, progress: &ProgressBar) -> mmapkit::Result<Work> {
     while offset < region.len() {
         let len = CHUNK.min(region.len() - offset);
         region.read_at(offset, &mut chunk[..len])?;
-        checksum = chunk[..len]
-            .chunks(8)
-            .map(|word| {
-                let mut bytes = [0u8; 8];
-                bytes[..word.len()].copy_from_slice(word);
-                u64::from_le_bytes(bytes)
-            })
-            .fold(checksum, u64::wrapping_add);
+        checksum = checksum.wrapping_add(sum_of_words(&chunk[..len]));
         offset += len;
         progress.set_position(offset as u64);
         progress.set_message(format!("resident {}", human(region.stats().resident_bytes)));
     }
     Ok(Work::Scan { checksum })
+}
+
+/// The wrapping sum of the little-endian u64 words of `bytes`, the last one zero-padded.
+fn sum_of_words(bytes: &[u8]) -> u64 {
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    let mut padded = [0u8; 8];
+    padded[..tail.len()].copy_from_slice(tail);
+    words
+        .map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default()))
+        .fold(u64::from_le_bytes(padded), u64::wrapping_add)
 }
 
 fn random_reads(

@@ -2,12 +2,21 @@
 //! ahead of demand when no fault waits.
 //!
 //! By default there is one handler per CPU the process may run on, each pinned to its CPU,
-//! and an idle handler sleeps in poll(2). Measured on a 2-vCPU VM (see the bench crate), a
-//! fault served by a sleeping handler on the *other* CPU costs 40–50 µs, most of it waking an
-//! idle vCPU; busy-polling there brings it to about 15 µs but burns a CPU. The handler pinned
-//! to the faulting thread's own CPU is woken locally as the faulting thread blocks, and serves
-//! the fault in 7–10 µs without spinning at all. So faults are served where they happen, and
-//! the other handlers pick up read-ahead in parallel.
+//! and an idle handler sleeps in poll(2). Measured on a 2-vCPU VM (the pager-random bench
+//! and a probe of the mechanism): a fault served by a sleeping handler on the *other*
+//! CPU costs 40–50 µs, most of it waking an idle vCPU; busy-polling there brings it to about
+//! 15 µs but burns a CPU. The handler pinned to the faulting thread's own CPU is woken
+//! locally as the faulting thread blocks, and serves the fault in 8–10 µs without spinning
+//! at all. So faults are served where they happen, and the other handlers fill ahead in
+//! parallel.
+//!
+//! Every handler waiting on the userfaultfd is woken by every fault (the kernel wakes all
+//! pollers), and only one gets the message. A handler that served none of the last 64
+//! faults therefore stops waiting on the userfaultfd for 20 ms at a time — it still fills
+//! ahead when work is queued — so that a many-CPU machine does not wake every handler for
+//! every fault. Threads that fault should stay on few CPUs (pin them, if latency matters:
+//! an unpinned thread that the scheduler moves between CPUs after each fault pays 13–14 µs
+//! per fault here instead of 8–10).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -16,6 +25,12 @@ use super::engine::Engine;
 use crate::map::{MapOptions, Mapping};
 use crate::sys::uffd::MESSAGE_BYTES;
 use crate::{Error, Result};
+
+/// A handler that served none of the last this many faults stops waiting on the
+/// userfaultfd...
+const QUIET_AFTER: u64 = 64;
+/// ...for this long at a time (queued work still wakes it).
+const QUIET_FOR: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Messages read from the userfaultfd in one read(2).
 const MESSAGES_PER_READ: usize = 64;
@@ -79,19 +94,39 @@ fn run(engine: &Engine, cpu: Option<usize>, mut scratch: Scratch) {
     }
     let mut messages = vec![0u8; MESSAGE_BYTES * MESSAGES_PER_READ];
     let mut faults = Vec::with_capacity(MESSAGES_PER_READ);
+    // Read the userfaultfd only when poll says it holds faults (or after filling ahead,
+    // when some may have come in): an empty read is a wasted system call per fault.
+    let mut pending = true;
+    // The total of faults served when this handler last served one or rejoined.
+    let mut mark = engine.served_total();
     while !engine.is_shut_down() {
-        if engine.read_faults(&mut messages, &mut faults) > 0 {
+        if pending {
+            let count = engine.read_faults(&mut messages, &mut faults);
+            if count > 0 {
+                mark = engine.served(count);
+            }
             for fault in faults.drain(..) {
                 engine.on_fault(fault, scratch.bytes());
             }
-            continue;
         }
         if let Some(run) = engine.next_work() {
             // A failed read ahead leaves the pages absent; a demand fault reports the error.
             let _ = engine.fill_ahead(run, scratch.bytes());
+            pending = true;
             continue;
         }
-        engine.wait();
+        if engine.served_total() - mark > QUIET_AFTER {
+            // The faults happen on other CPUs: stop being woken by each of them (a wasted
+            // cross-CPU wake-up per fault), but keep filling ahead, and rejoin after a while
+            // in case the faulting threads moved here.
+            engine.wait_for_work(QUIET_FOR);
+            if engine.served_total() - mark > QUIET_AFTER {
+                mark = engine.served_total();
+            }
+            pending = true;
+        } else {
+            pending = engine.wait();
+        }
     }
     engine.signal();
 }

@@ -137,12 +137,14 @@ impl std::fmt::Debug for Pager {
 pub const DEFAULT_PAGE_SIZE: usize = 64 << 10;
 /// The default read-ahead maximum.
 pub const DEFAULT_READAHEAD: usize = 4 << 20;
+/// Most handler threads by default (each holds a 512 KiB scratch buffer).
+pub const DEFAULT_MAX_HANDLERS: usize = 8;
 /// Most bytes one store read asks for when filling ahead of demand.
 const RUN_BYTES: usize = 512 << 10;
 
 impl Pager {
     /// A pager over `store`, with the defaults: 64 KiB pages, no budget, 4 MiB read-ahead,
-    /// one handler per CPU, [`OnStoreError::Report`], writable if the store is.
+    /// one handler per CPU (at most 8), [`OnStoreError::Report`], writable if the store is.
     pub fn new(store: impl Store + 'static) -> Pager {
         Pager::from_arc(Arc::new(store))
     }
@@ -182,7 +184,8 @@ impl Pager {
         self
     }
 
-    /// How many handler threads serve faults (default: one per CPU the process may use).
+    /// How many handler threads serve faults (default: one per CPU the process may use, at
+    /// most [`DEFAULT_MAX_HANDLERS`]).
     pub fn handler_threads(&mut self, count: usize) -> &mut Self {
         self.handlers = Some(count);
         self
@@ -234,7 +237,10 @@ impl Pager {
         let run_bytes = layout.run_pages << layout.page_shift;
         let engine = Arc::new(Engine::new(memory, uffd, Arc::clone(&self.store), layout)?);
         let cpus = handler::allowed_cpus();
-        let count = self.handlers.unwrap_or(cpus.len()).max(1);
+        let count = self
+            .handlers
+            .unwrap_or(cpus.len().min(DEFAULT_MAX_HANDLERS))
+            .max(1);
         let mut region = PagedRegion::new(Arc::clone(&engine), access);
         for index in 0..count {
             let cpu = if self.pin_handlers && !cpus.is_empty() {
