@@ -1,7 +1,8 @@
 //! The pager against kernel mmap (memmap2), over the benchmark's data file.
 //!
 //! * `pager-seq`: sum the words of the page-cache-hot file through a fresh region (build,
-//!   scan, drop inside the timing) against a fresh memmap2 mapping (map, scan, unmap). A
+//!   scan, drop inside the timing) against a fresh memmap2 mapping (map, scan, unmap), with
+//!   the page cache in large folios and again in 4 KiB folios (see `files`). A
 //!   last row fills a region with `populate()` in one thread and no faults: the ceiling of
 //!   UFFDIO_COPY, which every user-space pager pays and kernel mmap of cached pages does not.
 //! * `pager-random`: random 4 KiB reads through a fresh region, against the same reads
@@ -59,7 +60,14 @@ fn scan_mmap(file: &BenchFile) -> u64 {
 }
 
 pub fn sequential(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
-    files::warm(file, CacheState::LargeFolios)?;
+    for state in [CacheState::LargeFolios, CacheState::SmallFolios] {
+        sequential_in(file, rounds, state)?;
+    }
+    Ok(())
+}
+
+fn sequential_in(file: &BenchFile, rounds: usize, state: CacheState) -> mmapkit::Result<()> {
+    files::warm(file, state)?;
     let gigabytes = file.size as f64 / 1e9;
     let expected = scan_mmap(file);
     let check = |sum: u64| assert_eq!(sum, expected, "a contender summed the wrong bytes");
@@ -92,19 +100,19 @@ pub fn sequential(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
     let samples = harness::alternate(rounds, &mut contenders);
     drop(contenders);
     let title = format!(
-        "pager-seq: sum u64 words of {} MiB, page cache hot; build/map, scan, drop/unmap",
-        file.size >> 20
+        "pager-seq: sum u64 words of {} MiB, page cache hot in {}; build/map, scan, drop/unmap",
+        file.size >> 20,
+        state.name()
     );
     harness::print_table(&title, Unit::GigabytesPerSecond, &samples);
     if let Some(stats) = last {
         print_stats("pager, 64 KiB pages, last round", &stats);
     }
-    harness::print_json(
-        "pager-seq",
-        &samples[0],
-        &samples[1],
-        Unit::GigabytesPerSecond,
-    );
+    let bench = match state {
+        CacheState::LargeFolios => "pager-seq",
+        CacheState::SmallFolios => "pager-seq-small-folios",
+    };
+    harness::print_json(bench, &samples[0], &samples[1], Unit::GigabytesPerSecond);
     Ok(())
 }
 

@@ -303,21 +303,24 @@ impl Pager {
     }
 }
 
+/// The error for a userfaultfd the kernel would not give us.
+fn refusal(errno: crate::sys::Errno) -> Error {
+    let error = Error::os("pager", errno).with_message("cannot open a userfaultfd");
+    match errno {
+        crate::sys::Errno::PERM | crate::sys::Errno::ACCESS => error.with_hint(
+            "run as root, set the sysctl vm.unprivileged_userfaultfd=1, or grant access to \
+             /dev/userfaultfd",
+        ),
+        crate::sys::Errno::NOSYS => error
+            .with_kind(ErrorKind::Unsupported)
+            .with_hint("the kernel was built without CONFIG_USERFAULTFD"),
+        _ => error,
+    }
+}
+
 /// Opens the userfaultfd and agrees on the features the layout needs.
 fn open_userfaultfd(layout: &Layout) -> Result<(std::os::fd::OwnedFd, uffd::Access)> {
-    let (fd, access) = uffd::open().map_err(|errno| {
-        let error = Error::os("pager", errno).with_message("cannot open a userfaultfd");
-        match errno {
-            crate::sys::Errno::PERM | crate::sys::Errno::ACCESS => error.with_hint(
-                "run as root, set the sysctl vm.unprivileged_userfaultfd=1, or grant access \
-                 to /dev/userfaultfd",
-            ),
-            crate::sys::Errno::NOSYS => error
-                .with_kind(ErrorKind::Unsupported)
-                .with_hint("the kernel was built without CONFIG_USERFAULTFD"),
-            _ => error,
-        }
-    })?;
+    let (fd, access) = uffd::open().map_err(refusal)?;
     let mut wanted = 0;
     if layout.dirty_tracking {
         wanted |= u64::from(uffd::FEATURE_WRITE_PROTECT);
@@ -343,4 +346,22 @@ fn open_userfaultfd(layout: &Layout) -> Result<(std::os::fd::OwnedFd, uffd::Acce
     uffd::handshake(std::os::fd::AsFd::as_fd(&fd), wanted)
         .map_err(|errno| Error::os("pager", errno).with_message("userfaultfd handshake failed"))?;
     Ok((fd, access))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_userfaultfd_names_the_way_out() {
+        let denied = refusal(crate::sys::Errno::PERM);
+        assert_eq!(denied.kind(), ErrorKind::PermissionDenied);
+        assert!(
+            denied.to_string().contains("vm.unprivileged_userfaultfd"),
+            "{denied}"
+        );
+        assert!(denied.to_string().contains("/dev/userfaultfd"), "{denied}");
+        let missing = refusal(crate::sys::Errno::NOSYS);
+        assert_eq!(missing.kind(), ErrorKind::Unsupported);
+    }
 }
