@@ -189,7 +189,7 @@ impl PagedRegion {
                     {
                         return Err(Error::store(operation, &failure)
                             .with_offset(at)
-                            .with_hint(format!("the store is {}", self.engine.store.describe())));
+                            .with_hint(format!("store: {}", self.engine.store.describe())));
                     }
                     retries += 1;
                     if retries > RETRIES {

@@ -42,7 +42,7 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "faults {} (write {}), pages filled {} (prefetched {}), read {} B",
+            "faults {} (first writes to clean pages {}), pages filled {} (prefetched {}), read {} B",
             self.faults,
             self.write_faults,
             self.pages_filled,

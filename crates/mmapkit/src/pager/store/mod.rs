@@ -66,9 +66,10 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
-    /// A short description for error messages and reports: a path, a URL.
+    /// A short description for error messages and reports: a path, a URL (by default, the
+    /// store's type name).
     fn describe(&self) -> String {
-        String::from("store")
+        std::any::type_name::<Self>().to_owned()
     }
 }
 
