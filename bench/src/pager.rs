@@ -25,17 +25,6 @@ use crate::harness::{self, Contender, Unit};
 /// Random reads per round of `pager-random`.
 const RANDOM_READS: usize = 20_000;
 
-#[inline(never)]
-fn sum_words(bytes: &[u8]) -> u64 {
-    let (head, words, tail) = bytemuck::pod_align_to::<u8, u64>(bytes);
-    let edges = head.iter().chain(tail).map(|&byte| u64::from(byte));
-    words
-        .iter()
-        .copied()
-        .chain(edges)
-        .fold(0u64, u64::wrapping_add)
-}
-
 fn pager(file: &BenchFile, page_size: usize) -> Pager {
     let file = file.file.try_clone().expect("dup the data file");
     let mut pager = Pager::new(FileStore::from_file(file, false).expect("file store"));
@@ -48,7 +37,7 @@ fn scan_region(pager: &Pager) -> (u64, Stats) {
     let region = pager.build().expect("build the region");
     // SAFETY: the benchmark owns the file; nothing writes the region or the file while the
     // slice lives, and a file store's reads do not fail here.
-    let sum = sum_words(unsafe { region.as_slice() });
+    let sum = harness::sum_words(unsafe { region.as_slice() });
     let stats = region.stats();
     (sum, stats)
 }
@@ -56,7 +45,7 @@ fn scan_region(pager: &Pager) -> (u64, Stats) {
 fn scan_mmap(file: &BenchFile) -> u64 {
     // SAFETY: the benchmark owns the file; nothing writes or truncates it meanwhile.
     let map = unsafe { memmap2::Mmap::map(&file.file) }.expect("map");
-    sum_words(&map)
+    harness::sum_words(&map)
 }
 
 pub fn sequential(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
@@ -261,14 +250,14 @@ pub fn budget_child(mode: &str, path: &str, budget: usize, procs: &str) -> mmapk
             harness::seconds(|| {
                 // SAFETY: the benchmark owns the file; nothing writes the region or the
                 // file while the slice lives, and a file store's reads do not fail here.
-                black_box(sum_words(unsafe { region.as_slice() }));
+                black_box(harness::sum_words(unsafe { region.as_slice() }));
             })
         }
         _ => {
             // SAFETY: the benchmark owns the file; nothing writes or truncates it meanwhile.
             let map = unsafe { memmap2::Mmap::map(&file) }.expect("map");
             harness::seconds(|| {
-                black_box(sum_words(&map));
+                black_box(harness::sum_words(&map));
             })
         }
     };

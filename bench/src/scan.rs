@@ -15,23 +15,10 @@ use mmapkit::MapOptions;
 use crate::files::{self, BenchFile, CacheState};
 use crate::harness::{self, Contender, Unit};
 
-/// Sums the file's words, whatever holds them. Not inlined, so that every contender runs the
-/// same machine code.
-#[inline(never)]
-fn sum_words(bytes: &[u8]) -> u64 {
-    let (head, words, tail) = bytemuck::pod_align_to::<u8, u64>(bytes);
-    let edges = head.iter().chain(tail).map(|&byte| u64::from(byte));
-    words
-        .iter()
-        .copied()
-        .chain(edges)
-        .fold(0u64, u64::wrapping_add)
-}
-
 pub fn run(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
     let gigabytes = file.size as f64 / 1e9;
     let in_memory = std::fs::read(&file.path).map_err(|e| mmapkit::Error::io("read", &e))?;
-    let expected = sum_words(&in_memory);
+    let expected = harness::sum_words(&in_memory);
     for state in [CacheState::LargeFolios, CacheState::SmallFolios] {
         files::warm(file, state)?;
         let check = |sum: u64| assert_eq!(sum, expected, "a contender summed the wrong bytes");
@@ -42,7 +29,7 @@ pub fn run(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
                         let map = MapOptions::new().map_file(&file.file).expect("map");
                         // SAFETY: the benchmark owns the file; nothing writes or truncates it
                         // while the scan runs.
-                        check(sum_words(unsafe { map.as_slice_unchecked() }));
+                        check(harness::sum_words(unsafe { map.as_slice_unchecked() }));
                     })
             }),
             Contender::new("memmap2 Mmap", || {
@@ -50,7 +37,7 @@ pub fn run(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
                     / harness::seconds(|| {
                         // SAFETY: as above.
                         let map = unsafe { memmap2::Mmap::map(&file.file) }.expect("map");
-                        check(sum_words(&map));
+                        check(harness::sum_words(&map));
                     })
             }),
             Contender::new("read() into a 1 MiB buffer", || {
@@ -64,13 +51,13 @@ pub fn run(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
                             if len == 0 {
                                 break;
                             }
-                            sum = sum.wrapping_add(sum_words(&buffer[..len]));
+                            sum = sum.wrapping_add(harness::sum_words(&buffer[..len]));
                         }
                         check(sum);
                     })
             }),
             Contender::new("Vec in memory", || {
-                gigabytes / harness::seconds(|| check(sum_words(black_box(&in_memory))))
+                gigabytes / harness::seconds(|| check(harness::sum_words(black_box(&in_memory))))
             }),
         ];
         let samples = harness::alternate(rounds, &mut contenders);
