@@ -450,4 +450,6 @@ fn bad_configurations_and_ranges_are_typed_errors() {
     );
     region.read_at(99_990, &mut buf).unwrap();
     assert_eq!(buf[..], pattern(100_000)[99_990..]);
+    assert_eq!(region.evict(100_000..100_000).unwrap(), 0, "an empty range is no page");
+    assert!(region.is_resident(99_999));
 }

@@ -247,8 +247,11 @@ impl PagedRegion {
             ));
         }
         self.check(operation, start, end.saturating_sub(start))?;
-        let pages = self.engine.page_of(start)..self.engine.page_of(end + self.page_size() - 1);
-        Ok(pages)
+        let first = self.engine.page_of(start);
+        if start == end {
+            return Ok(first..first);
+        }
+        Ok(first..self.engine.page_of(end - 1) + 1)
     }
 
     /// Queues the pages of `range` to be filled by the handlers ahead of use, and returns at
