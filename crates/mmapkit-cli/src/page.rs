@@ -26,7 +26,7 @@ pub struct PageArgs {
     /// (default: the whole file).
     #[arg(long, value_parser = parse_size)]
     budget: Option<Size>,
-    /// The pager's page size (a power of two, at least the system page).
+    /// The pager's page size (a multiple of the system page).
     #[arg(long, value_parser = parse_size, default_value = "64K")]
     page_size: Size,
     /// Most bytes read ahead of a sequential scan (0 turns read-ahead off).

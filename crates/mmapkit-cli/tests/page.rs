@@ -102,9 +102,9 @@ fn bad_input_fails_with_a_message_and_the_right_exit_code() {
     assert_eq!(tiny.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&tiny.stderr).contains("fewer than two"));
 
-    let odd_page = mmapkit(&["page", path, "--page-size", "12K"]);
+    let odd_page = mmapkit(&["page", path, "--page-size", "6K"]);
     assert_eq!(odd_page.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&odd_page.stderr).contains("power of two"));
+    assert!(String::from_utf8_lossy(&odd_page.stderr).contains("multiple of the system page"));
 
     assert_eq!(
         mmapkit(&["page", path, "--budget", "12Q"]).status.code(),

@@ -124,13 +124,14 @@ proptest! {
     /// and the store holds the buffer after flush.
     #[test]
     fn random_access_under_a_small_budget_matches_a_model(
-        ops in prop::collection::vec((any::<bool>(), 0usize..(1 << 20), 1usize..9000, any::<u8>()), 1..150)
+        ops in prop::collection::vec((any::<bool>(), 0usize..(1 << 20), 1usize..9000, any::<u8>()), 1..150),
+        page_size in prop::sample::select(vec![4 * KIB, 12 * KIB, 64 * KIB]),
     ) {
         let size = 1 << 20;
         let store = Arc::new(MemoryStore::new(pattern(size)));
         let region = Pager::from_arc(store.clone())
-            .page_size(4 * KIB)
-            .budget(32 * KIB)
+            .page_size(page_size)
+            .budget(8 * page_size)
             .build()
             .unwrap();
         let mut model = pattern(size);
@@ -145,9 +146,16 @@ proptest! {
                 region.read_at(offset, &mut buf).unwrap();
                 prop_assert!(buf == model[offset..offset + len], "read at {} len {}", offset, len);
             }
-            prop_assert!(region.stats().resident_bytes <= 32 * KIB as u64 + 2 * 4 * KIB as u64);
+            prop_assert!(region.stats().resident_bytes <= 10 * page_size as u64);
         }
         region.flush().unwrap();
+        prop_assert!(store.snapshot() == model);
+        // Writes after the flush reach the store when the region is dropped.
+        for (index, offset) in [0, size / 3, size - 9].into_iter().enumerate() {
+            region.write_at(offset, &[index as u8 + 1; 9]).unwrap();
+            model[offset..offset + 9].fill(index as u8 + 1);
+        }
+        drop(region);
         prop_assert!(store.snapshot() == model);
     }
 }
@@ -418,7 +426,11 @@ fn bad_configurations_and_ranges_are_typed_errors() {
     let store = || Arc::new(MemoryStore::new(pattern(100_000)));
     let kind = |pager: &Pager| pager.build().unwrap_err().kind();
     assert_eq!(
-        kind(Pager::from_arc(store()).page_size(12288)),
+        kind(Pager::from_arc(store()).page_size(0)),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        kind(Pager::from_arc(store()).page_size(6144)),
         ErrorKind::InvalidInput
     );
     assert_eq!(
@@ -450,6 +462,10 @@ fn bad_configurations_and_ranges_are_typed_errors() {
     );
     region.read_at(99_990, &mut buf).unwrap();
     assert_eq!(buf[..], pattern(100_000)[99_990..]);
-    assert_eq!(region.evict(100_000..100_000).unwrap(), 0, "an empty range is no page");
+    assert_eq!(
+        region.evict(100_000..100_000).unwrap(),
+        0,
+        "an empty range is no page"
+    );
     assert!(region.is_resident(99_999));
 }

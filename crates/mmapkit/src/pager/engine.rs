@@ -46,8 +46,8 @@ pub(super) fn remember(slot: &Mutex<Option<io::Error>>, error: io::Error) {
 pub(crate) struct Layout {
     /// Bytes of the store (the region's length).
     pub(crate) len: usize,
-    /// log2 of the pager's page size.
-    pub(crate) page_shift: u32,
+    /// The pager's page size: a multiple of the system page.
+    pub(crate) page_size: usize,
     /// Most pages resident at once.
     pub(crate) budget_pages: usize,
     /// Most pages read ahead of a sequential stream.
@@ -98,7 +98,7 @@ impl Engine {
         store: Arc<dyn Store>,
         layout: Layout,
     ) -> crate::Result<Engine> {
-        let pages = memory.len() >> layout.page_shift;
+        let pages = memory.len() / layout.page_size;
         let wakeup = crate::sys::eventfd(0).map_err(|errno| crate::Error::os("pager", errno))?;
         Ok(Engine {
             base: memory.as_ptr() as usize,
@@ -120,19 +120,19 @@ impl Engine {
     }
 
     pub(crate) fn page_size(&self) -> usize {
-        1 << self.layout.page_shift
+        self.layout.page_size
     }
 
     /// The page holding byte `offset` of the region.
     pub(crate) fn page_of(&self, offset: usize) -> usize {
-        offset >> self.layout.page_shift
+        offset / self.layout.page_size
     }
 
     /// The address and length in bytes of a run of pages.
     pub(super) fn span(&self, run: &Range<usize>) -> (usize, usize) {
         (
-            self.base + (run.start << self.layout.page_shift),
-            run.len() << self.layout.page_shift,
+            self.base + run.start * self.layout.page_size,
+            run.len() * self.layout.page_size,
         )
     }
 
@@ -282,8 +282,8 @@ impl Engine {
     /// for the caller to decide; on an install error they are given back and their waiters
     /// woken.
     fn fill(&self, run: &Range<usize>, write: bool, scratch: &mut [u8]) -> Result<(), Unfilled> {
-        let start = run.start << self.layout.page_shift;
-        let bytes = run.len() << self.layout.page_shift;
+        let start = run.start * self.layout.page_size;
+        let bytes = run.len() * self.layout.page_size;
         let from_store = bytes.min(self.layout.len - start);
         let buf = &mut scratch[..bytes];
         self.store
@@ -405,7 +405,7 @@ impl Engine {
         if self.pages.state(page) != State::Failed {
             return;
         }
-        let start = page << self.layout.page_shift;
+        let start = page * self.layout.page_size;
         // SAFETY: a failed page holds only the poison marker, which discarding removes; no
         // reference relies on its (nonexistent) contents.
         let discarded = unsafe {

@@ -163,7 +163,7 @@ impl Pager {
         }
     }
 
-    /// The pager's page: a power of two, at least the system page, at most 1 GiB.
+    /// The pager's page: a multiple of the system page, at most 1 GiB.
     pub fn page_size(&mut self, bytes: usize) -> &mut Self {
         self.page_size = bytes;
         self
@@ -234,7 +234,7 @@ impl Pager {
             )
         }
         .map_err(|errno| Error::os("pager", errno).with_message("cannot register the region"))?;
-        let run_bytes = layout.run_pages << layout.page_shift;
+        let run_bytes = layout.run_pages * layout.page_size;
         let engine = Arc::new(Engine::new(memory, uffd, Arc::clone(&self.store), layout)?);
         let cpus = handler::allowed_cpus();
         let count = self
@@ -258,9 +258,10 @@ impl Pager {
         let invalid = |message: String| Err(Error::new(ErrorKind::InvalidInput, "pager", message));
         let system_page = crate::sys::page_size();
         let page_size = self.page_size;
-        if !page_size.is_power_of_two() || page_size < system_page || page_size > 1 << 30 {
+        if page_size == 0 || page_size % system_page != 0 || page_size > 1 << 30 {
             return invalid(format!(
-                "page size {page_size} must be a power of two from {system_page} to 1 GiB"
+                "page size {page_size} must be a multiple of the system page ({system_page}) \
+                 up to 1 GiB"
             ));
         }
         let len = self.store.len();
@@ -281,7 +282,6 @@ impl Pager {
                     format!("the store is too large to map ({len} bytes)"),
                 )
             })?;
-        let page_shift = page_size.trailing_zeros();
         let budget_pages = match self.budget {
             None => usize::MAX,
             Some(bytes) if bytes / page_size >= 2 => bytes / page_size,
@@ -293,7 +293,7 @@ impl Pager {
         };
         Ok(Layout {
             len,
-            page_shift,
+            page_size,
             budget_pages,
             readahead_pages: (self.readahead / page_size).min(budget_pages / 4),
             run_pages: (RUN_BYTES / page_size).max(1),

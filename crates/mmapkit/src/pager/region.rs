@@ -267,9 +267,9 @@ impl PagedRegion {
     /// if a read fails. Stops early, without error, when the budget has no more room.
     pub fn populate(&self, range: impl RangeBounds<usize>) -> Result<()> {
         let pages = self.pages("populate", range)?;
-        let run_bytes = self.engine.layout.run_pages << self.engine.layout.page_shift;
+        let run_bytes = self.engine.layout.run_pages * self.page_size();
         let mut scratch = Scratch::new(run_bytes)?;
-        let start = (pages.start as u64) << self.engine.layout.page_shift;
+        let start = (pages.start * self.page_size()) as u64;
         self.engine
             .fill_ahead(pages, scratch.bytes())
             .map_err(|error| Error::store("populate", &error).with_offset(start))

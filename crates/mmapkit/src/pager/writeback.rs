@@ -70,8 +70,8 @@ impl Engine {
         );
         let mut evicted = 0;
         for run in discard {
-            let start = run.start << self.layout.page_shift;
-            let end = run.end << self.layout.page_shift;
+            let start = run.start * self.layout.page_size;
+            let end = run.end * self.layout.page_size;
             // SAFETY: the pages are ours (Evicting) and no reference covers region memory
             // (accessors copy); their bytes are in the store, which refills them on the next
             // access.
@@ -157,8 +157,8 @@ impl Engine {
 
     /// Writes a run of write-protected pages to the store.
     fn write_back(&self, run: &Range<usize>) -> io::Result<()> {
-        let start = run.start << self.layout.page_shift;
-        let end = (run.end << self.layout.page_shift).min(self.layout.len);
+        let start = run.start * self.layout.page_size;
+        let end = (run.end * self.layout.page_size).min(self.layout.len);
         // SAFETY: the pages are resident and write-protected, and we own them (Evicting or
         // Cleaning): writers fault and wait, nothing installs or discards them, so the bytes
         // do not change while the slice lives. The range lies inside the region.
