@@ -258,7 +258,7 @@ impl Pager {
         let invalid = |message: String| Err(Error::new(ErrorKind::InvalidInput, "pager", message));
         let system_page = crate::sys::page_size();
         let page_size = self.page_size;
-        if page_size == 0 || page_size % system_page != 0 || page_size > 1 << 30 {
+        if page_size == 0 || !page_size.is_multiple_of(system_page) || page_size > 1 << 30 {
             return invalid(format!(
                 "page size {page_size} must be a multiple of the system page ({system_page}) \
                  up to 1 GiB"
