@@ -10,7 +10,8 @@
 //! * `pager-budget`: the scan with a budget of a quarter of the file, against kernel mmap
 //!   under the same memory limit: both run in child processes inside one memory cgroup
 //!   (v2 `memory.max` or v1 `memory.limit_in_bytes`), from a cold page cache, so that the
-//!   kernel's page cache is charged to the limit too.
+//!   kernel's page cache is charged to the limit too. A third row adds the file store's
+//!   drop-behind, which keeps the page cache from holding a second copy of the pager's pages.
 
 use std::cell::Cell;
 use std::hint::black_box;
@@ -212,6 +213,9 @@ pub fn budget(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
     let mut contenders = [
         Contender::new("pager, budget 25%", || run_child("pager")),
         Contender::new("kernel mmap (memmap2)", || run_child("mmap")),
+        Contender::new("pager, budget 25%, drop-behind", || {
+            run_child("pager-drop-behind")
+        }),
     ];
     let samples = harness::alternate(rounds.min(3), &mut contenders);
     let title = format!(
@@ -243,8 +247,9 @@ pub fn budget_child(mode: &str, path: &str, budget: usize, procs: &str) -> mmapk
         .len() as usize;
     let gigabytes = size as f64 / 1e9;
     let seconds = match mode {
-        "pager" => {
-            let mut pager = Pager::new(FileStore::from_file(file, false).expect("store"));
+        "pager" | "pager-drop-behind" => {
+            let store = FileStore::from_file(file, false).expect("store");
+            let mut pager = Pager::new(store.drop_behind(mode == "pager-drop-behind"));
             pager.budget(budget);
             let region = pager.build()?;
             harness::seconds(|| {

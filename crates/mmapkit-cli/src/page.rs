@@ -32,7 +32,11 @@ pub struct PageArgs {
     /// Most bytes read ahead of a sequential scan (0 turns read-ahead off).
     #[arg(long, value_parser = parse_size, default_value = "4M")]
     readahead: Size,
-    /// Handler threads (default: one per CPU).
+    /// After reading a page from a file, drop the file's page-cache copy of it: the pager
+    /// holds it already, so a budget is not spent twice.
+    #[arg(long)]
+    drop_behind: bool,
+    /// Handler threads (default: one per CPU, at most 8).
     #[arg(long)]
     handlers: Option<usize>,
     /// Instead of scanning, make this many random 4 KiB reads.
@@ -48,7 +52,10 @@ pub struct PageArgs {
 
 /// The store for `source`: HTTP for a URL, the archive's contents for a seekable zstd
 /// archive, else the file itself.
-fn open_store(source: &std::path::Path) -> mmapkit::Result<(Arc<dyn Store>, &'static str)> {
+fn open_store(
+    source: &std::path::Path,
+    drop_behind: bool,
+) -> mmapkit::Result<(Arc<dyn Store>, &'static str)> {
     let failed = |error: std::io::Error| match error.raw_os_error() {
         Some(_) => mmapkit::Error::io("open", &error).with_path(source),
         None => mmapkit::Error::store("open", &error).with_path(source),
@@ -63,14 +70,12 @@ fn open_store(source: &std::path::Path) -> mmapkit::Result<(Arc<dyn Store>, &'st
             "seekable zstd",
         ));
     }
-    Ok((
-        Arc::new(FileStore::from_file(file, false).map_err(failed)?),
-        "file",
-    ))
+    let store = FileStore::from_file(file, false).map_err(failed)?;
+    Ok((Arc::new(store.drop_behind(drop_behind)), "file"))
 }
 
 pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
-    let (store, kind) = open_store(&args.file)?;
+    let (store, kind) = open_store(&args.file, args.drop_behind)?;
     let size = store.len();
     let mut pager = Pager::from_arc(store);
     let budget = args.budget.map(|budget| budget.of(size) as usize);
