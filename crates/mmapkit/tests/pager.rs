@@ -24,6 +24,8 @@ struct FlakyStore {
     fail_writes: AtomicBool,
     read_delay_ms: AtomicU64,
     reads: AtomicU64,
+    /// Reads that cover this byte fail (`u64::MAX`: none).
+    bad_byte: AtomicU64,
 }
 
 impl FlakyStore {
@@ -34,6 +36,7 @@ impl FlakyStore {
             fail_writes: AtomicBool::new(false),
             read_delay_ms: AtomicU64::new(0),
             reads: AtomicU64::new(0),
+            bad_byte: AtomicU64::new(u64::MAX),
         })
     }
 }
@@ -50,6 +53,10 @@ impl Store for FlakyStore {
         ));
         if self.fail_reads.load(Ordering::SeqCst) {
             return Err(io::Error::other(format!("disk on fire at {offset}")));
+        }
+        let bad = self.bad_byte.load(Ordering::SeqCst);
+        if (offset..offset + buf.len() as u64).contains(&bad) {
+            return Err(io::Error::other(format!("bad sector at {bad}")));
         }
         self.inner.read_at(offset, buf)
     }
@@ -286,6 +293,91 @@ fn a_failing_store_reports_an_error_value_and_the_page_is_retried() {
     store.fail_reads.store(false, Ordering::SeqCst);
     region.read_at(8 * KIB + 3, &mut buf).unwrap();
     assert_eq!(buf[..], pattern(256 * KIB)[8 * KIB + 3..8 * KIB + 19]);
+}
+
+#[test]
+fn readers_racing_on_a_failing_page_all_get_the_store_error_and_it_recovers() {
+    let store = FlakyStore::new(pattern(256 * KIB));
+    let region = Pager::from_arc(store.clone())
+        .page_size(4 * KIB)
+        .readahead(0)
+        .build()
+        .unwrap();
+    store.fail_reads.store(true, Ordering::SeqCst);
+    let barrier = Barrier::new(6);
+    std::thread::scope(|scope| {
+        for _ in 0..6 {
+            scope.spawn(|| {
+                barrier.wait();
+                let mut buf = [0u8; 8];
+                for _ in 0..100 {
+                    let error = region.read_at(40 * KIB + 8, &mut buf).unwrap_err();
+                    assert_eq!(error.kind(), ErrorKind::Store, "{error}");
+                }
+            });
+        }
+    });
+    store.fail_reads.store(false, Ordering::SeqCst);
+    let mut buf = [0u8; 8];
+    region.read_at(40 * KIB + 8, &mut buf).unwrap();
+    assert_eq!(buf[..], pattern(256 * KIB)[40 * KIB + 8..40 * KIB + 16]);
+}
+
+#[test]
+fn a_bad_page_read_ahead_does_not_fail_the_page_asked_for() {
+    let data = pattern(256 * KIB);
+    let store = FlakyStore::new(data.clone());
+    store
+        .bad_byte
+        .store(3 * 16 * KIB as u64 + 5, Ordering::SeqCst);
+    let region = Pager::from_arc(store.clone())
+        .page_size(16 * KIB)
+        .build()
+        .unwrap();
+    let mut buf = vec![0u8; 16 * KIB];
+    for page in 0..3 {
+        region.read_at(page * 16 * KIB, &mut buf).unwrap();
+        assert!(
+            buf == data[page * 16 * KIB..(page + 1) * 16 * KIB],
+            "page {page}"
+        );
+    }
+    let error = region.read_at(3 * 16 * KIB, &mut buf).unwrap_err();
+    assert!(error.to_string().contains("bad sector"), "{error}");
+}
+
+#[test]
+fn a_store_that_refuses_write_backs_keeps_dirty_pages_and_still_evicts_clean_ones() {
+    let store = FlakyStore::new(pattern(512 * KIB));
+    let region = Pager::from_arc(store.clone())
+        .page_size(4 * KIB)
+        .budget(32 * KIB)
+        .readahead(0)
+        .build()
+        .unwrap();
+    store.fail_writes.store(true, Ordering::SeqCst);
+    for page in 0..4 {
+        region.write_at(page * 4 * KIB, b"kept").unwrap();
+    }
+    let mut buf = [0u8; 4];
+    for page in 4..128 {
+        region.read_at(page * 4 * KIB, &mut buf).unwrap();
+    }
+    let stats = region.stats();
+    assert!(
+        stats.resident_bytes <= 32 * KIB as u64 + 2 * 4 * KIB as u64,
+        "{stats}"
+    );
+    assert_eq!(stats.dirty_bytes, 4 * 4 * KIB as u64, "{stats}");
+    assert!(region.flush().is_err());
+    store.fail_writes.store(false, Ordering::SeqCst);
+    region.flush().unwrap();
+    for page in 0..4 {
+        assert_eq!(
+            &store.inner.snapshot()[page * 4 * KIB..page * 4 * KIB + 4],
+            b"kept"
+        );
+    }
 }
 
 #[test]

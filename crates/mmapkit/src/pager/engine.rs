@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::OnStoreError;
+use super::failure::Failure;
 use super::pages::{PageTable, State};
 use super::readahead::ReadAhead;
 use super::stats::Counters;
@@ -72,8 +73,8 @@ pub(crate) struct Engine {
     shutdown: AtomicBool,
     /// Fault messages served, by all handlers.
     served: AtomicU64,
-    /// Store read errors of failed pages, until reported (or for good, with `Signal`).
-    failures: Mutex<HashMap<usize, Arc<io::Error>>>,
+    /// The last store read error of each page that failed.
+    pub(super) failures: Mutex<HashMap<usize, Failure>>,
     /// The first write-back error since the last `flush`, which returns it.
     pub(super) write_error: Mutex<Option<io::Error>>,
     /// The first store error answered with zeros (`OnStoreError::Zero`) not yet taken.
@@ -104,7 +105,13 @@ impl Engine {
             base: memory.as_ptr() as usize,
             memory,
             readahead: ReadAhead::new(pages, layout.readahead_pages),
-            pages: PageTable::new(pages),
+            pages: PageTable::new(pages).ok_or_else(|| {
+                crate::Error::new(
+                    crate::ErrorKind::OutOfMemory,
+                    "pager",
+                    format!("no memory for the page table of {pages} pages (a byte each)"),
+                )
+            })?,
             layout,
             uffd,
             store,
@@ -166,11 +173,14 @@ impl Engine {
     fn on_missing(&self, page: usize, write: bool, scratch: &mut [u8]) {
         let started = Instant::now();
         let ahead = self.readahead.on_fault(page);
-        if !self.pages.claim(page, true) {
-            // Someone else fills, writes back or evicts it and wakes us when done; a page
-            // already installed means our fault raced that wake-up.
-            if matches!(self.pages.state(page), State::Clean | State::Dirty) {
-                self.wake(&(page..page + 1));
+        while !self.pages.claim(page, true) {
+            match self.pages.state(page) {
+                // Given back or cleared between the claim and the look: claim again.
+                State::Absent => continue,
+                // Installed: our fault raced the installer's wake-up.
+                State::Clean | State::Dirty => self.wake(&(page..page + 1)),
+                // Someone else fills, writes back or evicts it and wakes us when done.
+                _ => {}
             }
             if let Some(ahead) = ahead {
                 self.enqueue(ahead);
@@ -196,7 +206,18 @@ impl Engine {
             Err(Unfilled::Store(error)) => {
                 let extra = run.start + 1..run.end;
                 self.unclaim(&extra);
-                self.fail(page, write, error, scratch);
+                // The error may lie in the pages read ahead: the page asked for alone.
+                let alone = page..page + 1;
+                let result = if extra.is_empty() {
+                    Err(Unfilled::Store(error))
+                } else {
+                    self.fill(&alone, write, scratch)
+                };
+                match result {
+                    Ok(()) => self.wake(&alone),
+                    Err(Unfilled::Store(error)) => self.fail(page, write, error, scratch),
+                    Err(Unfilled::Install(_)) => {}
+                }
             }
             Err(Unfilled::Install(_)) => {}
         }
@@ -300,7 +321,12 @@ impl Engine {
 
     /// Installs `bytes` as the claimed pages of `run` and sets their state; the caller wakes
     /// their waiters.
-    fn install(&self, run: &Range<usize>, bytes: &[u8], write: bool) -> Result<(), Errno> {
+    pub(super) fn install(
+        &self,
+        run: &Range<usize>,
+        bytes: &[u8],
+        write: bool,
+    ) -> Result<(), Errno> {
         let (address, len) = self.span(run);
         let protect = self.layout.dirty_tracking && !write;
         if write {
@@ -324,9 +350,23 @@ impl Engine {
             match copied {
                 Ok(()) => done = len,
                 Err((Errno::AGAIN, partial)) => done += partial,
-                Err((errno, _)) => {
+                Err((errno, partial)) => {
                     if write {
                         self.pages.sub_dirty(run.len());
+                    }
+                    // Pages installed before the failure must go too, or they would be
+                    // present while their state says Absent.
+                    let installed = done + partial;
+                    if installed > 0 {
+                        let start = run.start * self.layout.page_size;
+                        // SAFETY: the run is ours (Filling); nobody relies on bytes of pages
+                        // whose fill is being abandoned, and their waiters fault again.
+                        let _ = unsafe {
+                            self.memory.advise_unchecked(
+                                start..start + installed,
+                                UncheckedAdvice::DontNeed,
+                            )
+                        };
                     }
                     self.unclaim(run);
                     return Err(errno);
@@ -353,86 +393,27 @@ impl Engine {
         self.wake(run);
     }
 
-    /// A demand fill failed: zeros, or a poisoned page whose next access raises SIGBUS,
-    /// which a guarded accessor turns into the store's error.
-    fn fail(&self, page: usize, write: bool, error: io::Error, scratch: &mut [u8]) {
-        Counters::add(&self.counters.store_errors, 1);
-        let run = page..page + 1;
-        if self.layout.on_error == OnStoreError::Zero {
-            let zeros = &mut scratch[..self.page_size()];
-            zeros.fill(0);
-            if self.install(&run, zeros, write).is_ok() {
-                remember(
-                    &self.zero_fill_error,
-                    io::Error::new(
-                        error.kind(),
-                        format!("page {page} reads as zeros after a store error: {error}"),
-                    ),
-                );
-                self.wake(&run);
-            }
-            return;
-        }
-        self.failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(page, Arc::new(error));
-        self.pages.transition(page, State::Filling, State::Failed);
-        self.pages.release(1);
-        let (address, len) = self.span(&run);
-        // SAFETY: the page is ours (it was Filling, now Failed) and missing; poisoning wakes
-        // its waiters, whose access then raises SIGBUS.
-        if unsafe { uffd::poison(self.uffd.as_fd(), address, len) }.is_err() {
-            self.wake(&run);
-        }
-    }
-
-    /// The store error of a failed page, for a guarded accessor that faulted on it. With
-    /// [`OnStoreError::Report`] the failure is consumed and the page can be tried again.
-    pub(crate) fn take_failure(&self, page: usize) -> Option<Arc<io::Error>> {
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if self.layout.on_error == OnStoreError::Signal {
-            return failures.get(&page).cloned();
-        }
-        let error = failures.remove(&page)?;
-        drop(failures);
-        self.clear_failed(page);
-        Some(error)
-    }
-
-    /// Makes a failed page absent again, so that its next access asks the store anew.
-    pub(crate) fn clear_failed(&self, page: usize) {
-        if self.pages.state(page) != State::Failed {
-            return;
-        }
-        let start = page * self.layout.page_size;
-        // SAFETY: a failed page holds only the poison marker, which discarding removes; no
-        // reference relies on its (nonexistent) contents.
-        let discarded = unsafe {
-            self.memory
-                .advise_unchecked(start..start + self.page_size(), UncheckedAdvice::DontNeed)
-        };
-        if discarded.is_ok() {
-            self.failures
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&page);
-            self.pages.transition(page, State::Failed, State::Absent);
-        }
-    }
-
     /// Reserves frames for `count` pages, evicting to stay within the budget. A demand fault
     /// always gets its frame (over the budget if nothing can be evicted, which happens only
     /// while every resident page is in flight); read-ahead gets nothing then and returns 0.
     pub(super) fn reserve(&self, count: usize, demand: bool) -> usize {
         let budget = self.layout.budget_pages;
+        // Victims whose write-back fails stay (referenced, so the hand passes them next
+        // time); a few more rounds look for pages that can go.
+        let mut fruitless = 0;
         loop {
             if self.pages.try_reserve(count, budget) {
                 return count;
             }
             let excess = (self.pages.resident() + count).saturating_sub(budget);
             let batch = (budget / 64).clamp(1, 32);
-            if self.evict_some(excess.max(batch)) == 0 {
+            let (chosen, evicted) = self.evict_some(excess.max(batch));
+            if evicted > 0 {
+                fruitless = 0;
+                continue;
+            }
+            fruitless += 1;
+            if chosen == 0 || fruitless > 4 {
                 if demand {
                     self.pages.force_reserve(count);
                     return count;

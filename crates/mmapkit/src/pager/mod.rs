@@ -54,6 +54,7 @@
 //! * A store must never touch the region it backs.
 
 mod engine;
+mod failure;
 mod handler;
 mod pages;
 mod readahead;
@@ -82,11 +83,14 @@ use engine::{Engine, Layout};
 pub enum OnStoreError {
     /// The access fails: a guarded accessor ([`PagedRegion::read_at`], …) returns the
     /// store's error ([`ErrorKind::Store`]) and the page is tried again on its next access;
-    /// a raw access raises SIGBUS, as the kernel does for an mmap I/O error.
+    /// a raw access raises SIGBUS, as the kernel does for an mmap I/O error, and leaves the
+    /// page failed until a guarded access reports it or [`PagedRegion::retry_failed`].
     #[default]
     Report,
     /// The page reads as zeros; the error is counted in [`Stats::store_errors`] and kept for
-    /// [`PagedRegion::take_zero_fill_error`]. Nothing ever faults.
+    /// [`PagedRegion::take_zero_fill_error`]. Nothing ever faults. Beware on a writable
+    /// region: a zero-filled page that is then written is written back whole, zeros
+    /// included, over store bytes that may only have been unreadable for a moment.
     Zero,
     /// Like `Report`, but the page stays failed — every access raises SIGBUS, every guarded
     /// access returns the error — until [`PagedRegion::retry_failed`]: the behaviour of a
@@ -170,8 +174,9 @@ impl Pager {
     }
 
     /// The most bytes resident at once (rounded down to whole pages, at least two pages).
-    /// The budget can be exceeded by one page per handler thread, and only while every
-    /// resident page is being filled or written back.
+    /// The budget can be exceeded by a demand fault only when no page can be evicted: while
+    /// every resident page is being filled or written back, or when the store refuses the
+    /// write-back of every dirty page (they stay in memory rather than be lost).
     pub fn budget(&mut self, bytes: usize) -> &mut Self {
         self.budget = Some(bytes);
         self

@@ -89,14 +89,18 @@ pub(crate) struct PageTable {
 }
 
 impl PageTable {
-    pub(crate) fn new(pages: usize) -> PageTable {
-        PageTable {
-            states: (0..pages).map(|_| AtomicU8::new(0)).collect(),
+    /// A table of `pages` absent pages; `None` if its byte per page cannot be allocated.
+    pub(crate) fn new(pages: usize) -> Option<PageTable> {
+        let mut states = Vec::new();
+        states.try_reserve_exact(pages).ok()?;
+        states.extend((0..pages).map(|_| AtomicU8::new(0)));
+        Some(PageTable {
+            states: states.into_boxed_slice(),
             resident: AtomicUsize::new(0),
             peak_resident: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
             hand: Mutex::new(0),
-        }
+        })
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -245,7 +249,7 @@ mod tests {
 
     #[test]
     fn only_one_claim_of_a_page_succeeds() {
-        let table = PageTable::new(4);
+        let table = PageTable::new(4).unwrap();
         assert!(table.claim(2, true));
         assert!(!table.claim(2, false));
         assert_eq!(table.state(2), State::Filling);
@@ -255,7 +259,7 @@ mod tests {
 
     #[test]
     fn clock_spares_referenced_pages_once() {
-        let table = PageTable::new(3);
+        let table = PageTable::new(3).unwrap();
         for page in 0..3 {
             assert!(table.claim(page, page == 1));
             assert!(table.transition(page, State::Filling, State::Clean));
@@ -275,7 +279,7 @@ mod tests {
 
     #[test]
     fn reservations_respect_the_budget() {
-        let table = PageTable::new(8);
+        let table = PageTable::new(8).unwrap();
         assert!(table.try_reserve(3, 4));
         assert!(!table.try_reserve(2, 4));
         assert!(table.try_reserve(1, 4));

@@ -19,11 +19,12 @@ use crate::sys::uffd;
 
 impl Engine {
     /// Runs the CLOCK hand for up to `want` victims and evicts them; returns how many pages
-    /// were evicted.
-    pub(super) fn evict_some(&self, want: usize) -> usize {
+    /// were chosen and how many left memory (fewer when write-backs failed).
+    pub(super) fn evict_some(&self, want: usize) -> (usize, usize) {
         let mut victims = Vec::with_capacity(want);
         self.pages.select_victims(want, &mut victims);
-        self.evict(victims)
+        let chosen = victims.len();
+        (chosen, self.evict(victims))
     }
 
     /// Evicts the resident pages of `range` (written back first if dirty); returns how many.
@@ -45,8 +46,11 @@ impl Engine {
         let dirty = runs_of(victims.iter().filter(|v| v.dirty).map(|v| v.page));
         let mut kept = Vec::new();
         for run in dirty {
-            self.protect(&run);
-            match self.write_back(&run) {
+            let written = match self.protect(&run) {
+                Ok(()) => self.write_back(&run),
+                Err(error) => Err(error),
+            };
+            match written {
                 Ok(()) => self.pages.sub_dirty(run.len()),
                 Err(error) => {
                     // Keep the bytes: the page stays dirty (and protected, so its next
@@ -116,8 +120,11 @@ impl Engine {
                 self.pages.transition(page, State::Dirty, State::Cleaning)
             });
             for run in runs_of(claimed) {
-                self.protect(&run);
-                let (next, written) = match self.write_back(&run) {
+                let written = match self.protect(&run) {
+                    Ok(()) => self.write_back(&run),
+                    Err(error) => Err(error),
+                };
+                let (next, written) = match written {
                     Ok(()) => (State::Clean, true),
                     Err(error) => {
                         Counters::add(&self.counters.store_errors, 1);
@@ -148,11 +155,14 @@ impl Engine {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn protect(&self, run: &Range<usize>) {
+    /// Write-protects a run before its write-back. If that fails, the bytes could change
+    /// while being written, so the caller keeps the pages dirty.
+    fn protect(&self, run: &Range<usize>) -> io::Result<()> {
         let (address, len) = self.span(run);
         // SAFETY: the run is ours (Evicting or Cleaning) and resident; protecting it only
         // makes writers wait until we wake them.
-        let _ = unsafe { uffd::write_protect(self.uffd.as_fd(), address, len, true) };
+        unsafe { uffd::write_protect(self.uffd.as_fd(), address, len, true) }
+            .map_err(|errno| io::Error::from_raw_os_error(errno.raw_os_error()))
     }
 
     /// Writes a run of write-protected pages to the store.

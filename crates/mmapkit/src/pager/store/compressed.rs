@@ -110,6 +110,9 @@ impl SeekTable {
                     "a frame of {size} bytes exceeds the format's 1 GiB"
                 )));
             }
+            if size > 0 && compressed_size == 0 {
+                return Err(invalid("a frame claims data but has no compressed bytes"));
+            }
             parsed.push(Frame {
                 compressed_offset,
                 compressed_size,
@@ -416,6 +419,18 @@ mod tests {
             "compressed sizes no longer add up"
         );
         assert!(table_of(&bytes[..5]).is_err());
+        // A table that claims gigabytes of frames with no compressed bytes behind them.
+        let mut claims = Vec::new();
+        claims.extend_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        claims.extend_from_slice(&(2 * 8 + 9u32).to_le_bytes());
+        for _ in 0..2 {
+            claims.extend_from_slice(&0u32.to_le_bytes());
+            claims.extend_from_slice(&MAX_FRAME_BYTES.to_le_bytes());
+        }
+        claims.extend_from_slice(&2u32.to_le_bytes());
+        claims.push(0);
+        claims.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
+        assert!(table_of(&claims).is_err());
         assert!(table_of(&[]).is_err());
     }
 }

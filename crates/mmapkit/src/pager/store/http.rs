@@ -128,7 +128,20 @@ impl Store for HttpStore {
             .call()
             .map_err(|error| request_error(&self.url, error))?;
         match response.status().as_u16() {
-            206 => {}
+            206 => {
+                let expected = format!("bytes {offset}-{last}/{}", self.len);
+                let range = response
+                    .headers()
+                    .get("content-range")
+                    .and_then(|value| value.to_str().ok());
+                if range != Some(expected.as_str()) {
+                    return Err(other(format!(
+                        "{}: asked for {expected}, the server sent {}",
+                        self.url,
+                        range.unwrap_or("no Content-Range")
+                    )));
+                }
+            }
             412 => {
                 return Err(other(format!(
                     "{}: the resource changed on the server since it was opened",
