@@ -54,7 +54,9 @@ fn a_scan_under_a_budget_sums_the_file_and_stays_within_the_budget() {
     assert_eq!(report["store"], "file");
     assert_eq!(report["mode"], "scan");
     assert_eq!(report["checksum"], sum_of_words(&bytes));
-    assert_eq!(report["bytes_read"], bytes.len() as u64);
+    // Every byte was read from the file at least once (a page evicted before its turn is
+    // read again).
+    assert!(report["bytes_read"].as_u64().unwrap() >= bytes.len() as u64);
     let budget = report["budget"].as_u64().unwrap();
     assert_eq!(budget, bytes.len() as u64 / 4);
     // One frame per handler thread may be in flight over the budget.
