@@ -23,6 +23,7 @@
 //! | [`map`] | [`MapOptions`] → [`Mapping`]: every kind of mapping and its lifecycle |
 //! | [`fault`] | the SIGBUS guard and the copying accessors built on it |
 //! | [`growable`] | [`GrowableMap`], a file mapping that grows for append-only logs |
+//! | [`inspect`] | process mappings (maps/smaps), page-cache residency, touch/evict/lock, tree walks |
 //! | [`shm`] | [`Segment`]: named, memfd and file segments, their header, passing, cleanup |
 //! | [`sync`] | robust mutex, condition variable, semaphore, events (pollable, async) in segments |
 //! | [`channel`] | SPSC, byte and MPMC queues in segments: zero-copy, blocking, disconnect-aware |
@@ -52,6 +53,8 @@ pub mod channel;
 pub mod error;
 pub mod fault;
 pub mod growable;
+#[cfg(target_os = "linux")]
+pub mod inspect;
 pub mod map;
 #[cfg(target_os = "linux")]
 pub mod pager;

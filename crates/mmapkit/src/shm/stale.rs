@@ -124,12 +124,10 @@ fn users_by_path() -> HashMap<PathBuf, HashSet<u32>> {
         else {
             continue;
         };
-        if let Ok(maps) = std::fs::read_to_string(process.path().join("maps")) {
-            for line in maps.lines() {
-                if let Some(at) = line.find(SHM_DIR) {
-                    let path = line[at..].trim_end_matches(" (deleted)");
-                    users.entry(PathBuf::from(path)).or_default().insert(pid);
-                }
+        let mapped = crate::inspect::maps(crate::inspect::Pid::Id(pid)).unwrap_or_default();
+        for path in mapped.iter().filter_map(|entry| entry.kind.path()) {
+            if path.starts_with(SHM_DIR) {
+                users.entry(path.clone()).or_default().insert(pid);
             }
         }
         if let Ok(fds) = std::fs::read_dir(process.path().join("fd")) {

@@ -2,7 +2,8 @@
 //!
 //! This layer has no policy and allocates nothing: it turns each call into a Rust signature with
 //! an [`Errno`] result, so that the layers above deal with one error shape. rustix makes the
-//! calls where it has them; `libc` makes the few it lacks (mincore, mseal, sigaction). Callers
+//! calls where it has them; `libc` makes the few it lacks (mincore, mseal, cachestat,
+//! sigaction). Callers
 //! add context (which operation, which path) when they turn an `Errno` into the library's
 //! [`Error`](crate::Error).
 //!
@@ -312,6 +313,41 @@ pub fn recv_with_fds(
         }
     }
     Ok((received.bytes, fds))
+}
+
+/// Page-cache counts of `len` bytes of `fd` from `offset` (0: to the end), in pages
+/// (cachestat(2), Linux 6.5): cached, dirty, under writeback, evicted, recently evicted.
+#[cfg(target_os = "linux")]
+pub fn cachestat(
+    fd: BorrowedFd<'_>,
+    offset: u64,
+    len: u64,
+) -> SysResult<linux_raw_sys::general::cachestat> {
+    use std::os::fd::AsRawFd;
+    let range = linux_raw_sys::general::cachestat_range { off: offset, len };
+    let mut stat = linux_raw_sys::general::cachestat {
+        nr_cache: 0,
+        nr_dirty: 0,
+        nr_writeback: 0,
+        nr_evicted: 0,
+        nr_recently_evicted: 0,
+    };
+    // SAFETY: cachestat reads `range` and writes `stat`, both valid for the call; it takes a
+    // descriptor by number, which `fd` keeps open.
+    let result = unsafe {
+        libc::syscall(
+            linux_raw_sys::general::__NR_cachestat as libc::c_long,
+            fd.as_raw_fd(),
+            &range as *const linux_raw_sys::general::cachestat_range,
+            &mut stat as *mut linux_raw_sys::general::cachestat,
+            0u32,
+        )
+    };
+    if result == 0 {
+        Ok(stat)
+    } else {
+        Err(last_errno())
+    }
 }
 
 /// Installs a signal handler (or with `None`, only reads the current one) and returns the one

@@ -1,0 +1,152 @@
+//! Changing what is cached: touch (read into the cache), evict (drop from it), lock (hold it).
+
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+
+use crate::map::{MapOptions, Mapping};
+use crate::sys;
+use crate::{Error, Result};
+
+/// The byte range of `file` that `range` names, clamped to its size.
+fn clamp(file: &File, range: Option<Range<u64>>) -> Result<Range<u64>> {
+    let size = file
+        .metadata()
+        .map_err(|error| Error::io("stat", &error))?
+        .len();
+    let range = range.unwrap_or(0..size);
+    Ok(range.start.min(size)..range.end.min(size).max(range.start.min(size)))
+}
+
+/// Reads `range` of `file` (all of it by default) into the page cache: WILLNEED advice, so
+/// the kernel reads ahead in large requests, then a read of every page (which waits for the
+/// I/O and catches what the advice did not). Returns the bytes read.
+pub fn touch(file: &File, range: Option<Range<u64>>) -> Result<u64> {
+    let range = clamp(file, range)?;
+    let len = range.end - range.start;
+    if len == 0 {
+        return Ok(0);
+    }
+    sys::fadvise(file.as_fd(), range.start, len, sys::FileAdvice::WillNeed)
+        .map_err(|errno| Error::os("touch", errno))?;
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut offset = range.start;
+    while offset < range.end {
+        let want = buffer.len().min((range.end - offset) as usize);
+        match file.read_at(&mut buffer[..want], offset) {
+            Ok(0) => break,
+            Ok(read) => offset += read as u64,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(Error::io("touch", &error).with_offset(offset)),
+        }
+    }
+    Ok(offset - range.start)
+}
+
+/// Asks the kernel to drop `range` of `file` (all of it by default) from the page cache
+/// (POSIX_FADV_DONTNEED). Dirty pages are written back first by the kernel and may stay
+/// until that completes; pages mapped by some process stay.
+pub fn evict(file: &File, range: Option<Range<u64>>) -> Result<()> {
+    let range = clamp(file, range)?;
+    if range.is_empty() {
+        return Ok(());
+    }
+    sys::fadvise(
+        file.as_fd(),
+        range.start,
+        range.end - range.start,
+        sys::FileAdvice::DontNeed,
+    )
+    .map_err(|errno| Error::os("evict", errno))
+}
+
+/// A range of a file held in memory with mlock(2) until dropped.
+#[derive(Debug)]
+pub struct LockedRange {
+    /// Held for its drop, which unlocks and unmaps.
+    _mapping: Option<Mapping>,
+    range: Range<u64>,
+}
+
+impl LockedRange {
+    /// The bytes of the file that are locked.
+    pub fn range(&self) -> Range<u64> {
+        self.range.clone()
+    }
+}
+
+/// Reads `range` of `file` (all of it by default) into memory and locks it there: the file is
+/// mapped read-only and mlock'ed, which faults every page in; the pages stay until the
+/// returned guard is dropped. Needs CAP_IPC_LOCK or a large enough RLIMIT_MEMLOCK.
+pub fn lock(file: &File, range: Option<Range<u64>>) -> Result<LockedRange> {
+    let range = clamp(file, range)?;
+    if range.is_empty() {
+        return Ok(LockedRange {
+            _mapping: None,
+            range,
+        });
+    }
+    let len = usize::try_from(range.end - range.start).map_err(|_| {
+        Error::new(
+            crate::ErrorKind::OutOfMemory,
+            "lock",
+            "the range does not fit the address space",
+        )
+    })?;
+    let mapping = MapOptions::new()
+        .offset(range.start)
+        .len(len)
+        .map_file(file)?;
+    mapping.lock(..)?;
+    Ok(LockedRange {
+        _mapping: Some(mapping),
+        range,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inspect::{ResidencyOptions, residency_of};
+
+    #[test]
+    fn touch_evict_and_lock_change_what_is_cached() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), vec![3u8; 64 * 4096]).unwrap();
+        file.as_file().sync_all().unwrap();
+        let options = ResidencyOptions {
+            range: None,
+            page_map: true,
+        };
+        let pages = || {
+            residency_of(file.as_file(), &options)
+                .unwrap()
+                .page_map
+                .unwrap()
+        };
+        let cached = || pages().iter().filter(|&&resident| resident).count();
+        evict(file.as_file(), None).unwrap();
+        assert_eq!(cached(), 0);
+        assert_eq!(
+            touch(file.as_file(), Some(8 * 4096..24 * 4096)).unwrap(),
+            16 * 4096
+        );
+        assert!(
+            pages()[8..24].iter().all(|&resident| resident),
+            "read-ahead may add more"
+        );
+        evict(file.as_file(), None).unwrap();
+        let locked = lock(file.as_file(), Some(32 * 4096..40 * 4096)).unwrap();
+        assert_eq!(locked.range(), 32 * 4096..40 * 4096);
+        evict(file.as_file(), None).unwrap();
+        assert_eq!(cached(), 8, "only the locked pages stay");
+        drop(locked);
+        evict(file.as_file(), None).unwrap();
+        assert_eq!(cached(), 0);
+        assert_eq!(
+            touch(file.as_file(), Some(70 * 4096..80 * 4096)).unwrap(),
+            0
+        );
+    }
+}
