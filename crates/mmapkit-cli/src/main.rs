@@ -5,7 +5,12 @@
 //! says which and why), 2 for a usage error.
 
 mod demo;
+mod hold;
+mod maps;
 mod page;
+mod report;
+mod residency;
+mod shm;
 mod units;
 
 use std::process::ExitCode;
@@ -26,6 +31,21 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Read a file through the user-space pager with a memory budget and report what it did.
     Page(page::PageArgs),
+    /// List a process's mappings, like pmap (`-x`: resident and dirty, `-X`: smaps).
+    Maps(maps::MapsArgs),
+    /// Report how much of files and trees is in the page cache; touch, evict or lock them.
+    Residency(residency::ResidencyArgs),
+    /// List named shared-memory segments, remove them, or clean up the stale ones.
+    Shm(shm::ShmArgs),
+}
+
+/// Success if everything worked, else failure (the errors were printed already).
+fn exit_code(all_worked: bool) -> ExitCode {
+    if all_worked {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn main() -> ExitCode {
@@ -33,6 +53,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
         Command::Page(args) => page::run(&args).map_err(Into::into),
+        // Reports on several things print each error as it comes and fail at the end.
+        Command::Maps(args) => return exit_code(maps::run(&args)),
+        Command::Residency(args) => return exit_code(residency::run(&args)),
+        Command::Shm(args) => return exit_code(shm::run(&args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

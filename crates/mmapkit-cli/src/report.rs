@@ -1,0 +1,280 @@
+//! The residency report: a fincore-like row per file, a vmtouch-like summary, or JSON.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mmapkit::inspect::{FileResidency, Method};
+
+use crate::residency::ResidencyArgs;
+use crate::units::human;
+
+/// Width of a page bar.
+const BAR: usize = 60;
+
+/// A file that was measured.
+pub struct FileRow {
+    pub path: PathBuf,
+    pub residency: FileResidency,
+}
+
+/// An entry that could not be measured.
+pub struct Failure {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(path: &Path, error: mmapkit::Error) -> Failure {
+        Failure {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        }
+    }
+}
+
+/// Everything a residency run found.
+#[derive(Default)]
+pub struct Report {
+    pub files: Vec<FileRow>,
+    pub directories: u64,
+    pub skipped: Vec<(PathBuf, &'static str)>,
+    pub failed: Vec<Failure>,
+    pub elapsed: Duration,
+}
+
+/// Sums over the files.
+#[derive(Default)]
+struct Totals {
+    pages: u64,
+    cached: u64,
+    bytes: u64,
+    cached_bytes: u64,
+    dirty: u64,
+    writeback: u64,
+    evicted: u64,
+}
+
+impl Report {
+    fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for row in &self.files {
+            let r = &row.residency;
+            totals.pages += r.pages;
+            totals.cached += r.cached;
+            totals.bytes += r.range.end - r.range.start;
+            totals.cached_bytes += r.cached_bytes();
+            totals.dirty += r.dirty.unwrap_or(0);
+            totals.writeback += r.writeback.unwrap_or(0);
+            totals.evicted += r.evicted.unwrap_or(0);
+        }
+        totals
+    }
+
+    /// The report as printed on stdout: text or JSON.
+    pub fn render(&self, args: &ResidencyArgs) -> String {
+        if args.json {
+            format!("{}\n", self.json(args))
+        } else {
+            self.text(args)
+        }
+    }
+
+    /// The failures, one message each, for stderr.
+    pub fn errors(&self) -> impl Iterator<Item = &str> {
+        self.failed.iter().map(|failure| failure.message.as_str())
+    }
+
+    /// Whether nothing failed.
+    pub fn worked(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    fn text(&self, args: &ResidencyArgs) -> String {
+        let mut out = String::new();
+        if !args.summary {
+            out += &format!(
+                "{:>10} {:>9} {:>10} {:>9} {:>9} {:>9}  FILE\n",
+                "RES", "PAGES", "SIZE", "DIRTY", "WRITEBACK", "EVICTED"
+            );
+            let optional = |value: Option<u64>| value.map_or_else(|| "-".into(), |v| v.to_string());
+            for row in &self.files {
+                let r = &row.residency;
+                out += &format!(
+                    "{:>10} {:>9} {:>10} {:>9} {:>9} {:>9}  {}\n",
+                    human(r.cached_bytes()),
+                    r.cached,
+                    human(r.size),
+                    optional(r.dirty),
+                    optional(r.writeback),
+                    optional(r.evicted),
+                    row.path.display()
+                );
+                if let Some(map) = &r.page_map {
+                    out += &format!("{:>52}[{}] {}/{}\n", "", bar(map), r.cached, r.pages);
+                }
+            }
+            out += "\n";
+        }
+        let totals = self.totals();
+        let percent = if totals.pages == 0 {
+            100.0
+        } else {
+            totals.cached as f64 * 100.0 / totals.pages as f64
+        };
+        let label = if args.touch {
+            "Touched Pages"
+        } else if args.lock {
+            "Locked Pages"
+        } else {
+            "Resident Pages"
+        };
+        out += &format!("{:>16}: {}\n", "Files", self.files.len());
+        out += &format!("{:>16}: {}\n", "Directories", self.directories);
+        out += &format!(
+            "{label:>16}: {}/{}  {}/{}  {percent:.3}%\n",
+            totals.cached,
+            totals.pages,
+            human(totals.cached_bytes),
+            human(totals.bytes)
+        );
+        if self
+            .files
+            .iter()
+            .all(|row| row.residency.method == Method::Cachestat)
+        {
+            out += &format!(
+                "{:>16}: {} dirty, {} under writeback, {} evicted\n",
+                "Pages", totals.dirty, totals.writeback, totals.evicted
+            );
+        }
+        if !self.skipped.is_empty() {
+            out += &format!("{:>16}: {}\n", "Skipped", skipped_summary(&self.skipped));
+        }
+        if !self.failed.is_empty() {
+            out += &format!(
+                "{:>16}: {} (listed on stderr)\n",
+                "Failed",
+                self.failed.len()
+            );
+        }
+        out += &format!(
+            "{:>16}: {:.5} seconds\n",
+            "Elapsed",
+            self.elapsed.as_secs_f64()
+        );
+        out
+    }
+
+    fn json(&self, args: &ResidencyArgs) -> serde_json::Value {
+        let totals = self.totals();
+        let files: Vec<serde_json::Value> = self
+            .files
+            .iter()
+            .map(|row| {
+                let r = &row.residency;
+                serde_json::json!({
+                    "path": row.path.to_string_lossy(),
+                    "size": r.size,
+                    "range": [r.range.start, r.range.end],
+                    "pages": r.pages,
+                    "resident_pages": r.cached,
+                    "resident_bytes": r.cached_bytes(),
+                    "dirty_pages": r.dirty,
+                    "writeback_pages": r.writeback,
+                    "evicted_pages": r.evicted,
+                    "recently_evicted_pages": r.recently_evicted,
+                    "method": match r.method {
+                        Method::Cachestat => "cachestat",
+                        Method::Mincore => "mincore",
+                    },
+                    "page_map": r.page_map.as_ref().map(|map| {
+                        map.iter().map(|&resident| if resident { '1' } else { '0' }).collect::<String>()
+                    }),
+                })
+            })
+            .collect();
+        let action = if args.touch {
+            "touch"
+        } else if args.evict {
+            "evict"
+        } else if args.lock {
+            "lock"
+        } else {
+            "none"
+        };
+        serde_json::json!({
+            "action": action,
+            "files": files,
+            "summary": {
+                "files": self.files.len(),
+                "directories": self.directories,
+                "pages": totals.pages,
+                "resident_pages": totals.cached,
+                "bytes": totals.bytes,
+                "resident_bytes": totals.cached_bytes,
+                "dirty_pages": totals.dirty,
+                "writeback_pages": totals.writeback,
+                "evicted_pages": totals.evicted,
+                "skipped": self.skipped.len(),
+                "failed": self.failed.len(),
+                "seconds": self.elapsed.as_secs_f64(),
+            },
+            "skipped": self.skipped.iter().map(|(path, reason)| serde_json::json!({
+                "path": path.to_string_lossy(), "reason": reason,
+            })).collect::<Vec<_>>(),
+            "failed": self.failed.iter().map(|failure| serde_json::json!({
+                "path": failure.path.to_string_lossy(), "error": failure.message,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// `3 (FIFO 1, symbolic link (not followed) 2)`.
+fn skipped_summary(skipped: &[(PathBuf, &'static str)]) -> String {
+    let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, reason) in skipped {
+        *reasons.entry(reason).or_default() += 1;
+    }
+    let parts: Vec<String> = reasons
+        .iter()
+        .map(|(reason, count)| format!("{reason} {count}"))
+        .collect();
+    format!("{} ({})", skipped.len(), parts.join(", "))
+}
+
+/// The page map squeezed into [`BAR`] cells: `O` all resident, `o` some, ` ` none.
+fn bar(map: &[bool]) -> String {
+    if map.is_empty() {
+        return String::new();
+    }
+    let cells = BAR.min(map.len());
+    (0..cells)
+        .map(|cell| {
+            let slice = &map[cell * map.len() / cells..(cell + 1) * map.len() / cells];
+            let resident = slice.iter().filter(|&&r| r).count();
+            match resident {
+                0 => ' ',
+                n if n == slice.len() => 'O',
+                _ => 'o',
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_squeeze_pages_into_cells() {
+        assert_eq!(bar(&[true, true, false, false]), "OO  ");
+        let mut map = vec![true; 120];
+        map[1] = false;
+        map[60..].fill(false);
+        let squeezed = bar(&map);
+        assert_eq!(squeezed.len(), 60);
+        assert!(squeezed.starts_with("oOO"));
+        assert!(squeezed.ends_with("   "));
+    }
+}

@@ -1,0 +1,203 @@
+//! `mmapkit residency PATH...`: how much of some files is in the page cache — fincore's
+//! columns per file and vmtouch's summary — with touch, evict and lock, over whole trees.
+
+use std::io::IsTerminal;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use mmapkit::inspect::walk::{Entry, WalkOptions, walk};
+use mmapkit::inspect::{self, FileResidency, LockedRange, ResidencyOptions};
+
+use crate::hold;
+use crate::report::{Failure, FileRow, Report};
+use crate::units::{Size, parse_size};
+
+#[derive(Debug, Args)]
+pub struct ResidencyArgs {
+    /// Files and directories (walked recursively).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Only this byte range of each file: START-END, START-, -END or LEN (K, M, G, T units).
+    #[arg(short = 'p', long, value_parser = parse_range)]
+    pub range: Option<Range<u64>>,
+    /// Follow symbolic links inside directories (the paths given are always followed).
+    #[arg(short = 'L', long)]
+    pub follow_symlinks: bool,
+    /// Stay on the file system of each path given.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
+    /// Count every hard link of a file (by default a file is counted once).
+    #[arg(short = 'H', long)]
+    pub count_hardlinks: bool,
+    /// Leave out files and directories whose name matches this glob (repeatable).
+    #[arg(short = 'e', long, value_name = "GLOB", value_parser = parse_glob)]
+    pub exclude: Vec<glob::Pattern>,
+    /// Only files whose name matches this glob (repeatable).
+    #[arg(short = 'i', long, value_name = "GLOB", value_parser = parse_glob)]
+    pub include: Vec<glob::Pattern>,
+    /// Read the files into the page cache first (WILLNEED, then a read of every page).
+    #[arg(long, conflicts_with_all = ["evict", "lock"])]
+    pub touch: bool,
+    /// Drop the files from the page cache first (POSIX_FADV_DONTNEED).
+    #[arg(long, conflicts_with = "lock")]
+    pub evict: bool,
+    /// Load the files and lock them in memory (mlock), then hold them until interrupted.
+    #[arg(long)]
+    pub lock: bool,
+    /// With --lock: hold the lock in a background process and return at once.
+    #[arg(long, requires = "lock")]
+    pub daemon: bool,
+    /// Print only the summary, not a row per file.
+    #[arg(short = 's', long)]
+    pub summary: bool,
+    /// Show each file's pages as a bar (O all resident, o some, space none).
+    #[arg(long)]
+    pub pages: bool,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Never draw a progress bar (drawn only when stderr is a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(text).map_err(|error| format!("{text:?}: {error}"))
+}
+
+/// START-END, START-, -END or LEN, each a size with an optional unit.
+fn parse_range(text: &str) -> Result<Range<u64>, String> {
+    let size = |part: &str| match parse_size(part)? {
+        Size::Bytes(bytes) => Ok(bytes),
+        Size::Percent(_) => Err(format!("{text:?}: a range is in bytes, not a percentage")),
+    };
+    let range = match text.split_once('-') {
+        None => 0..size(text)?,
+        Some((start, "")) => size(start)?..u64::MAX,
+        Some(("", end)) => 0..size(end)?,
+        Some((start, end)) => size(start)?..size(end)?,
+    };
+    if range.start > range.end {
+        return Err(format!("{text:?}: the range ends before it starts"));
+    }
+    Ok(range)
+}
+
+/// Runs the command; returns whether everything worked.
+pub fn run(args: &ResidencyArgs) -> bool {
+    if args.lock && args.daemon {
+        return hold::in_background(|| {
+            let (report, locks) = collect(args);
+            let errors: Vec<String> = report.errors().map(str::to_owned).collect();
+            (report.worked(), report.render(args), errors, locks)
+        });
+    }
+    let (report, locks) = collect(args);
+    print!("{}", report.render(args));
+    for error in report.errors() {
+        eprintln!("mmapkit: {error}");
+    }
+    if args.lock && !locks.is_empty() {
+        hold::until_interrupted(locks);
+    }
+    report.worked()
+}
+
+/// Walks the paths, acts on each file, measures it; returns the report and the locks held.
+fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
+    let started = Instant::now();
+    let progress = progress_bar(args);
+    let options = WalkOptions {
+        follow_symlinks: args.follow_symlinks,
+        one_file_system: args.one_file_system,
+        count_hardlinks: args.count_hardlinks,
+    };
+    let measure = ResidencyOptions {
+        range: args.range.clone(),
+        page_map: args.pages,
+    };
+    let mut report = Report::default();
+    let mut locks = Vec::new();
+    walk(
+        &args.paths,
+        &options,
+        |path, is_directory| keep(args, path, is_directory),
+        |entry| match entry {
+            Entry::File { path, file, .. } => {
+                match act_and_measure(args, &file, &measure, &mut locks) {
+                    Ok(residency) => report.files.push(FileRow {
+                        path: path.to_path_buf(),
+                        residency,
+                    }),
+                    Err(error) => report.failed.push(Failure::new(path, error)),
+                }
+                progress.set_message(format!("{} files", report.files.len()));
+                progress.tick();
+            }
+            Entry::Directory { .. } => report.directories += 1,
+            Entry::Skipped { path, reason } => report.skipped.push((path.to_path_buf(), reason)),
+            Entry::Failed { path, error } => report.failed.push(Failure::new(path, error)),
+        },
+    );
+    progress.finish_and_clear();
+    report.elapsed = started.elapsed();
+    (report, locks)
+}
+
+fn keep(args: &ResidencyArgs, path: &Path, is_directory: bool) -> bool {
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy())
+        .unwrap_or_default();
+    if args.exclude.iter().any(|pattern| pattern.matches(&name)) {
+        return false;
+    }
+    is_directory || args.include.is_empty() || args.include.iter().any(|p| p.matches(&name))
+}
+
+fn act_and_measure(
+    args: &ResidencyArgs,
+    file: &std::fs::File,
+    measure: &ResidencyOptions,
+    locks: &mut Vec<LockedRange>,
+) -> mmapkit::Result<FileResidency> {
+    let range = args.range.clone();
+    if args.touch {
+        inspect::touch(file, range)?;
+    } else if args.evict {
+        inspect::evict(file, range)?;
+    } else if args.lock {
+        locks.push(inspect::lock(file, range)?);
+    }
+    inspect::residency_of(file, measure)
+}
+
+fn progress_bar(args: &ResidencyArgs) -> ProgressBar {
+    if args.no_progress || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} ({elapsed})") {
+        bar.set_style(style);
+    }
+    bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_take_every_form() {
+        assert_eq!(parse_range("4K-8K"), Ok(4096..8192));
+        assert_eq!(parse_range("1M-"), Ok((1 << 20)..u64::MAX));
+        assert_eq!(parse_range("-64K"), Ok(0..65536));
+        assert_eq!(parse_range("10"), Ok(0..10));
+        assert!(parse_range("8K-4K").is_err());
+        assert!(parse_range("1%-2%").is_err());
+        assert!(parse_range("x-y").is_err());
+    }
+}

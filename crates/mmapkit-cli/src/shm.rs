@@ -1,0 +1,173 @@
+//! `mmapkit shm ls|rm|clean`: named shared-memory segments in /dev/shm — who owns them,
+//! whether their creator lives, what mmapkit type they hold — and removing the stale ones.
+
+use clap::{Args, Subcommand};
+use mmapkit::shm::stale::{self, SegmentInfo};
+
+use crate::units::human;
+
+#[derive(Debug, Args)]
+pub struct ShmArgs {
+    #[command(subcommand)]
+    command: ShmCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ShmCommand {
+    /// List every object in /dev/shm: size, owner, mode, mmapkit type, creator, users.
+    Ls {
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove named segments (shm_unlink); processes that map them keep their mappings.
+    Rm {
+        /// Segment names, as `ls` shows them.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove the stale mmapkit segments: valid header, creator dead, nobody maps or opens it.
+    Clean {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+        /// One JSON array of the names removed (or that would be).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the command; returns whether everything worked (errors are on stderr).
+pub fn run(args: &ShmArgs) -> bool {
+    match &args.command {
+        ShmCommand::Ls { json } => list(*json),
+        ShmCommand::Rm { names } => remove(names),
+        ShmCommand::Clean { dry_run, json } => clean(*dry_run, *json),
+    }
+}
+
+fn list(json: bool) -> bool {
+    let segments = match stale::list() {
+        Ok(segments) => segments,
+        Err(error) => {
+            eprintln!("mmapkit: {error}");
+            return false;
+        }
+    };
+    if json {
+        let rows: Vec<serde_json::Value> = segments.iter().map(json_row).collect();
+        println!("{}", serde_json::Value::Array(rows));
+        return true;
+    }
+    println!(
+        "{:<28} {:>10} {:<10} {:>5} {:<16} {:<18} {:<12} STALE",
+        "NAME", "SIZE", "OWNER", "MODE", "TYPE", "CREATOR", "USERS"
+    );
+    for segment in &segments {
+        println!(
+            "{:<28} {:>10} {:<10} {:>5} {:<16} {:<18} {:<12} {}",
+            segment.name,
+            human(segment.size),
+            user_name(segment.uid),
+            format!("{:04o}", segment.mode),
+            segment
+                .header
+                .map_or_else(|| "-".to_owned(), |header| header.type_tag.to_string()),
+            creator(segment),
+            users(segment),
+            if segment.is_stale() { "yes" } else { "no" }
+        );
+    }
+    true
+}
+
+fn creator(segment: &SegmentInfo) -> String {
+    match (segment.header, segment.creator_alive) {
+        (Some(header), Some(true)) => format!("{} (alive)", header.creator.pid),
+        (Some(header), _) => format!("{} (dead)", header.creator.pid),
+        _ => String::from("-"),
+    }
+}
+
+fn users(segment: &SegmentInfo) -> String {
+    if segment.users.is_empty() {
+        return String::from("-");
+    }
+    let pids: Vec<String> = segment.users.iter().map(u32::to_string).collect();
+    pids.join(",")
+}
+
+fn json_row(segment: &SegmentInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": segment.name,
+        "size": segment.size,
+        "uid": segment.uid,
+        "owner": user_name(segment.uid),
+        "mode": format!("{:04o}", segment.mode),
+        "mmapkit": segment.header.is_some(),
+        "type": segment.header.map(|header| header.type_tag.to_string()),
+        "creator_pid": segment.header.map(|header| header.creator.pid),
+        "creator_alive": segment.creator_alive,
+        "users": segment.users,
+        "stale": segment.is_stale(),
+    })
+}
+
+fn remove(names: &[String]) -> bool {
+    let mut all = true;
+    for name in names {
+        match mmapkit::shm::unlink(name) {
+            Ok(()) => println!("removed {name}"),
+            Err(error) => {
+                eprintln!("mmapkit: {error}");
+                all = false;
+            }
+        }
+    }
+    all
+}
+
+fn clean(dry_run: bool, json: bool) -> bool {
+    let result = if dry_run {
+        stale::list().map(|segments| {
+            segments
+                .into_iter()
+                .filter(SegmentInfo::is_stale)
+                .map(|segment| segment.name)
+                .collect()
+        })
+    } else {
+        stale::cleanup()
+    };
+    let names = match result {
+        Ok(names) => names,
+        Err(error) => {
+            eprintln!("mmapkit: {error}");
+            return false;
+        }
+    };
+    if json {
+        println!("{}", serde_json::json!(names));
+    } else if names.is_empty() {
+        println!("no stale segments");
+    } else {
+        let verb = if dry_run { "would remove" } else { "removed" };
+        for name in &names {
+            println!("{verb} {name}");
+        }
+    }
+    true
+}
+
+/// The user name of `uid` from /etc/passwd, or the number.
+fn user_name(uid: u32) -> String {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+        })
+        .unwrap_or_else(|| uid.to_string())
+}
