@@ -1,0 +1,450 @@
+//! `mmapkit maps`, `residency` and `shm` end to end: what they report about real processes
+//! and files, agreement with pmap, vmtouch and fincore on the same inputs (the tools must be
+//! installed; `.ci/run` installs them), and bad input.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn mmapkit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmapkit"))
+        .args(args)
+        .output()
+        .expect("run mmapkit")
+}
+
+fn tool(name: &str, args: &[&str]) -> String {
+    let output = Command::new(name).args(args).output().unwrap_or_else(|_| {
+        panic!(
+            "{name} is needed for the agreement tests (apt-get install vmtouch procps util-linux)"
+        )
+    });
+    assert!(output.status.success(), "{name} {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let output = mmapkit(args);
+    assert!(output.status.success(), "{args:?}: {output:?}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// A file of `pages` 4 KiB pages of which exactly those in `resident` are in the page cache.
+fn partly_cached(path: &Path, pages: u64, resident: impl Iterator<Item = u64>) {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    file.write_all_at(&vec![7u8; (pages * 4096) as usize], 0)
+        .unwrap();
+    file.sync_all().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    // SAFETY: advice on our own open file.
+    unsafe {
+        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
+        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_RANDOM);
+    }
+    let mut page = [0u8; 4096];
+    for index in resident {
+        file.read_exact_at(&mut page, index * 4096).unwrap();
+    }
+}
+
+#[test]
+fn residency_agrees_with_vmtouch_and_fincore() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    partly_cached(
+        &path,
+        1000,
+        (0..1000).filter(|page| page % 3 == 0 || *page > 900),
+    );
+    let path = path.to_str().unwrap();
+    let ours = json(&["residency", "--json", path]);
+    let resident = ours["summary"]["resident_pages"].as_u64().unwrap();
+    assert_eq!(
+        resident, 400,
+        "0, 3, …, 999 (334 pages) and 901..=999 (99, 33 counted already)"
+    );
+
+    // vmtouch: "Resident Pages: 400/1000  1M/3M  40%"
+    let vmtouch = tool("vmtouch", &[path]);
+    let line = vmtouch
+        .lines()
+        .find(|l| l.contains("Resident Pages"))
+        .unwrap();
+    let counts = line.split_whitespace().nth(2).unwrap();
+    assert_eq!(counts, format!("{resident}/1000"), "{vmtouch}");
+
+    // fincore: PAGES column in raw bytes mode.
+    let fincore = tool(
+        "fincore",
+        &["--raw", "--noheadings", "--output", "PAGES", path],
+    );
+    assert_eq!(fincore.trim(), resident.to_string());
+
+    // A page range: pages 900..1000.
+    let ranged = json(&["residency", "--json", "-p", "3600K-4000K", path]);
+    assert_eq!(
+        ranged["summary"]["resident_pages"], 100,
+        "900 and 901..=999"
+    );
+    let vmtouch = tool("vmtouch", &["-p", "3600k-4000k", path]);
+    assert!(
+        vmtouch.contains(&format!("{}/100", ranged["summary"]["resident_pages"])),
+        "{vmtouch}"
+    );
+}
+
+#[test]
+fn a_tree_agrees_with_vmtouch_and_counts_hard_links_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("a/b")).unwrap();
+    for (index, name) in ["one", "a/two", "a/b/three", "a/b/four"].iter().enumerate() {
+        partly_cached(
+            &root.join(name),
+            50,
+            (0..50).filter(|p| p % (index as u64 + 2) == 0),
+        );
+    }
+    std::fs::hard_link(root.join("one"), root.join("a/one-again")).unwrap();
+    let root = root.to_str().unwrap();
+    let ours = json(&["residency", "--json", root]);
+    assert_eq!(ours["summary"]["files"], 4);
+    assert_eq!(ours["summary"]["directories"], 3);
+    let vmtouch = tool("vmtouch", &[root]);
+    let files = vmtouch.lines().find(|l| l.contains("Files:")).unwrap();
+    assert!(files.ends_with(" 4"), "{vmtouch}");
+    let line = vmtouch
+        .lines()
+        .find(|l| l.contains("Resident Pages"))
+        .unwrap();
+    let expected = format!(
+        "{}/{}",
+        ours["summary"]["resident_pages"], ours["summary"]["pages"]
+    );
+    assert_eq!(
+        line.split_whitespace().nth(2).unwrap(),
+        expected,
+        "{vmtouch}"
+    );
+    let counted = json(&["residency", "--json", "--count-hardlinks", root]);
+    assert_eq!(counted["summary"]["files"], 5);
+    let only = json(&[
+        "residency",
+        "--json",
+        "--include",
+        "t*",
+        "--exclude",
+        "b",
+        root,
+    ]);
+    let paths: Vec<&str> = only["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths.len(), 1);
+    assert!(paths[0].ends_with("a/two"));
+}
+
+#[test]
+fn maps_totals_agree_with_pmap() {
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let pid = sleeper.id().to_string();
+    let pmap = tool("pmap", &["-x", &pid]);
+    let ours = json(&["maps", "--json", &pid]);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let total = pmap.lines().find(|l| l.starts_with("total kB")).unwrap();
+    let numbers: Vec<u64> = total
+        .split_whitespace()
+        .skip(2)
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let totals = &ours[0]["totals"];
+    let kib = |key: &str| totals[key].as_u64().unwrap() / 1024;
+    assert_eq!(numbers, [kib("size"), kib("rss"), kib("dirty")], "{pmap}");
+    let mapped = pmap
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+        .filter(|address| address.len() == 16 && address.chars().all(|c| c.is_ascii_hexdigit()))
+        .count();
+    assert_eq!(ours[0]["mappings"].as_array().unwrap().len(), mapped);
+    let kinds: Vec<&str> = ours[0]["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"file") && kinds.contains(&"stack") && kinds.contains(&"vdso"),
+        "{kinds:?}"
+    );
+
+    let text = String::from_utf8(mmapkit(&["maps", "-x", "self"]).stdout).unwrap();
+    assert!(
+        text.contains("[ stack ]") && text.contains("total kB"),
+        "{text}"
+    );
+    let text = String::from_utf8(mmapkit(&["maps", "-X", "self"]).stdout).unwrap();
+    assert!(
+        text.contains("Private_Dirty") && text.contains(" rd "),
+        "{text}"
+    );
+}
+
+/// Runs mmapkit as the unprivileged user `nobody`.
+fn as_nobody(args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_mmapkit"));
+    command.args(args);
+    // SAFETY: setgroups/setgid/setuid are async-signal-safe and run in the child before exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(65534) != 0
+                || libc::setuid(65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.output().unwrap()
+}
+
+#[test]
+fn bad_processes_get_clear_errors_and_exit_codes() {
+    let missing = mmapkit(&["maps", "4000000"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no process with PID 4000000"));
+    // Another user's smaps: permission denied, with what to do.
+    let me = std::process::id().to_string();
+    let denied = as_nobody(&["maps", "-x", &me]);
+    assert_eq!(denied.status.code(), Some(1), "{denied:?}");
+    let message = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        message.contains("permission denied") && message.contains("ptrace"),
+        "{message}"
+    );
+    // One good PID among bad ones: it is still listed, the exit code still says failure.
+    let mixed = mmapkit(&["maps", "4000000", "self"]);
+    assert_eq!(mixed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&mixed.stdout).contains("total"));
+    assert_eq!(mmapkit(&["maps", "zero"]).status.code(), Some(2));
+}
+
+#[test]
+fn awkward_files_in_a_tree_are_reported_and_the_walk_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::write(root.join("readable"), vec![1u8; 10_000]).unwrap();
+    std::fs::write(root.join("secret"), b"root only").unwrap();
+    let name = OsStr::from_bytes(b"caf\xe9");
+    std::fs::write(root.join(name), b"not utf-8 name").unwrap();
+    // A FIFO with no writer would block an open(2) for reading: it must be skipped.
+    assert!(
+        Command::new("mkfifo")
+            .arg(root.join("fifo"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _socket = std::os::unix::net::UnixListener::bind(root.join("socket")).unwrap();
+    let sparse = std::fs::File::create(root.join("sparse")).unwrap();
+    sparse.set_len(100 << 30).unwrap();
+    let chown = |path: &Path| std::os::unix::fs::chown(path, Some(65534), Some(65534)).unwrap();
+    for entry in ["readable", "sparse", "fifo", "socket"] {
+        chown(&root.join(entry));
+    }
+    chown(&root.join(name));
+    chown(root);
+    std::fs::set_permissions(
+        root.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let root_text = root.to_str().unwrap();
+
+    let output = as_nobody(&["residency", "--json", root_text]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "secret is unreadable: {output:?}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["summary"]["files"], 3, "{report}");
+    let failed = report["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["path"].as_str().unwrap().ends_with("secret"));
+    let reasons: Vec<&str> = report["skipped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["FIFO", "socket"]);
+    let paths: Vec<&str> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        paths.iter().any(|p| p.ends_with("caf\u{fffd}")),
+        "{paths:?}"
+    );
+    let sparse = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"].as_str().unwrap().ends_with("sparse"))
+        .unwrap();
+    assert_eq!(
+        (sparse["pages"].as_u64(), sparse["resident_pages"].as_u64()),
+        (Some(100 << 18), Some(0))
+    );
+
+    // The page map of a 100 GiB sparse file is read in windows, never mapped at once.
+    let started = std::time::Instant::now();
+    let pages = mmapkit(&[
+        "residency",
+        "--pages",
+        "-s",
+        root.join("sparse").to_str().unwrap(),
+    ]);
+    assert!(pages.status.success(), "{pages:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+}
+
+#[test]
+fn touch_evict_and_lock_show_their_effect() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    partly_cached(&path, 256, std::iter::empty());
+    let path = path.to_str().unwrap();
+    let resident =
+        |report: &serde_json::Value| report["summary"]["resident_pages"].as_u64().unwrap();
+    assert_eq!(resident(&json(&["residency", "--json", path])), 0);
+    assert_eq!(
+        resident(&json(&["residency", "--json", "--touch", path])),
+        256
+    );
+    assert_eq!(
+        resident(&json(&["residency", "--json", "--evict", path])),
+        0
+    );
+
+    let daemon = mmapkit(&[
+        "residency",
+        "--json",
+        "--lock",
+        "--daemon",
+        "-p",
+        "0-256K",
+        path,
+    ]);
+    assert!(daemon.status.success(), "{daemon:?}");
+    let stdout = String::from_utf8(daemon.stdout).unwrap();
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(resident(&report), 64);
+    let pid: i32 = stdout
+        .split("kill ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("VmLck:") && l.contains(" 256 kB")),
+        "{status}"
+    );
+    // Locked pages survive an eviction until the holder goes.
+    assert_eq!(
+        resident(&json(&["residency", "--json", "--evict", path])),
+        64
+    );
+    // SAFETY: signals our own daemon child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists()
+        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        resident(&json(&["residency", "--json", "--evict", path])),
+        0
+    );
+
+    // In the foreground, the lock holds until SIGTERM.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_mmapkit"))
+        .args(["residency", "-s", "--lock", path])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert_eq!(
+        resident(&json(&["residency", "--json", "--evict", path])),
+        256
+    );
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(holder.id() as i32, libc::SIGTERM) };
+    assert!(holder.wait().unwrap().success());
+    assert_eq!(
+        resident(&json(&["residency", "--json", "--evict", path])),
+        0
+    );
+}
+
+#[test]
+fn shm_lists_removes_and_cleans_segments() {
+    let name = format!("mmapkit-cli-test-{}", std::process::id());
+    let created = mmapkit::SegmentOptions::new("cli-test", 4096)
+        .unwrap()
+        .create(&name)
+        .unwrap();
+    let listed = json(&["shm", "ls", "--json"]);
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(row["mmapkit"], true);
+    assert_eq!(row["type"], "cli-test");
+    assert_eq!(row["creator_pid"], std::process::id());
+    assert_eq!(row["creator_alive"], true);
+    assert_eq!(row["mode"], "0600");
+    assert_eq!(row["stale"], false);
+    let text = String::from_utf8(mmapkit(&["shm", "ls"]).stdout).unwrap();
+    assert!(text.contains(&name) && text.contains("(alive)"), "{text}");
+    drop(created);
+    assert!(mmapkit(&["shm", "rm", &name]).status.success());
+    assert_eq!(mmapkit(&["shm", "rm", &name]).status.code(), Some(1));
+    let dry = json(&["shm", "clean", "--dry-run", "--json"]);
+    assert!(dry.as_array().unwrap().iter().all(|n| n != name.as_str()));
+}
