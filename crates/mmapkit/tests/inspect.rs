@@ -105,7 +105,7 @@ fn a_walk_over_a_changing_tree_reports_and_goes_on() {
             let mut round = 0u32;
             while !stop.load(Ordering::Relaxed) {
                 let path = dir.path().join(format!("f{}", round % 50));
-                if round % 2 == 0 {
+                if round.is_multiple_of(2) {
                     let _ = std::fs::write(&path, vec![0u8; 10_000]);
                 } else {
                     let _ = std::fs::remove_file(&path);
