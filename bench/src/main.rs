@@ -7,6 +7,7 @@ mod guard;
 mod harness;
 #[cfg(feature = "iceoryx2")]
 mod iceoryx;
+mod inspect;
 mod ipc;
 mod mapcost;
 mod pager;
@@ -59,6 +60,15 @@ enum Scenario {
     /// Scan with a budget of 25% of the file against kernel mmap under the same cgroup
     /// memory limit, from a cold cache.
     PagerBudget,
+    /// Residency of the 1 GiB cached file: `mmapkit residency` against vmtouch and fincore.
+    ResidencyFile,
+    /// Residency of a tree of 2,000 cached files against vmtouch.
+    ResidencyTree,
+    /// `mmapkit maps -x` of a process with 10,000 mappings against `pmap -x`.
+    Maps,
+    /// The process `maps` inspects (internal).
+    #[command(hide = true)]
+    MapsTarget,
     /// One side of `pager-budget`, run in the cgroup (internal).
     #[command(hide = true)]
     PagerBudgetChild {
@@ -97,6 +107,10 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         Scenario::PagerSeq => pager::sequential(&file()?, cli.rounds)?,
         Scenario::PagerRandom => pager::random(&file()?, cli.rounds)?,
         Scenario::PagerBudget => pager::budget(&file()?, cli.rounds)?,
+        Scenario::ResidencyFile => inspect::residency_file(&file()?, cli.rounds)?,
+        Scenario::ResidencyTree => inspect::residency_tree(&cli.dir, cli.rounds)?,
+        Scenario::Maps => inspect::maps(cli.rounds)?,
+        Scenario::MapsTarget => inspect::maps_target()?,
         Scenario::PagerBudgetChild {
             mode,
             path,
@@ -114,6 +128,9 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             pager::sequential(&file, cli.rounds)?;
             pager::random(&file, cli.rounds)?;
             pager::budget(&file, cli.rounds)?;
+            inspect::residency_file(&file, cli.rounds)?;
+            inspect::residency_tree(&cli.dir, cli.rounds)?;
+            inspect::maps(cli.rounds)?;
         }
     }
     Ok(())

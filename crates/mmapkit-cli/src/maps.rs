@@ -178,7 +178,7 @@ fn smaps_listing(pid: u32, command: &str, entries: &[SmapsEntry]) -> String {
             Some(path) => path.display().to_string(),
             None => map.kind.label(),
         };
-        out += &format!(" {} {}\n", entry.fields.vm_flags.join(" "), label);
+        out += &format!(" {} {}\n", entry.fields.vm_flags, label);
     }
     let totals = Totals::of(entries);
     out += &format!("{:>54} {:>8}", "total kB", kib(totals.size));
@@ -255,7 +255,7 @@ fn json_process(pid: u32, command: &str, entries: &[SmapsEntry]) -> serde_json::
                 "path": map.kind.path().map(|path| path.to_string_lossy().into_owned()),
                 "label": map.kind.label(),
                 "kernel_page_size": entry.fields.kernel_page_size,
-                "vm_flags": entry.fields.vm_flags,
+                "vm_flags": entry.fields.vm_flags().collect::<Vec<_>>(),
             });
             if let (Some(object), serde_json::Value::Object(extra)) =
                 (object.as_object_mut(), extra)

@@ -6,9 +6,11 @@
 //! newline in a file name appears as `\012`), and a line that does not have the shape above is
 //! an error naming the line, never a panic. Fuzzed (`fuzz/fuzz_targets/proc_maps.rs`).
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::{Error, ErrorKind, Result};
 
@@ -145,16 +147,21 @@ pub struct SmapsFields {
     pub locked: u64,
     /// The page size the kernel uses for the mapping (`KernelPageSize`).
     pub kernel_page_size: u64,
-    /// The VmFlags two-letter codes (`rd wr mr mw me ac …`).
-    pub vm_flags: Vec<String>,
+    /// The VmFlags line: two-letter codes separated by spaces (`rd wr mr mw me ac …`).
+    pub vm_flags: String,
     /// Every other `Key: value` line, as printed (kB figures converted to bytes).
-    pub other: Vec<(String, u64)>,
+    pub other: Vec<(Arc<str>, u64)>,
 }
 
 impl SmapsFields {
     /// Dirty bytes, shared and private (pmap's "Dirty").
     pub fn dirty(&self) -> u64 {
         self.shared_dirty + self.private_dirty
+    }
+
+    /// The VmFlags codes, one by one.
+    pub fn vm_flags(&self) -> impl Iterator<Item = &str> {
+        self.vm_flags.split_ascii_whitespace()
     }
 }
 
@@ -287,12 +294,48 @@ pub fn parse_maps(text: &[u8]) -> Result<Vec<MapsEntry>> {
 
 /// Parses the text of /proc/PID/smaps.
 pub fn parse_smaps(text: &[u8]) -> Result<Vec<SmapsEntry>> {
-    let mut entries: Vec<SmapsEntry> = Vec::new();
-    for (index, line) in text.split(|&b| b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
+    let mut parser = SmapsParser::default();
+    for line in text.split(|&b| b == b'\n') {
+        parser.line(line)?;
+    }
+    Ok(parser.entries)
+}
+
+/// Parses /proc/PID/smaps as it is read, a line at a time: a process with 10,000 mappings
+/// has 8 MB of smaps, which need not be held at once.
+pub(crate) fn read_smaps(reader: impl std::io::Read) -> std::io::Result<Result<Vec<SmapsEntry>>> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::with_capacity(64 << 10, reader);
+    let mut parser = SmapsParser::default();
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            return Ok(Ok(parser.entries));
         }
-        let number = index + 1;
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if let Err(error) = parser.line(text) {
+            return Ok(Err(error));
+        }
+    }
+}
+
+/// The state of an smaps parse: the entries so far, the line count, and the field names
+/// seen (shared, so that 10,000 mappings do not allocate 10,000 copies of each).
+#[derive(Default)]
+struct SmapsParser {
+    entries: Vec<SmapsEntry>,
+    number: usize,
+    names: HashMap<Vec<u8>, Arc<str>>,
+}
+
+impl SmapsParser {
+    fn line(&mut self, line: &[u8]) -> Result<()> {
+        self.number += 1;
+        if line.is_empty() {
+            return Ok(());
+        }
+        let number = self.number;
         let key_end = line.iter().position(|&b| b == b':');
         let is_field = key_end.is_some_and(|end| {
             end > 0
@@ -301,26 +344,21 @@ pub fn parse_smaps(text: &[u8]) -> Result<Vec<SmapsEntry>> {
                     .all(|&b| b.is_ascii_alphanumeric() || b == b'_')
         }) && line[0].is_ascii_uppercase();
         if !is_field {
-            entries.push(SmapsEntry {
+            self.entries.push(SmapsEntry {
                 map: parse_maps_line(number, line)?,
                 fields: SmapsFields::default(),
             });
-            continue;
+            return Ok(());
         }
-        let Some(entry) = entries.last_mut() else {
+        let Some(entry) = self.entries.last_mut() else {
             return Err(malformed(number, line, "a field before any mapping"));
         };
         let end = key_end.unwrap_or(0);
         let key = &line[..end];
         let mut value = &line[end + 1..];
         if key == b"VmFlags" {
-            while let Some(flag) = next_field(&mut value) {
-                entry
-                    .fields
-                    .vm_flags
-                    .push(String::from_utf8_lossy(flag).into_owned());
-            }
-            continue;
+            entry.fields.vm_flags = String::from_utf8_lossy(value.trim_ascii()).into_owned();
+            return Ok(());
         }
         let number_field = next_field(&mut value).and_then(decimal);
         let unit = next_field(&mut value);
@@ -332,12 +370,19 @@ pub fn parse_smaps(text: &[u8]) -> Result<Vec<SmapsEntry>> {
             None => amount,
             Some(_) => return Err(malformed(number, line, "an unknown unit")),
         };
-        set_field(&mut entry.fields, key, bytes);
+        if !set_field(&mut entry.fields, key, bytes) {
+            let name = self
+                .names
+                .entry(key.to_vec())
+                .or_insert_with(|| Arc::from(String::from_utf8_lossy(key)));
+            entry.fields.other.push((Arc::clone(name), bytes));
+        }
+        Ok(())
     }
-    Ok(entries)
 }
 
-fn set_field(fields: &mut SmapsFields, key: &[u8], bytes: u64) {
+/// Stores a known field; false for a field kept in `other`.
+fn set_field(fields: &mut SmapsFields, key: &[u8], bytes: u64) -> bool {
     let slot = match key {
         b"Rss" => &mut fields.rss,
         b"Pss" => &mut fields.pss,
@@ -352,13 +397,10 @@ fn set_field(fields: &mut SmapsFields, key: &[u8], bytes: u64) {
         b"SwapPss" => &mut fields.swap_pss,
         b"Locked" => &mut fields.locked,
         b"KernelPageSize" => &mut fields.kernel_page_size,
-        _ => {
-            let key = String::from_utf8_lossy(key).into_owned();
-            fields.other.push((key, bytes));
-            return;
-        }
+        _ => return false,
     };
     *slot = bytes;
+    true
 }
 
 #[cfg(test)]
@@ -400,8 +442,13 @@ VmFlags: rd mr mw me
         assert_eq!(head.fields.rss, 8192);
         assert_eq!(head.fields.pss, 4096);
         assert_eq!(head.fields.dirty(), 4096);
-        assert_eq!(head.fields.vm_flags, ["rd", "mr", "mw", "me"]);
+        assert_eq!(
+            head.fields.vm_flags().collect::<Vec<_>>(),
+            ["rd", "mr", "mw", "me"]
+        );
         assert!(head.fields.other.contains(&("THPeligible".into(), 0)));
+        let streamed = read_smaps(SAMPLE).unwrap().unwrap();
+        assert_eq!(streamed, entries);
         assert_eq!(
             entries[1].map.kind,
             MappingKind::DeletedFile("/memfd:ring".into())

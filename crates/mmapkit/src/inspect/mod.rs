@@ -28,7 +28,7 @@ pub use maps::{
 };
 pub use residency::{FileResidency, Method, ResidencyOptions, residency, residency_of};
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::{Error, ErrorKind, Result};
 
@@ -53,23 +53,26 @@ impl Pid {
 /// Reads `/proc/PID/<file>`, with errors that say which process and why.
 fn read_proc(pid: Pid, file: &str, operation: &'static str) -> Result<Vec<u8>> {
     let path = pid.dir().join(file);
-    std::fs::read(&path).map_err(|error| {
-        let base = Error::io(operation, &error).with_path(&path);
-        match error.raw_os_error() {
-            Some(libc::ENOENT) | Some(libc::ESRCH) => {
-                let who = match pid {
-                    Pid::Id(pid) => format!("no process with PID {pid}"),
-                    Pid::Current => String::from("this process has no /proc entry"),
-                };
-                base.with_kind(ErrorKind::NotFound).with_message(who)
-            }
-            Some(libc::EACCES) | Some(libc::EPERM) => base.with_hint(
-                "reading another user's mappings needs root (or the same user and ptrace \
-                 permission: see /proc/sys/kernel/yama/ptrace_scope)",
-            ),
-            _ => base,
+    std::fs::read(&path).map_err(|error| proc_error(pid, &path, operation, &error))
+}
+
+/// The error for a /proc file of `pid` that could not be read.
+fn proc_error(pid: Pid, path: &Path, operation: &'static str, error: &std::io::Error) -> Error {
+    let base = Error::io(operation, error).with_path(path);
+    match error.raw_os_error() {
+        Some(libc::ENOENT) | Some(libc::ESRCH) => {
+            let who = match pid {
+                Pid::Id(pid) => format!("no process with PID {pid}"),
+                Pid::Current => String::from("this process has no /proc entry"),
+            };
+            base.with_kind(ErrorKind::NotFound).with_message(who)
         }
-    })
+        Some(libc::EACCES) | Some(libc::EPERM) => base.with_hint(
+            "reading another user's mappings needs root (or the same user and ptrace \
+             permission: see /proc/sys/kernel/yama/ptrace_scope)",
+        ),
+        _ => base,
+    }
 }
 
 /// The mappings of a process, from /proc/PID/maps.
@@ -78,10 +81,15 @@ pub fn maps(pid: Pid) -> Result<Vec<MapsEntry>> {
     parse_maps(&text).map_err(|error| error.with_path(pid.dir().join("maps")))
 }
 
-/// The mappings of a process with their memory figures, from /proc/PID/smaps.
+/// The mappings of a process with their memory figures, from /proc/PID/smaps (read and
+/// parsed a line at a time).
 pub fn smaps(pid: Pid) -> Result<Vec<SmapsEntry>> {
-    let text = read_proc(pid, "smaps", "smaps")?;
-    parse_smaps(&text).map_err(|error| error.with_path(pid.dir().join("smaps")))
+    let path = pid.dir().join("smaps");
+    let failed = |error: std::io::Error| proc_error(pid, &path, "smaps", &error);
+    let file = std::fs::File::open(&path).map_err(failed)?;
+    maps::read_smaps(file)
+        .map_err(failed)?
+        .map_err(|error| error.with_path(&path))
 }
 
 /// The command line of a process (arguments joined by spaces), or its name in brackets for a
