@@ -118,9 +118,12 @@ impl Report {
         }
         let totals = self.totals();
         let percent = if totals.pages == 0 {
-            100.0
+            String::new()
         } else {
-            totals.cached as f64 * 100.0 / totals.pages as f64
+            format!(
+                "  {:.3}%",
+                totals.cached as f64 * 100.0 / totals.pages as f64
+            )
         };
         let label = if args.touch {
             "Touched Pages"
@@ -132,7 +135,7 @@ impl Report {
         out += &format!("{:>16}: {}\n", "Files", self.files.len());
         out += &format!("{:>16}: {}\n", "Directories", self.directories);
         out += &format!(
-            "{label:>16}: {}/{}  {}/{}  {percent:.3}%\n",
+            "{label:>16}: {}/{}  {}/{}{percent}\n",
             totals.cached,
             totals.pages,
             human(totals.cached_bytes),

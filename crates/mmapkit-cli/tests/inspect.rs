@@ -326,6 +326,37 @@ fn awkward_files_in_a_tree_are_reported_and_the_walk_goes_on() {
     assert!(started.elapsed() < std::time::Duration::from_secs(60));
 }
 
+/// A tmpfs mounted on a directory, unmounted on drop.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn one_file_system_stays_out_of_mounts_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let below = dir.path().join("below");
+    std::fs::create_dir(&below).unwrap();
+    std::fs::write(dir.path().join("here"), b"on the first file system").unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "none"])
+        .arg(&below)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mounting a tmpfs needs root, as CI runs");
+    let _mount = Mount(below.clone());
+    std::fs::write(below.join("there"), b"on a tmpfs").unwrap();
+    let root = dir.path().to_str().unwrap();
+    let all = json(&["residency", "--json", root]);
+    assert_eq!(all["summary"]["files"], 2);
+    let one = json(&["residency", "--json", "--one-file-system", root]);
+    assert_eq!(one["summary"]["files"], 1);
+    assert_eq!(one["skipped"][0]["reason"], "on another file system");
+}
+
 #[test]
 fn touch_evict_and_lock_show_their_effect() {
     let dir = tempfile::tempdir().unwrap();
