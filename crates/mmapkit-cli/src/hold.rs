@@ -57,31 +57,50 @@ pub fn in_background(
     }
     if pid == 0 {
         drop(read_end);
-        // SAFETY: setsid has no preconditions; it detaches from the terminal's session.
-        unsafe { libc::setsid() };
+        // SAFETY: plain system calls in the new child. PR_SET_PDEATHSIG ends the child if
+        // the parent goes before the report is delivered (nobody would learn its pid);
+        // setsid detaches it from the terminal's session.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            if libc::getppid() == 1 {
+                libc::_exit(1);
+            }
+            libc::setsid();
+        }
         let (worked, text, errors, locks) = lock_all();
-        let mut pipe = std::fs::File::from(write_end);
         let mut message = vec![u8::from(worked)];
+        message.extend_from_slice(&(locks.len() as u64).to_le_bytes());
         message.extend_from_slice(text.as_bytes());
         message.push(0);
         message.extend_from_slice(errors.join("\n").as_bytes());
-        let _ = pipe.write_all(&message);
-        drop(pipe);
-        detach_standard_streams();
-        if !locks.is_empty() {
-            wait_for_termination();
+        let delivered = std::fs::File::from(write_end).write_all(&message).is_ok();
+        if !delivered || locks.is_empty() {
+            drop(locks);
+            // SAFETY: ends the child without running the parent's exit handlers twice.
+            unsafe { libc::_exit(i32::from(!delivered)) };
         }
+        // SAFETY: plain system calls: the report is out, so the holder outlives the parent
+        // from now on, and keeps no directory busy.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, 0);
+            libc::chdir(c"/".as_ptr());
+        }
+        detach_standard_streams();
+        wait_for_termination();
         drop(locks);
-        // SAFETY: ends the child without running the parent's exit handlers twice.
+        // SAFETY: as above.
         unsafe { libc::_exit(0) };
     }
     drop(write_end);
     let mut message = Vec::new();
     let _ = std::fs::File::from(read_end).read_to_end(&mut message);
-    let Some((&worked, rest)) = message.split_first() else {
+    if message.len() < 9 {
         eprintln!("mmapkit: the background process {pid} ended without a report");
         return false;
-    };
+    }
+    let worked = message[0] == 1;
+    let locked = u64::from_le_bytes(message[1..9].try_into().unwrap_or([0; 8]));
+    let rest = &message[9..];
     let (text, errors) = match rest.iter().position(|&b| b == 0) {
         Some(at) => (&rest[..at], &rest[at + 1..]),
         None => (rest, &[][..]),
@@ -90,8 +109,16 @@ pub fn in_background(
     for error in String::from_utf8_lossy(errors).lines() {
         eprintln!("mmapkit: {error}");
     }
-    println!("locked by background process {pid}; release with: kill {pid}");
-    worked == 1
+    if locked > 0 {
+        eprintln!(
+            "mmapkit: {locked} file(s) locked by background process {pid}; release with: kill {pid}"
+        );
+    } else {
+        // Nothing to hold: the child has exited; collect it.
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    }
+    worked
 }
 
 fn detach_standard_streams() {

@@ -46,6 +46,13 @@ pub fn run(args: &MapsArgs) -> bool {
             Err(error) => {
                 eprintln!("mmapkit: {error}");
                 all_read = false;
+                if args.json {
+                    let pid = match pid {
+                        Pid::Id(pid) => pid,
+                        Pid::Current => std::process::id(),
+                    };
+                    json.push(serde_json::json!({"pid": pid, "error": error.to_string()}));
+                }
                 continue;
             }
         };
@@ -162,7 +169,7 @@ fn smaps_listing(pid: u32, command: &str, entries: &[SmapsEntry]) -> String {
     for entry in entries {
         let map = &entry.map;
         out += &format!(
-            "{:>16x} {} {:08x} {:>3x}:{:<2x} {:>9} {:>8}",
+            "{:>16x} {} {:08x} {:>3x}:{:02x} {:>9} {:>8}",
             map.start,
             map.permissions,
             map.offset,
@@ -249,13 +256,17 @@ fn json_process(pid: u32, command: &str, entries: &[SmapsEntry]) -> serde_json::
                 "size": map.size(),
                 "permissions": map.permissions.to_string(),
                 "offset": map.offset,
-                "device": format!("{:x}:{:x}", map.device_major, map.device_minor),
+                "device": format!("{:02x}:{:02x}", map.device_major, map.device_minor),
                 "inode": map.inode,
                 "kind": kind_name(&map.kind),
                 "path": map.kind.path().map(|path| path.to_string_lossy().into_owned()),
+                "path_escaped": map.kind.path().and_then(|path| crate::units::escaped(path)),
                 "label": map.kind.label(),
                 "kernel_page_size": entry.fields.kernel_page_size,
                 "vm_flags": entry.fields.vm_flags().collect::<Vec<_>>(),
+                "other": entry.fields.other.iter()
+                    .map(|(name, value)| (name.to_string(), serde_json::Value::from(*value)))
+                    .collect::<serde_json::Map<_, _>>(),
             });
             if let (Some(object), serde_json::Value::Object(extra)) =
                 (object.as_object_mut(), extra)

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mmapkit::inspect::{FileResidency, Method};
+use mmapkit::inspect::{FileResidency, Method, PageMap};
 
 use crate::residency::ResidencyArgs;
 use crate::units::human;
@@ -25,7 +25,12 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failure of `path`; the message names the path if the error does not already.
     pub fn new(path: &Path, error: mmapkit::Error) -> Failure {
+        let error = match error.path() {
+            Some(_) => error,
+            None => error.with_path(path),
+        };
         Failure {
             path: path.to_path_buf(),
             message: error.to_string(),
@@ -41,6 +46,8 @@ pub struct Report {
     pub skipped: Vec<(PathBuf, &'static str)>,
     pub failed: Vec<Failure>,
     pub elapsed: Duration,
+    /// The background process holding the locks, if one does.
+    pub holder: Option<u32>,
 }
 
 /// Sums over the files.
@@ -53,6 +60,7 @@ struct Totals {
     dirty: u64,
     writeback: u64,
     evicted: u64,
+    recently_evicted: u64,
 }
 
 impl Report {
@@ -67,6 +75,7 @@ impl Report {
             totals.dirty += r.dirty.unwrap_or(0);
             totals.writeback += r.writeback.unwrap_or(0);
             totals.evicted += r.evicted.unwrap_or(0);
+            totals.recently_evicted += r.recently_evicted.unwrap_or(0);
         }
         totals
     }
@@ -147,8 +156,8 @@ impl Report {
             .all(|row| row.residency.method == Method::Cachestat)
         {
             out += &format!(
-                "{:>16}: {} dirty, {} under writeback, {} evicted\n",
-                "Pages", totals.dirty, totals.writeback, totals.evicted
+                "{:>16}: {} dirty, {} under writeback, {} evicted ({} recently)\n",
+                "Pages", totals.dirty, totals.writeback, totals.evicted, totals.recently_evicted
             );
         }
         if !self.skipped.is_empty() {
@@ -178,6 +187,7 @@ impl Report {
                 let r = &row.residency;
                 serde_json::json!({
                     "path": row.path.to_string_lossy(),
+                    "path_escaped": crate::units::escaped(&row.path),
                     "size": r.size,
                     "range": [r.range.start, r.range.end],
                     "pages": r.pages,
@@ -192,7 +202,7 @@ impl Report {
                         Method::Mincore => "mincore",
                     },
                     "page_map": r.page_map.as_ref().map(|map| {
-                        map.iter().map(|&resident| if resident { '1' } else { '0' }).collect::<String>()
+                        map.iter().map(|resident| if resident { '1' } else { '0' }).collect::<String>()
                     }),
                 })
             })
@@ -208,6 +218,7 @@ impl Report {
         };
         serde_json::json!({
             "action": action,
+            "holder_pid": self.holder,
             "files": files,
             "summary": {
                 "files": self.files.len(),
@@ -219,15 +230,20 @@ impl Report {
                 "dirty_pages": totals.dirty,
                 "writeback_pages": totals.writeback,
                 "evicted_pages": totals.evicted,
+                "recently_evicted_pages": totals.recently_evicted,
                 "skipped": self.skipped.len(),
                 "failed": self.failed.len(),
                 "seconds": self.elapsed.as_secs_f64(),
             },
             "skipped": self.skipped.iter().map(|(path, reason)| serde_json::json!({
-                "path": path.to_string_lossy(), "reason": reason,
+                "path": path.to_string_lossy(),
+                "path_escaped": crate::units::escaped(path),
+                "reason": reason,
             })).collect::<Vec<_>>(),
             "failed": self.failed.iter().map(|failure| serde_json::json!({
-                "path": failure.path.to_string_lossy(), "error": failure.message,
+                "path": failure.path.to_string_lossy(),
+                "path_escaped": crate::units::escaped(&failure.path),
+                "error": failure.message,
             })).collect::<Vec<_>>(),
         })
     }
@@ -247,18 +263,23 @@ fn skipped_summary(skipped: &[(PathBuf, &'static str)]) -> String {
 }
 
 /// The page map squeezed into [`BAR`] cells: `O` all resident, `o` some, ` ` none.
-fn bar(map: &[bool]) -> String {
-    if map.is_empty() {
+fn bar(map: &PageMap) -> String {
+    squeeze(map.len(), |page| map.get(page))
+}
+
+/// `pages` pages, `resident(page)` each, in at most [`BAR`] cells.
+fn squeeze(pages: u64, resident: impl Fn(u64) -> bool) -> String {
+    if pages == 0 {
         return String::new();
     }
-    let cells = BAR.min(map.len());
+    let cells = (BAR as u64).min(pages);
     (0..cells)
         .map(|cell| {
-            let slice = &map[cell * map.len() / cells..(cell + 1) * map.len() / cells];
-            let resident = slice.iter().filter(|&&r| r).count();
-            match resident {
+            let (start, end) = (cell * pages / cells, (cell + 1) * pages / cells);
+            let cached = (start..end).filter(|&page| resident(page)).count() as u64;
+            match cached {
                 0 => ' ',
-                n if n == slice.len() => 'O',
+                n if n == end - start => 'O',
                 _ => 'o',
             }
         })
@@ -271,11 +292,13 @@ mod tests {
 
     #[test]
     fn bars_squeeze_pages_into_cells() {
-        assert_eq!(bar(&[true, true, false, false]), "OO  ");
-        let mut map = vec![true; 120];
-        map[1] = false;
-        map[60..].fill(false);
-        let squeezed = bar(&map);
+        assert_eq!(bar(&PageMap::default()), "");
+        let four = [true, true, false, false];
+        assert_eq!(squeeze(4, |page| four[page as usize]), "OO  ");
+        let mut pages = vec![true; 120];
+        pages[1] = false;
+        pages[60..].fill(false);
+        let squeezed = squeeze(120, |page| pages[page as usize]);
         assert_eq!(squeezed.len(), 60);
         assert!(squeezed.starts_with("oOO"));
         assert!(squeezed.ends_with("   "));

@@ -50,6 +50,9 @@ pub struct ResidencyArgs {
     /// With --lock: hold the lock in a background process and return at once.
     #[arg(long, requires = "lock")]
     pub daemon: bool,
+    /// Touch or lock only files up to this size (others are skipped), as vmtouch's -m.
+    #[arg(short = 'm', long, value_parser = parse_size, default_value = "500M")]
+    pub max_size: Size,
     /// Print only the summary, not a row per file.
     #[arg(short = 's', long)]
     pub summary: bool,
@@ -90,7 +93,10 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
 pub fn run(args: &ResidencyArgs) -> bool {
     if args.lock && args.daemon {
         return hold::in_background(|| {
-            let (report, locks) = collect(args);
+            let (mut report, locks) = collect(args);
+            if !locks.is_empty() {
+                report.holder = Some(std::process::id());
+            }
             let errors: Vec<String> = report.errors().map(str::to_owned).collect();
             (report.worked(), report.render(args), errors, locks)
         });
@@ -120,14 +126,25 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
         page_map: args.pages,
     };
     let mut report = Report::default();
-    let mut locks = Vec::new();
+    let mut limits = LockLimits::new();
     walk(
         &args.paths,
         &options,
         |path, is_directory| keep(args, path, is_directory),
         |entry| match entry {
-            Entry::File { path, file, .. } => {
-                match act_and_measure(args, &file, &measure, &mut locks) {
+            Entry::File {
+                path,
+                file,
+                metadata,
+            } => {
+                let acting = args.touch || args.lock;
+                if acting && metadata.len() > args.max_size.of(metadata.len()) {
+                    report
+                        .skipped
+                        .push((path.to_path_buf(), "larger than --max-size"));
+                    return;
+                }
+                match act_and_measure(args, &file, &measure, &mut limits) {
                     Ok(residency) => report.files.push(FileRow {
                         path: path.to_path_buf(),
                         residency,
@@ -144,7 +161,7 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
     );
     progress.finish_and_clear();
     report.elapsed = started.elapsed();
-    (report, locks)
+    (report, limits.locks)
 }
 
 fn keep(args: &ResidencyArgs, path: &Path, is_directory: bool) -> bool {
@@ -162,7 +179,7 @@ fn act_and_measure(
     args: &ResidencyArgs,
     file: &std::fs::File,
     measure: &ResidencyOptions,
-    locks: &mut Vec<LockedRange>,
+    limits: &mut LockLimits,
 ) -> mmapkit::Result<FileResidency> {
     let range = args.range.clone();
     if args.touch {
@@ -170,9 +187,78 @@ fn act_and_measure(
     } else if args.evict {
         inspect::evict(file, range)?;
     } else if args.lock {
-        locks.push(inspect::lock(file, range)?);
+        limits.lock(file, range)?;
     }
     inspect::residency_of(file, measure)
+}
+
+/// The locks held, and the two limits no lock may cross: the memory available (locked pages
+/// cannot be reclaimed, so locking more than there is ends in the OOM killer) and the
+/// kernel's count of mappings per process (each locked file is one).
+struct LockLimits {
+    locks: Vec<LockedRange>,
+    locked_bytes: u64,
+    available: u64,
+    max_mappings: usize,
+}
+
+impl LockLimits {
+    fn new() -> LockLimits {
+        let available = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|info| {
+                let line = info
+                    .lines()
+                    .find(|line| line.starts_with("MemAvailable:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map_or(u64::MAX, |kib| kib * 1024);
+        let max_mappings = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(65530);
+        LockLimits {
+            locks: Vec::new(),
+            locked_bytes: 0,
+            available,
+            max_mappings,
+        }
+    }
+
+    fn lock(&mut self, file: &std::fs::File, range: Option<Range<u64>>) -> mmapkit::Result<()> {
+        let size = file
+            .metadata()
+            .map_err(|error| mmapkit::Error::io("stat", &error))?
+            .len();
+        let wanted = range.as_ref().map_or(size, |range| {
+            range.end.min(size).saturating_sub(range.start)
+        });
+        let refuse = |message: String| {
+            Err(mmapkit::Error::new(
+                mmapkit::ErrorKind::OutOfMemory,
+                "lock",
+                message,
+            ))
+        };
+        if self.locked_bytes.saturating_add(wanted) > self.available / 2 {
+            return refuse(format!(
+                "locking {wanted} more bytes would take more than half the memory available \
+                 ({} MiB)",
+                self.available >> 20
+            ));
+        }
+        // Leave room for the mappings the process itself needs.
+        if self.locks.len() + 1024 >= self.max_mappings {
+            return refuse(format!(
+                "too many files locked at once ({}; vm.max_map_count is {})",
+                self.locks.len(),
+                self.max_mappings
+            ));
+        }
+        self.locks.push(inspect::lock(file, range)?);
+        self.locked_bytes += wanted;
+        Ok(())
+    }
 }
 
 fn progress_bar(args: &ResidencyArgs) -> ProgressBar {

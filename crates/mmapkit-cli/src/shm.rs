@@ -129,34 +129,38 @@ fn remove(names: &[String]) -> bool {
 
 fn clean(dry_run: bool, json: bool) -> bool {
     let result = if dry_run {
-        stale::list().map(|segments| {
-            segments
+        stale::list().map(|segments| stale::Cleanup {
+            removed: segments
                 .into_iter()
                 .filter(SegmentInfo::is_stale)
                 .map(|segment| segment.name)
-                .collect()
+                .collect(),
+            failed: Vec::new(),
         })
     } else {
         stale::cleanup()
     };
-    let names = match result {
-        Ok(names) => names,
+    let outcome = match result {
+        Ok(outcome) => outcome,
         Err(error) => {
             eprintln!("mmapkit: {error}");
             return false;
         }
     };
+    for (_, error) in &outcome.failed {
+        eprintln!("mmapkit: {error}");
+    }
     if json {
-        println!("{}", serde_json::json!(names));
-    } else if names.is_empty() {
-        println!("no stale segments");
+        println!("{}", serde_json::json!(outcome.removed));
+    } else if outcome.removed.is_empty() {
+        println!("no stale segments removed");
     } else {
         let verb = if dry_run { "would remove" } else { "removed" };
-        for name in &names {
+        for name in &outcome.removed {
             println!("{verb} {name}");
         }
     }
-    true
+    outcome.failed.is_empty()
 }
 
 /// The user name of `uid` from /etc/passwd, or the number.

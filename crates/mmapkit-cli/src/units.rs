@@ -69,6 +69,16 @@ pub fn human(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// For a path that is not valid UTF-8: its bytes with the invalid ones escaped (`caf\xe9`),
+/// since JSON strings cannot carry them; `None` for valid paths.
+pub fn escaped(path: &std::path::Path) -> Option<String> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    std::str::from_utf8(bytes)
+        .is_err()
+        .then(|| bytes.escape_ascii().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,6 +95,14 @@ mod tests {
         for bad in ["", "K", "12Q", "0%", "150%", "1e400G", "-1"] {
             assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn only_invalid_paths_are_escaped() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/tmp/caf\xe9"));
+        assert_eq!(escaped(path).as_deref(), Some("/tmp/caf\\xe9"));
+        assert_eq!(escaped(std::path::Path::new("/tmp/café")), None);
     }
 
     #[test]

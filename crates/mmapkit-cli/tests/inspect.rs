@@ -237,6 +237,12 @@ fn bad_processes_get_clear_errors_and_exit_codes() {
         "{message}"
     );
     // One good PID among bad ones: it is still listed, the exit code still says failure.
+    let in_json = mmapkit(&["maps", "--json", "4000000", "self"]);
+    let listed: serde_json::Value = serde_json::from_slice(&in_json.stdout).unwrap();
+    assert_eq!(listed[0]["pid"], 4000000);
+    assert!(listed[0]["error"].as_str().unwrap().contains("no process"));
+    assert!(listed[1]["mappings"].as_array().unwrap().len() > 5);
+    assert!(listed[1]["mappings"][0]["other"]["Size"].as_u64().unwrap() > 0);
     let mixed = mmapkit(&["maps", "4000000", "self"]);
     assert_eq!(mixed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&mixed.stdout).contains("total"));
@@ -303,6 +309,14 @@ fn awkward_files_in_a_tree_are_reported_and_the_walk_goes_on() {
         paths.iter().any(|p| p.ends_with("caf\u{fffd}")),
         "{paths:?}"
     );
+    let escaped: Vec<&str> = report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["path_escaped"].as_str())
+        .collect();
+    assert_eq!(escaped.len(), 1);
+    assert!(escaped[0].ends_with("caf\\xe9"), "{escaped:?}");
     let sparse = report["files"]
         .as_array()
         .unwrap()
@@ -385,16 +399,10 @@ fn touch_evict_and_lock_show_their_effect() {
         path,
     ]);
     assert!(daemon.status.success(), "{daemon:?}");
-    let stdout = String::from_utf8(daemon.stdout).unwrap();
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&daemon.stdout).unwrap();
     assert_eq!(resident(&report), 64);
-    let pid: i32 = stdout
-        .split("kill ")
-        .nth(1)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = report["holder_pid"].as_i64().unwrap() as i32;
+    assert!(String::from_utf8_lossy(&daemon.stderr).contains(&format!("kill {pid}")));
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert!(
         status
@@ -422,6 +430,23 @@ fn touch_evict_and_lock_show_their_effect() {
     assert_eq!(
         resident(&json(&["residency", "--json", "--evict", path])),
         0
+    );
+
+    // Files over --max-size are neither touched nor locked; nothing may lock more than
+    // half the memory available (a 64 GiB sparse file would otherwise call the OOM killer).
+    let skipped = json(&["residency", "--json", "--lock", "-m", "100K", path]);
+    assert_eq!(skipped["skipped"][0]["reason"], "larger than --max-size");
+    let sparse = dir.path().join("sparse");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let refused = mmapkit(&["residency", "--lock", "-m", "1T", sparse.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        message.contains("half the memory available") && message.contains("sparse"),
+        "{message}"
     );
 
     // In the foreground, the lock holds until SIGTERM.

@@ -324,7 +324,7 @@ fn stale_segments_are_found_and_only_they_are_removed() {
     assert_eq!(foreign_info.header, None);
     assert!(!foreign_info.is_stale());
 
-    let removed = stale::cleanup().unwrap();
+    let removed = stale::cleanup().unwrap().removed;
     assert!(removed.contains(&dead.0));
     assert!(!removed.contains(&alive.0) && !removed.contains(&foreign.0));
     assert!(!fs::exists(format!("/dev/shm/{}", &*dead)).unwrap());

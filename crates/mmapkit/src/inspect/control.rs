@@ -125,7 +125,7 @@ mod tests {
                 .page_map
                 .unwrap()
         };
-        let cached = || pages().iter().filter(|&&resident| resident).count();
+        let cached = || pages().count();
         evict(file.as_file(), None).unwrap();
         assert_eq!(cached(), 0);
         assert_eq!(

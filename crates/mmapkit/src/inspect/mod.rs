@@ -26,7 +26,9 @@ pub use control::{LockedRange, evict, lock, touch};
 pub use maps::{
     MappingKind, MapsEntry, Permissions, SmapsEntry, SmapsFields, parse_maps, parse_smaps,
 };
-pub use residency::{FileResidency, Method, ResidencyOptions, residency, residency_of};
+pub use residency::{
+    FileResidency, MAX_PAGE_MAP_PAGES, Method, PageMap, ResidencyOptions, residency, residency_of,
+};
 
 use std::path::{Path, PathBuf};
 

@@ -57,23 +57,112 @@ pub struct FileResidency {
     pub recently_evicted: Option<u64>,
     /// Which call answered for the counts.
     pub method: Method,
-    /// One flag per page of the range, when asked for.
-    pub page_map: Option<Vec<bool>>,
+    /// One bit per page of the range, when asked for.
+    pub page_map: Option<PageMap>,
 }
 
 impl FileResidency {
-    /// Bytes in the page cache (cached pages, the last one cut at the end of the range).
+    /// Bytes of page cache the range holds: cached pages × page size, as fincore and vmtouch
+    /// count them (a cached last page counts whole).
     pub fn cached_bytes(&self) -> u64 {
-        (self.cached * self.page_size).min(self.range.end - self.range.start)
+        self.cached * self.page_size
     }
 }
 
-/// The residency of the file at `path` (symbolic links followed). Refuses anything but a
-/// regular file without opening it in a way that could block (a FIFO, a device).
+/// The most pages a page map covers (8 TiB of 4 KiB pages, a 256 MiB bitmap).
+pub const MAX_PAGE_MAP_PAGES: u64 = 1 << 31;
+
+/// One bit per page: in the page cache or not.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageMap {
+    words: Vec<u64>,
+    len: u64,
+}
+
+impl PageMap {
+    /// An empty map with room for `pages` bits; refuses more than [`MAX_PAGE_MAP_PAGES`].
+    fn for_pages(pages: u64) -> Result<PageMap> {
+        let too_many = || {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "residency",
+                format!(
+                    "a page map of {pages} pages is too large (at most {MAX_PAGE_MAP_PAGES}); \
+                     ask for a byte range"
+                ),
+            )
+        };
+        if pages > MAX_PAGE_MAP_PAGES {
+            return Err(too_many());
+        }
+        let mut words = Vec::new();
+        words
+            .try_reserve_exact(pages.div_ceil(64) as usize)
+            .map_err(|_| too_many())?;
+        Ok(PageMap { words, len: 0 })
+    }
+
+    fn push(&mut self, resident: bool) {
+        if self.len % 64 == 0 {
+            self.words.push(0);
+        }
+        if resident {
+            let last = self.words.len() - 1;
+            self.words[last] |= 1 << (self.len % 64);
+        }
+        self.len += 1;
+    }
+
+    /// Pages in the map.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the map covers no page.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether page `index` (counted from the start of the range) is cached.
+    pub fn get(&self, index: u64) -> bool {
+        index < self.len && self.words[(index / 64) as usize] & (1 << (index % 64)) != 0
+    }
+
+    /// Cached pages.
+    pub fn count(&self) -> u64 {
+        self.words
+            .iter()
+            .map(|word| u64::from(word.count_ones()))
+            .sum()
+    }
+
+    /// The pages in order, `true` for cached.
+    pub fn iter(&self) -> impl Iterator<Item = bool> + '_ {
+        (0..self.len).map(|index| self.get(index))
+    }
+}
+
+/// The residency of the file at `path` (symbolic links followed). Anything but a regular
+/// file is refused before it is opened (opening a device can have effects of its own).
 pub fn residency(path: impl AsRef<Path>, options: &ResidencyOptions) -> Result<FileResidency> {
     let path = path.as_ref();
+    let metadata =
+        std::fs::metadata(path).map_err(|error| Error::io("stat", &error).with_path(path))?;
+    if !metadata.is_file() {
+        return Err(not_regular(path));
+    }
     let file = open_regular(path, true)?;
     residency_of(&file, options).map_err(|error| error.with_path(path))
+}
+
+fn not_regular(path: &Path) -> Error {
+    Error::new(
+        ErrorKind::InvalidInput,
+        "residency",
+        "not a regular file (directories, FIFOs, sockets and devices have no page cache of \
+         their own)",
+    )
+    .with_path(path)
 }
 
 /// Opens `path` read-only without blocking and checks it is a regular file.
@@ -92,13 +181,7 @@ pub(crate) fn open_regular(path: &Path, follow: bool) -> Result<File> {
         .metadata()
         .map_err(|error| Error::io("stat", &error).with_path(path))?;
     if !metadata.is_file() {
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            "residency",
-            "not a regular file (directories, FIFOs, sockets and devices have no page cache \
-             of their own)",
-        )
-        .with_path(path));
+        return Err(not_regular(path));
     }
     Ok(file)
 }
@@ -122,7 +205,11 @@ pub fn residency_of(file: &File, options: &ResidencyOptions) -> Result<FileResid
         None => 0..size,
     };
     let first_page = range.start / page_size;
-    let pages = range.end.div_ceil(page_size).saturating_sub(first_page);
+    let pages = if range.is_empty() {
+        0
+    } else {
+        range.end.div_ceil(page_size) - first_page
+    };
     let mut report = FileResidency {
         size,
         range: range.clone(),
@@ -137,7 +224,7 @@ pub fn residency_of(file: &File, options: &ResidencyOptions) -> Result<FileResid
         page_map: None,
     };
     if pages == 0 {
-        report.page_map = options.page_map.then(Vec::new);
+        report.page_map = options.page_map.then(PageMap::default);
         return Ok(report);
     }
     let span = first_page * page_size..(first_page + pages) * page_size;
@@ -153,7 +240,9 @@ pub fn residency_of(file: &File, options: &ResidencyOptions) -> Result<FileResid
                     if !may_write(file) {
                         return Err(hidden());
                     }
-                    report.page_map = Some(page_map(file, &span, size)?);
+                    let mut map = PageMap::for_pages(pages)?;
+                    scan(file, &span, size, |resident| map.push(resident))?;
+                    report.page_map = Some(map);
                 }
                 return Ok(report);
             }
@@ -166,9 +255,20 @@ pub fn residency_of(file: &File, options: &ResidencyOptions) -> Result<FileResid
     if !may_write(file) {
         return Err(hidden());
     }
-    let map = page_map(file, &span, size)?;
-    report.cached = map.iter().filter(|&&resident| resident).count() as u64;
-    report.page_map = options.page_map.then_some(map);
+    let mut map = if options.page_map {
+        Some(PageMap::for_pages(pages)?)
+    } else {
+        None
+    };
+    let mut cached = 0;
+    scan(file, &span, size, |resident| {
+        cached += u64::from(resident);
+        if let Some(map) = &mut map {
+            map.push(resident);
+        }
+    })?;
+    report.cached = cached;
+    report.page_map = map;
     Ok(report)
 }
 
@@ -181,7 +281,8 @@ fn hidden() -> Error {
 }
 
 /// Whether mincore tells the truth about this file: the kernel answers for files the caller
-/// owns or could open for writing, and reports every page resident for the others.
+/// owns (or may act as owner of, as root can) or could open for writing, and reports every
+/// page resident for the others.
 fn may_write(file: &File) -> bool {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
@@ -197,44 +298,50 @@ fn may_write(file: &File) -> bool {
     let Ok(path) = std::ffi::CString::new(path) else {
         return false;
     };
-    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call.
-    unsafe { libc::access(path.as_ptr(), libc::W_OK) == 0 }
+    // SAFETY: `path` is a valid NUL-terminated string for the duration of the call;
+    // AT_EACCESS checks with the effective ids, as the kernel's own test does.
+    unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), libc::W_OK, libc::AT_EACCESS) == 0 }
 }
 
-/// One flag per page of `span` (page-aligned, within the file rounded up to a page), from
-/// mincore over windows of at most [`WINDOW`] bytes.
-fn page_map(file: &File, span: &Range<u64>, size: u64) -> Result<Vec<bool>> {
+/// Calls `each` with the residency of every page of `span` (page-aligned, within the file
+/// rounded up to a page), from mincore over windows of at most [`WINDOW`] bytes. Pages past
+/// the end of a file that shrank meanwhile are not cached.
+fn scan(file: &File, span: &Range<u64>, size: u64, mut each: impl FnMut(bool)) -> Result<()> {
     let page_size = sys::page_size() as u64;
-    let mut map = Vec::with_capacity(((span.end - span.start) / page_size) as usize);
     let mut start = span.start;
     while start < span.end {
         let end = (start + WINDOW).min(span.end);
-        // The file may have shrunk since it was measured: map no further than it reaches.
+        let pages = (end - start) / page_size;
         let len = end
             .min(size.next_multiple_of(page_size))
             .saturating_sub(start);
-        let window = if len == 0 {
-            Vec::new()
+        let mapped = if len == 0 {
+            None
         } else {
-            MapOptions::new()
+            match MapOptions::new()
                 .offset(start)
                 .len(len as usize)
                 .map_file(file)
-                .and_then(|mapping| mapping.residency(..))
-                .map(|residency| residency.iter().collect())
-                .unwrap_or_default()
+            {
+                Ok(mapping) => Some(mapping.residency(..)?),
+                // The file shrank below this window since it was measured.
+                Err(error) if error.kind() == ErrorKind::OutOfBounds => None,
+                Err(error) => return Err(error),
+            }
         };
-        let pages = ((end - start) / page_size) as usize;
-        map.extend(
-            window
-                .iter()
-                .copied()
-                .chain(std::iter::repeat(false))
-                .take(pages),
-        );
+        let mut seen = 0;
+        if let Some(residency) = mapped {
+            for resident in residency.iter().take(pages as usize) {
+                each(resident);
+                seen += 1;
+            }
+        }
+        for _ in seen..pages {
+            each(false);
+        }
         start = end;
     }
-    Ok(map)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -253,7 +360,11 @@ mod tests {
         let report = residency(file.path(), &ResidencyOptions::default()).unwrap();
         assert_eq!(report.method, Method::Cachestat);
         assert_eq!((report.pages, report.cached), (11, 11));
-        assert_eq!(report.cached_bytes(), 10 * 4096 + 100);
+        assert_eq!(
+            report.cached_bytes(),
+            11 * 4096,
+            "whole pages, as fincore counts"
+        );
         // Not yet written back, or being written: cachestat sees either.
         let (dirty, writeback) = (report.dirty.unwrap(), report.writeback.unwrap());
         assert!(dirty + writeback <= 11, "{report:?}");
@@ -280,10 +391,17 @@ mod tests {
         assert_eq!(report.range, 2 * 4096..8 * 4096);
         assert_eq!(report.pages, 6);
         assert_eq!(report.cached, 4);
+        let map = report.page_map.unwrap();
         assert_eq!(
-            report.page_map.unwrap(),
+            map.iter().collect::<Vec<_>>(),
             [false, false, true, true, true, true]
         );
+        assert_eq!(map.count(), 4);
+        let empty = ResidencyOptions {
+            range: Some(100..100),
+            page_map: false,
+        };
+        assert_eq!(residency(file.path(), &empty).unwrap().pages, 0);
         let (start, end) = (10, 5);
         let backwards = ResidencyOptions {
             range: Some(start..end),

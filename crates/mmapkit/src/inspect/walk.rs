@@ -143,7 +143,10 @@ pub fn walk<P: AsRef<Path>>(
                 }
                 visit(Entry::Directory { path: &path });
                 match children(&path) {
-                    Ok(children) => {
+                    Ok((children, errors)) => {
+                        for error in errors {
+                            visit(Entry::Failed { path: &path, error });
+                        }
                         stack.extend(children.into_iter().rev().map(|child| (child, false)));
                     }
                     Err(error) => visit(Entry::Failed { path: &path, error }),
@@ -179,15 +182,21 @@ pub fn walk<P: AsRef<Path>>(
     }
 }
 
-/// The entries of a directory, sorted by name.
-fn children(directory: &Path) -> Result<Vec<PathBuf>, Error> {
-    let entries = std::fs::read_dir(directory)
-        .map_err(|error| Error::io("read directory", &error).with_path(directory))?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|entry| Some(entry.ok()?.path()))
-        .collect();
+/// The entries of a directory, sorted by name, and the errors met while reading it (an I/O
+/// error part way through leaves the walk of that directory incomplete, and says so).
+fn children(directory: &Path) -> Result<(Vec<PathBuf>, Vec<Error>), Error> {
+    let read = |error: std::io::Error| Error::io("read directory", &error).with_path(directory);
+    let entries = std::fs::read_dir(directory).map_err(read)?;
+    let mut paths = Vec::new();
+    let mut errors = Vec::new();
+    for entry in entries {
+        match entry {
+            Ok(entry) => paths.push(entry.path()),
+            Err(error) => errors.push(read(error)),
+        }
+    }
     paths.sort();
-    Ok(paths)
+    Ok((paths, errors))
 }
 
 fn kind_name(metadata: &Metadata) -> &'static str {

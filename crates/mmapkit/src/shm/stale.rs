@@ -55,14 +55,27 @@ pub fn list() -> Result<Vec<SegmentInfo>> {
     list_in(Path::new(SHM_DIR))
 }
 
-/// Unlinks the stale segments (see the [module docs](self)); returns their names.
-pub fn cleanup() -> Result<Vec<String>> {
-    let mut removed = Vec::new();
+/// What [`cleanup`] did.
+#[derive(Debug, Default)]
+pub struct Cleanup {
+    /// The stale segments removed.
+    pub removed: Vec<String>,
+    /// The stale segments that could not be removed, and why.
+    pub failed: Vec<(String, Error)>,
+}
+
+/// Unlinks the stale segments (see the [module docs](self)). One that cannot be removed
+/// does not stop the others; one that vanished meanwhile is not an error.
+pub fn cleanup() -> Result<Cleanup> {
+    let mut outcome = Cleanup::default();
     for info in list()?.into_iter().filter(SegmentInfo::is_stale) {
-        super::unlink(&info.name)?;
-        removed.push(info.name);
+        match super::unlink(&info.name) {
+            Ok(()) => outcome.removed.push(info.name),
+            Err(error) if error.kind() == crate::ErrorKind::NotFound => {}
+            Err(error) => outcome.failed.push((info.name, error)),
+        }
     }
-    Ok(removed)
+    Ok(outcome)
 }
 
 fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
