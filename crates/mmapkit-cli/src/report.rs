@@ -295,7 +295,7 @@ mod tests {
         assert_eq!(bar(&PageMap::default()), "");
         let four = [true, true, false, false];
         assert_eq!(squeeze(4, |page| four[page as usize]), "OO  ");
-        let mut pages = vec![true; 120];
+        let mut pages = [true; 120];
         pages[1] = false;
         pages[60..].fill(false);
         let squeezed = squeeze(120, |page| pages[page as usize]);

@@ -103,7 +103,7 @@ impl PageMap {
     }
 
     fn push(&mut self, resident: bool) {
-        if self.len % 64 == 0 {
+        if self.len.is_multiple_of(64) {
             self.words.push(0);
         }
         if resident {
