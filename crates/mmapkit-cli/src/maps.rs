@@ -81,17 +81,11 @@ enum Report {
     Smaps(Vec<SmapsEntry>),
 }
 
-/// pmap's mode column: r, w, x, s for shared, and a trailing dash.
+/// pmap's mode column: r, w, x, `s` for shared (`-` for private), and a trailing dash.
 fn mode(entry: &MapsEntry) -> String {
-    let p = entry.permissions;
-    let flag = |set: bool, letter: char| if set { letter } else { '-' };
-    format!(
-        "{}{}{}{}-",
-        flag(p.read, 'r'),
-        flag(p.write, 'w'),
-        flag(p.execute, 'x'),
-        flag(p.shared, 's')
-    )
+    let permissions = entry.permissions.to_string();
+    let shared = if entry.permissions.shared { 's' } else { '-' };
+    format!("{}{shared}-", &permissions[..3])
 }
 
 fn kib(bytes: u64) -> u64 {
@@ -207,20 +201,8 @@ impl Totals {
         let mut fields = SmapsFields::default();
         let mut size = 0;
         for entry in entries {
-            let f = &entry.fields;
             size += entry.map.size();
-            fields.rss += f.rss;
-            fields.pss += f.pss;
-            fields.shared_clean += f.shared_clean;
-            fields.shared_dirty += f.shared_dirty;
-            fields.private_clean += f.private_clean;
-            fields.private_dirty += f.private_dirty;
-            fields.referenced += f.referenced;
-            fields.anonymous += f.anonymous;
-            fields.anon_huge_pages += f.anon_huge_pages;
-            fields.swap += f.swap;
-            fields.swap_pss += f.swap_pss;
-            fields.locked += f.locked;
+            fields += &entry.fields;
         }
         Totals { size, fields }
     }

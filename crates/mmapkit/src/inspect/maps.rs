@@ -165,6 +165,24 @@ impl SmapsFields {
     }
 }
 
+/// Adds the byte figures (not the page size, flags or other fields): totals over mappings.
+impl std::ops::AddAssign<&SmapsFields> for SmapsFields {
+    fn add_assign(&mut self, other: &SmapsFields) {
+        self.rss += other.rss;
+        self.pss += other.pss;
+        self.shared_clean += other.shared_clean;
+        self.shared_dirty += other.shared_dirty;
+        self.private_clean += other.private_clean;
+        self.private_dirty += other.private_dirty;
+        self.referenced += other.referenced;
+        self.anonymous += other.anonymous;
+        self.anon_huge_pages += other.anon_huge_pages;
+        self.swap += other.swap;
+        self.swap_pss += other.swap_pss;
+        self.locked += other.locked;
+    }
+}
+
 /// One block of /proc/PID/smaps: the maps line and its figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SmapsEntry {
