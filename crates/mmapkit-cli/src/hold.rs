@@ -5,7 +5,7 @@
 //! standard streams on /dev/null) and waits for SIGTERM, SIGINT or SIGHUP.
 
 use std::io::{Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
 
 use mmapkit::inspect::LockedRange;
 
@@ -36,18 +36,21 @@ fn wait_for_termination() {
 
 /// Runs `lock_all` in a detached child that keeps its locks until SIGTERM; prints the child's
 /// report and pid. Returns whether the child's work succeeded.
+///
+/// The child dies with the parent (PR_SET_PDEATHSIG) until the parent has printed its pid, so
+/// no holder is ever left that nobody heard of. A handshake over a socket pair orders the
+/// steps: report, "printed", then the child drops the death signal and answers "detached"
+/// before the parent may exit (exiting earlier would deliver that very signal).
 pub fn in_background(
     lock_all: impl FnOnce() -> (bool, String, Vec<String>, Vec<LockedRange>),
 ) -> bool {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into `fds`.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        eprintln!("mmapkit: pipe: {}", std::io::Error::last_os_error());
-        return false;
-    }
-    // SAFETY: both descriptors were just created and are owned here alone.
-    let (read_end, write_end) =
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (mut parent_end, mut child_end) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(error) => {
+            eprintln!("mmapkit: socketpair: {error}");
+            return false;
+        }
+    };
     // SAFETY: the command is single-threaded until here (no progress bar or pager threads
     // exist yet), so the child inherits no lock held by another thread.
     let pid = unsafe { libc::fork() };
@@ -56,10 +59,9 @@ pub fn in_background(
         return false;
     }
     if pid == 0 {
-        drop(read_end);
-        // SAFETY: plain system calls in the new child. PR_SET_PDEATHSIG ends the child if
-        // the parent goes before the report is delivered (nobody would learn its pid);
-        // setsid detaches it from the terminal's session.
+        drop(parent_end);
+        // SAFETY: plain system calls in the new child; setsid detaches it from the
+        // terminal's session.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
             if libc::getppid() == 1 {
@@ -68,57 +70,87 @@ pub fn in_background(
             libc::setsid();
         }
         let (worked, text, errors, locks) = lock_all();
-        let mut message = vec![u8::from(worked)];
-        message.extend_from_slice(&(locks.len() as u64).to_le_bytes());
-        message.extend_from_slice(text.as_bytes());
-        message.push(0);
-        message.extend_from_slice(errors.join("\n").as_bytes());
-        let delivered = std::fs::File::from(write_end).write_all(&message).is_ok();
+        let report = encode_report(worked, locks.len(), &text, &errors);
+        let delivered = child_end.write_all(&report).is_ok();
         if !delivered || locks.is_empty() {
             drop(locks);
             // SAFETY: ends the child without running the parent's exit handlers twice.
             unsafe { libc::_exit(i32::from(!delivered)) };
         }
-        // SAFETY: plain system calls: the report is out, so the holder outlives the parent
+        let mut printed = [0u8];
+        if child_end.read_exact(&mut printed).is_err() {
+            // SAFETY: as above; the parent is gone without telling anyone our pid.
+            unsafe { libc::_exit(1) };
+        }
+        // SAFETY: plain system calls: the pid is out, so the holder outlives the parent
         // from now on, and keeps no directory busy.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, 0);
             libc::chdir(c"/".as_ptr());
         }
+        let _ = child_end.write_all(&[1]);
+        drop(child_end);
         detach_standard_streams();
         wait_for_termination();
         drop(locks);
         // SAFETY: as above.
         unsafe { libc::_exit(0) };
     }
-    drop(write_end);
-    let mut message = Vec::new();
-    let _ = std::fs::File::from(read_end).read_to_end(&mut message);
-    if message.len() < 9 {
+    drop(child_end);
+    let Some((worked, locked, text, errors)) = read_report(&mut parent_end) else {
         eprintln!("mmapkit: the background process {pid} ended without a report");
         return false;
-    }
-    let worked = message[0] == 1;
-    let locked = u64::from_le_bytes(message[1..9].try_into().unwrap_or([0; 8]));
-    let rest = &message[9..];
-    let (text, errors) = match rest.iter().position(|&b| b == 0) {
-        Some(at) => (&rest[..at], &rest[at + 1..]),
-        None => (rest, &[][..]),
     };
-    print!("{}", String::from_utf8_lossy(text));
-    for error in String::from_utf8_lossy(errors).lines() {
+    print!("{text}");
+    let _ = std::io::stdout().flush();
+    for error in errors.lines() {
         eprintln!("mmapkit: {error}");
     }
-    if locked > 0 {
-        eprintln!(
-            "mmapkit: {locked} file(s) locked by background process {pid}; release with: kill {pid}"
-        );
-    } else {
+    if locked == 0 {
         // Nothing to hold: the child has exited; collect it.
         // SAFETY: waits for our own child.
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+        return worked;
     }
+    let mut detached = [0u8];
+    let handshake = parent_end
+        .write_all(&[1])
+        .and_then(|()| parent_end.read_exact(&mut detached));
+    if handshake.is_err() {
+        eprintln!("mmapkit: the background process {pid} ended before it detached");
+        return false;
+    }
+    eprintln!(
+        "mmapkit: {locked} file(s) locked by background process {pid}; release with: kill {pid}"
+    );
     worked
+}
+
+/// The child's report: success, number of locked files, the text to print, the errors.
+fn encode_report(worked: bool, locked: usize, text: &str, errors: &[String]) -> Vec<u8> {
+    let errors = errors.join("\n");
+    let mut report = Vec::with_capacity(25 + text.len() + errors.len());
+    report.push(u8::from(worked));
+    report.extend_from_slice(&(locked as u64).to_le_bytes());
+    report.extend_from_slice(&(text.len() as u64).to_le_bytes());
+    report.extend_from_slice(&(errors.len() as u64).to_le_bytes());
+    report.extend_from_slice(text.as_bytes());
+    report.extend_from_slice(errors.as_bytes());
+    report
+}
+
+fn read_report(stream: &mut UnixStream) -> Option<(bool, u64, String, String)> {
+    let mut head = [0u8; 25];
+    stream.read_exact(&mut head).ok()?;
+    let field = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap_or([0; 8]));
+    let mut read_text = |len: u64| {
+        let mut bytes = vec![0; usize::try_from(len).ok()?];
+        stream.read_exact(&mut bytes).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    };
+    let text = read_text(field(9))?;
+    let errors = read_text(field(17))?;
+    Some((head[0] == 1, field(1), text, errors))
 }
 
 fn detach_standard_streams() {
