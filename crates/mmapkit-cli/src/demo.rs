@@ -57,9 +57,9 @@ pub fn run(args: &DemoArgs) -> DemoResult {
     for (index, demo) in which.iter().enumerate() {
         if args.all {
             if index > 0 {
-                println!();
+                outln!();
             }
-            println!(
+            outln!(
                 "== {} ==",
                 demo.to_possible_value()
                     .expect("no skipped variants")
@@ -99,7 +99,7 @@ fn shared(pause: Pause) -> DemoResult {
     put(&anonymous, "anonymous string 1")?;
     put(&zero, "zero-backed string 1")?;
     let report = || -> DemoResult {
-        println!(
+        outln!(
             "PID {}:\t{}, {}",
             std::process::id(),
             get(&anonymous)?,
@@ -139,16 +139,16 @@ fn seed_choreography(
 }
 
 fn private(pause: Pause) -> DemoResult {
-    println!("A private anonymous mapping is copied on write after fork:");
+    outln!("A private anonymous mapping is copied on write after fork:");
     let private = MapOptions::new().len(4096).private().map_anonymous()?;
     put(&private, "private string 1")?;
     let report = || -> DemoResult {
-        println!("PID {}:\t{}", std::process::id(), get(&private)?);
+        outln!("PID {}:\t{}", std::process::id(), get(&private)?);
         Ok(())
     };
     seed_choreography(pause, &report, &|| Ok(put(&private, "private string 2")?))?;
 
-    println!("A private file mapping keeps its writes from the file:");
+    outln!("A private file mapping keeps its writes from the file:");
     let mut file = tempfile::NamedTempFile::new()?;
     file.write_all(b"file contents\0")?;
     let map = MapOptions::new()
@@ -158,8 +158,8 @@ fn private(pause: Pause) -> DemoResult {
     put(&map, "private edit")?;
     map.flush()?;
     let on_disk = std::fs::read(file.path())?;
-    println!("  the mapping reads: {:?}", get(&map)?);
-    println!(
+    outln!("  the mapping reads: {:?}", get(&map)?);
+    outln!(
         "  the file reads:    {:?}",
         String::from_utf8_lossy(&on_disk[..13])
     );
@@ -172,15 +172,15 @@ fn msync() -> DemoResult {
     let map = MapOptions::new().write(true).map_file(file.as_file())?;
     let text = "hello from the mapping";
     map.write_at(0, text.as_bytes())?;
-    println!(
+    outln!(
         "wrote {text:?} through a shared mapping of {}",
         file.path().display()
     );
     map.flush()?;
-    println!("msync(MS_SYNC) returned: the bytes are in the file");
+    outln!("msync(MS_SYNC) returned: the bytes are in the file");
     let mut read_back = vec![0u8; text.len()];
     std::fs::File::open(file.path())?.read_exact(&mut read_back)?;
-    println!("read(2) returns {:?}", String::from_utf8_lossy(&read_back));
+    outln!("read(2) returns {:?}", String::from_utf8_lossy(&read_back));
     Ok(())
 }
 
@@ -188,7 +188,7 @@ fn truncate() -> DemoResult {
     let file = tempfile::NamedTempFile::new()?;
     file.as_file().set_len(8192)?;
     let map = MapOptions::new().map_file(file.as_file())?;
-    println!(
+    outln!(
         "mapped {} ({} bytes), then truncated it to 0 bytes",
         file.path().display(),
         map.len()
@@ -196,10 +196,10 @@ fn truncate() -> DemoResult {
     file.as_file().set_len(0)?;
     let mut buf = [0u8; 16];
     match map.read_at(4096, &mut buf) {
-        Ok(()) => println!("read_at(4096) succeeded (the file was not truncated after all)"),
+        Ok(()) => outln!("read_at(4096) succeeded (the file was not truncated after all)"),
         Err(error) => {
-            println!("read_at(4096) returned {:?}: {error}", error.kind());
-            println!("(a plain mmap read here would have killed the process with SIGBUS)");
+            outln!("read_at(4096) returned {:?}: {error}", error.kind());
+            outln!("(a plain mmap read here would have killed the process with SIGBUS)");
         }
     }
     Ok(())

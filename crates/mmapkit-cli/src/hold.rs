@@ -101,8 +101,7 @@ pub fn in_background(
         eprintln!("mmapkit: the background process {pid} ended without a report");
         return false;
     };
-    print!("{text}");
-    let _ = std::io::stdout().flush();
+    out!("{text}");
     for error in errors.lines() {
         eprintln!("mmapkit: {error}");
     }

@@ -4,9 +4,27 @@
 //! Exit codes: 0 when everything worked, 1 when an operation failed (the message on stderr
 //! says which and why), 2 for a usage error.
 
+/// `print!` that survives a closed reader (see `out`).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::out::write(format_args!($($arg)*))
+    };
+}
+
+/// `println!` that survives a closed reader (see `out`).
+macro_rules! outln {
+    () => {
+        $crate::out::write(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::out::write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod demo;
 mod hold;
 mod maps;
+mod out;
 mod page;
 mod report;
 mod residency;

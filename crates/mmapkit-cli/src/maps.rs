@@ -63,15 +63,15 @@ pub fn run(args: &MapsArgs) -> bool {
         };
         match (&report, args.json) {
             (Report::Smaps(entries), true) => json.push(json_process(number, &command, entries)),
-            (Report::Maps(entries), _) => print!("{}", listing(number, &command, entries)),
+            (Report::Maps(entries), _) => out!("{}", listing(number, &command, entries)),
             (Report::Smaps(entries), false) if args.smaps => {
-                print!("{}", smaps_listing(number, &command, entries));
+                out!("{}", smaps_listing(number, &command, entries));
             }
-            (Report::Smaps(entries), false) => print!("{}", extended(number, &command, entries)),
+            (Report::Smaps(entries), false) => out!("{}", extended(number, &command, entries)),
         }
     }
     if args.json {
-        println!("{}", serde_json::Value::Array(json));
+        outln!("{}", serde_json::Value::Array(json));
     }
     all_read
 }

@@ -111,9 +111,9 @@ pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
         stats,
     };
     if args.json {
-        println!("{}", report.json());
+        outln!("{}", report.json());
     } else {
-        print!("{}", report.text());
+        out!("{}", report.text());
     }
     Ok(())
 }

@@ -102,7 +102,7 @@ pub fn run(args: &ResidencyArgs) -> bool {
         });
     }
     let (report, locks) = collect(args);
-    print!("{}", report.render(args));
+    out!("{}", report.render(args));
     for error in report.errors() {
         eprintln!("mmapkit: {error}");
     }

@@ -56,15 +56,21 @@ fn list(json: bool) -> bool {
     };
     if json {
         let rows: Vec<serde_json::Value> = segments.iter().map(json_row).collect();
-        println!("{}", serde_json::Value::Array(rows));
+        outln!("{}", serde_json::Value::Array(rows));
         return true;
     }
-    println!(
+    outln!(
         "{:<28} {:>10} {:<10} {:>5} {:<16} {:<18} {:<12} STALE",
-        "NAME", "SIZE", "OWNER", "MODE", "TYPE", "CREATOR", "USERS"
+        "NAME",
+        "SIZE",
+        "OWNER",
+        "MODE",
+        "TYPE",
+        "CREATOR",
+        "USERS"
     );
     for segment in &segments {
-        println!(
+        outln!(
             "{:<28} {:>10} {:<10} {:>5} {:<16} {:<18} {:<12} {}",
             segment.name,
             human(segment.size),
@@ -117,7 +123,7 @@ fn remove(names: &[String]) -> bool {
     let mut all = true;
     for name in names {
         match mmapkit::shm::unlink(name) {
-            Ok(()) => println!("removed {name}"),
+            Ok(()) => outln!("removed {name}"),
             Err(error) => {
                 eprintln!("mmapkit: {error}");
                 all = false;
@@ -151,13 +157,13 @@ fn clean(dry_run: bool, json: bool) -> bool {
         eprintln!("mmapkit: {error}");
     }
     if json {
-        println!("{}", serde_json::json!(outcome.removed));
+        outln!("{}", serde_json::json!(outcome.removed));
     } else if outcome.removed.is_empty() {
-        println!("no stale segments removed");
+        outln!("no stale segments removed");
     } else {
         let verb = if dry_run { "would remove" } else { "removed" };
         for name in &outcome.removed {
-            println!("{verb} {name}");
+            outln!("{verb} {name}");
         }
     }
     outcome.failed.is_empty()
