@@ -70,8 +70,9 @@ fn proc_error(pid: Pid, path: &Path, operation: &'static str, error: &std::io::E
             base.with_kind(ErrorKind::NotFound).with_message(who)
         }
         Some(libc::EACCES) | Some(libc::EPERM) => base.with_hint(
-            "reading another user's mappings needs root (or the same user and ptrace \
-             permission: see /proc/sys/kernel/yama/ptrace_scope)",
+            "reading another process's mappings takes ptrace read access: the same user \
+             (as /proc/sys/kernel/yama/ptrace_scope allows) or CAP_SYS_PTRACE; a security \
+             module or an outer user namespace can refuse even root",
         ),
         _ => base,
     }
