@@ -304,7 +304,16 @@ fn stale_segments_are_found_and_only_they_are_removed() {
     drop(options(4096).create(&template).unwrap());
     let mut bytes = fs::read(format!("/dev/shm/{}", &*template)).unwrap();
     bytes[40..44].copy_from_slice(&dead_pid.to_ne_bytes());
-    fs::write(format!("/dev/shm/{}", &*dead), bytes).unwrap();
+    fs::write(format!("/dev/shm/{}", &*dead), &bytes).unwrap();
+    // Also dead-creator, but mapped here (and not held open) under a name that /proc/PID/maps
+    // escapes and that looks like a deleted file there: still in use, so not stale.
+    let odd = SegmentName(format!(
+        "mmapkit-test-{}-odd\nname (deleted)",
+        std::process::id()
+    ));
+    let odd_path = format!("/dev/shm/{}", &*odd);
+    fs::write(&odd_path, &bytes).unwrap();
+    let _odd_mapping = mmapkit::MapOptions::new().map_path(&odd_path).unwrap();
 
     let infos = stale::list().unwrap();
     let find = |name: &str| infos.iter().find(|info| info.name == name).unwrap().clone();
@@ -320,6 +329,14 @@ fn stale_segments_are_found_and_only_they_are_removed() {
         "this process maps it"
     );
     assert!(!alive_info.is_stale());
+    let odd_info = find(&odd);
+    assert_eq!(odd_info.creator_alive, Some(false));
+    assert_eq!(
+        odd_info.users,
+        vec![std::process::id()],
+        "this process maps it"
+    );
+    assert!(!odd_info.is_stale());
     let foreign_info = find(&foreign);
     assert_eq!(foreign_info.header, None);
     assert!(!foreign_info.is_stale());
@@ -327,6 +344,7 @@ fn stale_segments_are_found_and_only_they_are_removed() {
     let removed = stale::cleanup().unwrap().removed;
     assert!(removed.contains(&dead.0));
     assert!(!removed.contains(&alive.0) && !removed.contains(&foreign.0));
+    assert!(!removed.contains(&odd.0) && fs::exists(&odd_path).unwrap());
     assert!(!fs::exists(format!("/dev/shm/{}", &*dead)).unwrap());
     assert!(fs::exists(format!("/dev/shm/{}", &*foreign)).unwrap());
 }

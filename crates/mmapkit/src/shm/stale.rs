@@ -4,7 +4,9 @@
 //! /dev/shm for good. A segment is *stale* when it carries a valid mmapkit header, its creator
 //! is dead (pid and start time, so a reused pid does not count), and no process maps it or
 //! holds it open (found by reading every /proc/PID/maps and /proc/PID/fd this process may
-//! read). [`list`] reports every object in /dev/shm, mmapkit's or not; [`cleanup`] unlinks the
+//! read). Users are matched by device and inode, never by path: /proc escapes a newline in a
+//! mapped path and marks a deleted file with a " (deleted)" suffix that a live name can carry
+//! too, so a path match would call a segment in use "unused" and let it be removed. [`list`] reports every object in /dev/shm, mmapkit's or not; [`cleanup`] unlinks the
 //! stale ones and never touches anything without an mmapkit header.
 //!
 //! Processes of other users whose /proc entries cannot be read are not seen as users: run as
@@ -14,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::Header;
 use super::header::{HEADER_SIZE, RawHeader};
@@ -81,7 +83,10 @@ pub fn cleanup() -> Result<Cleanup> {
 fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
     let entries = std::fs::read_dir(directory)
         .map_err(|error| Error::io("list segments", &error).with_path(directory))?;
-    let users = users_by_path();
+    let shm_device = std::fs::metadata(directory)
+        .map_err(|error| Error::io("list segments", &error).with_path(directory))?
+        .dev();
+    let users = users_by_file(shm_device);
     let mut infos = Vec::new();
     for entry in entries.flatten() {
         let Ok(metadata) = entry.metadata() else {
@@ -96,7 +101,7 @@ fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
         let path = entry.path();
         let header = read_header(&path, metadata.len());
         let mut pids: Vec<u32> = users
-            .get(&path)
+            .get(&metadata.ino())
             .map(|set| set.iter().copied().collect())
             .unwrap_or_default();
         pids.sort_unstable();
@@ -123,9 +128,10 @@ fn read_header(path: &Path, size: u64) -> Option<Header> {
     map.read_pod::<RawHeader>(0).ok()?.validate(size).ok()
 }
 
-/// For every file some process maps or holds open: the pids that do, from /proc.
-fn users_by_path() -> HashMap<PathBuf, HashSet<u32>> {
-    let mut users: HashMap<PathBuf, HashSet<u32>> = HashMap::new();
+/// For every file on `device` that some process maps or holds open: its inode and the pids
+/// that do, from /proc.
+fn users_by_file(device: u64) -> HashMap<u64, HashSet<u32>> {
+    let mut users: HashMap<u64, HashSet<u32>> = HashMap::new();
     let Ok(processes) = std::fs::read_dir("/proc") else {
         return users;
     };
@@ -138,17 +144,19 @@ fn users_by_path() -> HashMap<PathBuf, HashSet<u32>> {
             continue;
         };
         let mapped = crate::inspect::maps(crate::inspect::Pid::Id(pid)).unwrap_or_default();
-        for path in mapped.iter().filter_map(|entry| entry.kind.path()) {
-            if path.starts_with(SHM_DIR) {
-                users.entry(path.clone()).or_default().insert(pid);
-            }
+        for entry in mapped.iter().filter(|entry| {
+            entry.inode != 0
+                && rustix::fs::makedev(entry.device_major, entry.device_minor) == device
+        }) {
+            users.entry(entry.inode).or_default().insert(pid);
         }
         if let Ok(fds) = std::fs::read_dir(process.path().join("fd")) {
             for fd in fds.flatten() {
-                if let Ok(target) = std::fs::read_link(fd.path())
-                    && target.starts_with(SHM_DIR)
+                // stat follows the link to the open file itself, deleted or renamed.
+                if let Ok(file) = std::fs::metadata(fd.path())
+                    && file.dev() == device
                 {
-                    users.entry(target).or_default().insert(pid);
+                    users.entry(file.ino()).or_default().insert(pid);
                 }
             }
         }
