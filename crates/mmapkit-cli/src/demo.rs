@@ -27,7 +27,7 @@ pub struct DemoArgs {
     #[arg(long)]
     all: bool,
     /// Multiply the seed program's pauses (2 s and 3 s) by this factor; 0 runs without pauses.
-    #[arg(long, default_value_t = 1.0, value_name = "FACTOR")]
+    #[arg(long, default_value_t = 1.0, value_name = "FACTOR", value_parser = parse_time_scale)]
     time_scale: f64,
 }
 
@@ -43,11 +43,20 @@ enum Which {
     Truncate,
 }
 
+/// The largest pause factor: the longest pause is then 3,000 s, and no product overflows.
+const MAX_TIME_SCALE: f64 = 1000.0;
+
+fn parse_time_scale(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(scale) if (0.0..=MAX_TIME_SCALE).contains(&scale) => Ok(scale),
+        _ => Err(format!(
+            "{text:?} is not a factor from 0 to {MAX_TIME_SCALE}"
+        )),
+    }
+}
+
 /// Runs the demonstration(s) the arguments select.
 pub fn run(args: &DemoArgs) -> DemoResult {
-    if !args.time_scale.is_finite() || args.time_scale < 0.0 {
-        return Err(format!("--time-scale must be 0 or more, not {}", args.time_scale).into());
-    }
     let pause = Pause(args.time_scale);
     let which: &[Which] = if args.all {
         &[Which::Shared, Which::Private, Which::Msync, Which::Truncate]

@@ -8,7 +8,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::sync::Arc;
 
-use mmapkit::pager::{CompressedStore, FileStore, HttpStore, PagedRegion, Pager, Stats, Store};
+use mmapkit::pager::{
+    CompressedStore, FileStore, HttpStore, PagedRegion, Pager, Stats, Store, store,
+};
 
 use crate::units::{Size, human, parse_size};
 
@@ -63,7 +65,7 @@ fn open_store(
     if let Some(url) = source.to_str().filter(|s| s.starts_with("http://")) {
         return Ok((Arc::new(HttpStore::open(url).map_err(failed)?), "http"));
     }
-    let file = std::fs::File::open(source).map_err(failed)?;
+    let file = store::open_regular_file(source, false).map_err(failed)?;
     if CompressedStore::is_seekable_archive(&file) {
         return Ok((
             Arc::new(CompressedStore::from_file(file).map_err(failed)?),

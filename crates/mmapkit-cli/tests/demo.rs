@@ -107,7 +107,9 @@ fn exit_codes_tell_usage_errors_from_failures() {
     assert!(mmapkit(&["demo", "--help"]).status.success());
     assert!(mmapkit(&["--help"]).status.success());
     assert_eq!(mmapkit(&["no-such-command"]).status.code(), Some(2));
-    let failed = mmapkit(&["demo", "--time-scale=-1"]);
-    assert_eq!(failed.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&failed.stderr).contains("--time-scale"));
+    for scale in ["-1", "nan", "inf", "1e300"] {
+        let refused = mmapkit(&["demo", &format!("--time-scale={scale}")]);
+        assert_eq!(refused.status.code(), Some(2), "{scale}");
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("--time-scale"));
+    }
 }

@@ -170,7 +170,7 @@ impl CompressedStore {
     /// Opens the archive at `path`.
     pub fn open(path: impl AsRef<Path>) -> io::Result<CompressedStore> {
         let path = path.as_ref();
-        let mut store = CompressedStore::from_file(File::open(path)?)?;
+        let mut store = CompressedStore::from_file(super::open_regular_file(path, false)?)?;
         store.path = Some(path.to_path_buf());
         Ok(store)
     }

@@ -141,6 +141,26 @@ fn checked_range(offset: u64, len: usize, size: usize) -> io::Result<std::ops::R
         })
 }
 
+/// Opens `path` for a store, refusing anything but a regular file. The open itself is
+/// non-blocking, so a FIFO (or a device that waits on open) gets an error instead of hanging
+/// the caller; on a regular file O_NONBLOCK changes nothing.
+pub fn open_regular_file(path: &Path, writable: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(not_a_regular_file());
+    }
+    Ok(file)
+}
+
+fn not_a_regular_file() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "a store needs a regular file")
+}
+
 /// A file as a store: pread(2) and pwrite(2) at the page's offset, fsync on flush.
 ///
 /// The length is the file's size when the store is opened. A file that shrinks afterwards
@@ -158,11 +178,7 @@ impl FileStore {
     /// Opens `path` for reading, and for writing too when `writable`.
     pub fn open(path: impl AsRef<Path>, writable: bool) -> io::Result<FileStore> {
         let path = path.as_ref();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(writable)
-            .open(path)?;
-        let mut store = FileStore::from_file(file, writable)?;
+        let mut store = FileStore::from_file(open_regular_file(path, writable)?, writable)?;
         store.path = Some(path.to_path_buf());
         Ok(store)
     }
@@ -172,10 +188,7 @@ impl FileStore {
     pub fn from_file(file: File, writable: bool) -> io::Result<FileStore> {
         let metadata = file.metadata()?;
         if !metadata.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a file store needs a regular file",
-            ));
+            return Err(not_a_regular_file());
         }
         Ok(FileStore {
             file,
