@@ -101,7 +101,7 @@ pub fn in_background(
         eprintln!("mmapkit: the background process {pid} ended without a report");
         return false;
     };
-    out!("{text}");
+    crate::out::write_before_holding(format_args!("{text}"));
     for error in errors.lines() {
         eprintln!("mmapkit: {error}");
     }

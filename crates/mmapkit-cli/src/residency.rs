@@ -102,7 +102,12 @@ pub fn run(args: &ResidencyArgs) -> bool {
         });
     }
     let (report, locks) = collect(args);
-    out!("{}", report.render(args));
+    let rendered = report.render(args);
+    if args.lock {
+        crate::out::write_before_holding(format_args!("{rendered}"));
+    } else {
+        out!("{rendered}");
+    }
     for error in report.errors() {
         eprintln!("mmapkit: {error}");
     }
@@ -187,7 +192,9 @@ fn act_and_measure(
     } else if args.evict {
         inspect::evict(file, range)?;
     } else if args.lock {
-        limits.lock(file, range)?;
+        let locked = limits.lock(file, range)?;
+        // A file whose figure cannot be given is reported as failed: it holds no lock either.
+        return inspect::residency_of(file, measure).inspect_err(|_| limits.release(locked));
     }
     inspect::residency_of(file, measure)
 }
@@ -225,7 +232,13 @@ impl LockLimits {
         }
     }
 
-    fn lock(&mut self, file: &std::fs::File, range: Option<Range<u64>>) -> mmapkit::Result<()> {
+    /// Locks the range of `file`; returns the bytes locked, or None when the range holds
+    /// no byte of the file (an empty file, a range past its end): nothing to hold then.
+    fn lock(
+        &mut self,
+        file: &std::fs::File,
+        range: Option<Range<u64>>,
+    ) -> mmapkit::Result<Option<u64>> {
         let size = file
             .metadata()
             .map_err(|error| mmapkit::Error::io("stat", &error))?
@@ -233,6 +246,9 @@ impl LockLimits {
         let wanted = range.as_ref().map_or(size, |range| {
             range.end.min(size).saturating_sub(range.start)
         });
+        if wanted == 0 {
+            return Ok(None);
+        }
         let refuse = |message: String| {
             Err(mmapkit::Error::new(
                 mmapkit::ErrorKind::OutOfMemory,
@@ -257,7 +273,15 @@ impl LockLimits {
         }
         self.locks.push(inspect::lock(file, range)?);
         self.locked_bytes += wanted;
-        Ok(())
+        Ok(Some(wanted))
+    }
+
+    /// Releases the lock taken last, of `bytes` bytes (if one was taken).
+    fn release(&mut self, bytes: Option<u64>) {
+        if let Some(bytes) = bytes {
+            self.locks.pop();
+            self.locked_bytes -= bytes;
+        }
     }
 }
 

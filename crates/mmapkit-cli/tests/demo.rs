@@ -1,13 +1,7 @@
 //! `mmapkit demo`, run as a real process.
 
-use std::process::{Command, Output};
-
-fn mmapkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmapkit"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::mmapkit;
 
 fn pid_and_text(line: &str) -> (u32, &str) {
     let rest = line

@@ -4,17 +4,11 @@
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
-fn mmapkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmapkit"))
-        .args(args)
-        .output()
-        .expect("run mmapkit")
-}
+mod common;
+use common::{as_nobody, json, mmapkit, partly_cached};
 
 fn tool(name: &str, args: &[&str]) -> String {
     let output = Command::new(name).args(args).output().unwrap_or_else(|_| {
@@ -24,36 +18,6 @@ fn tool(name: &str, args: &[&str]) -> String {
     });
     assert!(output.status.success(), "{name} {args:?}: {output:?}");
     String::from_utf8(output.stdout).unwrap()
-}
-
-fn json(args: &[&str]) -> serde_json::Value {
-    let output = mmapkit(args);
-    assert!(output.status.success(), "{args:?}: {output:?}");
-    serde_json::from_slice(&output.stdout).unwrap()
-}
-
-/// A file of `pages` 4 KiB pages of which exactly those in `resident` are in the page cache.
-fn partly_cached(path: &Path, pages: u64, resident: impl Iterator<Item = u64>) {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)
-        .unwrap();
-    file.write_all_at(&vec![7u8; (pages * 4096) as usize], 0)
-        .unwrap();
-    file.sync_all().unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
-    // SAFETY: advice on our own open file.
-    unsafe {
-        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED);
-        libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_RANDOM);
-    }
-    let mut page = [0u8; 4096];
-    for index in resident {
-        file.read_exact_at(&mut page, index * 4096).unwrap();
-    }
 }
 
 #[test]
@@ -203,25 +167,6 @@ fn maps_totals_agree_with_pmap() {
     );
 }
 
-/// Runs mmapkit as the unprivileged user `nobody`.
-fn as_nobody(args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_mmapkit"));
-    command.args(args);
-    // SAFETY: setgroups/setgid/setuid are async-signal-safe and run in the child before exec.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(65534) != 0
-                || libc::setuid(65534) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    command.output().unwrap()
-}
-
 #[test]
 fn bad_processes_get_clear_errors_and_exit_codes() {
     let missing = mmapkit(&["maps", "4000000"]);
@@ -369,110 +314,6 @@ fn one_file_system_stays_out_of_mounts_below() {
     let one = json(&["residency", "--json", "--one-file-system", root]);
     assert_eq!(one["summary"]["files"], 1);
     assert_eq!(one["skipped"][0]["reason"], "on another file system");
-}
-
-#[test]
-fn touch_evict_and_lock_show_their_effect() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("data");
-    partly_cached(&path, 256, std::iter::empty());
-    let path = path.to_str().unwrap();
-    let resident =
-        |report: &serde_json::Value| report["summary"]["resident_pages"].as_u64().unwrap();
-    assert_eq!(resident(&json(&["residency", "--json", path])), 0);
-    assert_eq!(
-        resident(&json(&["residency", "--json", "--touch", path])),
-        256
-    );
-    assert_eq!(
-        resident(&json(&["residency", "--json", "--evict", path])),
-        0
-    );
-
-    let daemon = mmapkit(&[
-        "residency",
-        "--json",
-        "--lock",
-        "--daemon",
-        "-p",
-        "0-256K",
-        path,
-    ]);
-    assert!(daemon.status.success(), "{daemon:?}");
-    let report: serde_json::Value = serde_json::from_slice(&daemon.stdout).unwrap();
-    assert_eq!(resident(&report), 64);
-    let pid = report["holder_pid"].as_i64().unwrap() as i32;
-    assert!(String::from_utf8_lossy(&daemon.stderr).contains(&format!("kill {pid}")));
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(
-        status
-            .lines()
-            .any(|l| l.starts_with("VmLck:") && l.contains(" 256 kB")),
-        "{status}"
-    );
-    // Locked pages survive an eviction until the holder goes.
-    assert_eq!(
-        resident(&json(&["residency", "--json", "--evict", path])),
-        64
-    );
-    // SAFETY: signals our own daemon child.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while Path::new(&format!("/proc/{pid}")).exists()
-        && std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the daemon did not stop"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(
-        resident(&json(&["residency", "--json", "--evict", path])),
-        0
-    );
-
-    // Files over --max-size are neither touched nor locked; nothing may lock more than
-    // half the memory available (a 64 GiB sparse file would otherwise call the OOM killer).
-    let skipped = json(&["residency", "--json", "--lock", "-m", "100K", path]);
-    assert_eq!(skipped["skipped"][0]["reason"], "larger than --max-size");
-    let sparse = dir.path().join("sparse");
-    std::fs::File::create(&sparse)
-        .unwrap()
-        .set_len(64 << 30)
-        .unwrap();
-    let refused = mmapkit(&["residency", "--lock", "-m", "1T", sparse.to_str().unwrap()]);
-    assert_eq!(refused.status.code(), Some(1));
-    let message = String::from_utf8_lossy(&refused.stderr);
-    assert!(
-        message.contains("half the memory available") && message.contains("sparse"),
-        "{message}"
-    );
-
-    // In the foreground, the lock holds until SIGTERM.
-    let mut holder = Command::new(env!("CARGO_BIN_EXE_mmapkit"))
-        .args(["residency", "-s", "--lock", path])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
-        &mut first,
-    )
-    .unwrap();
-    assert_eq!(
-        resident(&json(&["residency", "--json", "--evict", path])),
-        256
-    );
-    // SAFETY: signals our own child.
-    unsafe { libc::kill(holder.id() as i32, libc::SIGTERM) };
-    assert!(holder.wait().unwrap().success());
-    assert_eq!(
-        resident(&json(&["residency", "--json", "--evict", path])),
-        0
-    );
 }
 
 #[test]

@@ -2,14 +2,9 @@
 //! machine-readable, and bad input gets the right exit code.
 
 use std::io::Write;
-use std::process::{Command, Output};
 
-fn mmapkit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmapkit"))
-        .args(args)
-        .output()
-        .expect("run mmapkit")
-}
+mod common;
+use common::{json, mmapkit};
 
 fn data(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 31 % 253) as u8).collect()
@@ -29,12 +24,6 @@ fn sum_of_words(bytes: &[u8]) -> String {
     format!("{sum:#018x}")
 }
 
-fn json_report(args: &[&str]) -> serde_json::Value {
-    let output = mmapkit(args);
-    assert!(output.status.success(), "{output:?}");
-    serde_json::from_slice(&output.stdout).expect("one JSON object")
-}
-
 #[test]
 fn a_scan_under_a_budget_sums_the_file_and_stays_within_the_budget() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,7 +31,7 @@ fn a_scan_under_a_budget_sums_the_file_and_stays_within_the_budget() {
     let bytes = data(8 * 1024 * 1024 + 5);
     std::fs::write(&path, &bytes).unwrap();
     let path = path.to_str().unwrap();
-    let report = json_report(&[
+    let report = json(&[
         "page",
         path,
         "--budget",
@@ -83,7 +72,7 @@ fn a_seekable_zstd_archive_is_read_as_the_data_it_holds() {
     let mut writer = mmapkit::pager::SeekableWriter::new(file, 256 * 1024, 3).unwrap();
     writer.write_all(&bytes).unwrap();
     writer.finish().unwrap();
-    let report = json_report(&["page", path.to_str().unwrap(), "--json"]);
+    let report = json(&["page", path.to_str().unwrap(), "--json"]);
     assert_eq!(report["store"], "seekable zstd");
     assert_eq!(report["size"], bytes.len() as u64);
     assert_eq!(report["checksum"], sum_of_words(&bytes));
