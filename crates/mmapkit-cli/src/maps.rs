@@ -4,6 +4,8 @@
 use clap::Args;
 use mmapkit::inspect::{self, MapsEntry, Pid, SmapsEntry, SmapsFields};
 
+use crate::units::printable;
+
 #[derive(Debug, Args)]
 pub struct MapsArgs {
     /// Process ids (`self` for this command itself).
@@ -100,7 +102,7 @@ fn listing(pid: u32, command: &str, entries: &[MapsEntry]) -> String {
             entry.start,
             kib(entry.size()),
             mode(entry),
-            entry.kind.label()
+            printable(&entry.kind.label())
         );
     }
     let total: u64 = entries.iter().map(MapsEntry::size).sum();
@@ -119,7 +121,7 @@ fn extended(pid: u32, command: &str, entries: &[SmapsEntry]) -> String {
             kib(entry.fields.rss),
             kib(entry.fields.dirty()),
             mode(&entry.map),
-            entry.map.kind.label()
+            printable(&entry.map.kind.label())
         );
     }
     let totals = Totals::of(entries);
@@ -175,11 +177,11 @@ fn smaps_listing(pid: u32, command: &str, entries: &[SmapsEntry]) -> String {
         for (name, read) in SMAPS_COLUMNS {
             out += &format!(" {:>w$}", kib(read(&entry.fields)), w = name.len().max(6));
         }
-        let label = match map.kind.path() {
-            Some(path) => path.display().to_string(),
-            None => map.kind.label(),
-        };
-        out += &format!(" {} {}\n", entry.fields.vm_flags, label);
+        out += &format!(
+            " {} {}\n",
+            entry.fields.vm_flags,
+            printable(&map.kind.description())
+        );
     }
     let totals = Totals::of(entries);
     out += &format!("{:>54} {:>8}", "total kB", kib(totals.size));

@@ -7,7 +7,7 @@ use std::time::Duration;
 use mmapkit::inspect::{FileResidency, Method, PageMap};
 
 use crate::residency::ResidencyArgs;
-use crate::units::human;
+use crate::units::{human, printable};
 
 /// Width of a page bar.
 const BAR: usize = 60;
@@ -56,6 +56,8 @@ struct Totals {
     pages: u64,
     cached: u64,
     bytes: u64,
+    /// Whole pages, as `cached_bytes` counts them.
+    page_bytes: u64,
     cached_bytes: u64,
     dirty: u64,
     writeback: u64,
@@ -71,6 +73,7 @@ impl Report {
             totals.pages += r.pages;
             totals.cached += r.cached;
             totals.bytes += r.range.end - r.range.start;
+            totals.page_bytes += r.pages * r.page_size;
             totals.cached_bytes += r.cached_bytes();
             totals.dirty += r.dirty.unwrap_or(0);
             totals.writeback += r.writeback.unwrap_or(0);
@@ -117,7 +120,7 @@ impl Report {
                     optional(r.dirty),
                     optional(r.writeback),
                     optional(r.evicted),
-                    row.path.display()
+                    printable(&row.path.to_string_lossy())
                 );
                 if let Some(map) = &r.page_map {
                     out += &format!("{:>52}[{}] {}/{}\n", "", bar(map), r.cached, r.pages);
@@ -148,7 +151,7 @@ impl Report {
             totals.cached,
             totals.pages,
             human(totals.cached_bytes),
-            human(totals.bytes)
+            human(totals.page_bytes)
         );
         if self
             .files
@@ -226,6 +229,7 @@ impl Report {
                 "pages": totals.pages,
                 "resident_pages": totals.cached,
                 "bytes": totals.bytes,
+                "page_bytes": totals.page_bytes,
                 "resident_bytes": totals.cached_bytes,
                 "dirty_pages": totals.dirty,
                 "writeback_pages": totals.writeback,

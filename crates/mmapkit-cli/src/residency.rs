@@ -29,7 +29,8 @@ pub struct ResidencyArgs {
     /// Stay on the file system of each path given.
     #[arg(short = 'x', long)]
     pub one_file_system: bool,
-    /// Count every hard link of a file (by default a file is counted once).
+    /// Count a file every time it is met: each hard link, each symbolic link to it, each
+    /// path naming it (by default a file is counted once).
     #[arg(short = 'H', long)]
     pub count_hardlinks: bool,
     /// Leave out files and directories whose name matches this glob (repeatable).
@@ -50,9 +51,10 @@ pub struct ResidencyArgs {
     /// With --lock: hold the lock in a background process and return at once.
     #[arg(long, requires = "lock")]
     pub daemon: bool,
-    /// Touch or lock only files up to this size (others are skipped), as vmtouch's -m.
-    #[arg(short = 'm', long, value_parser = parse_size, default_value = "500M")]
-    pub max_size: Size,
+    /// Touch or lock only files with up to this many bytes in the range (the others are
+    /// skipped), as vmtouch's -m.
+    #[arg(short = 'm', long, value_parser = parse_bytes, default_value = "500M")]
+    pub max_size: u64,
     /// Print only the summary, not a row per file.
     #[arg(short = 's', long)]
     pub summary: bool,
@@ -71,12 +73,17 @@ fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
     glob::Pattern::new(text).map_err(|error| format!("{text:?}: {error}"))
 }
 
+/// A size in bytes with an optional unit; a percentage (of what?) is refused.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        Size::Bytes(bytes) => Ok(bytes),
+        Size::Percent(_) => Err(format!("{text:?}: a size in bytes, not a percentage")),
+    }
+}
+
 /// START-END, START-, -END or LEN, each a size with an optional unit.
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
-    let size = |part: &str| match parse_size(part)? {
-        Size::Bytes(bytes) => Ok(bytes),
-        Size::Percent(_) => Err(format!("{text:?}: a range is in bytes, not a percentage")),
-    };
+    let size = parse_bytes;
     let range = match text.split_once('-') {
         None => 0..size(text)?,
         Some((start, "")) => size(start)?..u64::MAX,
@@ -143,10 +150,10 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
                 metadata,
             } => {
                 let acting = args.touch || args.lock;
-                if acting && metadata.len() > args.max_size.of(metadata.len()) {
+                if acting && bytes_in_range(metadata.len(), &args.range) > args.max_size {
                     report
                         .skipped
-                        .push((path.to_path_buf(), "larger than --max-size"));
+                        .push((path.to_path_buf(), "more than --max-size to act on"));
                     return;
                 }
                 match act_and_measure(args, &file, &measure, &mut limits) {
@@ -167,6 +174,13 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
     progress.finish_and_clear();
     report.elapsed = started.elapsed();
     (report, limits.locks)
+}
+
+/// The bytes of a file of `size` bytes that `range` (the whole file if None) covers.
+fn bytes_in_range(size: u64, range: &Option<Range<u64>>) -> u64 {
+    range.as_ref().map_or(size, |range| {
+        range.end.min(size).saturating_sub(range.start)
+    })
 }
 
 fn keep(args: &ResidencyArgs, path: &Path, is_directory: bool) -> bool {
@@ -243,9 +257,7 @@ impl LockLimits {
             .metadata()
             .map_err(|error| mmapkit::Error::io("stat", &error))?
             .len();
-        let wanted = range.as_ref().map_or(size, |range| {
-            range.end.min(size).saturating_sub(range.start)
-        });
+        let wanted = bytes_in_range(size, &range);
         if wanted == 0 {
             return Ok(None);
         }

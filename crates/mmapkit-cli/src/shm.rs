@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use mmapkit::shm::stale::{self, SegmentInfo};
 
-use crate::units::human;
+use crate::units::{human, printable};
 
 #[derive(Debug, Args)]
 pub struct ShmArgs {
@@ -72,7 +72,7 @@ fn list(json: bool) -> bool {
     for segment in &segments {
         outln!(
             "{:<28} {:>10} {:<10} {:>5} {:<16} {:<18} {:<12} {}",
-            segment.name,
+            printable(&segment.name),
             human(segment.size),
             user_name(segment.uid),
             format!("{:04o}", segment.mode),

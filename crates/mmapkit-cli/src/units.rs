@@ -79,6 +79,23 @@ pub fn escaped(path: &std::path::Path) -> Option<String> {
         .then(|| bytes.escape_ascii().to_string())
 }
 
+/// `text` for a row of a text table: control characters escaped (`\n`, `\t`, `\u{1b}`),
+/// since a newline in a file name would split the row and escapes would reach the terminal.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut shown = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(shown)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +127,14 @@ mod tests {
         assert_eq!(human(0), "0 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_for_tables() {
+        assert_eq!(printable("plain name"), "plain name");
+        assert_eq!(
+            printable("two\nlines\tand\u{1b}[31m"),
+            "two\\nlines\\tand\\u{1b}[31m"
+        );
     }
 }

@@ -345,3 +345,46 @@ fn shm_lists_removes_and_cleans_segments() {
     let dry = json(&["shm", "clean", "--dry-run", "--json"]);
     assert!(dry.as_array().unwrap().iter().all(|n| n != name.as_str()));
 }
+
+#[test]
+fn a_file_is_counted_once_however_it_is_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    // 100,000 bytes: 25 pages, the last one partly used.
+    std::fs::write(tree.join("big"), vec![1u8; 100_000]).unwrap();
+    std::os::unix::fs::symlink("big", tree.join("link1")).unwrap();
+    std::os::unix::fs::symlink("big", tree.join("link2")).unwrap();
+    let (tree, big) = (tree.to_str().unwrap(), tree.join("big"));
+    let big = big.to_str().unwrap();
+    for args in [
+        &["residency", "--json", "-L", tree][..],
+        &["residency", "--json", big, big, tree],
+    ] {
+        let report = json(args);
+        assert_eq!(report["summary"]["files"], 1, "{args:?}: {report}");
+        assert_eq!(report["summary"]["pages"], 25);
+        assert_eq!(report["summary"]["page_bytes"], 25 * 4096);
+    }
+    // The summary's total counts whole pages, as its resident figure does (and vmtouch).
+    let text = String::from_utf8(mmapkit(&["residency", "-s", "--touch", big]).stdout).unwrap();
+    assert!(text.contains("25/25  100.0 KiB/100.0 KiB"), "{text}");
+    // A percentage says nothing about how much may be touched or locked.
+    assert_eq!(
+        mmapkit(&["residency", "--touch", "-m", "50%", big])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn control_characters_in_names_do_not_break_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("two\nlines");
+    std::fs::write(&odd, b"x").unwrap();
+    let text = String::from_utf8(mmapkit(&["residency", odd.to_str().unwrap()]).stdout).unwrap();
+    let rows: Vec<&str> = text.lines().take_while(|line| !line.is_empty()).collect();
+    assert_eq!(rows.len(), 2, "{text}");
+    assert!(rows[1].ends_with("two\\nlines"), "{text}");
+}

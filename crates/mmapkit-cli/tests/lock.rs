@@ -73,7 +73,22 @@ fn touch_evict_and_lock_show_their_effect() {
     // Files over --max-size are neither touched nor locked; nothing may lock more than
     // half the memory available (a 64 GiB sparse file would otherwise call the OOM killer).
     let skipped = json(&["residency", "--json", "--lock", "-m", "100K", path]);
-    assert_eq!(skipped["skipped"][0]["reason"], "larger than --max-size");
+    assert_eq!(
+        skipped["skipped"][0]["reason"],
+        "more than --max-size to act on"
+    );
+    // The limit is on what is acted on: a range within it is touched in a larger file.
+    let ranged = json(&[
+        "residency",
+        "--json",
+        "--touch",
+        "-m",
+        "100K",
+        "-p",
+        "0-64K",
+        path,
+    ]);
+    assert_eq!(resident(&ranged), 16);
     let sparse = dir.path().join("sparse");
     std::fs::File::create(&sparse)
         .unwrap()

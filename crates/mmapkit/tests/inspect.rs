@@ -52,6 +52,28 @@ fn our_own_mappings_are_listed_with_their_fields() {
         MappingKind::DeletedFile(path)
     );
 
+    // A live file whose name has a newline (which /proc escapes) and ends in " (deleted)".
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("two\nlines (deleted)");
+    std::fs::write(&odd, [9u8; 4096]).unwrap();
+    let odd_mapping = MapOptions::new().map_path(&odd).unwrap();
+    let odd_kind = |maps: Vec<inspect::MapsEntry>| {
+        let address = odd_mapping.as_ptr() as u64;
+        maps.into_iter()
+            .find(|entry| entry.start == address)
+            .expect("the mapping is listed")
+            .kind
+    };
+    assert_eq!(
+        odd_kind(inspect::maps(Pid::Current).unwrap()),
+        MappingKind::File(odd.clone())
+    );
+    std::fs::remove_file(&odd).unwrap();
+    assert_eq!(
+        odd_kind(inspect::maps(Pid::Current).unwrap()),
+        MappingKind::DeletedFile(odd)
+    );
+
     let maps = inspect::maps(Pid::Current).unwrap();
     assert!(
         maps.iter()

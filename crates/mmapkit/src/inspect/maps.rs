@@ -54,6 +54,15 @@ impl MappingKind {
         }
     }
 
+    /// The whole path for files (with " (deleted)" for deleted ones), else the label.
+    pub fn description(&self) -> String {
+        match self {
+            MappingKind::File(path) => path.display().to_string(),
+            MappingKind::DeletedFile(path) => format!("{} (deleted)", path.display()),
+            _ => self.label(),
+        }
+    }
+
     /// The file's path, for file mappings.
     pub fn path(&self) -> Option<&PathBuf> {
         match self {
@@ -294,11 +303,29 @@ fn kind_of(path: &[u8]) -> MappingKind {
             _ => MappingKind::Named(name),
         };
     }
-    let to_path = |bytes: &[u8]| PathBuf::from(OsStr::from_bytes(bytes));
+    let to_path = |bytes: &[u8]| PathBuf::from(OsStr::from_bytes(&unescape_newlines(bytes)));
     match path.strip_suffix(b" (deleted)") {
         Some(deleted) => MappingKind::DeletedFile(to_path(deleted)),
         None => MappingKind::File(to_path(path)),
     }
+}
+
+/// The kernel writes a newline in a mapped path as `\012` (and nothing else escaped, so a
+/// name that holds those four characters itself cannot be told apart).
+fn unescape_newlines(path: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const ESCAPED: &[u8] = b"\\012";
+    if memchr::memmem::find(path, ESCAPED).is_none() {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut plain = Vec::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(at) = memchr::memmem::find(rest, ESCAPED) {
+        plain.extend_from_slice(&rest[..at]);
+        plain.push(b'\n');
+        rest = &rest[at + ESCAPED.len()..];
+    }
+    plain.extend_from_slice(rest);
+    std::borrow::Cow::Owned(plain)
 }
 
 /// Parses the text of /proc/PID/maps.
@@ -482,7 +509,7 @@ VmFlags: rd mr mw me
         );
         assert_eq!(
             entries[6].map.kind,
-            MappingKind::File("/tmp/with space/and \\012newline".into())
+            MappingKind::File("/tmp/with space/and \nnewline".into())
         );
         assert_eq!(entries[6].map.permissions.to_string(), "r--p");
         assert_eq!(

@@ -81,7 +81,28 @@ fn proc_error(pid: Pid, path: &Path, operation: &'static str, error: &std::io::E
 /// The mappings of a process, from /proc/PID/maps.
 pub fn maps(pid: Pid) -> Result<Vec<MapsEntry>> {
     let text = read_proc(pid, "maps", "maps")?;
-    parse_maps(&text).map_err(|error| error.with_path(pid.dir().join("maps")))
+    let mut entries = parse_maps(&text).map_err(|error| error.with_path(pid.dir().join("maps")))?;
+    entries.iter_mut().for_each(settle_deleted);
+    Ok(entries)
+}
+
+/// A live file whose own name ends in " (deleted)" reads like a deleted file in /proc; a
+/// file at the whole path with the mapping's device and inode settles it. (Seen from this
+/// process's mount namespace: for a process in another one, the kernel's reading stands.)
+fn settle_deleted(entry: &mut MapsEntry) {
+    use std::os::unix::fs::MetadataExt;
+    let MappingKind::DeletedFile(path) = &entry.kind else {
+        return;
+    };
+    let mut whole = path.clone().into_os_string();
+    whole.push(" (deleted)");
+    let same_file = std::fs::metadata(&whole).is_ok_and(|file| {
+        file.ino() == entry.inode
+            && file.dev() == rustix::fs::makedev(entry.device_major, entry.device_minor)
+    });
+    if same_file {
+        entry.kind = MappingKind::File(whole.into());
+    }
 }
 
 /// The mappings of a process with their memory figures, from /proc/PID/smaps (read and
@@ -90,9 +111,13 @@ pub fn smaps(pid: Pid) -> Result<Vec<SmapsEntry>> {
     let path = pid.dir().join("smaps");
     let failed = |error: std::io::Error| proc_error(pid, &path, "smaps", &error);
     let file = std::fs::File::open(&path).map_err(failed)?;
-    maps::read_smaps(file)
+    let mut entries = maps::read_smaps(file)
         .map_err(failed)?
-        .map_err(|error| error.with_path(&path))
+        .map_err(|error| error.with_path(&path))?;
+    for entry in &mut entries {
+        settle_deleted(&mut entry.map);
+    }
+    Ok(entries)
 }
 
 /// The command line of a process (arguments joined by spaces), or its name in brackets for a

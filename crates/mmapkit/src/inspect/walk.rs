@@ -2,7 +2,8 @@
 //!
 //! Directories are walked depth-first in name order. Each regular file is handed over open
 //! (read-only, non-blocking, so nothing in the walk can hang on a FIFO that was swapped in),
-//! a file with several hard links only once unless asked otherwise, and everything else is
+//! a file met again (another hard link, a symbolic link followed to it, a root naming it
+//! twice) only once unless asked otherwise, and everything else is
 //! reported: skipped entries (FIFOs, sockets, devices, symbolic links not followed, other
 //! file systems, filtered names) with the reason, and failures (unreadable directories and
 //! files) with the error — the walk always goes on.
@@ -15,6 +16,9 @@ use std::path::{Path, PathBuf};
 use super::residency::open_regular;
 use crate::Error;
 
+/// Why a file met again is skipped.
+pub const ALREADY_COUNTED: &str = "already counted";
+
 /// How to walk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WalkOptions {
@@ -23,7 +27,8 @@ pub struct WalkOptions {
     pub follow_symlinks: bool,
     /// Do not enter directories on another file system than the path given.
     pub one_file_system: bool,
-    /// Report every hard link of a file, instead of the first one only.
+    /// Report a file every time it is met (each hard link, each symbolic link followed to
+    /// it, each root naming it), instead of the first time only.
     pub count_hardlinks: bool,
 }
 
@@ -160,10 +165,10 @@ pub fn walk<P: AsRef<Path>>(
                 });
                 continue;
             }
-            if metadata.nlink() > 1 && !options.count_hardlinks && !files_seen.insert(identity) {
+            if !options.count_hardlinks && !files_seen.insert(identity) {
                 visit(Entry::Skipped {
                     path: &path,
-                    reason: "hard link to a file already counted",
+                    reason: ALREADY_COUNTED,
                 });
                 continue;
             }
@@ -271,7 +276,7 @@ mod tests {
             expect(&[
                 ("dir", ""),
                 ("file", "b"),
-                ("hard link to a file already counted", "c-link"),
+                (ALREADY_COUNTED, "c-link"),
                 ("symbolic link (not followed)", "d-symlink"),
                 ("FIFO", "fifo"),
                 ("filtered out", "ignored"),
