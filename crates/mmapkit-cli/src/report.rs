@@ -1,10 +1,11 @@
 //! The residency report: a fincore-like row per file, a vmtouch-like summary, or JSON.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mmapkit::inspect::{FileResidency, Method, PageMap};
+use mmapkit::inspect::{FileResidency, Method};
 
 use crate::residency::ResidencyArgs;
 use crate::units::{human, printable};
@@ -16,6 +17,32 @@ const BAR: usize = 60;
 pub struct FileRow {
     pub path: PathBuf,
     pub residency: FileResidency,
+    /// The page map in the compact form printed, when one was asked for.
+    pub pages: Option<PageView>,
+}
+
+/// A page map as printed: a bar and the runs of cached pages. The bitmap itself is not kept:
+/// a tree of large sparse files would hold all of theirs until the end.
+pub struct PageView {
+    bar: String,
+    resident_runs: Vec<[u64; 2]>,
+}
+
+impl FileRow {
+    pub fn new(path: &Path, mut residency: FileResidency) -> FileRow {
+        let pages = residency.page_map.take().map(|map| {
+            let runs: Vec<Range<u64>> = map.resident_runs().collect();
+            PageView {
+                bar: bar(map.len(), &runs),
+                resident_runs: runs.iter().map(|run| [run.start, run.end]).collect(),
+            }
+        });
+        FileRow {
+            path: path.to_path_buf(),
+            residency,
+            pages,
+        }
+    }
 }
 
 /// An entry that could not be measured.
@@ -122,8 +149,8 @@ impl Report {
                     optional(r.evicted),
                     printable(&row.path.to_string_lossy())
                 );
-                if let Some(map) = &r.page_map {
-                    out += &format!("{:>52}[{}] {}/{}\n", "", bar(map), r.cached, r.pages);
+                if let Some(view) = &row.pages {
+                    out += &format!("{:>52}[{}] {}/{}\n", "", view.bar, r.cached, r.pages);
                 }
             }
             out += "\n";
@@ -204,9 +231,7 @@ impl Report {
                         Method::Cachestat => "cachestat",
                         Method::Mincore => "mincore",
                     },
-                    "page_map": r.page_map.as_ref().map(|map| {
-                        map.iter().map(|resident| if resident { '1' } else { '0' }).collect::<String>()
-                    }),
+                    "resident_page_runs": row.pages.as_ref().map(|view| &view.resident_runs),
                 })
             })
             .collect();
@@ -266,21 +291,25 @@ fn skipped_summary(skipped: &[(PathBuf, &'static str)]) -> String {
     format!("{} ({})", skipped.len(), parts.join(", "))
 }
 
-/// The page map squeezed into [`BAR`] cells: `O` all resident, `o` some, ` ` none.
-fn bar(map: &PageMap) -> String {
-    squeeze(map.len(), |page| map.get(page))
-}
-
-/// `pages` pages, `resident(page)` each, in at most [`BAR`] cells.
-fn squeeze(pages: u64, resident: impl Fn(u64) -> bool) -> String {
+/// `pages` pages of which `runs` are cached, squeezed into at most [`BAR`] cells: `O` all
+/// resident, `o` some, ` ` none.
+fn bar(pages: u64, runs: &[Range<u64>]) -> String {
     if pages == 0 {
         return String::new();
     }
     let cells = (BAR as u64).min(pages);
+    let mut runs = runs.iter().peekable();
     (0..cells)
         .map(|cell| {
             let (start, end) = (cell * pages / cells, (cell + 1) * pages / cells);
-            let cached = (start..end).filter(|&page| resident(page)).count() as u64;
+            let mut cached = 0;
+            while let Some(run) = runs.peek() {
+                cached += run.end.min(end).saturating_sub(run.start.max(start));
+                if run.end > end {
+                    break;
+                }
+                runs.next();
+            }
             match cached {
                 0 => ' ',
                 n if n == end - start => 'O',
@@ -296,15 +325,14 @@ mod tests {
 
     #[test]
     fn bars_squeeze_pages_into_cells() {
-        assert_eq!(bar(&PageMap::default()), "");
-        let four = [true, true, false, false];
-        assert_eq!(squeeze(4, |page| four[page as usize]), "OO  ");
-        let mut pages = [true; 120];
-        pages[1] = false;
-        pages[60..].fill(false);
-        let squeezed = squeeze(120, |page| pages[page as usize]);
+        assert_eq!(bar(0, &[]), "");
+        assert_eq!(bar(4, &[0..2]), "OO  ");
+        // 120 pages in 60 cells: page 1 and pages 60.. not cached.
+        let squeezed = bar(120, &[0..1, 2..60]);
         assert_eq!(squeezed.len(), 60);
         assert!(squeezed.starts_with("oOO"));
         assert!(squeezed.ends_with("   "));
+        // A run spanning cells, and cells wider than one page.
+        assert_eq!(bar(600, &[5..595]), format!("o{}o", "O".repeat(58)));
     }
 }

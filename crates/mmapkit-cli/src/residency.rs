@@ -157,10 +157,7 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
                     return;
                 }
                 match act_and_measure(args, &file, &measure, &mut limits) {
-                    Ok(residency) => report.files.push(FileRow {
-                        path: path.to_path_buf(),
-                        residency,
-                    }),
+                    Ok(residency) => report.files.push(FileRow::new(path, residency)),
                     Err(error) => report.failed.push(Failure::new(path, error)),
                 }
                 progress.set_message(format!("{} files", report.files.len()));

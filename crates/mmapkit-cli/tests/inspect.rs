@@ -388,3 +388,18 @@ fn control_characters_in_names_do_not_break_rows() {
     assert_eq!(rows.len(), 2, "{text}");
     assert!(rows[1].ends_with("two\\nlines"), "{text}");
 }
+
+#[test]
+fn page_maps_show_the_runs_of_cached_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data");
+    partly_cached(&path, 8, [0, 1, 5].into_iter());
+    let path = path.to_str().unwrap();
+    let report = json(&["residency", "--json", "--pages", path]);
+    assert_eq!(
+        report["files"][0]["resident_page_runs"],
+        serde_json::json!([[0, 2], [5, 6]])
+    );
+    let text = String::from_utf8(mmapkit(&["residency", "--pages", path]).stdout).unwrap();
+    assert!(text.contains("[OO   O  ] 3/8"), "{text}");
+}

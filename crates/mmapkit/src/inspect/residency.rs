@@ -140,6 +140,33 @@ impl PageMap {
     pub fn iter(&self) -> impl Iterator<Item = bool> + '_ {
         (0..self.len).map(|index| self.get(index))
     }
+
+    /// The runs of cached pages in order, as page ranges: a compact form to keep or print
+    /// (a cached page costs far more memory than its share of a run).
+    pub fn resident_runs(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        let mut from = 0;
+        std::iter::from_fn(move || {
+            let start = self.next_page(from, true)?;
+            let end = self.next_page(start, false).unwrap_or(self.len);
+            from = end;
+            Some(start..end)
+        })
+    }
+
+    /// The first page at or after `from` that is cached (or not, as `cached` says).
+    fn next_page(&self, from: u64, cached: bool) -> Option<u64> {
+        let mut index = from;
+        while index < self.len {
+            let word = self.words[(index / 64) as usize];
+            let bits = (if cached { word } else { !word }) >> (index % 64);
+            if bits != 0 {
+                let found = index + u64::from(bits.trailing_zeros());
+                return (found < self.len).then_some(found);
+            }
+            index = (index / 64 + 1) * 64;
+        }
+        None
+    }
 }
 
 /// The residency of the file at `path` (symbolic links followed). Anything but a regular
@@ -425,5 +452,23 @@ mod tests {
         assert_eq!(error.kind(), ErrorKind::InvalidInput);
         let error = residency("/nonexistent", &ResidencyOptions::default()).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::NotFound);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn resident_runs_are_the_runs_of_set_bits(pages in proptest::collection::vec(proptest::bool::ANY, 0..300)) {
+            let mut map = PageMap::for_pages(pages.len() as u64).unwrap();
+            pages.iter().for_each(|&resident| map.push(resident));
+            let mut expected: Vec<Range<u64>> = Vec::new();
+            for (index, &resident) in pages.iter().enumerate() {
+                let index = index as u64;
+                match expected.last_mut() {
+                    Some(run) if resident && run.end == index => run.end += 1,
+                    _ if resident => expected.push(index..index + 1),
+                    _ => {}
+                }
+            }
+            proptest::prop_assert_eq!(map.resident_runs().collect::<Vec<_>>(), expected);
+        }
     }
 }
