@@ -326,13 +326,16 @@ mod tests {
     #[test]
     fn bars_squeeze_pages_into_cells() {
         assert_eq!(bar(0, &[]), "");
-        assert_eq!(bar(4, &[0..2]), "OO  ");
+        assert_eq!(bar(4, std::slice::from_ref(&(0..2))), "OO  ");
         // 120 pages in 60 cells: page 1 and pages 60.. not cached.
         let squeezed = bar(120, &[0..1, 2..60]);
         assert_eq!(squeezed.len(), 60);
         assert!(squeezed.starts_with("oOO"));
         assert!(squeezed.ends_with("   "));
         // A run spanning cells, and cells wider than one page.
-        assert_eq!(bar(600, &[5..595]), format!("o{}o", "O".repeat(58)));
+        assert_eq!(
+            bar(600, std::slice::from_ref(&(5..595))),
+            format!("o{}o", "O".repeat(58))
+        );
     }
 }
