@@ -12,7 +12,7 @@ use mmapkit::pager::{
     CompressedStore, FileStore, HttpStore, PagedRegion, Pager, Stats, Store, store,
 };
 
-use crate::units::{Size, human, parse_size};
+use crate::units::{Size, human, memory_available, parse_size};
 
 /// Bytes per guarded read of a scan.
 const CHUNK: usize = 1 << 20;
@@ -25,7 +25,8 @@ pub struct PageArgs {
     /// holds), or an http:// URL (read with range requests).
     file: std::path::PathBuf,
     /// Most memory the pager may hold: bytes, with K/M/G/T, or a percentage of the file
-    /// (default: the whole file).
+    /// (default: the whole file, or half the memory available if that is less: pages the
+    /// pager holds are its own memory, which the kernel cannot drop as it drops page cache).
     #[arg(long, value_parser = parse_size)]
     budget: Option<Size>,
     /// The pager's page size (a multiple of the system page).
@@ -80,7 +81,13 @@ pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
     let (store, kind) = open_store(&args.file, args.drop_behind)?;
     let size = store.len();
     let mut pager = Pager::from_arc(store);
-    let budget = args.budget.map(|budget| budget.of(size) as usize);
+    let budget = match args.budget {
+        Some(budget) => Some(budget.of(size) as usize),
+        None => memory_available()
+            .map(|available| available / 2)
+            .filter(|&half| half < size)
+            .map(|half| half as usize),
+    };
     pager
         .page_size(args.page_size.of(size) as usize)
         .readahead(args.readahead.of(size) as usize);

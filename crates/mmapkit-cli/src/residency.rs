@@ -13,7 +13,7 @@ use mmapkit::inspect::{self, FileResidency, LockedRange, ResidencyOptions};
 
 use crate::hold;
 use crate::report::{Failure, FileRow, Report};
-use crate::units::{Size, parse_size};
+use crate::units::{Size, memory_available, parse_size};
 
 #[derive(Debug, Args)]
 pub struct ResidencyArgs {
@@ -222,15 +222,7 @@ struct LockLimits {
 
 impl LockLimits {
     fn new() -> LockLimits {
-        let available = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|info| {
-                let line = info
-                    .lines()
-                    .find(|line| line.starts_with("MemAvailable:"))?;
-                line.split_whitespace().nth(1)?.parse::<u64>().ok()
-            })
-            .map_or(u64::MAX, |kib| kib * 1024);
+        let available = memory_available().unwrap_or(u64::MAX);
         let max_mappings = std::fs::read_to_string("/proc/sys/vm/max_map_count")
             .ok()
             .and_then(|text| text.trim().parse::<usize>().ok())

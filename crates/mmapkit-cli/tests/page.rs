@@ -120,3 +120,27 @@ fn bad_input_fails_with_a_message_and_the_right_exit_code() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("regular file"));
 }
+
+#[test]
+fn without_a_budget_a_file_larger_than_memory_gets_half_of_what_is_available() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let available: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .map(|kib: u64| kib * 1024)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(2 * available)
+        .unwrap();
+    let report = json(&["page", path.to_str().unwrap(), "--random", "10", "--json"]);
+    let budget = report["budget"].as_u64().expect("a budget was set");
+    // MemAvailable moves a little between the two readings.
+    assert!(
+        budget > available / 3 && budget < available * 2 / 3,
+        "{budget} of {available}"
+    );
+}

@@ -26,8 +26,12 @@ const RESERVED_BITS: u8 = 0x7c;
 /// The format's limits: frames per archive and bytes per decompressed frame.
 const MAX_FRAMES: u32 = 0x0800_0000;
 const MAX_FRAME_BYTES: u32 = 0x4000_0000;
-/// Decompressed frames kept for the next reads.
+/// Decompressed frames kept for the next reads: at most this many, and this many bytes —
+/// except the frame read last, which is always kept (a page read from a frame larger than
+/// the cache would otherwise decompress the whole frame each time). This memory is the
+/// store's own, outside the pager's budget.
 const CACHED_FRAMES: usize = 8;
+const CACHED_BYTES: usize = 32 << 20;
 
 /// One frame of the archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,10 +232,13 @@ impl CompressedStore {
         }
         let bytes = Arc::new(bytes);
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.len() == CACHED_FRAMES {
-            cache.pop_front();
-        }
         cache.push_back((frame.offset, Arc::clone(&bytes)));
+        let mut cached_bytes: usize = cache.iter().map(|(_, frame)| frame.len()).sum();
+        while cache.len() > 1 && (cache.len() > CACHED_FRAMES || cached_bytes > CACHED_BYTES) {
+            if let Some((_, evicted)) = cache.pop_front() {
+                cached_bytes -= evicted.len();
+            }
+        }
         Ok(bytes)
     }
 }
@@ -432,5 +439,32 @@ mod tests {
         claims.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
         assert!(table_of(&claims).is_err());
         assert!(table_of(&[]).is_err());
+    }
+
+    #[test]
+    fn the_frame_cache_stays_within_its_bytes_but_keeps_the_last_frame() {
+        let cached = |store: &CompressedStore| -> Vec<usize> {
+            let cache = store.cache.lock().unwrap();
+            cache.iter().map(|(_, frame)| frame.len()).collect()
+        };
+        let frame = 12 << 20;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&archive(&vec![0u8; 4 * frame], frame))
+            .unwrap();
+        let store = CompressedStore::from_file(file).unwrap();
+        let mut byte = [0u8; 1];
+        for index in 0..4 {
+            store.read_at((index * frame) as u64, &mut byte).unwrap();
+        }
+        assert_eq!(cached(&store), vec![frame, frame], "32 MiB hold two");
+
+        let big = 40 << 20;
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&archive(&vec![0u8; 2 * big], big)).unwrap();
+        let store = CompressedStore::from_file(file).unwrap();
+        for index in 0..2 {
+            store.read_at((index * big) as u64, &mut byte).unwrap();
+        }
+        assert_eq!(cached(&store), vec![big], "only the frame read last");
     }
 }
