@@ -24,7 +24,7 @@ enum ShmCommand {
     Rm {
         /// Segment names, as `ls` shows them.
         #[arg(required = true)]
-        names: Vec<String>,
+        names: Vec<std::ffi::OsString>,
     },
     /// Remove the stale mmapkit segments: valid header, creator dead, nobody maps or opens it.
     Clean {
@@ -106,6 +106,7 @@ fn users(segment: &SegmentInfo) -> String {
 fn json_row(segment: &SegmentInfo) -> serde_json::Value {
     serde_json::json!({
         "name": segment.name,
+        "name_escaped": crate::units::escaped(std::path::Path::new(&segment.file_name)),
         "size": segment.size,
         "uid": segment.uid,
         "owner": user_name(segment.uid),
@@ -119,11 +120,11 @@ fn json_row(segment: &SegmentInfo) -> serde_json::Value {
     })
 }
 
-fn remove(names: &[String]) -> bool {
+fn remove(names: &[std::ffi::OsString]) -> bool {
     let mut all = true;
     for name in names {
-        match mmapkit::shm::unlink(name) {
-            Ok(()) => outln!("removed {name}"),
+        match stale::remove(name) {
+            Ok(()) => outln!("removed {}", printable(&name.to_string_lossy())),
             Err(error) => {
                 eprintln!("mmapkit: {error}");
                 all = false;

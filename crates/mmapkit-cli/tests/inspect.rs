@@ -344,6 +344,29 @@ fn shm_lists_removes_and_cleans_segments() {
     assert_eq!(mmapkit(&["shm", "rm", &name]).status.code(), Some(1));
     let dry = json(&["shm", "clean", "--dry-run", "--json"]);
     assert!(dry.as_array().unwrap().iter().all(|n| n != name.as_str()));
+
+    // A name that is not UTF-8 is listed (escaped) and can be removed.
+    let mut raw = format!("mmapkit-cli-test-{}-", std::process::id()).into_bytes();
+    raw.push(0xff);
+    let raw = OsStr::from_bytes(&raw);
+    let path = Path::new("/dev/shm").join(raw);
+    std::fs::write(&path, b"foreign").unwrap();
+    let listed = json(&["shm", "ls", "--json"]);
+    let escaped = format!("mmapkit-cli-test-{}-\\xff", std::process::id());
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|row| row["name_escaped"] == escaped.as_str()),
+        "{listed}"
+    );
+    let removed = Command::new(env!("CARGO_BIN_EXE_mmapkit"))
+        .args([OsStr::new("shm"), OsStr::new("rm"), raw])
+        .output()
+        .unwrap();
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(!path.exists());
 }
 
 #[test]

@@ -15,6 +15,8 @@
 //! gone, as with any unlink.
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -29,8 +31,10 @@ pub const SHM_DIR: &str = "/dev/shm";
 /// One object in /dev/shm.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentInfo {
-    /// Name (the file name in /dev/shm).
+    /// Name (the file name in /dev/shm; invalid UTF-8 replaced, see `file_name`).
     pub name: String,
+    /// The file name exactly, for [`remove`].
+    pub file_name: OsString,
     /// Size in bytes.
     pub size: u64,
     /// Owner's user id.
@@ -71,13 +75,30 @@ pub struct Cleanup {
 pub fn cleanup() -> Result<Cleanup> {
     let mut outcome = Cleanup::default();
     for info in list()?.into_iter().filter(SegmentInfo::is_stale) {
-        match super::unlink(&info.name) {
+        match remove(&info.file_name) {
             Ok(()) => outcome.removed.push(info.name),
             Err(error) if error.kind() == crate::ErrorKind::NotFound => {}
             Err(error) => outcome.failed.push((info.name, error)),
         }
     }
     Ok(outcome)
+}
+
+/// Removes the object called `name` in /dev/shm, which (unlike [`super::unlink`]'s names)
+/// need not be valid UTF-8: `list` shows every object, so every one can be removed.
+pub fn remove(name: &OsStr) -> Result<()> {
+    if let Some(name) = name.to_str() {
+        return super::unlink(name);
+    }
+    if name.as_bytes().contains(&b'/') {
+        return Err(Error::new(
+            crate::ErrorKind::InvalidInput,
+            "segment name",
+            format!("{:?} contains '/'", name.to_string_lossy()),
+        ));
+    }
+    let path = Path::new(SHM_DIR).join(name);
+    std::fs::remove_file(&path).map_err(|error| Error::io("unlink segment", &error).with_path(path))
 }
 
 fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
@@ -92,9 +113,7 @@ fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
         let Ok(metadata) = entry.metadata() else {
             continue;
         };
-        let Ok(name) = entry.file_name().into_string() else {
-            continue;
-        };
+        let file_name = entry.file_name();
         if !metadata.is_file() {
             continue;
         }
@@ -106,7 +125,8 @@ fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
             .unwrap_or_default();
         pids.sort_unstable();
         infos.push(SegmentInfo {
-            name,
+            name: file_name.to_string_lossy().into_owned(),
+            file_name,
             size: metadata.len(),
             uid: metadata.uid(),
             mode: metadata.mode() & 0o7777,
