@@ -38,6 +38,9 @@ pub fn run(args: &MapsArgs) -> bool {
     let mut all_read = true;
     let mut json = Vec::new();
     for &pid in &args.pids {
+        // Read before the mappings: a process that exits in between then has no mappings
+        // (an error), rather than its mappings under the bare name an exiting process shows.
+        let command = inspect::command_line(pid).unwrap_or_default();
         let result = if args.json || args.extended || args.smaps {
             inspect::smaps(pid).map(Report::Smaps)
         } else {
@@ -58,7 +61,6 @@ pub fn run(args: &MapsArgs) -> bool {
                 continue;
             }
         };
-        let command = inspect::command_line(pid).unwrap_or_default();
         let number = match pid {
             Pid::Id(pid) => pid,
             Pid::Current => std::process::id(),

@@ -154,3 +154,24 @@ fn a_walk_over_a_changing_tree_reports_and_goes_on() {
         stop.store(true, Ordering::Relaxed);
     });
 }
+
+#[test]
+fn an_exited_process_not_yet_reaped_has_no_mappings_and_says_so() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let stat = format!("/proc/{pid}/stat");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !std::fs::read_to_string(&stat).unwrap().contains(") Z ") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child never exited"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(
+        inspect::command_line(Pid::Id(pid)).unwrap(),
+        "[true] <defunct>"
+    );
+    assert!(inspect::maps(Pid::Id(pid)).unwrap().is_empty());
+    child.wait().unwrap();
+}

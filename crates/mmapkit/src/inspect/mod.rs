@@ -132,6 +132,16 @@ pub fn command_line(pid: Pid) -> Result<String> {
     if !words.is_empty() {
         return Ok(words.join(" "));
     }
+    // No command line: a kernel thread, or a process that has exited (a zombie, as ps says).
     let comm = read_proc(pid, "comm", "comm")?;
-    Ok(format!("[{}]", String::from_utf8_lossy(&comm).trim_end()))
+    let name = String::from_utf8_lossy(&comm).trim_end().to_owned();
+    let stat = read_proc(pid, "stat", "stat").unwrap_or_default();
+    let state = stat
+        .iter()
+        .rposition(|&b| b == b')')
+        .and_then(|end| stat.get(end + 2));
+    Ok(match state {
+        Some(b'Z') => format!("[{name}] <defunct>"),
+        _ => format!("[{name}]"),
+    })
 }
