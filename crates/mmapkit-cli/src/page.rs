@@ -27,10 +27,10 @@ pub struct PageArgs {
     /// Most memory the pager may hold: bytes, with K/M/G/T, or a percentage of the file
     /// (default: the whole file, or half the memory available if that is less: pages the
     /// pager holds are its own memory, which the kernel cannot drop as it drops page cache).
-    #[arg(long, value_parser = parse_size)]
+    #[arg(long, value_parser = parse_nonzero_size)]
     budget: Option<Size>,
     /// The pager's page size (a multiple of the system page).
-    #[arg(long, value_parser = parse_size, default_value = "64K")]
+    #[arg(long, value_parser = parse_page_size, default_value = "64K")]
     page_size: Size,
     /// Most bytes read ahead of a sequential scan (0 turns read-ahead off).
     #[arg(long, value_parser = parse_size, default_value = "4M")]
@@ -55,6 +55,25 @@ pub struct PageArgs {
 
 /// The store for `source`: HTTP for a URL, the archive's contents for a seekable zstd
 /// archive, else the file itself.
+fn parse_nonzero_size(text: &str) -> Result<Size, String> {
+    match parse_size(text)? {
+        Size::Bytes(0) => Err(format!("{text:?}: must be more than 0")),
+        Size::Percent(percent) if percent <= 0.0 => Err(format!("{text:?}: must be more than 0")),
+        size => Ok(size),
+    }
+}
+
+fn parse_page_size(text: &str) -> Result<Size, String> {
+    let size = parse_nonzero_size(text)?;
+    let system_page = mmapkit::sys::page_size() as u64;
+    match size {
+        Size::Bytes(bytes) if !bytes.is_multiple_of(system_page) => Err(format!(
+            "{text:?}: must be a multiple of the system page ({system_page} bytes)"
+        )),
+        size => Ok(size),
+    }
+}
+
 fn open_store(
     source: &std::path::Path,
     drop_behind: bool,

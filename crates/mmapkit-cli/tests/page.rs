@@ -94,8 +94,18 @@ fn bad_input_fails_with_a_message_and_the_right_exit_code() {
     assert!(String::from_utf8_lossy(&tiny.stderr).contains("fewer than two"));
 
     let odd_page = mmapkit(&["page", path, "--page-size", "6K"]);
-    assert_eq!(odd_page.status.code(), Some(1));
+    assert_eq!(odd_page.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&odd_page.stderr).contains("multiple of the system page"));
+    for zero in [
+        &["--page-size", "0"],
+        &["--budget", "0"],
+        &["--budget", "0%"],
+    ] {
+        assert_eq!(
+            mmapkit(&[&["page", path][..], zero].concat()).status.code(),
+            Some(2)
+        );
+    }
 
     assert_eq!(
         mmapkit(&["page", path, "--budget", "12Q"]).status.code(),
