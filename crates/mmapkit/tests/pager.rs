@@ -533,6 +533,8 @@ fn bad_configurations_and_ranges_are_typed_errors() {
         kind(Pager::from_arc(store()).budget(4096)),
         ErrorKind::InvalidInput
     );
+    // Fewer than two pages, but the whole store: nothing ever needs evicting.
+    assert!(Pager::from_arc(store()).budget(100_000).build().is_ok());
     assert_eq!(
         kind(&Pager::new(MemoryStore::new(Vec::new()))),
         ErrorKind::InvalidInput

@@ -289,6 +289,8 @@ impl Pager {
             })?;
         let budget_pages = match self.budget {
             None => usize::MAX,
+            // A budget that holds the whole store never needs to evict.
+            Some(bytes) if bytes >= len => usize::MAX,
             Some(bytes) if bytes / page_size >= 2 => bytes / page_size,
             Some(bytes) => {
                 return invalid(format!(
