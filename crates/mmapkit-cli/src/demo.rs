@@ -131,8 +131,7 @@ fn seed_choreography(
     second_write: &dyn Fn() -> DemoResult,
 ) -> DemoResult {
     report()?;
-    let (mut parent, mut child) = UnixStream::pair()?;
-    let pid = fork(|| {
+    let (pid, mut parent) = fork_with(UnixStream::pair()?, |mut child| {
         report()?;
         notify(&mut child)?;
         pause.seconds(3);
@@ -239,19 +238,28 @@ fn wait_for(stream: &mut UnixStream) -> std::io::Result<()> {
     stream.read_exact(&mut [0])
 }
 
-/// Runs `child` in a forked child process, which exits 0 if it succeeds and 1 if not.
-fn fork(child: impl FnOnce() -> DemoResult) -> Result<libc::pid_t, Box<dyn Error>> {
-    std::io::stdout().flush()?;
+/// Runs `child` in a forked child process with the second end of `pair`; the child exits 0
+/// if it succeeds and 1 if not. Returns the child's pid and the first end. Each process
+/// closes the other's end, so either sees end-of-file when the other is gone rather than
+/// waiting for ever.
+fn fork_with(
+    pair: (UnixStream, UnixStream),
+    child: impl FnOnce(UnixStream) -> DemoResult,
+) -> Result<(libc::pid_t, UnixStream), Box<dyn Error>> {
+    let (parent_end, child_end) = pair;
+    // Nothing buffered may be written twice; a failure here is `out`'s to report.
+    let _ = std::io::stdout().flush();
     // SAFETY: the CLI runs on one thread, so the child inherits no lock held by another.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         return Err(std::io::Error::last_os_error().into());
     }
     if pid == 0 {
-        let code = match child() {
+        drop(parent_end);
+        let code = match child(child_end) {
             Ok(()) => 0,
             Err(error) => {
-                eprintln!("mmapkit: child: {error}");
+                errln!("mmapkit: child: {error}");
                 1
             }
         };
@@ -259,7 +267,8 @@ fn fork(child: impl FnOnce() -> DemoResult) -> Result<libc::pid_t, Box<dyn Error
         // SAFETY: ends the child without running the parent's exit handlers a second time.
         unsafe { libc::_exit(code) };
     }
-    Ok(pid)
+    drop(child_end);
+    Ok((pid, parent_end))
 }
 
 /// Waits for the child and turns a failure into an error.

@@ -1,7 +1,7 @@
 //! Holding locked pages: in the foreground until a signal, or in a background process.
 //!
 //! mlock does not survive fork, so the background process is forked first and does the
-//! locking itself; it sends its report back through a pipe, then detaches (new session,
+//! locking itself; it sends its report back over a socket pair, then detaches (new session,
 //! standard streams on /dev/null) and waits for SIGTERM, SIGINT or SIGHUP.
 
 use std::io::{Read, Write};
@@ -9,9 +9,11 @@ use std::os::unix::net::UnixStream;
 
 use mmapkit::inspect::LockedRange;
 
-/// Blocks the termination signals and waits for one; the locks are released on return.
+/// Waits for a termination signal, then releases the locks. Call
+/// [`block_termination_signals`] first, before anything is printed: a signal that arrives
+/// meanwhile then waits for us instead of ending the process.
 pub fn until_interrupted(locks: Vec<LockedRange>) {
-    eprintln!(
+    errln!(
         "mmapkit: holding {} locked file(s); interrupt (Ctrl-C) or SIGTERM to release",
         locks.len()
     );
@@ -20,17 +22,33 @@ pub fn until_interrupted(locks: Vec<LockedRange>) {
 }
 
 fn wait_for_termination() {
-    // SAFETY: an all-zero sigset_t is a valid value to fill in; the calls only read and
-    // write the sets passed, and blocking these signals in this (only) thread is the point.
+    block_termination_signals();
+    let mut received = 0;
+    // SAFETY: sigwait reads the set and writes the signal number into a valid integer.
+    unsafe { libc::sigwait(&termination_signals(), &mut received) };
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this (only) thread, so they wait for sigwait.
+pub fn block_termination_signals() {
+    // SAFETY: pthread_sigmask reads the set; blocking these signals is the point.
+    unsafe {
+        libc::pthread_sigmask(
+            libc::SIG_BLOCK,
+            &termination_signals(),
+            std::ptr::null_mut(),
+        )
+    };
+}
+
+fn termination_signals() -> libc::sigset_t {
+    // SAFETY: an all-zero sigset_t is a valid value to fill in; the calls only write the set.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             libc::sigaddset(&mut set, signal);
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        let mut received = 0;
-        libc::sigwait(&set, &mut received);
+        set
     }
 }
 
@@ -39,23 +57,25 @@ fn wait_for_termination() {
 ///
 /// The child dies with the parent (PR_SET_PDEATHSIG) until the parent has printed its pid, so
 /// no holder is ever left that nobody heard of. A handshake over a socket pair orders the
-/// steps: report, "printed", then the child drops the death signal and answers "detached"
-/// before the parent may exit (exiting earlier would deliver that very signal).
+/// steps: report, the pid printed on stderr, "printed", then the child drops the death signal
+/// and answers "detached" before the parent may exit (exiting earlier would deliver that
+/// very signal).
 pub fn in_background(
     lock_all: impl FnOnce() -> (bool, String, Vec<String>, Vec<LockedRange>),
 ) -> bool {
     let (mut parent_end, mut child_end) = match UnixStream::pair() {
         Ok(pair) => pair,
         Err(error) => {
-            eprintln!("mmapkit: socketpair: {error}");
+            errln!("mmapkit: socketpair: {error}");
             return false;
         }
     };
+    let parent_pid = std::process::id() as libc::pid_t;
     // SAFETY: the command is single-threaded until here (no progress bar or pager threads
     // exist yet), so the child inherits no lock held by another thread.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
-        eprintln!("mmapkit: fork: {}", std::io::Error::last_os_error());
+        errln!("mmapkit: fork: {}", std::io::Error::last_os_error());
         return false;
     }
     if pid == 0 {
@@ -64,7 +84,9 @@ pub fn in_background(
         // terminal's session.
         unsafe {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            if libc::getppid() == 1 {
+            // The parent died before the death signal was set (a subreaper, not only
+            // init, may have adopted us).
+            if libc::getppid() != parent_pid {
                 libc::_exit(1);
             }
             libc::setsid();
@@ -98,12 +120,12 @@ pub fn in_background(
     }
     drop(child_end);
     let Some((worked, locked, text, errors)) = read_report(&mut parent_end) else {
-        eprintln!("mmapkit: the background process {pid} ended without a report");
+        errln!("mmapkit: the background process {pid} ended without a report");
         return false;
     };
-    crate::out::write_before_holding(format_args!("{text}"));
+    out!("{text}");
     for error in errors.lines() {
-        eprintln!("mmapkit: {error}");
+        errln!("mmapkit: {error}");
     }
     if locked == 0 {
         // Nothing to hold: the child has exited; collect it.
@@ -111,17 +133,23 @@ pub fn in_background(
         unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
         return worked;
     }
+    // The pid must reach someone before the child may outlive us: if stderr cannot take it,
+    // the child is not told "printed" and ends with us.
+    let told = writeln!(
+        std::io::stderr(),
+        "mmapkit: {locked} file(s) locked by background process {pid}; release with: kill {pid}"
+    );
+    if told.is_err() {
+        return false;
+    }
     let mut detached = [0u8];
     let handshake = parent_end
         .write_all(&[1])
         .and_then(|()| parent_end.read_exact(&mut detached));
     if handshake.is_err() {
-        eprintln!("mmapkit: the background process {pid} ended before it detached");
+        errln!("mmapkit: the background process {pid} ended before it detached; nothing is held");
         return false;
     }
-    eprintln!(
-        "mmapkit: {locked} file(s) locked by background process {pid}; release with: kill {pid}"
-    );
     worked
 }
 

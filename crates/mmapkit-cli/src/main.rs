@@ -21,6 +21,13 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` that survives a closed stderr (see `out`).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::out::write_error(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod demo;
 mod hold;
 mod maps;
@@ -57,9 +64,10 @@ enum Command {
     Shm(shm::ShmArgs),
 }
 
-/// Success if everything worked, else failure (the errors were printed already).
+/// Success if everything worked, else failure (the errors were printed already). Output that
+/// could not be written is a failure too.
 fn exit_code(all_worked: bool) -> ExitCode {
-    if all_worked {
+    if all_worked && !out::failed() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -76,11 +84,8 @@ fn main() -> ExitCode {
         Command::Residency(args) => return exit_code(residency::run(&args)),
         Command::Shm(args) => return exit_code(shm::run(&args)),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("mmapkit: {error}");
-            ExitCode::FAILURE
-        }
+    if let Err(error) = &result {
+        errln!("mmapkit: {error}");
     }
+    exit_code(result.is_ok())
 }

@@ -49,7 +49,7 @@ pub fn run(args: &MapsArgs) -> bool {
         let report = match result {
             Ok(report) => report,
             Err(error) => {
-                eprintln!("mmapkit: {error}");
+                errln!("mmapkit: {error}");
                 all_read = false;
                 if args.json {
                     let pid = match pid {

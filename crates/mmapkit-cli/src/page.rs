@@ -12,7 +12,7 @@ use mmapkit::pager::{
     CompressedStore, FileStore, HttpStore, PagedRegion, Pager, Stats, Store, store,
 };
 
-use crate::units::{Size, human, memory_available, parse_size};
+use crate::units::{Size, human, memory_available, parse_bytes, parse_size};
 
 /// Bytes per guarded read of a scan.
 const CHUNK: usize = 1 << 20;
@@ -31,7 +31,7 @@ pub struct PageArgs {
     budget: Option<Size>,
     /// The pager's page size (a multiple of the system page).
     #[arg(long, value_parser = parse_page_size, default_value = "64K")]
-    page_size: Size,
+    page_size: u64,
     /// Most bytes read ahead of a sequential scan (0 turns read-ahead off).
     #[arg(long, value_parser = parse_size, default_value = "4M")]
     readahead: Size,
@@ -63,15 +63,15 @@ fn parse_nonzero_size(text: &str) -> Result<Size, String> {
     }
 }
 
-fn parse_page_size(text: &str) -> Result<Size, String> {
-    let size = parse_nonzero_size(text)?;
+fn parse_page_size(text: &str) -> Result<u64, String> {
+    let bytes = parse_bytes(text)?;
     let system_page = mmapkit::sys::page_size() as u64;
-    match size {
-        Size::Bytes(bytes) if !bytes.is_multiple_of(system_page) => Err(format!(
+    if bytes == 0 || !bytes.is_multiple_of(system_page) {
+        return Err(format!(
             "{text:?}: must be a multiple of the system page ({system_page} bytes)"
-        )),
-        size => Ok(size),
+        ));
     }
+    Ok(bytes)
 }
 
 fn open_store(
@@ -108,7 +108,7 @@ pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
             .map(|half| half as usize),
     };
     pager
-        .page_size(args.page_size.of(size) as usize)
+        .page_size(args.page_size as usize)
         .readahead(args.readahead.of(size) as usize);
     if let Some(budget) = budget {
         pager.budget(budget);

@@ -29,12 +29,18 @@ pub struct PageView {
 }
 
 impl FileRow {
-    pub fn new(path: &Path, mut residency: FileResidency) -> FileRow {
+    /// The row for `path`; its page map, if any, becomes a bar, and runs if `keep_runs`
+    /// (only JSON prints them: a fragmented file has many).
+    pub fn new(path: &Path, mut residency: FileResidency, keep_runs: bool) -> FileRow {
         let pages = residency.page_map.take().map(|map| {
             let runs: Vec<Range<u64>> = map.resident_runs().collect();
             PageView {
                 bar: bar(map.len(), &runs),
-                resident_runs: runs.iter().map(|run| [run.start, run.end]).collect(),
+                resident_runs: if keep_runs {
+                    runs.iter().map(|run| [run.start, run.end]).collect()
+                } else {
+                    Vec::new()
+                },
             }
         });
         FileRow {

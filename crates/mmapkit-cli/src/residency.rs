@@ -13,7 +13,7 @@ use mmapkit::inspect::{self, FileResidency, LockedRange, ResidencyOptions};
 
 use crate::hold;
 use crate::report::{Failure, FileRow, Report};
-use crate::units::{Size, memory_available, parse_size};
+use crate::units::{memory_available, parse_bytes};
 
 #[derive(Debug, Args)]
 pub struct ResidencyArgs {
@@ -73,14 +73,6 @@ fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
     glob::Pattern::new(text).map_err(|error| format!("{text:?}: {error}"))
 }
 
-/// A size in bytes with an optional unit; a percentage (of what?) is refused.
-fn parse_bytes(text: &str) -> Result<u64, String> {
-    match parse_size(text)? {
-        Size::Bytes(bytes) => Ok(bytes),
-        Size::Percent(_) => Err(format!("{text:?}: a size in bytes, not a percentage")),
-    }
-}
-
 /// START-END, START-, -END or LEN, each a size with an optional unit.
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
     let size = parse_bytes;
@@ -109,16 +101,15 @@ pub fn run(args: &ResidencyArgs) -> bool {
         });
     }
     let (report, locks) = collect(args);
-    let rendered = report.render(args);
-    if args.lock {
-        crate::out::write_before_holding(format_args!("{rendered}"));
-    } else {
-        out!("{rendered}");
+    let holding = args.lock && !locks.is_empty();
+    if holding {
+        hold::block_termination_signals();
     }
+    out!("{}", report.render(args));
     for error in report.errors() {
-        eprintln!("mmapkit: {error}");
+        errln!("mmapkit: {error}");
     }
-    if args.lock && !locks.is_empty() {
+    if holding {
         hold::until_interrupted(locks);
     }
     report.worked()
@@ -157,7 +148,7 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
                     return;
                 }
                 match act_and_measure(args, &file, &measure, &mut limits) {
-                    Ok(residency) => report.files.push(FileRow::new(path, residency)),
+                    Ok(residency) => report.files.push(FileRow::new(path, residency, args.json)),
                     Err(error) => report.failed.push(Failure::new(path, error)),
                 }
                 progress.set_message(format!("{} files", report.files.len()));

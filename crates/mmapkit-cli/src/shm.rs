@@ -50,7 +50,7 @@ fn list(json: bool) -> bool {
     let segments = match stale::list() {
         Ok(segments) => segments,
         Err(error) => {
-            eprintln!("mmapkit: {error}");
+            errln!("mmapkit: {error}");
             return false;
         }
     };
@@ -126,7 +126,7 @@ fn remove(names: &[std::ffi::OsString]) -> bool {
         match stale::remove(name) {
             Ok(()) => outln!("removed {}", printable(&name.to_string_lossy())),
             Err(error) => {
-                eprintln!("mmapkit: {error}");
+                errln!("mmapkit: {error}");
                 all = false;
             }
         }
@@ -150,12 +150,12 @@ fn clean(dry_run: bool, json: bool) -> bool {
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(error) => {
-            eprintln!("mmapkit: {error}");
+            errln!("mmapkit: {error}");
             return false;
         }
     };
     for (_, error) in &outcome.failed {
-        eprintln!("mmapkit: {error}");
+        errln!("mmapkit: {error}");
     }
     if json {
         outln!("{}", serde_json::json!(outcome.removed));
@@ -164,7 +164,7 @@ fn clean(dry_run: bool, json: bool) -> bool {
     } else {
         let verb = if dry_run { "would remove" } else { "removed" };
         for name in &outcome.removed {
-            outln!("{verb} {name}");
+            outln!("{verb} {}", printable(name));
         }
     }
     outcome.failed.is_empty()

@@ -96,6 +96,14 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(shown)
 }
 
+/// A size in bytes with an optional unit, where a percentage (of what?) means nothing.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        Size::Bytes(bytes) => Ok(bytes),
+        Size::Percent(_) => Err(format!("{text:?}: a size in bytes, not a percentage")),
+    }
+}
+
 /// The memory the kernel estimates is available for new work (MemAvailable), if it says.
 pub fn memory_available() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;

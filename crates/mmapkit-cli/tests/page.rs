@@ -98,6 +98,7 @@ fn bad_input_fails_with_a_message_and_the_right_exit_code() {
     assert!(String::from_utf8_lossy(&odd_page.stderr).contains("multiple of the system page"));
     for zero in [
         &["--page-size", "0"],
+        &["--page-size", "37%"],
         &["--budget", "0"],
         &["--budget", "0%"],
     ] {
@@ -133,13 +134,7 @@ fn bad_input_fails_with_a_message_and_the_right_exit_code() {
 
 #[test]
 fn without_a_budget_a_file_larger_than_memory_gets_half_of_what_is_available() {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let available: u64 = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemAvailable:"))
-        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
-        .map(|kib: u64| kib * 1024)
-        .unwrap();
+    let available = common::memory_available();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("sparse");
     std::fs::File::create(&path)

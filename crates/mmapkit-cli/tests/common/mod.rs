@@ -69,3 +69,14 @@ pub fn command_as_nobody() -> Command {
     }
     command
 }
+
+/// MemAvailable from /proc/meminfo, in bytes.
+pub fn memory_available() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .map(|kib: u64| kib * 1024)
+        .expect("MemAvailable in /proc/meminfo")
+}

@@ -174,7 +174,9 @@ impl Pager {
     }
 
     /// The most bytes resident at once (rounded down to whole pages, at least two pages).
-    /// The budget can be exceeded by a demand fault only when no page can be evicted: while
+    /// A budget of at least the store's length is no limit at all, whatever the page size:
+    /// nothing is ever evicted, and the last page's tail past the store may take the memory
+    /// resident beyond the budget by less than a page. The budget can be exceeded by a demand fault only when no page can be evicted: while
     /// every resident page is being filled or written back, or when the store refuses the
     /// write-back of every dirty page (they stay in memory rather than be lost).
     pub fn budget(&mut self, bytes: usize) -> &mut Self {
