@@ -129,7 +129,8 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
         page_map: args.pages,
     };
     let mut report = Report::default();
-    let mut limits = LockLimits::new();
+    // The limits are read only when locking.
+    let mut limits = args.lock.then(LockLimits::new);
     walk(
         &args.paths,
         &options,
@@ -147,7 +148,7 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
                         .push((path.to_path_buf(), "more than --max-size to act on"));
                     return;
                 }
-                match act_and_measure(args, &file, &measure, &mut limits) {
+                match act_and_measure(args, &file, &measure, limits.as_mut()) {
                     Ok(residency) => report.files.push(FileRow::new(path, residency, args.json)),
                     Err(error) => report.failed.push(Failure::new(path, error)),
                 }
@@ -161,7 +162,7 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
     );
     progress.finish_and_clear();
     report.elapsed = started.elapsed();
-    (report, limits.locks)
+    (report, limits.map(|limits| limits.locks).unwrap_or_default())
 }
 
 /// The bytes of a file of `size` bytes that `range` (the whole file if None) covers.
@@ -186,14 +187,14 @@ fn act_and_measure(
     args: &ResidencyArgs,
     file: &std::fs::File,
     measure: &ResidencyOptions,
-    limits: &mut LockLimits,
+    limits: Option<&mut LockLimits>,
 ) -> mmapkit::Result<FileResidency> {
     let range = args.range.clone();
     if args.touch {
         inspect::touch(file, range)?;
     } else if args.evict {
         inspect::evict(file, range)?;
-    } else if args.lock {
+    } else if let Some(limits) = limits {
         let locked = limits.lock(file, range)?;
         // A file whose figure cannot be given is reported as failed: it holds no lock either.
         return inspect::residency_of(file, measure).inspect_err(|_| limits.release(locked));
