@@ -162,7 +162,10 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
     );
     progress.finish_and_clear();
     report.elapsed = started.elapsed();
-    (report, limits.map(|limits| limits.locks).unwrap_or_default())
+    (
+        report,
+        limits.map(|limits| limits.locks).unwrap_or_default(),
+    )
 }
 
 /// The bytes of a file of `size` bytes that `range` (the whole file if None) covers.
