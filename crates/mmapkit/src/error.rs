@@ -45,8 +45,9 @@ pub enum ErrorKind {
     OutOfMemory,
     /// The file system (for shared memory: the tmpfs behind /dev/shm) is full.
     NoSpace,
-    /// Bytes in shared memory failed validation: a header, an index or a length another
-    /// process wrote is impossible. Nothing out of bounds was touched.
+    /// Bytes from outside failed validation: a header, an index or a length another
+    /// process wrote in shared memory is impossible, or a file or /proc text does not parse.
+    /// Nothing out of bounds was touched.
     Corrupt,
     /// A valid object of another layout version, type or size than the one asked for.
     Incompatible,

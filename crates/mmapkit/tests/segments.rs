@@ -348,3 +348,25 @@ fn stale_segments_are_found_and_only_they_are_removed() {
     assert!(!fs::exists(format!("/dev/shm/{}", &*dead)).unwrap());
     assert!(fs::exists(format!("/dev/shm/{}", &*foreign)).unwrap());
 }
+
+#[test]
+fn every_listed_name_can_be_removed_and_non_names_are_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    // 255 bytes: longer than segment names may be, but a file name /dev/shm can hold.
+    let prefix = format!("mmapkit-test-{}-long-", std::process::id());
+    let long = format!("{prefix}{}", "x".repeat(255 - prefix.len()));
+    let path = format!("/dev/shm/{long}");
+    fs::write(&path, b"foreign").unwrap();
+    assert!(
+        stale::list()
+            .unwrap()
+            .iter()
+            .any(|info| info.name == long && info.file_name == *long)
+    );
+    stale::remove(std::ffi::OsStr::new(&long)).unwrap();
+    assert!(!fs::exists(&path).unwrap());
+    for bad in [&b""[..], b".", b"..", b"../etc/passwd", b"a/b"] {
+        let error = stale::remove(std::ffi::OsStr::from_bytes(bad)).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{bad:?}");
+    }
+}

@@ -121,9 +121,9 @@ pub struct MapsEntry {
 }
 
 impl MapsEntry {
-    /// Bytes of address space.
+    /// Bytes of address space (0 for an entry whose end is before its start).
     pub fn size(&self) -> u64 {
-        self.end - self.start
+        self.end.saturating_sub(self.start)
     }
 }
 
@@ -165,7 +165,7 @@ pub struct SmapsFields {
 impl SmapsFields {
     /// Dirty bytes, shared and private (pmap's "Dirty").
     pub fn dirty(&self) -> u64 {
-        self.shared_dirty + self.private_dirty
+        self.shared_dirty.saturating_add(self.private_dirty)
     }
 
     /// The VmFlags codes, one by one.
@@ -175,20 +175,21 @@ impl SmapsFields {
 }
 
 /// Adds the byte figures (not the page size, flags or other fields): totals over mappings.
+/// Sums saturate: the figures come from text another process's kernel entry printed.
 impl std::ops::AddAssign<&SmapsFields> for SmapsFields {
     fn add_assign(&mut self, other: &SmapsFields) {
-        self.rss += other.rss;
-        self.pss += other.pss;
-        self.shared_clean += other.shared_clean;
-        self.shared_dirty += other.shared_dirty;
-        self.private_clean += other.private_clean;
-        self.private_dirty += other.private_dirty;
-        self.referenced += other.referenced;
-        self.anonymous += other.anonymous;
-        self.anon_huge_pages += other.anon_huge_pages;
-        self.swap += other.swap;
-        self.swap_pss += other.swap_pss;
-        self.locked += other.locked;
+        self.rss = self.rss.saturating_add(other.rss);
+        self.pss = self.pss.saturating_add(other.pss);
+        self.shared_clean = self.shared_clean.saturating_add(other.shared_clean);
+        self.shared_dirty = self.shared_dirty.saturating_add(other.shared_dirty);
+        self.private_clean = self.private_clean.saturating_add(other.private_clean);
+        self.private_dirty = self.private_dirty.saturating_add(other.private_dirty);
+        self.referenced = self.referenced.saturating_add(other.referenced);
+        self.anonymous = self.anonymous.saturating_add(other.anonymous);
+        self.anon_huge_pages = self.anon_huge_pages.saturating_add(other.anon_huge_pages);
+        self.swap = self.swap.saturating_add(other.swap);
+        self.swap_pss = self.swap_pss.saturating_add(other.swap_pss);
+        self.locked = self.locked.saturating_add(other.locked);
     }
 }
 
@@ -535,6 +536,17 @@ VmFlags: rd mr mw me
         assert!(parse_smaps(b"Rss: 4 kB\n").is_err());
         assert!(parse_smaps(b"1000-2000 r--p 0 00:00 0\nRss: four kB\n").is_err());
         assert!(parse_smaps(b"1000-2000 r--p 0 00:00 0\nRss: 4 MB\n").is_err());
+    }
+
+    #[test]
+    fn impossible_figures_saturate_instead_of_overflowing() {
+        let text = b"1000-2000 rw-p 0 00:00 0\nShared_Dirty: 18446744073709551615 kB\n\
+                     Private_Dirty: 18014398509481984 kB\n";
+        let entries = parse_smaps(text).unwrap();
+        assert_eq!(entries[0].fields.dirty(), u64::MAX);
+        let mut total = entries[0].fields.clone();
+        total += &entries[0].fields;
+        assert_eq!(total.shared_dirty, u64::MAX);
     }
 
     #[test]

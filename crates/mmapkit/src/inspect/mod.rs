@@ -26,6 +26,7 @@ pub use control::{LockedRange, evict, lock, touch};
 pub use maps::{
     MappingKind, MapsEntry, Permissions, SmapsEntry, SmapsFields, parse_maps, parse_smaps,
 };
+pub(crate) use residency::open_regular;
 pub use residency::{
     FileResidency, MAX_PAGE_MAP_PAGES, Method, PageMap, ResidencyOptions, residency, residency_of,
 };

@@ -182,14 +182,11 @@ pub fn residency(path: impl AsRef<Path>, options: &ResidencyOptions) -> Result<F
     residency_of(&file, options).map_err(|error| error.with_path(path))
 }
 
+const NOT_REGULAR: &str =
+    "not a regular file (directories, FIFOs, sockets and devices have no page cache of their own)";
+
 fn not_regular(path: &Path) -> Error {
-    Error::new(
-        ErrorKind::InvalidInput,
-        "residency",
-        "not a regular file (directories, FIFOs, sockets and devices have no page cache of \
-         their own)",
-    )
-    .with_path(path)
+    Error::new(ErrorKind::InvalidInput, "residency", NOT_REGULAR).with_path(path)
 }
 
 /// Opens `path` read-only without blocking and checks it is a regular file.
@@ -215,10 +212,15 @@ pub(crate) fn open_regular(path: &Path, follow: bool) -> Result<File> {
 
 /// The residency of an open file.
 pub fn residency_of(file: &File, options: &ResidencyOptions) -> Result<FileResidency> {
-    let size = file
-        .metadata()
-        .map_err(|error| Error::io("stat", &error))?
-        .len();
+    let metadata = file.metadata().map_err(|error| Error::io("stat", &error))?;
+    if !metadata.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "residency",
+            NOT_REGULAR,
+        ));
+    }
+    let size = metadata.len();
     let page_size = sys::page_size() as u64;
     let range = match &options.range {
         Some(range) if range.start > range.end => {
@@ -274,7 +276,10 @@ pub fn residency_of(file: &File, options: &ResidencyOptions) -> Result<FileResid
                 return Ok(report);
             }
             Err(Errno::NOSYS) => NO_CACHESTAT.store(true, Ordering::Relaxed),
-            Err(Errno::PERM) => return Err(hidden()),
+            Err(Errno::PERM) if !may_write(file) => return Err(hidden()),
+            // Refused for another reason (a seccomp filter, a security module): mincore
+            // may still answer truthfully.
+            Err(Errno::PERM) => {}
             Err(errno) => return Err(Error::os("cachestat", errno)),
         }
     }
@@ -308,17 +313,18 @@ fn hidden() -> Error {
 }
 
 /// Whether mincore tells the truth about this file: the kernel answers for files the caller
-/// owns (or may act as owner of, as root can) or could open for writing, and reports every
-/// page resident for the others.
+/// owns (or may act as owner of) or could open for writing, and reports every page resident
+/// for the others.
 fn may_write(file: &File) -> bool {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
     let Ok(metadata) = file.metadata() else {
         return false;
     };
+    // Not "root may": root in a user namespace, or without CAP_FOWNER, gets the lie too;
+    // the access check below answers for root exactly as the kernel's own test does.
     // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
-    if uid == 0 || metadata.uid() == uid {
+    if metadata.uid() == unsafe { libc::geteuid() } {
         return true;
     }
     let path = format!("/proc/self/fd/{}", file.as_raw_fd());

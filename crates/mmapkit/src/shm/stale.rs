@@ -10,9 +10,11 @@
 //! stale ones and never touches anything without an mmapkit header.
 //!
 //! Processes of other users whose /proc entries cannot be read are not seen as users: run as
-//! the segments' owner (or root) for an exact answer. The check and the unlink are not atomic:
-//! a process that opens a stale segment between the two keeps its mapping, but the name is
-//! gone, as with any unlink.
+//! the segments' owner (or root) for an exact answer. Nor are processes in another PID
+//! namespace (a container sharing /dev/shm) or hidden by `hidepid`: their creator looks dead
+//! and their mappings unused, so run [`cleanup`] where every user of /dev/shm is visible.
+//! The check and the unlink are not atomic: a process that opens a stale segment between the
+//! two keeps its mapping, but the name is gone, as with any unlink.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{OsStr, OsString};
@@ -37,6 +39,8 @@ pub struct SegmentInfo {
     pub file_name: OsString,
     /// Size in bytes.
     pub size: u64,
+    /// Inode number: the object's identity, checked again before [`cleanup`] unlinks it.
+    pub inode: u64,
     /// Owner's user id.
     pub uid: u32,
     /// Permission bits.
@@ -75,6 +79,11 @@ pub struct Cleanup {
 pub fn cleanup() -> Result<Cleanup> {
     let mut outcome = Cleanup::default();
     for info in list()?.into_iter().filter(SegmentInfo::is_stale) {
+        // Replaced since it was examined: not the stale segment any more.
+        let path = Path::new(SHM_DIR).join(&info.file_name);
+        if std::fs::symlink_metadata(&path).map_or(true, |now| now.ino() != info.inode) {
+            continue;
+        }
         match remove(&info.file_name) {
             Ok(()) => outcome.removed.push(info.name),
             Err(error) if error.kind() == crate::ErrorKind::NotFound => {}
@@ -84,17 +93,16 @@ pub fn cleanup() -> Result<Cleanup> {
     Ok(outcome)
 }
 
-/// Removes the object called `name` in /dev/shm, which (unlike [`super::unlink`]'s names)
-/// need not be valid UTF-8: `list` shows every object, so every one can be removed.
+/// Removes the object called `name` in /dev/shm, whatever its name (not only the valid
+/// UTF-8 of at most 250 bytes that [`super::unlink`] takes): `list` shows every object, so
+/// every one can be removed. Only a name that is not a single file name is refused.
 pub fn remove(name: &OsStr) -> Result<()> {
-    if let Some(name) = name.to_str() {
-        return super::unlink(name);
-    }
-    if name.as_bytes().contains(&b'/') {
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.contains(&b'/') || bytes == b"." || bytes == b".." {
         return Err(Error::new(
             crate::ErrorKind::InvalidInput,
             "segment name",
-            format!("{:?} contains '/'", name.to_string_lossy()),
+            format!("{:?} is not a name in {SHM_DIR}", name.to_string_lossy()),
         ));
     }
     let path = Path::new(SHM_DIR).join(name);
@@ -118,7 +126,7 @@ fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
             continue;
         }
         let path = entry.path();
-        let header = read_header(&path, metadata.len());
+        let header = read_header(&path);
         let mut pids: Vec<u32> = users
             .get(&metadata.ino())
             .map(|set| set.iter().copied().collect())
@@ -128,6 +136,7 @@ fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
             name: file_name.to_string_lossy().into_owned(),
             file_name,
             size: metadata.len(),
+            inode: metadata.ino(),
             uid: metadata.uid(),
             mode: metadata.mode() & 0o7777,
             creator_alive: header.map(|header| header.creator.is_alive()),
@@ -139,12 +148,16 @@ fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
     Ok(infos)
 }
 
-/// The header of the segment at `path`, if it has a valid one.
-fn read_header(path: &Path, size: u64) -> Option<Header> {
+/// The header of the segment at `path`, if it has a valid one. The open neither follows a
+/// symbolic link nor blocks (a name swapped for a FIFO after the listing), and only a
+/// regular file is read.
+fn read_header(path: &Path) -> Option<Header> {
+    let file = crate::inspect::open_regular(path, false).ok()?;
+    let size = file.metadata().ok()?.len();
     if size < HEADER_SIZE as u64 {
         return None;
     }
-    let map = MapOptions::new().len(HEADER_SIZE).map_path(path).ok()?;
+    let map = MapOptions::new().len(HEADER_SIZE).map_file(&file).ok()?;
     map.read_pod::<RawHeader>(0).ok()?.validate(size).ok()
 }
 
