@@ -163,7 +163,10 @@ mod tests {
     fn bad_ranges_and_files_are_refused() {
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), vec![1u8; 4 * 4096]).unwrap();
-        let backwards = Some(3 * 4096..4096);
+        let backwards = Some(Range {
+            start: 3 * 4096,
+            end: 4096,
+        });
         let kind = |error: Error| error.kind();
         assert_eq!(
             touch(file.as_file(), backwards.clone()).map_err(kind),
