@@ -146,18 +146,7 @@ fn finishes(args: &[&str], stdout_closed: bool, nobody: bool) -> std::process::O
     if stdout_closed {
         drop(child.stdout.take());
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if std::time::Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!(
-                "mmapkit {args:?} is still holding: {:?}",
-                child.wait_with_output()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
+    common::output_within_ten_seconds(child, &format!("mmapkit {args:?} (holding?)"))
 }
 
 #[test]

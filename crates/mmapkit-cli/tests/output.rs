@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
 /// Runs mmapkit, reads `lines` lines of its stdout and closes it (and stderr's read end if
 /// `close_stderr`); fails the test if it has not ended within ten seconds.
 fn with_reader_gone(args: &[&str], lines: usize, close_stderr: bool) -> Output {
@@ -23,15 +25,8 @@ fn with_reader_gone(args: &[&str], lines: usize, close_stderr: bool) -> Output {
     if close_stderr {
         drop(child.stderr.take());
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("mmapkit {args:?} hangs once its reader is gone");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let output = child.wait_with_output().unwrap();
+    let output =
+        common::output_within_ten_seconds(child, &format!("mmapkit {args:?} with its reader gone"));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!stderr.contains("panicked"), "mmapkit {args:?}: {stderr}");
     output

@@ -80,3 +80,20 @@ pub fn memory_available() -> u64 {
         .map(|kib: u64| kib * 1024)
         .expect("MemAvailable in /proc/meminfo")
 }
+
+/// Waits for `child` to end and collects its output; kills it and fails the test if it has
+/// not ended within ten seconds (`what` says what it was doing).
+pub fn output_within_ten_seconds(mut child: std::process::Child, what: &str) -> Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!(
+                "{what}: still running after 10 s: {:?}",
+                child.wait_with_output()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.wait_with_output().unwrap()
+}
