@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::AtomicU32;
 
-use common::{file_with, pattern};
+use common::{file_with, make_fifo, pattern, within};
 use mmapkit::{Advice, ErrorKind, Flush, MapOptions, Protection, UncheckedAdvice};
 
 #[test]
@@ -163,6 +163,30 @@ fn fifo_is_refused_without_blocking() {
         .unwrap();
     let error = MapOptions::new().len(4096).map_file(&file).unwrap_err();
     assert_eq!(error.kind(), ErrorKind::Unsupported);
+}
+
+#[test]
+fn map_path_of_a_fifo_is_refused_without_blocking() {
+    let directory = tempfile::tempdir().unwrap();
+    let fifo = directory.path().join("fifo");
+    make_fifo(&fifo);
+    let limit = std::time::Duration::from_secs(10);
+    for (what, options) in [
+        ("read-only", MapOptions::new().len(4096).clone()),
+        (
+            "private",
+            MapOptions::new().len(4096).private().write(true).clone(),
+        ),
+        (
+            "shared writable",
+            MapOptions::new().len(4096).write(true).clone(),
+        ),
+    ] {
+        let path = fifo.clone();
+        let error = within(limit, what, move || options.map_path(&path).map(drop)).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unsupported, "{what}: {error}");
+        assert_eq!(error.path(), Some(fifo.as_path()), "{what}");
+    }
 }
 
 #[test]

@@ -28,6 +28,7 @@ fn main() {
         let code = match scenario.as_str() {
             "exec-child" => exec_child(),
             "socket-child" => socket_child(),
+            "foreign-descriptors-child" => foreign_descriptors_child(),
             other => panic!("unknown scenario {other}"),
         };
         std::process::exit(code);
@@ -46,6 +47,18 @@ fn main() {
             unrelated_process_over_unix_socket,
         ),
         ("another_user_is_refused", another_user_is_refused),
+        (
+            "a_read_only_receiver_of_another_user_cannot_write_any_kind",
+            a_read_only_receiver_of_another_user_cannot_write_any_kind,
+        ),
+        (
+            "read_only_duplicates_of_a_segment_others_may_write_are_refused",
+            read_only_duplicates_of_a_segment_others_may_write_are_refused,
+        ),
+        (
+            "from_inherited_leaves_descriptors_it_does_not_own_open",
+            from_inherited_leaves_descriptors_it_does_not_own_open,
+        ),
     ];
     processes::run(cases);
 }
@@ -146,4 +159,184 @@ fn another_user_is_refused() {
         i32::from(error.kind() != ErrorKind::PermissionDenied)
     });
     assert_eq!(wait(child), Ended::Exited(0));
+}
+
+/// Drops to user nobody in a forked child; false if that failed.
+fn become_nobody() -> bool {
+    // SAFETY: changes the credentials of this (single-threaded, forked) child only.
+    unsafe {
+        libc::setgroups(0, std::ptr::null()) == 0
+            && libc::setgid(65534) == 0
+            && libc::setuid(65534) == 0
+    }
+}
+
+/// Everything a read-only receiver could try to get write access; returns the attempts that
+/// worked (none, if the promise holds). Each successful attempt also writes `X` into the
+/// payload, so the owner sees the damage.
+fn try_to_write(segment: &Segment) -> Vec<&'static str> {
+    use std::os::fd::AsRawFd;
+    let mut worked = Vec::new();
+    let fd = segment.fd();
+    let reopened = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    if let Ok(writable) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&reopened)
+    {
+        worked.push("reopen /proc/self/fd read-write");
+        if let Ok(map) = mmapkit::MapOptions::new().write(true).map_file(&writable) {
+            let _ = map.write_at(mmapkit::shm::header::HEADER_SIZE, b"X");
+            worked.push("map the reopened descriptor writable");
+        }
+    }
+    if let Ok(map) = mmapkit::MapOptions::new().write(true).map_fd(fd) {
+        let _ = map.write_at(mmapkit::shm::header::HEADER_SIZE, b"X");
+        worked.push("map the descriptor writable");
+    }
+    if let Ok(mut map) = mmapkit::MapOptions::new().map_fd(fd)
+        && map.protect(.., mmapkit::Protection::READ_WRITE).is_ok()
+    {
+        let _ = map.write_at(mmapkit::shm::header::HEADER_SIZE, b"X");
+        worked.push("mprotect a read-only map writable");
+    }
+    if rustix::io::pwrite(fd, b"X", mmapkit::shm::header::HEADER_SIZE as u64).is_ok() {
+        worked.push("pwrite");
+    }
+    if rustix::fs::ftruncate(fd, 0).is_ok() {
+        worked.push("ftruncate");
+    }
+    if segment.write_at(0, b"X").is_ok() {
+        worked.push("Segment::write_at");
+    }
+    worked
+}
+
+fn a_read_only_receiver_of_another_user_cannot_write_any_kind() {
+    if !rustix::process::geteuid().is_root() {
+        println!("(skipped: changing user needs root)");
+        return;
+    }
+    let directory = tempfile::tempdir().unwrap();
+    let name = SegmentName::new("read-only");
+    let segments = [
+        ("memfd", options().create_memfd("read-only").unwrap()),
+        ("named", options().create(&name).unwrap()),
+        (
+            "file",
+            options()
+                .create_file_with(directory.path().join("segment"), |_| Ok(()))
+                .unwrap(),
+        ),
+    ];
+    for (kind, segment) in &segments {
+        segment.write_at(0, b"owner").unwrap();
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let child = fork(|| {
+            if !become_nobody() {
+                return 2;
+            }
+            let (received, _) = options().receive(&theirs).unwrap();
+            let worked = try_to_write(&received);
+            if worked.is_empty() {
+                0
+            } else {
+                eprintln!("a read-only receiver could: {worked:?}");
+                1
+            }
+        });
+        segment.send_read_only(&ours, &[]).unwrap();
+        assert_eq!(wait(child), Ended::Exited(0), "{kind} segment");
+        assert_eq!(&segment.read_pod::<[u8; 5]>(0).unwrap(), b"owner", "{kind}");
+    }
+}
+
+fn read_only_duplicates_of_a_segment_others_may_write_are_refused() {
+    let name = SegmentName::new("group-writable");
+    let mut open_to_all = options();
+    open_to_all.mode(0o666);
+    // SAFETY: umask only affects this process's later file creations; the harness runs one
+    // case at a time on one thread.
+    let previous = unsafe { libc::umask(0) };
+    let named = open_to_all.create(&name).unwrap();
+    // SAFETY: as above, restoring the mask.
+    unsafe { libc::umask(previous) };
+    let error = named.read_only_fd().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::PermissionDenied, "{error}");
+    assert!(error.to_string().contains("0666"), "{error}");
+    let memfd = open_to_all.create_memfd("open-to-all").unwrap();
+    let (ours, _theirs) = UnixStream::pair().unwrap();
+    let error = memfd.send_read_only(&ours, &[]).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::PermissionDenied, "{error}");
+    // Sealed against writable mappings, nobody can map it writable whatever its mode.
+    memfd.seal_future_writes().unwrap();
+    memfd.send_read_only(&ours, &[]).unwrap();
+    // The default mode keeps working.
+    options()
+        .create_memfd("default")
+        .unwrap()
+        .read_only_fd()
+        .unwrap();
+}
+
+fn from_inherited_leaves_descriptors_it_does_not_own_open() {
+    let status = Command::new(std::env::current_exe().unwrap())
+        .env(SCENARIO, "foreign-descriptors-child")
+        .status()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// In a fresh process: point the variable at descriptors the program owns and check that
+/// `from_inherited` refuses them and leaves them open and unchanged.
+fn foreign_descriptors_child() -> i32 {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(b"the program's own file").unwrap();
+    // A descriptor without close-on-exec that is not a segment: the read end of a pipe.
+    let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::empty()).unwrap();
+    let not_a_segment = tempfile::tempfile().unwrap();
+    not_a_segment.set_len(8192).unwrap();
+    rustix::io::fcntl_setfd(&not_a_segment, rustix::io::FdFlags::empty()).unwrap();
+    let cases = [
+        (file.as_raw_fd(), ErrorKind::InvalidInput),
+        (reader.as_raw_fd(), ErrorKind::InvalidInput),
+        (not_a_segment.as_raw_fd(), ErrorKind::Corrupt),
+    ];
+    for (fd, expected) in cases {
+        // SAFETY: this process is single-threaded here (a fresh exec of the test binary).
+        unsafe { std::env::set_var(SEGMENT_FD, fd.to_string()) };
+        let error = options().from_inherited(SEGMENT_FD).unwrap_err();
+        if error.kind() != expected {
+            eprintln!("descriptor {fd}: {error}");
+            return 1;
+        }
+    }
+    // Each descriptor is still open, and still the same file: a File opened now gets a new
+    // number instead of reusing one of theirs.
+    let newcomer = tempfile::tempfile().unwrap();
+    let numbers = [
+        file.as_raw_fd(),
+        reader.as_raw_fd(),
+        not_a_segment.as_raw_fd(),
+    ];
+    if numbers.contains(&newcomer.as_raw_fd()) {
+        eprintln!(
+            "a refused descriptor was closed: {} reused",
+            newcomer.as_raw_fd()
+        );
+        return 1;
+    }
+    let mut back = [0u8; 22];
+    file.read_exact_at(&mut back, 0).unwrap();
+    rustix::io::write(&writer, b"ping").unwrap();
+    let mut ping = [0u8; 4];
+    rustix::io::read(&reader, &mut ping).unwrap();
+    i32::from(
+        &back != b"the program's own file"
+            || &ping != b"ping"
+            || not_a_segment.metadata().unwrap().len() != 8192,
+    )
 }

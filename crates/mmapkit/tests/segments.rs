@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{SegmentName, maps_line};
+use common::{SegmentName, make_fifo, maps_line, within};
 use mmapkit::shm::{self, Location, ProcessIdentity, stale};
 use mmapkit::{ErrorKind, Reach, SegmentOptions};
 
@@ -369,4 +369,52 @@ fn every_listed_name_can_be_removed_and_non_names_are_refused() {
         let error = stale::remove(std::ffi::OsStr::from_bytes(bad)).unwrap_err();
         assert_eq!(error.kind(), ErrorKind::InvalidInput, "{bad:?}");
     }
+}
+
+#[test]
+fn a_fifo_under_a_segment_name_or_path_is_refused_without_blocking() {
+    let name = SegmentName::new("fifo");
+    make_fifo(std::path::Path::new(&format!("/dev/shm/{}", &*name)));
+    let directory = tempfile::tempdir().unwrap();
+    let fifo = directory.path().join("fifo");
+    make_fifo(&fifo);
+    let limit = Duration::from_secs(10);
+    let owned = name.0.clone();
+    let read_only = within(limit, "open_read_only of a FIFO", move || {
+        options(0).open_read_only(&owned).map(drop)
+    });
+    let owned = name.0.clone();
+    let read_write = within(limit, "open of a FIFO", move || {
+        options(0).open(&owned).map(drop)
+    });
+    let owned = name.0.clone();
+    let either = within(limit, "open_or_create of a FIFO", move || {
+        options(4096).open_or_create(&owned).map(drop)
+    });
+    let file = within(limit, "open_file of a FIFO", move || {
+        options(0).open_file(&fifo).map(drop)
+    });
+    for (what, result) in [
+        ("open_read_only", read_only),
+        ("open", read_write),
+        ("open_or_create", either),
+        ("open_file", file),
+    ] {
+        let error = result.unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::InvalidInput, "{what}: {error}");
+        assert!(error.to_string().contains("a FIFO"), "{what}: {error}");
+    }
+}
+
+#[test]
+fn a_received_descriptor_that_is_not_a_segment_is_refused_at_once() {
+    let (reader, _writer) = rustix::pipe::pipe().unwrap();
+    let started = Instant::now();
+    let error = options(0).from_fd(reader).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    assert!(error.to_string().contains("a FIFO"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused without waiting for the creator"
+    );
 }

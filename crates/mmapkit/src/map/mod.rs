@@ -36,6 +36,7 @@
 mod create;
 mod lifecycle;
 mod mapping;
+pub(crate) mod open;
 mod options;
 mod pages;
 

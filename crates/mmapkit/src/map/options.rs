@@ -2,11 +2,14 @@
 //! a [`Mapping`]. All argument checking happens here, before the kernel is asked, so that bad
 //! input gets a message that names the mistake rather than a bare `EINVAL`.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::AsFd;
 use std::path::Path;
 
+use rustix::fs::OFlags;
+
 use super::mapping::Mapping;
+use super::open::open_without_waiting;
 use super::{Protection, Sharing};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
@@ -288,18 +291,22 @@ impl MapOptions {
         self.map_fd(file)
     }
 
-    /// Opens `path` with the access the options need, then maps it.
+    /// Opens `path` with the access the options need, then maps it. The open never waits: a
+    /// FIFO (or a device that would wait in open(2)) is refused at once instead of blocking
+    /// (see `map::open`).
     pub fn map_path(&self, path: impl AsRef<Path>) -> Result<Mapping> {
         let path = path.as_ref();
         let protection = self.resolve_protection(Protection::READ)?;
         let writes_through = protection.contains(Protection::WRITE)
             && self.sharing.unwrap_or(Sharing::Shared) == Sharing::Shared;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(writes_through)
-            .open(path)
-            .map_err(|error| Error::io("open", &error).with_path(path))?;
-        self.map_fd_at(file.as_fd(), Some(path.to_path_buf()))
+        let access = if writes_through {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+        let (fd, _) = open_without_waiting(path, access, 0)
+            .map_err(|errno| Error::os("open", errno).with_path(path))?;
+        self.map_fd_at(fd.as_fd(), Some(path.to_path_buf()))
     }
 
     /// Maps any descriptor: a regular file, a memfd or shm object, `/dev/zero`, a device.

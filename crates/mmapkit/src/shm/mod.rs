@@ -22,6 +22,32 @@
 //!
 //! Names are 1 to 250 bytes, without '/' or NUL. Segments are created with mode 0600 (owner
 //! only) unless [`SegmentOptions::mode`] says otherwise.
+//!
+//! # Read-only receivers
+//! A read-only descriptor cannot be mapped writable, made writable with mprotect, written,
+//! truncated or sealed: the kernel checks the descriptor's access mode for each. What it does
+//! not stop is opening the same inode *again*, through `/proc/self/fd/N`, with whatever access
+//! the inode's permission bits allow the receiver — the way a hostile reader turns a read-only
+//! memfd into a writable one. So the promise rests on the inode's permissions, for every kind
+//! of segment:
+//! * every segment's inode carries [`SegmentOptions::mode`], 0600 by default — memfds
+//!   included, whose inodes the kernel creates with mode 0777;
+//! * [`Segment::send_read_only`] (and [`Segment::read_only_fd`]) refuse a segment whose mode
+//!   gives write permission to group or others, unless a seal already forbids writable
+//!   mappings for everyone.
+//!
+//! A receiver running as another user (without `CAP_DAC_OVERRIDE` or `CAP_FOWNER`) therefore
+//! can never map the segment writable. A receiver running as the *same* user can, and nothing
+//! here could stop it: it may open the object by name, change its mode, or ptrace the owner
+//! and write into its memory directly; the permission system draws no line between processes
+//! of one user, and root passes every check. For a reader that must not write even then,
+//! publish a memfd and [`Segment::seal_future_writes`] it: from then on no process can map it
+//! writable, whatever its privileges, while the mappings already writable keep writing.
+//!
+//! Permission bits were chosen over seals as the default because a seal is final and global:
+//! `F_SEAL_FUTURE_WRITE` would also stop the owner from handing writable descriptors to
+//! trusted writers later, and it exists for memfds only, while named and file segments need
+//! the permission rule anyway.
 
 pub mod header;
 mod identity;

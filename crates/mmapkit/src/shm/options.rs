@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{MemfdFlags, OFlags, SealFlags};
-use rustix::shm::OFlags as ShmFlags;
 
 use super::header::{HEADER_SIZE, RawHeader, STATE_OFFSET, STATE_READY, TypeTag};
 use super::{Location, ProcessIdentity, Segment};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::shield::Shield;
 use crate::map::MapOptions;
+use crate::map::open::{file_type_name, is_regular, open_without_waiting, settle};
 use crate::sys::{self, Errno};
 
 /// Longest segment name accepted (NAME_MAX is 255; room is left for suffixes tools add).
@@ -45,7 +45,10 @@ impl SegmentOptions {
         })
     }
 
-    /// Permission bits for named and file segments (default 0600: owner only).
+    /// Permission bits of the segment's inode, for every kind (default 0600: owner only). For
+    /// a named or file segment they decide who can open it by name; for every kind, who can
+    /// open it again through `/proc/PID/fd` from a descriptor they were given — which is why
+    /// [`Segment::send_read_only`] refuses a segment whose mode lets others write.
     pub fn mode(&mut self, mode: u32) -> &mut Self {
         self.mode = mode & 0o777;
         self
@@ -70,7 +73,8 @@ impl SegmentOptions {
         init: impl FnOnce(&Segment) -> Result<()>,
     ) -> Result<Segment> {
         validate_name(name)?;
-        let flags = ShmFlags::CREATE | ShmFlags::EXCL | ShmFlags::RDWR;
+        // O_EXCL: nothing that exists under the name (a FIFO, a link) is ever opened.
+        let flags = OFlags::CREATE | OFlags::EXCL | OFlags::RDWR;
         let fd = sys::shm_open(name, flags, self.mode)
             .map_err(|errno| named_error("create segment", name, errno))?;
         let location = Location::Named(name.to_owned());
@@ -79,20 +83,18 @@ impl SegmentOptions {
         })
     }
 
-    /// Opens the named segment `name` for reading and writing.
+    /// Opens the named segment `name` for reading and writing. Whatever another user put
+    /// under the name, this never waits in open(2): a FIFO or anything but a shm object is an
+    /// `InvalidInput` error.
     pub fn open(&self, name: &str) -> Result<Segment> {
-        validate_name(name)?;
-        let fd = sys::shm_open(name, ShmFlags::RDWR, 0)
-            .map_err(|errno| named_error("open segment", name, errno))?;
+        let fd = open_named(name, OFlags::RDWR)?;
         self.adopt(fd, Location::Named(name.to_owned()), true)
     }
 
     /// Opens the named segment `name` read-only: atomics and writes are refused, and the
-    /// mapping cannot be made writable.
+    /// mapping cannot be made writable. Never waits in open(2), as [`open`](Self::open).
     pub fn open_read_only(&self, name: &str) -> Result<Segment> {
-        validate_name(name)?;
-        let fd = sys::shm_open(name, ShmFlags::RDONLY, 0)
-            .map_err(|errno| named_error("open segment", name, errno))?;
+        let fd = open_named(name, OFlags::RDONLY)?;
         self.adopt(fd, Location::Named(name.to_owned()), false)
     }
 
@@ -115,7 +117,9 @@ impl SegmentOptions {
     }
 
     /// Creates an anonymous memfd segment, sealed against shrinking and growing (see
-    /// [`Segment::seal_future_writes`] for freezing its contents too).
+    /// [`Segment::seal_future_writes`] for freezing its contents too). Its inode gets the
+    /// [`mode`](Self::mode) (0600 by default), which decides who may open it again through
+    /// `/proc/PID/fd` — the way a read-only receiver would try to get a writable descriptor.
     pub fn create_memfd(&self, debug_name: &str) -> Result<Segment> {
         self.create_memfd_with(debug_name, |_| Ok(()))
     }
@@ -129,6 +133,9 @@ impl SegmentOptions {
         let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
         let fd = sys::memfd_create(debug_name, flags)
             .map_err(|errno| Error::os("create segment", errno))?;
+        // A memfd's inode is born with mode 0777 (0666 when no-exec): anyone holding a
+        // descriptor could reopen it read-write through /proc/self/fd.
+        sys::fchmod(fd.as_fd(), self.mode).map_err(|errno| Error::os("create segment", errno))?;
         sys::ftruncate(fd.as_fd(), self.total_len()? as u64)
             .map_err(|errno| Error::os("create segment", errno))?;
         sys::fcntl_add_seals(fd.as_fd(), SealFlags::SHRINK | SealFlags::GROW)
@@ -221,38 +228,26 @@ impl SegmentOptions {
     /// Validates an existing object and waits until its creator has marked it ready.
     fn adopt(&self, fd: OwnedFd, location: Location, writable: bool) -> Result<Segment> {
         let deadline = Instant::now() + self.wait;
+        let stat = sys::fstat(fd.as_fd()).map_err(|errno| Error::os("open segment", errno))?;
+        if !is_regular(&stat) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "open segment",
+                format!(
+                    "the descriptor is {}, not a segment",
+                    file_type_name(stat.st_mode)
+                ),
+            ));
+        }
         // A memfd sealed against writes can only be mapped read-only, whatever the descriptor.
         let sealed = sys::fcntl_get_seals(fd.as_fd()).unwrap_or(SealFlags::empty());
         let writable = writable && !sealed.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE);
-        let file_size = loop {
-            let size = sys::fstat(fd.as_fd())
-                .map_err(|errno| Error::os("open segment", errno))?
-                .st_size as u64;
-            if size >= HEADER_SIZE as u64 {
-                break size;
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::new(
-                    ErrorKind::Corrupt,
-                    "open segment",
-                    format!("the object is {size} bytes, smaller than a segment header"),
-                )
-                .with_hint("it is not an mmapkit segment, or its creator died while creating it"));
+        let (mapping, header, file_size) = loop {
+            if let Some(found) = self.map_header(fd.as_fd(), writable, deadline)? {
+                break found;
             }
             std::thread::sleep(Duration::from_millis(1));
         };
-        let len = usize::try_from(file_size).map_err(|_| {
-            Error::new(
-                ErrorKind::Corrupt,
-                "open segment",
-                "the object is too large to map",
-            )
-        })?;
-        let mapping = MapOptions::new()
-            .write(writable)
-            .len(len)
-            .map_fd(fd.as_fd())?;
-        let header = mapping.read_pod::<RawHeader>(0)?.validate(file_size)?;
         if header.type_tag != self.type_tag {
             return Err(Error::new(
                 ErrorKind::Incompatible,
@@ -278,6 +273,58 @@ impl SegmentOptions {
         let segment = assemble(fd, mapping, location, header, writable)?;
         wait_until_ready(&segment, deadline)?;
         Ok(segment)
+    }
+}
+
+impl SegmentOptions {
+    /// Maps the object and validates its header, or `None` while a creator may still be
+    /// writing it (smaller than a header, or a header still all zeros: a creator sizes the
+    /// object before it writes the header) and `deadline` has not passed.
+    fn map_header(
+        &self,
+        fd: BorrowedFd<'_>,
+        writable: bool,
+        deadline: Instant,
+    ) -> Result<Option<(crate::Mapping, super::Header, u64)>> {
+        let waited_enough = Instant::now() >= deadline;
+        let size = sys::fstat(fd)
+            .map_err(|errno| Error::os("open segment", errno))?
+            .st_size as u64;
+        if size < HEADER_SIZE as u64 {
+            if !waited_enough {
+                return Ok(None);
+            }
+            return Err(Error::new(
+                ErrorKind::Corrupt,
+                "open segment",
+                format!("the object is {size} bytes, smaller than a segment header"),
+            )
+            .with_hint("it is not an mmapkit segment, or its creator died while creating it"));
+        }
+        let len = usize::try_from(size).map_err(|_| {
+            Error::new(
+                ErrorKind::Corrupt,
+                "open segment",
+                "the object is too large to map",
+            )
+        })?;
+        let mapping = MapOptions::new().write(writable).len(len).map_fd(fd)?;
+        let raw = mapping.read_pod::<RawHeader>(0)?;
+        let blank = bytemuck::bytes_of(&raw).iter().all(|&byte| byte == 0);
+        if blank && !waited_enough {
+            return Ok(None);
+        }
+        let header = raw.validate(size).map_err(|error| {
+            if blank {
+                error.with_hint(
+                    "its header is still blank: it is not an mmapkit segment, or its creator \
+                     died while creating it",
+                )
+            } else {
+                error
+            }
+        })?;
+        Ok(Some((mapping, header, size)))
     }
 }
 
@@ -393,27 +440,78 @@ fn named_error(operation: &'static str, name: &str, errno: Errno) -> Error {
     }
 }
 
-fn open_path(path: &Path, flags: OFlags, mode: u32) -> Result<OwnedFd> {
-    let text = path.to_str().ok_or_else(|| {
-        Error::new(
+/// Opens the named object `name` without waiting, and checks that it is a shm object.
+fn open_named(name: &str, access: OFlags) -> Result<OwnedFd> {
+    validate_name(name)?;
+    let fail = |errno| named_error("open segment", name, errno);
+    let fd = sys::shm_open(name, access | OFlags::NONBLOCK, 0).map_err(fail)?;
+    let (fd, stat) = settle(fd).map_err(fail)?;
+    if !is_regular(&stat) {
+        return Err(Error::new(
             ErrorKind::InvalidInput,
             "open segment",
-            "the path is not valid UTF-8",
+            format!(
+                "{} is under that name, not a shared memory object",
+                file_type_name(stat.st_mode)
+            ),
         )
-        .with_path(path)
-    })?;
-    sys::open(text, flags, mode).map_err(|errno| Error::os("open segment", errno).with_path(path))
+        .with_path(format!("/dev/shm/{name}"))
+        .with_hint("someone else made it; remove it (mmapkit shm rm) if it should not be there"));
+    }
+    Ok(fd)
 }
 
-/// The descriptor of a segment, for passing.
-pub(super) fn reopen_read_only(segment: &Segment) -> Result<OwnedFd> {
-    let fail = |errno| Error::os("duplicate segment", errno);
-    match &segment.location {
-        Location::Named(name) => sys::shm_open(name, ShmFlags::RDONLY, 0).map_err(fail),
-        _ => {
-            let fd: BorrowedFd<'_> = segment.fd.as_fd();
-            let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-            sys::open(&path, OFlags::RDONLY, 0).map_err(fail)
-        }
+/// Opens the file at `path` without waiting, and checks that it is a regular file.
+fn open_path(path: &Path, flags: OFlags, mode: u32) -> Result<OwnedFd> {
+    let (fd, stat) = open_without_waiting(path, flags, mode)
+        .map_err(|errno| Error::os("open segment", errno).with_path(path))?;
+    if !is_regular(&stat) {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "open segment",
+            format!("it is {}, not a regular file", file_type_name(stat.st_mode)),
+        )
+        .with_path(path));
     }
+    Ok(fd)
+}
+
+/// A read-only duplicate of a segment's descriptor: a new open file description of the same
+/// inode, opened again through /proc/self/fd (a name may meanwhile belong to another object).
+///
+/// Refused when the inode's permission bits let group or others write it and no seal forbids
+/// writable mappings: such a receiver could open it again read-write the same way, so the
+/// duplicate would promise what it cannot keep.
+pub(super) fn reopen_read_only(segment: &Segment) -> Result<OwnedFd> {
+    let fd = segment.fd.as_fd();
+    let fail = |errno| Error::os("duplicate segment", errno);
+    let stat = sys::fstat(fd).map_err(fail)?;
+    let sealed = sys::fcntl_get_seals(fd)
+        .unwrap_or(SealFlags::empty())
+        .intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE);
+    if stat.st_mode & 0o022 != 0 && !sealed {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "duplicate segment",
+            format!(
+                "the segment's mode {:04o} lets other users write it, so a read-only receiver \
+                 could open it again read-write",
+                stat.st_mode & 0o7777
+            ),
+        )
+        .with_hint(
+            "create it with a mode that gives write to its owner only (the default 0600), or \
+             freeze it with seal_future_writes",
+        ));
+    }
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let (read_only, _) =
+        open_without_waiting(Path::new(&path), OFlags::RDONLY, 0).map_err(|errno| match errno {
+            Errno::ACCESS => fail(errno).with_hint(
+                "only users the segment's mode lets read it can make read-only duplicates; \
+                 send the descriptor itself instead",
+            ),
+            _ => fail(errno),
+        })?;
+    Ok(read_only)
 }

@@ -7,7 +7,7 @@
 //! * **unrelated processes**: [`Segment::send`] sends the descriptor (and any extra ones, an
 //!   eventfd for instance) over a Unix socket with SCM_RIGHTS; [`SegmentOptions::receive`]
 //!   takes it on the other side. [`Segment::send_read_only`] sends a read-only duplicate for
-//!   a reader that is not trusted to write: it cannot map the segment writable, ever.
+//!   a reader that is not trusted to write.
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -33,13 +33,16 @@ impl Segment {
     }
 
     /// Sends a read-only duplicate of the segment over `stream`: the receiver can read the
-    /// payload but neither write it nor map it writable.
+    /// payload but neither write it nor map it writable (see [Read-only
+    /// receivers](crate::shm#read-only-receivers) for what that rests on). Fails with
+    /// `PermissionDenied` when the segment's mode lets other users write it.
     pub fn send_read_only(&self, stream: &UnixStream, extra: &[BorrowedFd<'_>]) -> Result<()> {
         let read_only = reopen_read_only(self)?;
         send_fds(stream, read_only.as_fd(), extra)
     }
 
-    /// A read-only duplicate of the descriptor (a new open file description).
+    /// A read-only duplicate of the descriptor (a new open file description of the same
+    /// inode), under the rule of [`send_read_only`](Self::send_read_only).
     pub fn read_only_fd(&self) -> Result<OwnedFd> {
         reopen_read_only(self)
     }
@@ -85,6 +88,13 @@ impl SegmentOptions {
 
     /// Takes the segment a parent passed with [`Segment::pass_to`], from the descriptor named
     /// in the environment variable `variable`. Each descriptor can be taken once.
+    ///
+    /// The number in the variable is not trusted: a descriptor is taken over only once it
+    /// has been shown to be a passed segment — open, inherited across exec (`FD_CLOEXEC`
+    /// clear, as `pass_to` leaves it; every descriptor the Rust standard library opens has it
+    /// set), never taken before, and holding a valid segment. Anything else is an error that
+    /// leaves the descriptor as it was: a number that names a file the program holds is
+    /// neither closed nor changed.
     pub fn from_inherited(&self, variable: &str) -> Result<Segment> {
         static TAKEN: Mutex<Option<HashSet<RawFd>>> = Mutex::new(None);
         let missing = |message: String| {
@@ -100,23 +110,47 @@ impl SegmentOptions {
         let mut taken = TAKEN
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !taken.get_or_insert_with(HashSet::new).insert(raw) {
+        let taken = taken.get_or_insert_with(HashSet::new);
+        if taken.contains(&raw) {
             return Err(missing(format!(
                 "descriptor {raw} from ${variable} was taken already"
             )));
         }
-        // SAFETY: F_GETFD on a number reads only the descriptor table.
-        if unsafe { libc::fcntl(raw, libc::F_GETFD) } == -1 {
-            return Err(missing(format!(
-                "descriptor {raw} from ${variable} is not open"
-            )));
+        match sys::fcntl_getfd_raw(raw) {
+            Err(_) => {
+                return Err(missing(format!(
+                    "descriptor {raw} from ${variable} is not open"
+                )));
+            }
+            Ok(flags) if flags.contains(rustix::io::FdFlags::CLOEXEC) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "inherit segment",
+                    format!(
+                        "descriptor {raw} from ${variable} was not inherited across exec (it is \
+                         close-on-exec): it belongs to this program and is left alone"
+                    ),
+                )
+                .with_hint("the parent passes a segment with Segment::pass_to"));
+            }
+            Ok(_) => {}
         }
-        // SAFETY: the number is open; the parent created it for this process (see `pass_to`),
-        // and the take-once set above makes this the only owner.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        sys::fcntl_set_cloexec(fd.as_fd(), true)
+        // SAFETY: the number is open (checked above, and nothing closes it while we look: it
+        // is not ours to close, and a program that closes descriptors it does not own breaks
+        // I/O safety itself). The borrow lasts only for the duplication below.
+        let inherited = unsafe { BorrowedFd::borrow_raw(raw) };
+        // Validation works on a duplicate, so that a descriptor that turns out not to be a
+        // segment is never closed; only the duplicate is.
+        let duplicate = sys::fcntl_dupfd_cloexec(inherited, 0)
             .map_err(|errno| Error::os("inherit segment", errno))?;
-        self.from_fd(fd)
+        let segment = self.from_fd(duplicate)?;
+        taken.insert(raw);
+        // SAFETY: the descriptor was inherited across exec (FD_CLOEXEC clear), holds the
+        // segment just validated, and the take-once set makes this its only taker: the parent
+        // made it for this process, so closing it is ours to do. The segment keeps the
+        // duplicate, which names the same open file description.
+        drop(unsafe { OwnedFd::from_raw_fd(raw) });
+        Ok(segment)
     }
 }
 

@@ -186,12 +186,13 @@ pub fn memfd_create(name: &str, flags: rustix::fs::MemfdFlags) -> SysResult<Owne
     rustix::fs::memfd_create(name, flags)
 }
 
-/// Opens or creates a POSIX shared memory object, `/dev/shm/NAME` (shm_open(3)). `name` is
-/// given without the leading slash.
-pub fn shm_open(name: &str, flags: rustix::shm::OFlags, mode: u32) -> SysResult<OwnedFd> {
-    rustix::shm::open(
-        format!("/{name}"),
-        flags,
+/// Opens or creates a POSIX shared memory object, `/dev/shm/NAME`, as glibc's shm_open(3)
+/// does: open(2) with `O_NOFOLLOW` and `O_CLOEXEC` added. `name` is given without the leading
+/// slash.
+pub fn shm_open(name: &str, flags: OFlags, mode: u32) -> SysResult<OwnedFd> {
+    rustix::fs::open(
+        format!("/dev/shm/{name}"),
+        flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         rustix::fs::Mode::from_raw_mode(mode),
     )
 }
@@ -208,12 +209,38 @@ pub fn fallocate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> SysResult<()> {
 }
 
 /// Opens a path (openat(2) relative to the working directory), always with `O_CLOEXEC`.
-pub fn open(path: &str, flags: OFlags, mode: u32) -> SysResult<OwnedFd> {
+pub fn open(path: &std::path::Path, flags: OFlags, mode: u32) -> SysResult<OwnedFd> {
     rustix::fs::open(
         path,
         flags | OFlags::CLOEXEC,
         rustix::fs::Mode::from_raw_mode(mode),
     )
+}
+
+/// Sets the file status flags that can change after open, `O_NONBLOCK` among them (fcntl(2)
+/// `F_SETFL`).
+pub fn fcntl_setfl(fd: BorrowedFd<'_>, flags: OFlags) -> SysResult<()> {
+    rustix::fs::fcntl_setfl(fd, flags)
+}
+
+/// Changes a file's permission bits (fchmod(2)).
+pub fn fchmod(fd: BorrowedFd<'_>, mode: u32) -> SysResult<()> {
+    rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(mode))
+}
+
+/// The descriptor flags of a descriptor number, to learn whether it is open and whether
+/// `FD_CLOEXEC` is set (fcntl(2) `F_GETFD`); `EBADF` when nothing is open under it. Takes a
+/// number rather than a descriptor because it is how a number of unknown ownership is examined
+/// without taking it.
+pub fn fcntl_getfd_raw(fd: std::os::fd::RawFd) -> SysResult<rustix::io::FdFlags> {
+    // SAFETY: F_GETFD reads the descriptor table entry only; it acts on no memory and changes
+    // nothing, whatever the number.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags == -1 {
+        Err(last_errno())
+    } else {
+        Ok(rustix::io::FdFlags::from_bits_retain(flags as u32))
+    }
 }
 
 /// Adds seals to a memfd (fcntl(2) `F_ADD_SEALS`).

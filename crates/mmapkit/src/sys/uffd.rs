@@ -65,7 +65,7 @@ pub fn open() -> SysResult<(OwnedFd, Access)> {
 
 fn from_device(flags: u32) -> SysResult<OwnedFd> {
     let device = super::open(
-        "/dev/userfaultfd",
+        std::path::Path::new("/dev/userfaultfd"),
         super::OFlags::RDWR | super::OFlags::CLOEXEC,
         0,
     )?;

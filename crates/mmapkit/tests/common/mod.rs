@@ -130,3 +130,32 @@ impl std::ops::Deref for SegmentName {
         &self.0
     }
 }
+
+/// Runs `work` on its own thread and returns its result, failing the test if it has not
+/// finished within `limit` (a call that blocks for ever is left behind on its thread, which
+/// the test process ends with it).
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    what: &str,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    result
+        .recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what} did not return within {limit:?}: it blocks"))
+}
+
+/// Makes a FIFO at `path`.
+pub fn make_fifo(path: &std::path::Path) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::FileType::Fifo,
+        0o666.into(),
+        0,
+    )
+    .unwrap();
+}
