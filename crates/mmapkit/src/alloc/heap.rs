@@ -61,7 +61,7 @@ pub struct HeapStats {
     pub largest_free: u64,
 }
 
-/// An allocator in a segment region. See the [module docs](self).
+/// An allocator in a segment region. See the [module docs](crate::alloc).
 pub struct Heap<'s> {
     segment: &'s Segment,
     /// Payload offset of the region.

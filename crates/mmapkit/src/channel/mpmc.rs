@@ -20,7 +20,7 @@ use crate::error::{ErrorKind, Result};
 use crate::shm::Segment;
 use crate::sync::{LockError, Mutex, MutexGuard};
 
-/// A multi-producer, multi-consumer channel of `T`. See the [module docs](self).
+/// A multi-producer, multi-consumer channel of `T`. See the [module docs](crate::channel).
 #[derive(Debug)]
 pub struct MpmcChannel<T> {
     handle: Handle,

@@ -1,4 +1,4 @@
-//! Process-shared synchronisation living inside a [`Segment`](crate::Segment): a robust
+//! Process-shared synchronisation living inside a [`Segment`]: a robust
 //! [`Mutex`], a [`Condvar`], a counting [`Semaphore`], an [`Event`], and a [`PollableEvent`]
 //! whose waiters can also use poll/epoll (and, with the `tokio` feature, `async`).
 //!

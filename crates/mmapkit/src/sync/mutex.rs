@@ -50,7 +50,7 @@ const HEADER: usize = 24;
 const FIRST_SLICE: Duration = Duration::from_millis(1);
 
 /// A robust process-shared mutex protecting a `T`, placed in a segment. See the
-/// [module docs](self).
+/// [module docs](crate::sync).
 pub struct Mutex<'s, T> {
     segment: &'s Segment,
     word: &'s AtomicU32,

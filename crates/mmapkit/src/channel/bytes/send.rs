@@ -11,7 +11,7 @@ use crate::channel::{Parts, PeerCheck, Side, Waiter, deadline, wait_for};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::copy_shared;
 
-/// The sending side of a [`ByteChannel`].
+/// The sending side of a [`ByteChannel`](super::ByteChannel).
 #[derive(Debug)]
 pub struct ByteSender<'c> {
     control: Control<'c>,
