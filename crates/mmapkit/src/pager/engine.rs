@@ -22,7 +22,7 @@ use super::failure::Failure;
 use super::pages::{PageTable, State};
 use super::readahead::ReadAhead;
 use super::stats::Counters;
-use super::store::Store;
+use super::store::{Guarded, Store};
 use crate::map::{Mapping, UncheckedAdvice};
 use crate::sys::Errno;
 use crate::sys::uffd::{self, Fault};
@@ -66,7 +66,7 @@ pub(crate) struct Engine {
     pub(super) layout: Layout,
     pub(super) pages: PageTable,
     pub(super) uffd: OwnedFd,
-    pub(super) store: Arc<dyn Store>,
+    pub(super) store: Guarded,
     readahead: ReadAhead,
     work: Mutex<VecDeque<Range<usize>>>,
     wakeup: OwnedFd,
@@ -99,7 +99,14 @@ impl Engine {
         store: Arc<dyn Store>,
         layout: Layout,
     ) -> crate::Result<Engine> {
-        let pages = memory.len() / layout.page_size;
+        let pages = layout.len.div_ceil(layout.page_size);
+        if memory.len() != pages * layout.page_size {
+            return Err(crate::Error::new(
+                crate::ErrorKind::InvalidInput,
+                "pager",
+                "the region's mapping does not match its length",
+            ));
+        }
         let wakeup = crate::sys::eventfd(0).map_err(|errno| crate::Error::os("pager", errno))?;
         Ok(Engine {
             base: memory.as_ptr() as usize,
@@ -114,7 +121,7 @@ impl Engine {
             })?,
             layout,
             uffd,
-            store,
+            store: Guarded::new(store),
             work: Mutex::new(VecDeque::new()),
             wakeup,
             shutdown: AtomicBool::new(false),

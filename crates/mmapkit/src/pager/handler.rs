@@ -76,8 +76,12 @@ pub(crate) fn spawn(
                 run(&engine, cpu, scratch)
             }));
             if served.is_err() {
-                // Threads blocked on faults of the region would wait for ever: a pager with
-                // a broken invariant must stop the process rather than hang it.
+                // Store panics never get here: they are caught around each store call and
+                // become that page's error. What is left is a panic in the pager's own code,
+                // a broken invariant with pages half-claimed. The threads blocked on faults
+                // of the region would wait for ever on a handler that is gone, and nothing
+                // can safely finish the claims it held, so the process stops rather than
+                // hangs.
                 eprintln!("mmapkit: a pager handler thread panicked; aborting");
                 std::process::abort();
             }

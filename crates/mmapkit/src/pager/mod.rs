@@ -30,7 +30,10 @@
 //!   from its faults, and the pages ahead of it are filled by the other handlers in runs of
 //!   up to 512 KiB; [`PagedRegion::prefetch`] queues any range.
 //! * **Errors are values**: a store that fails never hangs the faulting thread. What the
-//!   access sees is set per region with [`OnStoreError`].
+//!   access sees is set per region with [`OnStoreError`]. A store that panics has failed that
+//!   call, nothing more; a store that changes its length is held to the one it gave when the
+//!   region was built. Safe code never reaches memory outside the region, whatever a store
+//!   does.
 //!
 //! # Access
 //! The region is memory that the pager changes behind the program's back (it discards
@@ -221,8 +224,9 @@ impl Pager {
     pub fn build(&self) -> Result<PagedRegion> {
         let layout = self.layout()?;
         let (uffd, access) = open_userfaultfd(&layout)?;
-        let map_len = self.store.len() as usize;
-        let map_len = map_len.next_multiple_of(self.page_size);
+        // The store's length was read once, by `layout`; a store that answers differently
+        // later changes nothing (the region, its pages and every bound check use this one).
+        let map_len = layout.len.next_multiple_of(layout.page_size);
         let memory = MapOptions::new()
             .len(map_len)
             .write(layout.dirty_tracking)

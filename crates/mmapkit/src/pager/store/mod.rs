@@ -27,16 +27,20 @@ use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// A byte array the pager reads pages from and writes dirty pages to.
 ///
 /// The pager only asks for ranges inside `0..len()`, and reads of up to one page-run at a
 /// time. Errors are values: a read error reaches the accessing thread as configured with
 /// [`OnStoreError`](super::OnStoreError); a write error keeps the page dirty and is returned by
-/// the next [`flush`](super::PagedRegion::flush).
+/// the next [`flush`](super::PagedRegion::flush). A store that panics is treated the same way:
+/// the panic is caught and becomes that call's error ("the store panicked: …"); the default
+/// panic hook still prints it. (Built with `panic = "abort"`, a panic cannot be caught and ends
+/// the process.)
 pub trait Store: Send + Sync {
-    /// The size in bytes; fixed for the life of the region.
+    /// The size in bytes. The pager reads it once, when the region is built, and keeps that
+    /// length for the region's life whatever the store answers later.
     fn len(&self) -> u64;
 
     /// Whether the store holds no bytes (a region over it cannot be built).
@@ -72,6 +76,50 @@ pub trait Store: Send + Sync {
     fn describe(&self) -> String {
         std::any::type_name::<Self>().to_owned()
     }
+}
+
+/// A store as the pager calls it: every call is made so that a store that panics fails that
+/// call with an error value (`io::ErrorKind::Other`, "the store panicked: …") instead of
+/// unwinding through the pager's bookkeeping — a page half-claimed would leave the threads
+/// waiting on it blocked for ever — or aborting the handler thread.
+///
+/// `AssertUnwindSafe` is right here: after a panic the pager only records the error and goes
+/// on; whatever state the store's own code left behind is the store's, reached again only
+/// through its next call.
+pub(crate) struct Guarded(Arc<dyn Store>);
+
+impl Guarded {
+    pub(crate) fn new(store: Arc<dyn Store>) -> Guarded {
+        Guarded(store)
+    }
+
+    pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        catching(|| self.0.read_at(offset, buf))
+    }
+
+    pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        catching(|| self.0.write_at(offset, data))
+    }
+
+    pub(crate) fn flush(&self) -> io::Result<()> {
+        catching(|| self.0.flush())
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        catching(|| Ok(self.0.describe()))
+            .unwrap_or_else(|error| format!("a store whose describe() failed ({error})"))
+    }
+}
+
+fn catching<T>(call: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("a panic without a message");
+        Err(io::Error::other(format!("the store panicked: {message}")))
+    })
 }
 
 /// A store in memory: a buffer behind a read-write lock. Useful as scratch space that is
