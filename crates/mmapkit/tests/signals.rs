@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::processes::Ended;
 use common::{file_with, pattern};
-use mmapkit::{ErrorKind, MapOptions, Mapping};
+use mmapkit::{ErrorKind, MapOptions, Mapping, SegmentOptions};
 
 const SCENARIO: &str = "MMAPKIT_SIGNAL_SCENARIO";
 
@@ -22,8 +22,13 @@ const APPLICATION_HANDLER_EXIT: i32 = 42;
 
 type Scenario = (&'static str, fn() -> i32, Ended);
 
-fn scenarios() -> [Scenario; 5] {
+fn scenarios() -> [Scenario; 6] {
     [
+        (
+            "guarded_copies_report_truncation_in_a_thread_that_blocks_every_signal",
+            guarded_copies_report_truncation_in_a_thread_that_blocks_every_signal,
+            Ended::Exited(0),
+        ),
         (
             "foreign_fault_kills",
             foreign_fault_kills,
@@ -178,4 +183,121 @@ fn kill_while_ignored_is_ignored() -> i32 {
     }
     raise_sigbus();
     if guard_reports_truncation(&map) { 0 } else { 4 }
+}
+
+/// Blocks every signal in the calling thread, as worker threads of signal-handling designs do.
+fn block_every_signal() {
+    // SAFETY: an all-zero sigset_t is a valid value to fill in.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set is valid; this changes the calling thread's mask only.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
+fn sigbus_is_blocked() -> bool {
+    // SAFETY: an all-zero sigset_t is a valid value to fill in.
+    let mut current: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: reads the calling thread's mask into a valid set.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut current);
+        libc::sigismember(&current, libc::SIGBUS) == 1
+    }
+}
+
+/// A store whose every read fails, so that each page of a region over it is poisoned.
+struct FailingStore;
+
+impl mmapkit::pager::Store for FailingStore {
+    fn len(&self) -> u64 {
+        1 << 20
+    }
+
+    fn read_at(&self, _: u64, _: &mut [u8]) -> std::io::Result<()> {
+        Err(std::io::Error::other("no such page"))
+    }
+}
+
+/// Each guarded accessor, on a truncated file, a truncated named segment and a pager page
+/// that failed, from a thread that blocks SIGBUS: errors, and the mask as it was. The kernel
+/// kills a process whose blocked thread faults, so failing means dying of SIGBUS.
+fn guarded_copies_report_truncation_in_a_thread_that_blocks_every_signal() -> i32 {
+    use std::io::Read;
+    let checks = std::thread::spawn(|| {
+        block_every_signal();
+        let (map, _file) = truncated_mapping();
+        let mut buf = [0u8; 4096];
+        let mut cursor = map.cursor();
+        let kinds = [
+            map.read_at(4096, &mut buf).map_err(|e| e.kind()),
+            map.read_pod::<u64>(0).map(drop).map_err(|e| e.kind()),
+            cursor.read(&mut buf).map(drop).map_err(|e| {
+                e.get_ref()
+                    .and_then(|inner| inner.downcast_ref::<mmapkit::Error>())
+                    .map_or(ErrorKind::Io, |error| error.kind())
+            }),
+            map.find(b"needle", ..).map(drop).map_err(|e| e.kind()),
+        ];
+        if kinds.iter().any(|kind| *kind != Err(ErrorKind::Truncated)) {
+            eprintln!("file mapping: {kinds:?}");
+            return 10;
+        }
+        let name = format!("mmapkit-test-{}-blocked", std::process::id());
+        let segment = SegmentOptions::new("test/blocked", 16384)
+            .unwrap()
+            .create(&name)
+            .unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(format!("/dev/shm/{name}"))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let _ = mmapkit::shm::unlink(&name);
+        let read = segment.read_at(8192, &mut buf).map_err(|e| e.kind());
+        let write = segment.write_at(8192, b"x").map_err(|e| e.kind());
+        if read != Err(ErrorKind::Truncated) || write != Err(ErrorKind::Truncated) {
+            eprintln!("named segment: {read:?} {write:?}");
+            return 11;
+        }
+        if let Ok(region) = mmapkit::pager::Pager::new(FailingStore)
+            .page_size(4096)
+            .build()
+        {
+            let kind = region.read_at(8192, &mut buf).map_err(|e| e.kind());
+            if kind != Err(ErrorKind::Store) {
+                eprintln!("pager: {kind:?}");
+                return 12;
+            }
+        }
+        if !sigbus_is_blocked() {
+            eprintln!("the thread's mask was not restored");
+            return 13;
+        }
+        // With the promise taken, SIGBUS is unblocked until the last promise goes.
+        // SAFETY: this thread blocks nothing while the promises live.
+        let first = unsafe { mmapkit::fault::SigbusUnblocked::promise() };
+        // SAFETY: as above.
+        let second = unsafe { mmapkit::fault::SigbusUnblocked::promise() };
+        if sigbus_is_blocked()
+            || map.read_at(4096, &mut buf).map_err(|e| e.kind()) != Err(ErrorKind::Truncated)
+        {
+            return 14;
+        }
+        drop(first);
+        if sigbus_is_blocked()
+            || map.read_pod::<u8>(4096).map_err(|e| e.kind()) != Err(ErrorKind::Truncated)
+        {
+            eprintln!("dropping one of two promises blocked SIGBUS");
+            return 15;
+        }
+        drop(second);
+        if !sigbus_is_blocked() {
+            eprintln!("the last promise did not block SIGBUS again");
+            return 16;
+        }
+        0
+    });
+    checks.join().unwrap_or(101)
 }

@@ -10,6 +10,10 @@
 //! read from the zero page in between is treated like any other bytes a peer may have written,
 //! which the layers above validate anyway.
 //!
+//! The handler can only run if the faulting thread does not block SIGBUS: a thread that does
+//! is killed by the kernel, shield or not (see "Signal masks" in the module above). Copies
+//! unblock it around themselves; in-place access cannot, so the limit is documented there.
+//!
 //! Shields live in a fixed table ([`CAPACITY`] entries) that the handler reads without locks.
 //! A shield must be dropped before the range it covers is unmapped (the segment that owns both
 //! drops them in that order), otherwise a SIGBUS in whatever is mapped there next would be

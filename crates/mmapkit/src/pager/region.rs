@@ -178,8 +178,10 @@ impl PagedRegion {
                     Side::Into(data) => (region.add(at), data.add(done)),
                 }
             };
+            // A failed page raises SIGBUS by design: copies here can always fault.
+            let faults = crate::fault::Faults::Possible;
             // SAFETY: forwarded from this function's contract.
-            match unsafe { crate::fault::copy_shared(operation, to, from, len - done) } {
+            match unsafe { crate::fault::copy_shared(operation, to, from, len - done, faults) } {
                 Ok(()) => done = len,
                 Err(stopped) => {
                     done += stopped.offset().unwrap_or(0) as usize;

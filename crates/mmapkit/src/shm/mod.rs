@@ -18,7 +18,10 @@
 //! touch. Peers may still truncate a named segment later; the whole mapping is shielded (see
 //! `fault::shield`), so that turns into [`Truncated`](crate::ErrorKind::Truncated) errors from
 //! this module's methods, never into a crash. That is also why atomics are offered on every
-//! segment, where [`Mapping::atomic`] would refuse a truncatable file.
+//! segment, where [`Mapping::atomic`] would refuse a truncatable file. The shield needs SIGBUS
+//! deliverable: a thread that blocks it and works in place (atomics, locks, channel indices)
+//! on a named or file segment dies if a peer truncates it; copies are safe whatever the mask,
+//! and memfd segments never fault at all (see "Signal masks" in [`crate::fault`]).
 //!
 //! Names are 1 to 250 bytes, without '/' or NUL. Segments are created with mode 0600 (owner
 //! only) unless [`SegmentOptions::mode`] says otherwise.
@@ -160,6 +163,16 @@ impl Segment {
     pub fn atomic<A: SharedAtomic>(&self, offset: usize) -> Result<&A> {
         // SAFETY: the whole mapping is shielded: its pages can be replaced but never fault.
         unsafe { self.mapping.atomic_in_shielded(payload_offset(offset)?) }
+    }
+
+    /// Whether copies in and out of the segment can fault: not for a memfd sealed against
+    /// shrinking, yes for anything a peer may truncate.
+    pub(crate) fn faults(&self) -> crate::fault::Faults {
+        if self.mapping.is_truncatable() {
+            crate::fault::Faults::Possible
+        } else {
+            crate::fault::Faults::Impossible
+        }
     }
 
     /// Address of the payload's first byte, for the layers that build structures in it.

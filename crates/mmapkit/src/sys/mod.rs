@@ -264,6 +264,27 @@ pub fn fcntl_set_cloexec(fd: BorrowedFd<'_>, cloexec: bool) -> SysResult<()> {
     rustix::io::fcntl_setfd(fd, flags)
 }
 
+/// Changes the calling thread's signal mask (rt_sigprocmask(2) with `how` = `SIG_BLOCK`,
+/// `SIG_UNBLOCK` or `SIG_SETMASK`) and returns the previous one, in the kernel's 64-bit form
+/// (bit `n - 1` is signal `n`) rather than libc's 128-byte `sigset_t`: the cheapest way to
+/// change one signal. libc, because rustix offers it only in its unstable runtime module. An
+/// invalid `how` changes nothing and returns 0.
+pub fn sigprocmask_thread(how: libc::c_int, set: u64) -> u64 {
+    let mut previous: u64 = 0;
+    // SAFETY: both pointers are valid 8-byte sets, the size the kernel expects on Linux; the
+    // call changes only the calling thread's mask, and touches no other memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            how,
+            &set as *const u64,
+            &mut previous as *mut u64,
+            std::mem::size_of::<u64>(),
+        )
+    };
+    previous
+}
+
 /// Sleeps while the shared futex word at `word` holds `expected`, at most `timeout`
 /// (futex(2) `FUTEX_WAIT`, not private: the word may live in memory shared between
 /// processes). Returns `EAGAIN` when the word differs, `ETIMEDOUT` on timeout, `EINTR`.

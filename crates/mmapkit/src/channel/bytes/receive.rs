@@ -122,7 +122,13 @@ impl<'c> ByteReceiver<'c> {
         // SAFETY: the message lies in the data area (validated in `next_message`); `buf` has
         // room for `len` bytes, which the copy initialises before `set_len`.
         unsafe {
-            copy_shared("receive", buf.as_mut_ptr(), source, len)?;
+            copy_shared(
+                "receive",
+                buf.as_mut_ptr(),
+                source,
+                len,
+                self.control.segment.faults(),
+            )?;
             buf.set_len(len);
         }
         self.advance(record_len(len as u64))
@@ -242,7 +248,15 @@ impl ReceivedBytes<'_, '_> {
             ));
         }
         // SAFETY: the message lies in the data area and stays ours until this value drops.
-        unsafe { copy_shared("copy_to", buf.as_mut_ptr(), self.as_ptr(), self.len) }
+        unsafe {
+            copy_shared(
+                "copy_to",
+                buf.as_mut_ptr(),
+                self.as_ptr(),
+                self.len,
+                self.receiver.control.segment.faults(),
+            )
+        }
     }
 
     /// A copy of the message.

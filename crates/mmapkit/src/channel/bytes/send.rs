@@ -188,6 +188,7 @@ impl<'c> ByteSender<'c> {
                 self.payload_at(position),
                 data.as_ptr(),
                 data.len(),
+                self.control.segment.faults(),
             )
         }?;
         self.commit(position, data.len())
@@ -271,8 +272,9 @@ impl LoanBytes<'_, '_> {
             .with_range(offset as u64, data.len() as u64));
         }
         let target = self.as_mut_ptr().wrapping_add(offset);
+        let faults = self.sender.control.segment.faults();
         // SAFETY: the range lies inside the reserved payload, which nobody else reads yet.
-        unsafe { copy_shared("write_at", target, data.as_ptr(), data.len()) }
+        unsafe { copy_shared("write_at", target, data.as_ptr(), data.len(), faults) }
     }
 
     /// The payload's first byte, to fill through raw pointers.
