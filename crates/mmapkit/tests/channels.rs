@@ -262,17 +262,18 @@ fn byte_loans_and_limits() {
 fn mpmc_delivers_each_message_exactly_once_between_threads() {
     let channel = MpmcChannel::<u64>::create_memfd(&ChannelOptions::new(64)).unwrap();
     let received = std::sync::Mutex::new(Vec::new());
+    // Every endpoint attaches first: a blocking send waits only while a receiver is there.
+    let senders: Vec<_> = (0..4).map(|_| channel.sender().unwrap()).collect();
+    let receivers: Vec<_> = (0..3).map(|_| channel.receiver().unwrap()).collect();
     std::thread::scope(|scope| {
-        for producer in 0..4u64 {
-            let mut sender = channel.sender().unwrap();
+        for (producer, mut sender) in (0..4u64).zip(senders) {
             scope.spawn(move || {
                 for sequence in 0..5_000u64 {
                     sender.send(&(producer << 32 | sequence)).unwrap();
                 }
             });
         }
-        for _ in 0..3 {
-            let mut receiver = channel.receiver().unwrap();
+        for mut receiver in receivers {
             let received = &received;
             scope.spawn(move || {
                 let mut mine = Vec::new();

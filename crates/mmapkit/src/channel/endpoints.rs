@@ -1,5 +1,5 @@
-//! Who is attached to a channel: a table of up to 30 endpoints in the control block, so that
-//! each side can tell whether the other is still there.
+//! Who is attached to a channel: a table of up to 30 endpoints in the control block, and the
+//! verified view each endpoint keeps of its peers (see `liveness`).
 //!
 //! ```text
 //! 320  u32 senders ever attached   324  u32 receivers ever attached   328  8 bytes reserved
@@ -8,26 +8,30 @@
 //! ```
 //!
 //! An endpoint claims an entry with one compare-and-swap of the state word, which records the
-//! claiming process and bumps the generation; every later change of the entry changes the
-//! generation too, so a stale view of an entry can never be swapped in twice (no ABA). The
-//! entry is freed when the endpoint is dropped — by the process that claimed it only, so a
-//! child that inherited an endpoint across fork does not free its parent's.
+//! claiming process and bumps the generation, takes its lock byte and registers itself; it
+//! frees the entry when dropped — by the process that claimed it only, so a child that
+//! inherited an endpoint across fork does not free its parent's — and frees it even if
+//! someone else wrote to it meanwhile, as long as it still names this process in this role.
 //!
-//! A process killed with SIGKILL frees nothing, so "attached" also means "its process is alive"
-//! (pid and start time, see [`ProcessIdentity`]; a pid alone until the start time is written);
-//! that check reads /proc and is made only on slow paths. A side is *disconnected* once it has
-//! had a peer — one attached when it attached, or one that attached since — and no peer is
-//! left. An endpoint that has never had a peer (a receiver started before any sender, or
-//! re-attached after the last one left) waits instead.
+//! The table says where to look; whether a peer is there is decided by `liveness`. Each
+//! endpoint pins the peers it has verified and watches those processes. A side is
+//! *disconnected* once it has had a peer — one it verified, or one the table says was attached
+//! when it attached or attached since (the attach counters) — and no verified peer is left;
+//! until then its peer is *absent*, which no wait without a deadline waits out (see the
+//! channel module's docs on waiting for a peer). The table's word can only turn a wait into an
+//! error this way, never make one longer.
 //!
 //! Single-producer/single-consumer channels use fixed entries (0 for the sender, 1 for the
 //! receiver), so that two processes cannot both become the sender; an entry whose process died
 //! is taken over.
 
+use std::ops::Range;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use super::control::{Control, ENDPOINTS_OFFSET};
+use super::liveness::{FileKey, Registration, Witness, lock_byte};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::ProcessIdentity;
 
@@ -36,6 +40,8 @@ const FIRST_ENTRY: usize = ENDPOINTS_OFFSET + 16;
 const FREE: u64 = 0;
 const ROLE_BITS: u64 = 0b11;
 const GENERATION_BITS: u64 = ((1 << 30) - 1) << 2;
+/// How often a waiting endpoint looks at its peers' processes.
+const CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Which side an endpoint is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +66,46 @@ impl Role {
     }
 }
 
+/// How long a call without a deadline waits for a peer that has not attached yet.
+pub const PEER_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether a wait may go on, given where the peers stand: never once they are gone; while
+/// none has attached yet, until the call's deadline, or for [`PEER_GRACE`] from the start of
+/// a call without one.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Patience {
+    deadline: Option<Instant>,
+    grace_end: Instant,
+}
+
+impl Patience {
+    pub(super) fn new(deadline: Option<Instant>) -> Patience {
+        Patience {
+            deadline,
+            grace_end: Instant::now() + PEER_GRACE,
+        }
+    }
+
+    pub(super) fn may_wait(&self, peer: Peer) -> bool {
+        match peer {
+            Peer::Present => true,
+            Peer::Gone => false,
+            Peer::Absent => self.deadline.is_some() || Instant::now() < self.grace_end,
+        }
+    }
+}
+
+/// Where an endpoint stands with its peers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Peer {
+    /// A verified peer is attached and its process lives.
+    Present,
+    /// There was a verified peer, and none is left.
+    Gone,
+    /// No peer has been verified yet.
+    Absent,
+}
+
 /// The next state of an entry whose current state is `state`: `role` held by `pid`, with the
 /// generation moved on.
 fn next_state(state: u64, pid: u32, role: u64) -> u64 {
@@ -75,6 +121,13 @@ fn pid_of(state: u64) -> u32 {
     (state >> 32) as u32
 }
 
+/// A peer this endpoint verified: its entry, and the process as it was when verified.
+#[derive(Debug, Clone, Copy)]
+struct Pinned {
+    index: usize,
+    identity: ProcessIdentity,
+}
+
 /// An attached endpoint; on drop it detaches and wakes everyone waiting on the channel, so
 /// that the other side learns at once.
 #[derive(Debug)]
@@ -83,34 +136,52 @@ pub(super) struct Endpoint<'c> {
     /// The state this endpoint wrote when it claimed its entry.
     claimed: u64,
     role: Role,
-    /// For channels with one endpoint per side: the entry the peer uses.
-    peer_entry: Option<usize>,
-    /// For channels with one endpoint per side: the peer entry's state word, for a check cheap
-    /// enough to make on every send.
-    peer_state: Option<&'c AtomicU64>,
+    index: usize,
+    /// The entries a peer can hold: one for channels with one endpoint per side, all others.
+    peer_entries: Range<usize>,
+    witness: Witness<'c>,
+    _registration: Registration,
+    pinned: Vec<Pinned>,
+    /// Whether this endpoint verified a peer, or the table said it had one (a peer attached
+    /// when it attached, or counted since, as of the last look).
+    had_peer: bool,
     /// The peer side's attach counter, and its value when this endpoint attached.
     peer_attaches: &'c AtomicU32,
     baseline: u32,
-    /// Whether a peer was attached when this endpoint attached.
-    had_peer: bool,
+    /// The peer side's attach counter at the last look.
+    attaches_seen: u32,
+    next_check: Instant,
     control: Control<'c>,
     doorbell: Option<&'c OwnedFd>,
 }
 
 impl Drop for Endpoint<'_> {
     fn drop(&mut self) {
-        // Only the claiming process frees the entry (not a child that inherited it by fork),
-        // and only if nobody has taken it over since.
-        if pid_of(self.claimed) == ProcessIdentity::current().pid {
-            let freed = next_state(self.claimed, 0, FREE);
-            let _ = self.state_word.compare_exchange(
-                self.claimed,
-                freed,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-            self.control.wake_everyone(self.doorbell);
+        let me = ProcessIdentity::current().pid;
+        // Only the claiming process frees the entry, not a child that inherited it by fork.
+        if pid_of(self.claimed) != me {
+            return;
         }
+        self.witness.unlock(lock_byte(self.role as u64, self.index));
+        let freed = next_state(self.claimed, 0, FREE);
+        if self
+            .state_word
+            .compare_exchange(self.claimed, freed, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            // Someone wrote to the entry meanwhile. While it still names this process in this
+            // role, nobody took it over (that needs this process dead): it is still ours.
+            let current = self.state_word.load(Ordering::Acquire);
+            if pid_of(current) == me && role_of(current) == self.role as u64 {
+                let _ = self.state_word.compare_exchange(
+                    current,
+                    next_state(current, 0, FREE),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+            }
+        }
+        self.control.wake_everyone(self.doorbell);
     }
 }
 
@@ -127,14 +198,8 @@ fn entry<'c>(control: &Control<'c>, index: usize) -> Result<Entry<'c>> {
     })
 }
 
-fn attach_counter<'c>(control: &Control<'c>, role: Role) -> Result<&'c AtomicU32> {
-    control
-        .segment
-        .atomic(ENDPOINTS_OFFSET + (role as usize - 1) * 4)
-}
-
 impl Entry<'_> {
-    /// The process holding the entry whose state is `state`.
+    /// The process holding the entry whose state is `state`, as the entry says.
     fn owner(&self, state: u64) -> ProcessIdentity {
         ProcessIdentity {
             pid: pid_of(state),
@@ -155,6 +220,18 @@ impl Entry<'_> {
                 .is_ok())
         .then_some(claimed)
     }
+
+    /// The pid the entry names in `role`, if it names one.
+    fn named(&self, role: Role) -> Option<u32> {
+        let state = self.state.load(Ordering::Acquire);
+        (role_of(state) == role as u64 && pid_of(state) != 0).then_some(pid_of(state))
+    }
+}
+
+fn attach_counter<'c>(control: &Control<'c>, role: Role) -> Result<&'c AtomicU32> {
+    control
+        .segment
+        .atomic(ENDPOINTS_OFFSET + (role as usize - 1) * 4)
 }
 
 /// Zeroes the table (the creator, before publishing the segment).
@@ -182,14 +259,21 @@ pub(super) fn attach<'c>(
     fixed: bool,
     doorbell: Option<&'c OwnedFd>,
 ) -> Result<Endpoint<'c>> {
-    let (fixed_entry, peer_entry) = match (fixed, role) {
-        (false, _) => (None, None),
-        (true, Role::Sender) => (Some(FIXED_SENDER), Some(FIXED_RECEIVER)),
-        (true, Role::Receiver) => (Some(FIXED_RECEIVER), Some(FIXED_SENDER)),
+    let (candidates, peer_entries) = match (fixed, role) {
+        (false, _) => (0..ENTRIES, 0..ENTRIES),
+        (true, Role::Sender) => (
+            FIXED_SENDER..FIXED_SENDER + 1,
+            FIXED_RECEIVER..FIXED_RECEIVER + 1,
+        ),
+        (true, Role::Receiver) => (
+            FIXED_RECEIVER..FIXED_RECEIVER + 1,
+            FIXED_SENDER..FIXED_SENDER + 1,
+        ),
     };
-    let candidates = match fixed_entry {
-        Some(index) => index..index + 1,
-        None => 0..ENTRIES,
+    let fd = control.segment.fd();
+    let witness = Witness {
+        fd,
+        key: FileKey::of(fd)?,
     };
     let me = ProcessIdentity::current();
     for index in candidates {
@@ -197,34 +281,54 @@ pub(super) fn attach<'c>(
         let Some(claimed) = entry.claim(role, me) else {
             continue;
         };
+        let byte = lock_byte(role as u64, index);
+        let Some(registration) = Registration::new(witness.key, byte) else {
+            let _ = entry.state.compare_exchange(
+                claimed,
+                next_state(claimed, 0, FREE),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            return Err(Error::new(
+                ErrorKind::OutOfMemory,
+                "attach",
+                "this process holds as many channel endpoints as it can track (1024)",
+            ));
+        };
+        // A write lock someone else holds there only makes this endpoint harder to verify.
+        witness.lock(byte);
         entry.start.store(me.start_time, Ordering::Release);
         attach_counter(control, role)?.fetch_add(1, Ordering::AcqRel);
-        let peer_state = match peer_entry {
-            Some(index) => Some(self::entry(control, index)?.state),
-            None => None,
-        };
         let peer_attaches = attach_counter(control, role.other())?;
         let baseline = peer_attaches.load(Ordering::Acquire);
         let mut had_peer = false;
-        for index in 0..ENTRIES {
-            had_peer |= role_of(self::entry(control, index)?.state.load(Ordering::Acquire))
-                == role.other() as u64;
+        for index in peer_entries.clone() {
+            had_peer |= self::entry(control, index)?.named(role.other()).is_some();
         }
-        return Ok(Endpoint {
+        let mut endpoint = Endpoint {
             state_word: entry.state,
             claimed,
             role,
-            peer_entry,
-            peer_state,
+            index,
+            peer_entries,
+            witness,
+            _registration: registration,
+            pinned: Vec::new(),
+            had_peer,
             peer_attaches,
             baseline,
-            had_peer,
+            attaches_seen: baseline,
+            next_check: Instant::now(),
             control: *control,
             doorbell,
-        });
+        };
+        endpoint.refresh()?;
+        // Whoever waits for a peer (`wait_for_peer`, a bounded receive) looks again now.
+        control.wake_everyone(doorbell);
+        return Ok(endpoint);
     }
-    Err(match fixed_entry {
-        Some(_) => Error::new(
+    Err(match fixed {
+        true => Error::new(
             ErrorKind::AlreadyExists,
             "attach",
             format!(
@@ -232,7 +336,7 @@ pub(super) fn attach<'c>(
                 role.name()
             ),
         ),
-        None => Error::new(
+        false => Error::new(
             ErrorKind::OutOfMemory,
             "attach",
             format!("all {ENTRIES} endpoint entries of this channel are in use"),
@@ -241,53 +345,152 @@ pub(super) fn attach<'c>(
 }
 
 impl Endpoint<'_> {
-    /// Whether this endpoint has had a peer: one present at attach time, or one since.
-    fn has_had_peer(&self) -> bool {
-        self.had_peer || self.peer_attaches.load(Ordering::Acquire) != self.baseline
+    /// Looks at the peers again: takes this endpoint's lock again (a close elsewhere in the
+    /// process may have dropped it), lets go of pinned peers that are gone, and pins peers
+    /// that have appeared and can be verified.
+    fn refresh(&mut self) -> Result<()> {
+        self.witness.lock(lock_byte(self.role as u64, self.index));
+        // Read before the scan: a peer counted here took its lock before it counted itself,
+        // so the scan finds it unless it has left again.
+        let attaches = self.peer_attaches.load(Ordering::Acquire);
+        let peer = self.role.other();
+        let mut kept = Vec::with_capacity(self.pinned.len());
+        for pinned in self.pinned.drain(..) {
+            let byte = lock_byte(peer as u64, pinned.index);
+            let entry = entry(&self.control, pinned.index)?;
+            let named = entry.named(peer) == Some(pinned.identity.pid);
+            let there = if pinned.identity == ProcessIdentity::current() {
+                self.witness.holds(pinned.identity.pid, byte)
+            } else {
+                pinned.identity.is_alive()
+                    && (named || self.witness.holds(pinned.identity.pid, byte))
+            };
+            if there {
+                kept.push(pinned);
+            }
+        }
+        self.pinned = kept;
+        for index in self.peer_entries.clone() {
+            if self.pinned.iter().any(|pinned| pinned.index == index) {
+                continue;
+            }
+            let byte = lock_byte(peer as u64, index);
+            let named = entry(&self.control, index)?.named(peer);
+            let Some(pid) = self.witness.holder(byte).or(named) else {
+                continue;
+            };
+            if !self.witness.verify(pid, byte) {
+                continue;
+            }
+            let identity = match pid == ProcessIdentity::current().pid {
+                true => Some(ProcessIdentity::current()),
+                false => ProcessIdentity::of(pid),
+            };
+            if let Some(identity) = identity {
+                self.pinned.push(Pinned { index, identity });
+                self.had_peer = true;
+            }
+        }
+        self.had_peer |= attaches != self.baseline;
+        self.attaches_seen = attaches;
+        Ok(())
     }
 
-    /// For one-endpoint-per-side channels: whether this endpoint had a peer and it detached
-    /// (two loads; a killed peer is only noticed by [`peer_gone`]).
-    pub(super) fn peer_detached(&self) -> bool {
-        self.peer_state.is_some_and(|state| {
-            role_of(state.load(Ordering::Relaxed)) == FREE && self.has_had_peer()
-        })
+    /// Where this endpoint stands with its peers. Looks again at most every 10 ms, or at
+    /// once when the table says a pinned peer left or a peer attached.
+    pub(super) fn peer(&mut self) -> Result<Peer> {
+        let now = Instant::now();
+        let attached = self.peer_attaches.load(Ordering::Acquire) != self.attaches_seen;
+        let left = attached
+            || self.pinned.iter().any(|pinned| {
+                entry(&self.control, pinned.index).map_or(true, |entry| {
+                    entry.named(self.role.other()) != Some(pinned.identity.pid)
+                })
+            });
+        if now >= self.next_check || left {
+            self.next_check = now + CHECK_INTERVAL;
+            self.refresh()?;
+        }
+        Ok(self.standing())
     }
-}
 
-/// Whether the other side of `endpoint` is gone: it had a peer, and no entry of the peer's
-/// role is left — or, with `check_processes`, none of those left belongs to a live process.
-pub(super) fn peer_gone(
-    control: &Control<'_>,
-    endpoint: &Endpoint<'_>,
-    check_processes: bool,
-) -> Result<bool> {
-    let peer = endpoint.role.other();
-    if !endpoint.has_had_peer() {
-        return Ok(false);
-    }
-    let entries = match endpoint.peer_entry {
-        Some(index) => index..index + 1,
-        None => 0..ENTRIES,
-    };
-    for index in entries {
-        let entry = entry(control, index)?;
-        let state = entry.state.load(Ordering::Acquire);
-        if role_of(state) == peer as u64 && (!check_processes || entry.owner(state).is_alive()) {
-            return Ok(false);
+    fn standing(&self) -> Peer {
+        match (self.pinned.is_empty(), self.had_peer) {
+            (false, _) => Peer::Present,
+            (true, true) => Peer::Gone,
+            (true, false) => Peer::Absent,
         }
     }
-    Ok(true)
+
+    /// Whether this endpoint had a peer and none is left.
+    pub(super) fn peer_gone(&mut self) -> Result<bool> {
+        Ok(self.peer()? == Peer::Gone)
+    }
+
+    /// For the per-message check of a sender: two loads while the pinned peer's entry still
+    /// names it, a full look when it does not.
+    pub(super) fn peer_detached(&mut self) -> Result<bool> {
+        let peer = self.role.other();
+        let named = |pinned: &Pinned| {
+            entry(&self.control, pinned.index)
+                .is_ok_and(|entry| entry.named(peer) == Some(pinned.identity.pid))
+        };
+        if self.pinned.iter().any(named) || self.standing() == Peer::Absent {
+            return Ok(false);
+        }
+        self.peer_gone()
+    }
+
+    /// Waits until a verified peer is attached, at most until `deadline`.
+    pub(super) fn wait_for_peer(
+        &mut self,
+        deadline: Instant,
+        operation: &'static str,
+    ) -> Result<()> {
+        loop {
+            self.refresh()?;
+            if !self.pinned.is_empty() {
+                return Ok(());
+            }
+            let slept = match self.role {
+                Role::Sender => self.control.sleep_as_sender(|| Ok(false), Some(deadline)),
+                Role::Receiver => self.control.sleep_as_receiver(|| Ok(false), Some(deadline)),
+            };
+            if let Err(error) = slept {
+                return Err(match error.kind() {
+                    ErrorKind::Timeout => Error::new(
+                        ErrorKind::Timeout,
+                        operation,
+                        format!("no {} attached in time", self.role.other().name()),
+                    ),
+                    _ => error,
+                });
+            }
+        }
+    }
 }
 
-/// The error a disconnected endpoint reports.
+/// The error a disconnected endpoint reports: every peer it had is gone, or (`Absent`) it
+/// never had one, and waiting for one needs a deadline.
 pub(super) fn disconnected(operation: &'static str, endpoint: &Endpoint<'_>) -> Error {
-    Error::new(
-        ErrorKind::Disconnected,
-        operation,
-        format!(
-            "every {} of this channel is gone",
-            endpoint.role.other().name()
+    let peer = endpoint.role.other().name();
+    match endpoint.standing() {
+        Peer::Absent => Error::new(
+            ErrorKind::Disconnected,
+            operation,
+            format!(
+                "no {peer} attached to this channel within {} s",
+                PEER_GRACE.as_secs()
+            ),
+        )
+        .with_hint(format!(
+            "wait_for_peer(timeout) waits longer for a {peer} to attach; calls with a timeout \
+             wait for one until their deadline"
+        )),
+        _ => Error::new(
+            ErrorKind::Disconnected,
+            operation,
+            format!("every {peer} of this channel is gone"),
         ),
-    )
+    }
 }

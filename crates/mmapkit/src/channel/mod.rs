@@ -11,9 +11,41 @@
 //! briefly, then sleep on a futex), and backpressure: `send` waits while the queue is full,
 //! `try_send` reports `WouldBlock`. When the other side is gone — dropped, or its process
 //! killed — the waiting side gets [`Disconnected`](crate::ErrorKind::Disconnected) within a
-//! sleep slice or two (about 10–20 ms), never a hang: endpoints are recorded in the channel
-//! with their process identity (see `endpoints`). Messages already queued are still delivered
-//! before a receiver reports the disconnection.
+//! sleep slice or two (about 10–20 ms), never a hang. Messages already queued are still
+//! delivered before a receiver reports the disconnection.
+//!
+//! # Waiting for a peer
+//! No call waits for a process that is not there. Whether the other side is there is decided
+//! by facts a peer cannot forge — each endpoint holds a lock the kernel drops when its
+//! process dies, and each endpoint watches the processes of the peers it verified (see
+//! `liveness`) — not by the endpoint table in shared memory, which any process that may write
+//! the segment can write. So:
+//! * a call **without a deadline** (`send`, `recv`, `loan`, `recv_async`, …) waits as long
+//!   as a verified peer is attached. While none has attached yet — a thread or child that has
+//!   not called `sender()` yet, or one that died before it could — it waits [`PEER_GRACE`]
+//!   (2 s) for one, then fails with `Disconnected`, saying that no peer attached;
+//! * a call **with a deadline** (`send_timeout`, `recv_timeout`) waits for a peer that has
+//!   not attached yet until its deadline;
+//! * **`wait_for_peer(timeout)`**, on every endpoint, waits for the other side to attach for as
+//!   long as you choose: the way to start when the peer may take longer than the grace
+//!   period (a slow exec, a client that connects later).
+//!
+//! ```no_run
+//! # fn main() -> mmapkit::Result<()> {
+//! use mmapkit::channel::{Channel, ChannelOptions};
+//! use std::time::Duration;
+//! let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(64))?;
+//! let mut receiver = channel.receiver()?;
+//! // ... start a process that attaches `channel.sender()` and sends ...
+//! receiver.wait_for_peer(Duration::from_secs(30))?; // Timeout if it never attaches
+//! let first = receiver.recv()?;                     // Disconnected once it is gone
+//! # let _ = first; Ok(()) }
+//! ```
+//!
+//! A peer that stays attached and alive but never sends (or never makes room) keeps a call
+//! without a deadline waiting, as any peer can: use the timeout variants with peers you do not
+//! trust. Non-blocking calls (`try_recv`, `try_send`) report `Disconnected` once the peer they
+//! had is gone, and `WouldBlock` or nothing while none has attached yet.
 //!
 //! **Polling.** A channel created with [`ChannelOptions::pollable`] carries an eventfd
 //! *doorbell*: a receiver can wait for it with poll/epoll next to other descriptors (or with
@@ -30,6 +62,7 @@
 mod bytes;
 mod control;
 mod endpoints;
+mod liveness;
 mod mpmc;
 mod spsc;
 
@@ -44,6 +77,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::{Segment, SegmentOptions};
 use control::{Control, Shape, slot_size};
+pub use endpoints::PEER_GRACE;
+use endpoints::Patience;
 
 /// The kinds of channel, as recorded in the control block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,32 +305,6 @@ impl<'c> Ring<'c> {
     }
 }
 
-/// Limits how often a waiting endpoint reads /proc to see whether its peer died.
-#[derive(Debug)]
-struct PeerCheck {
-    next: Instant,
-}
-
-impl PeerCheck {
-    const INTERVAL: Duration = Duration::from_millis(10);
-
-    fn new() -> PeerCheck {
-        PeerCheck {
-            next: Instant::now(),
-        }
-    }
-
-    /// Whether the peer is gone; the expensive process check runs at most once per interval.
-    fn gone(&mut self, control: &Control<'_>, endpoint: &endpoints::Endpoint<'_>) -> Result<bool> {
-        let now = Instant::now();
-        let check_processes = now >= self.next;
-        if check_processes {
-            self.next = now + Self::INTERVAL;
-        }
-        endpoints::peer_gone(control, endpoint, check_processes)
-    }
-}
-
 /// Which side of a channel waits: a sender for room, a receiver for a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
@@ -306,15 +315,8 @@ enum Side {
 /// The pieces of an endpoint that waiting and polling need.
 struct Parts<'a, 'c> {
     control: Control<'c>,
-    endpoint: &'a endpoints::Endpoint<'c>,
-    peer: &'a mut PeerCheck,
+    endpoint: &'a mut endpoints::Endpoint<'c>,
     doorbell: Option<&'c OwnedFd>,
-}
-
-impl Parts<'_, '_> {
-    fn peer_gone(&mut self) -> Result<bool> {
-        self.peer.gone(&self.control, self.endpoint)
-    }
 }
 
 /// An endpoint waiting for its condition (room to send, or a message to receive).
@@ -355,8 +357,9 @@ fn wait_for<'c>(
         return failure.map_or(Ok(()), Err);
     }
     let control = waiter.parts().control;
+    let patience = Patience::new(deadline);
     loop {
-        if waiter.parts().peer_gone()? {
+        if !patience.may_wait(waiter.parts().endpoint.peer()?) {
             return match side == Side::Receiver && waiter.ready()? {
                 true => Ok(()),
                 false => Err(endpoints::disconnected(operation, waiter.parts().endpoint)),
@@ -393,7 +396,7 @@ fn arm<'c>(receiver: &mut impl Waiter<'c>) -> Result<bool> {
         return Ok(true);
     }
     receiver.parts().control.arm_pollers();
-    if receiver.parts().peer_gone()? {
+    if receiver.parts().endpoint.peer_gone()? {
         return Ok(true);
     }
     receiver.ready()
@@ -412,9 +415,18 @@ async fn recv_async<'c, R: Polled<'c>>(receiver: &mut R) -> Result<R::Message> {
             ));
         }
     };
+    // Like `recv`, this waits without a deadline: while a verified sender is there, or for a
+    // sender to attach for the grace period.
+    let patience = Patience::new(None);
     loop {
         if let Some(message) = receiver.try_recv()? {
             return Ok(message);
+        }
+        if !patience.may_wait(receiver.parts().endpoint.peer()?) {
+            return Err(endpoints::disconnected(
+                "recv_async",
+                receiver.parts().endpoint,
+            ));
         }
         if !arm(receiver)? {
             doorbell.ready().await?;

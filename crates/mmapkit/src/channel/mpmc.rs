@@ -14,8 +14,8 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use super::control::{CONSUMER_LOCK_OFFSET, Control, PRODUCER_LOCK_OFFSET};
-use super::endpoints::{self, Endpoint, Role};
-use super::{ChannelOptions, Handle, Kind, PeerCheck, Place, Ring, deadline, timed_out};
+use super::endpoints::{self, Endpoint, Patience, Role};
+use super::{ChannelOptions, Handle, Kind, Place, Ring, deadline, timed_out};
 use crate::error::{ErrorKind, Result};
 use crate::shm::Segment;
 use crate::sync::{LockError, Mutex, MutexGuard};
@@ -97,7 +97,6 @@ impl<T: bytemuck::Pod> MpmcChannel<T> {
             lock: Mutex::open(&self.handle.segment, PRODUCER_LOCK_OFFSET)?,
             endpoint: endpoints::attach(&control, Role::Sender, false, doorbell)?,
             doorbell,
-            peer: PeerCheck::new(),
             _messages: PhantomData,
         })
     }
@@ -110,7 +109,6 @@ impl<T: bytemuck::Pod> MpmcChannel<T> {
             ring: Ring::new(control),
             lock: Mutex::open(&self.handle.segment, CONSUMER_LOCK_OFFSET)?,
             endpoint: endpoints::attach(&control, Role::Receiver, false, doorbell)?,
-            peer: PeerCheck::new(),
             _messages: PhantomData,
         })
     }
@@ -153,7 +151,6 @@ pub struct MpmcSender<'c, T> {
     lock: Mutex<'c, u64>,
     endpoint: Endpoint<'c>,
     doorbell: Option<&'c OwnedFd>,
-    peer: PeerCheck,
     _messages: PhantomData<fn(T)>,
 }
 
@@ -181,11 +178,12 @@ impl<T: bytemuck::Pod> MpmcSender<'_, T> {
         deadline: Option<Instant>,
         operation: &'static str,
     ) -> Result<()> {
+        let patience = Patience::new(deadline);
         loop {
             if self.try_push(value, Wait::Until(deadline))? {
                 return Ok(());
             }
-            if self.peer.gone(&self.ring.control, &self.endpoint)? {
+            if !patience.may_wait(self.endpoint.peer()?) {
                 return Err(endpoints::disconnected(operation, &self.endpoint));
             }
             let control = self.ring.control;
@@ -205,9 +203,16 @@ impl<T: bytemuck::Pod> MpmcSender<'_, T> {
         }
     }
 
-    /// Sends `value`, waiting while the channel is full.
+    /// Sends `value`, waiting while the channel is full (only while a receiver is attached:
+    /// see the [module docs](crate::channel#waiting-for-a-peer)).
     pub fn send(&mut self, value: &T) -> Result<()> {
         self.send_until(value, None, "send")
+    }
+
+    /// Waits at most `timeout` until a receiver is attached.
+    pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
+        self.endpoint
+            .wait_for_peer(deadline(timeout), "wait_for_peer")
     }
 
     /// Sends `value`, waiting at most `timeout`.
@@ -221,7 +226,7 @@ impl<T: bytemuck::Pod> MpmcSender<'_, T> {
         if self.try_push(value, Wait::Never)? {
             return Ok(());
         }
-        if self.peer.gone(&self.ring.control, &self.endpoint)? {
+        if self.endpoint.peer_gone()? {
             return Err(endpoints::disconnected("try_send", &self.endpoint));
         }
         Err(crate::Error::new(
@@ -238,7 +243,6 @@ pub struct MpmcReceiver<'c, T> {
     ring: Ring<'c>,
     lock: Mutex<'c, u64>,
     endpoint: Endpoint<'c>,
-    peer: PeerCheck,
     _messages: PhantomData<fn() -> T>,
 }
 
@@ -261,11 +265,12 @@ impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
     }
 
     fn recv_until(&mut self, deadline: Option<Instant>, operation: &'static str) -> Result<T> {
+        let patience = Patience::new(deadline);
         loop {
             if let Some(value) = self.try_pop(Wait::Until(deadline))? {
                 return Ok(value);
             }
-            if self.peer.gone(&self.ring.control, &self.endpoint)? {
+            if !patience.may_wait(self.endpoint.peer()?) {
                 return self
                     .try_pop(Wait::Until(deadline))?
                     .ok_or_else(|| endpoints::disconnected(operation, &self.endpoint));
@@ -283,9 +288,16 @@ impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
         }
     }
 
-    /// Takes a message, waiting as long as it takes.
+    /// Takes a message, waiting as long as a sender is attached (see the [module
+    /// docs](crate::channel#waiting-for-a-peer)).
     pub fn recv(&mut self) -> Result<T> {
         self.recv_until(None, "recv")
+    }
+
+    /// Waits at most `timeout` until a sender is attached.
+    pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
+        self.endpoint
+            .wait_for_peer(deadline(timeout), "wait_for_peer")
     }
 
     /// Takes a message, waiting at most `timeout`.
@@ -299,7 +311,7 @@ impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
         if let Some(value) = self.try_pop(Wait::Never)? {
             return Ok(Some(value));
         }
-        if self.peer.gone(&self.ring.control, &self.endpoint)? {
+        if self.endpoint.peer_gone()? {
             return match self.try_pop(Wait::Never)? {
                 Some(value) => Ok(Some(value)),
                 None => Err(endpoints::disconnected("try_recv", &self.endpoint)),

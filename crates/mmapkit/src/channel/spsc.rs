@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::control::Control;
 use super::endpoints::{self, Endpoint, Role};
-use super::{
-    ChannelOptions, Handle, Kind, Parts, PeerCheck, Place, Ring, Side, Waiter, deadline, wait_for,
-};
+use super::{ChannelOptions, Handle, Kind, Parts, Place, Ring, Side, Waiter, deadline, wait_for};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Segment;
 
@@ -96,7 +94,6 @@ impl<T: bytemuck::Pod> Channel<T> {
             doorbell,
             head,
             tail_seen: tail,
-            peer: PeerCheck::new(),
             _messages: PhantomData,
         })
     }
@@ -113,7 +110,6 @@ impl<T: bytemuck::Pod> Channel<T> {
             doorbell,
             tail,
             head_seen: head,
-            peer: PeerCheck::new(),
             _messages: PhantomData,
         })
     }
@@ -127,7 +123,6 @@ pub struct Sender<'c, T> {
     doorbell: Option<&'c OwnedFd>,
     head: u64,
     tail_seen: u64,
-    peer: PeerCheck,
     _messages: PhantomData<fn(T)>,
 }
 
@@ -181,14 +176,21 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
         unsafe { self.ring.slot::<T>(position).write_volatile(*value) };
     }
 
-    fn check_receiver(&self, operation: &'static str) -> Result<()> {
-        match self.endpoint.peer_detached() {
+    fn check_receiver(&mut self, operation: &'static str) -> Result<()> {
+        match self.endpoint.peer_detached()? {
             true => Err(endpoints::disconnected(operation, &self.endpoint)),
             false => Ok(()),
         }
     }
 
-    /// Sends `value`, waiting while the channel is full.
+    /// Waits at most `timeout` until a receiver is attached (see the [module
+    /// docs](crate::channel#waiting-for-a-peer)).
+    pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
+        self.endpoint
+            .wait_for_peer(deadline(timeout), "wait_for_peer")
+    }
+
+    /// Sends `value`, waiting while the channel is full — as long as a receiver is attached.
     pub fn send(&mut self, value: &T) -> Result<()> {
         self.check_receiver("send")?;
         self.wait_for_room(None, "send")?;
@@ -236,7 +238,7 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
     }
 
     fn full_error(&mut self, operation: &'static str) -> Result<Error> {
-        if self.peer.gone(&self.ring.control, &self.endpoint)? {
+        if self.endpoint.peer_gone()? {
             return Ok(endpoints::disconnected(operation, &self.endpoint));
         }
         Ok(Error::new(
@@ -307,7 +309,6 @@ pub struct Receiver<'c, T> {
     doorbell: Option<&'c OwnedFd>,
     tail: u64,
     head_seen: u64,
-    peer: PeerCheck,
     _messages: PhantomData<fn() -> T>,
 }
 
@@ -369,7 +370,7 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
         if self.available()? {
             return self.take().map(Some);
         }
-        if self.peer.gone(&self.ring.control, &self.endpoint)? {
+        if self.endpoint.peer_gone()? {
             // A last message may have been published just before the sender left.
             return match self.available()? {
                 true => self.take().map(Some),
@@ -379,7 +380,14 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
         Ok(None)
     }
 
-    /// Takes the next message, waiting as long as it takes.
+    /// Waits at most `timeout` until a sender is attached (see the [module
+    /// docs](crate::channel#waiting-for-a-peer)).
+    pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
+        self.endpoint
+            .wait_for_peer(deadline(timeout), "wait_for_peer")
+    }
+
+    /// Takes the next message, waiting as long as a sender is attached.
     pub fn recv(&mut self) -> Result<T> {
         self.wait_for_message(None, "recv")?;
         self.take()
@@ -478,8 +486,7 @@ impl<'c, T: bytemuck::Pod> Waiter<'c> for Sender<'c, T> {
     fn parts(&mut self) -> Parts<'_, 'c> {
         Parts {
             control: self.ring.control,
-            endpoint: &self.endpoint,
-            peer: &mut self.peer,
+            endpoint: &mut self.endpoint,
             doorbell: self.doorbell,
         }
     }
@@ -493,8 +500,7 @@ impl<'c, T: bytemuck::Pod> Waiter<'c> for Receiver<'c, T> {
     fn parts(&mut self) -> Parts<'_, 'c> {
         Parts {
             control: self.ring.control,
-            endpoint: &self.endpoint,
-            peer: &mut self.peer,
+            endpoint: &mut self.endpoint,
             doorbell: self.doorbell,
         }
     }

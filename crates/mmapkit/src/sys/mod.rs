@@ -285,6 +285,54 @@ pub fn sigprocmask_thread(how: libc::c_int, set: u64) -> u64 {
     previous
 }
 
+/// A POSIX record lock of one byte: read-locks (`Some(true)`), or unlocks (`None`), byte
+/// `offset` of the file, without waiting (fcntl(2) `F_SETLK`). Such locks belong to the
+/// process, vanish when it dies or closes any descriptor of the file, and are not inherited
+/// by fork; `EAGAIN` or `EACCES` when another process holds a write lock there. libc, because
+/// rustix offers only whole-file locks.
+pub fn fcntl_lock_byte(fd: BorrowedFd<'_>, offset: i64, lock: bool) -> SysResult<()> {
+    // SAFETY: an all-zero flock is a valid value to fill in.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = if lock { libc::F_RDLCK } else { libc::F_UNLCK } as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    request.l_start = offset;
+    request.l_len = 1;
+    // SAFETY: F_SETLK reads a valid flock; it changes only this process's locks.
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::F_SETLK,
+            &request,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(last_errno()) }
+}
+
+/// The process holding a POSIX lock on byte `offset` of the file that a write lock there would
+/// conflict with (fcntl(2) `F_GETLK`), if any: `Some(pid)`, or `Some(-1)` for an
+/// open-file-description lock, whose holder the kernel does not name. Locks of the calling
+/// process itself never conflict, so they are not reported.
+pub fn fcntl_lock_holder(fd: BorrowedFd<'_>, offset: i64) -> SysResult<Option<i32>> {
+    // SAFETY: an all-zero flock is a valid value to fill in.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = libc::F_WRLCK as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    request.l_start = offset;
+    request.l_len = 1;
+    // SAFETY: F_GETLK reads and writes a valid flock and changes no lock.
+    let rc = unsafe {
+        libc::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            libc::F_GETLK,
+            &mut request,
+        )
+    };
+    if rc != 0 {
+        return Err(last_errno());
+    }
+    Ok((request.l_type != libc::F_UNLCK as libc::c_short).then_some(request.l_pid))
+}
+
 /// Sleeps while the shared futex word at `word` holds `expected`, at most `timeout`
 /// (futex(2) `FUTEX_WAIT`, not private: the word may live in memory shared between
 /// processes). Returns `EAGAIN` when the word differs, `ETIMEDOUT` on timeout, `EINTR`.

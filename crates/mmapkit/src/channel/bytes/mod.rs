@@ -21,7 +21,7 @@ use std::os::unix::net::UnixStream;
 
 use super::control::Control;
 use super::endpoints::{self, Role};
-use super::{ChannelOptions, Handle, Kind, PeerCheck, Place};
+use super::{ChannelOptions, Handle, Kind, Place};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Segment;
 
@@ -97,14 +97,7 @@ impl ByteChannel {
         let endpoint = endpoints::attach(&control, Role::Sender, true, doorbell)?;
         let (head, tail) = control.positions()?;
         check_aligned(head, tail)?;
-        Ok(ByteSender::new(
-            control,
-            endpoint,
-            doorbell,
-            head,
-            tail,
-            PeerCheck::new(),
-        ))
+        Ok(ByteSender::new(control, endpoint, doorbell, head, tail))
     }
 
     /// Attaches the receiving side.
@@ -114,14 +107,7 @@ impl ByteChannel {
         let endpoint = endpoints::attach(&control, Role::Receiver, true, doorbell)?;
         let (head, tail) = control.positions()?;
         check_aligned(head, tail)?;
-        Ok(ByteReceiver::new(
-            control,
-            endpoint,
-            doorbell,
-            tail,
-            head,
-            PeerCheck::new(),
-        ))
+        Ok(ByteReceiver::new(control, endpoint, doorbell, tail, head))
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{MESSAGE, RECORD_HEADER, SKIP, max_message, record_len};
 use crate::channel::control::Control;
 use crate::channel::endpoints::{self, Endpoint};
-use crate::channel::{Parts, PeerCheck, Side, Waiter, deadline, wait_for};
+use crate::channel::{Parts, Side, Waiter, deadline, wait_for};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::copy_shared;
 
@@ -19,7 +19,6 @@ pub struct ByteReceiver<'c> {
     doorbell: Option<&'c OwnedFd>,
     tail: u64,
     head_seen: u64,
-    peer: PeerCheck,
 }
 
 impl<'c> ByteReceiver<'c> {
@@ -29,7 +28,6 @@ impl<'c> ByteReceiver<'c> {
         doorbell: Option<&'c OwnedFd>,
         tail: u64,
         head_seen: u64,
-        peer: PeerCheck,
     ) -> ByteReceiver<'c> {
         ByteReceiver {
             control,
@@ -37,7 +35,6 @@ impl<'c> ByteReceiver<'c> {
             doorbell,
             tail,
             head_seen,
-            peer,
         }
     }
 
@@ -149,7 +146,15 @@ impl<'c> ByteReceiver<'c> {
         })
     }
 
-    /// Receives the next message into `buf` (replacing its contents), waiting for it.
+    /// Waits at most `timeout` until a sender is attached (see the [module
+    /// docs](crate::channel#waiting-for-a-peer)).
+    pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
+        self.endpoint
+            .wait_for_peer(deadline(timeout), "wait_for_peer")
+    }
+
+    /// Receives the next message into `buf` (replacing its contents), waiting for it as long
+    /// as a sender is attached.
     pub fn recv_into(&mut self, buf: &mut Vec<u8>) -> Result<()> {
         let message = self.wait_for_message(None, "recv")?;
         self.copy_out(message, buf)
@@ -175,7 +180,7 @@ impl<'c> ByteReceiver<'c> {
     pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
         let message = match self.next_message()? {
             Some(message) => message,
-            None if self.peer.gone(&self.control, &self.endpoint)? => self
+            None if self.endpoint.peer_gone()? => self
                 .next_message()?
                 .ok_or_else(|| endpoints::disconnected("try_recv", &self.endpoint))?,
             None => return Ok(None),
@@ -298,8 +303,7 @@ impl<'c> Waiter<'c> for ByteReceiver<'c> {
     fn parts(&mut self) -> Parts<'_, 'c> {
         Parts {
             control: self.control,
-            endpoint: &self.endpoint,
-            peer: &mut self.peer,
+            endpoint: &mut self.endpoint,
             doorbell: self.doorbell,
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::{MESSAGE, RECORD_HEADER, SKIP, max_message, record_len};
 use crate::channel::control::Control;
 use crate::channel::endpoints::{self, Endpoint};
-use crate::channel::{Parts, PeerCheck, Side, Waiter, deadline, wait_for};
+use crate::channel::{Parts, Side, Waiter, deadline, wait_for};
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::copy_shared;
 
@@ -19,7 +19,6 @@ pub struct ByteSender<'c> {
     doorbell: Option<&'c OwnedFd>,
     head: u64,
     tail_seen: u64,
-    peer: PeerCheck,
 }
 
 impl<'c> ByteSender<'c> {
@@ -29,7 +28,6 @@ impl<'c> ByteSender<'c> {
         doorbell: Option<&'c OwnedFd>,
         head: u64,
         tail_seen: u64,
-        peer: PeerCheck,
     ) -> ByteSender<'c> {
         ByteSender {
             control,
@@ -37,7 +35,6 @@ impl<'c> ByteSender<'c> {
             doorbell,
             head,
             tail_seen,
-            peer,
         }
     }
 
@@ -138,7 +135,7 @@ impl<'c> ByteSender<'c> {
         if self.has_room(needed)? {
             return Ok(());
         }
-        if self.peer.gone(&self.control, &self.endpoint)? {
+        if self.endpoint.peer_gone()? {
             return Err(endpoints::disconnected(operation, &self.endpoint));
         }
         Err(Error::new(
@@ -176,7 +173,7 @@ impl<'c> ByteSender<'c> {
         wait: bool,
         operation: &'static str,
     ) -> Result<()> {
-        if self.endpoint.peer_detached() {
+        if self.endpoint.peer_detached()? {
             return Err(endpoints::disconnected(operation, &self.endpoint));
         }
         let position = self.reserve(data.len(), deadline, wait, operation)?;
@@ -194,7 +191,14 @@ impl<'c> ByteSender<'c> {
         self.commit(position, data.len())
     }
 
-    /// Sends `data`, waiting while the channel is full.
+    /// Waits at most `timeout` until a receiver is attached (see the [module
+    /// docs](crate::channel#waiting-for-a-peer)).
+    pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
+        self.endpoint
+            .wait_for_peer(deadline(timeout), "wait_for_peer")
+    }
+
+    /// Sends `data`, waiting while the channel is full — as long as a receiver is attached.
     pub fn send(&mut self, data: &[u8]) -> Result<()> {
         self.send_with(data, None, true, "send")
     }
@@ -227,7 +231,7 @@ impl<'c> ByteSender<'c> {
         wait: bool,
         operation: &'static str,
     ) -> Result<LoanBytes<'_, 'c>> {
-        if self.endpoint.peer_detached() {
+        if self.endpoint.peer_detached()? {
             return Err(endpoints::disconnected(operation, &self.endpoint));
         }
         let position = self.reserve(len, None, wait, operation)?;
@@ -314,8 +318,7 @@ impl<'c> Waiter<'c> for RoomFor<'_, 'c> {
         let sender = &mut *self.sender;
         Parts {
             control: sender.control,
-            endpoint: &sender.endpoint,
-            peer: &mut sender.peer,
+            endpoint: &mut sender.endpoint,
             doorbell: sender.doorbell,
         }
     }
