@@ -55,7 +55,8 @@ pub enum ErrorKind {
     Timeout,
     /// The owner of a lock died holding it; the data it protects may be inconsistent.
     OwnerDied,
-    /// The other end of a channel is gone (closed, or its process died).
+    /// The other end of a channel is gone (closed, or its process died), or none attached
+    /// within the time a call without a deadline waits for one.
     Disconnected,
     /// The operation would have to wait (a full channel for `try_send`, a held lock).
     WouldBlock,

@@ -45,6 +45,10 @@ fn main() {
             "a_forged_receiver_that_never_existed",
             a_forged_receiver_that_never_existed,
         ),
+        (
+            "a_freed_entry_of_a_live_receiver_lets_no_second_one_in",
+            a_freed_entry_of_a_live_receiver_lets_no_second_one_in,
+        ),
         ("a_sender_that_never_attaches", a_sender_that_never_attaches),
         (
             "a_sender_that_attaches_late_is_waited_for",
@@ -249,6 +253,24 @@ fn a_forged_receiver_that_never_existed() {
         .find_map(|value| sender.send(&value).err())
         .expect("a send with no receiver fails");
     assert_eq!(error.kind(), ErrorKind::Disconnected, "{error}");
+}
+
+fn a_freed_entry_of_a_live_receiver_lets_no_second_one_in() {
+    let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(4)).unwrap();
+    let signals = signals();
+    let steps = steps(&signals);
+    let receiver = receiver_child(&channel, &steps, true);
+    steps.0.wait_timeout(Duration::from_secs(10)).unwrap();
+    hostile(channel.segment(), |segment| {
+        word(segment, RECEIVER_ENTRY).store(0, Ordering::SeqCst);
+    });
+    let second = channel.receiver().unwrap_err();
+    assert_eq!(second.kind(), ErrorKind::AlreadyExists, "{second}");
+    steps.1.post().unwrap();
+    assert_eq!(wait(receiver), Ended::Exited(0));
+    channel
+        .receiver()
+        .expect("the entry is free once its holder is gone");
 }
 
 fn a_sender_that_never_attaches() {

@@ -207,11 +207,22 @@ impl Entry<'_> {
         }
     }
 
-    /// Claims the entry for `role` if it is free, or held (in any role) by a process that
-    /// died. Returns the state written.
-    fn claim(&self, role: Role, me: ProcessIdentity) -> Option<u64> {
+    /// Claims entry `index` for `role` if it is free, or held (in any role) by a process that
+    /// died — and, whatever the table says, if no process holds either of its lock bytes (a
+    /// hostile write that frees a live endpoint's entry does not let a second one in).
+    /// Returns the state written.
+    fn claim(
+        &self,
+        index: usize,
+        role: Role,
+        me: ProcessIdentity,
+        witness: &Witness<'_>,
+    ) -> Option<u64> {
         let current = self.state.load(Ordering::Acquire);
-        let claimable = role_of(current) == FREE || !self.owner(current).is_alive();
+        let held = [Role::Sender, Role::Receiver]
+            .into_iter()
+            .any(|side| witness.holder(lock_byte(side as u64, index)).is_some());
+        let claimable = !held && (role_of(current) == FREE || !self.owner(current).is_alive());
         let claimed = next_state(current, me.pid, role as u64);
         (claimable
             && self
@@ -278,7 +289,7 @@ pub(super) fn attach<'c>(
     let me = ProcessIdentity::current();
     for index in candidates {
         let entry = entry(control, index)?;
-        let Some(claimed) = entry.claim(role, me) else {
+        let Some(claimed) = entry.claim(index, role, me, &witness) else {
             continue;
         };
         let byte = lock_byte(role as u64, index);
