@@ -288,3 +288,86 @@ fn a_store_that_panics_in_write_at_or_flush_fails_the_flush_and_loses_nothing() 
         );
     }
 }
+
+/// An error value whose `Display` and `Drop` panic, as foreign code may hand back.
+#[derive(Debug)]
+struct Booby(&'static str);
+
+impl std::fmt::Display for Booby {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.contains("display") {
+            panic!("Display of the store's error");
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Booby {}
+
+impl Drop for Booby {
+    fn drop(&mut self) {
+        if self.0.contains("drop") {
+            panic!("Drop of the store's value");
+        }
+    }
+}
+
+/// A store whose failures are booby-trapped values: errors that panic when formatted or
+/// dropped, or panics whose payload panics when dropped.
+struct Trapped(&'static str);
+
+impl Store for Trapped {
+    fn len(&self) -> u64 {
+        256 * KIB as u64
+    }
+
+    fn read_at(&self, _: u64, _: &mut [u8]) -> io::Result<()> {
+        if self.0.starts_with("panic") {
+            std::panic::panic_any(Booby(self.0));
+        }
+        Err(io::Error::other(Booby(self.0)))
+    }
+
+    fn is_writable(&self) -> bool {
+        true
+    }
+
+    fn write_at(&self, _: u64, _: &[u8]) -> io::Result<()> {
+        Err(io::Error::other(Booby(self.0)))
+    }
+}
+
+#[test]
+fn store_errors_and_payloads_that_panic_when_formatted_or_dropped_stay_error_values() {
+    for trap in [
+        "error drop",
+        "error display",
+        "error display drop",
+        "panic drop",
+    ] {
+        for behaviour in [OnStoreError::Report, OnStoreError::Zero] {
+            let region = Pager::new(Trapped(trap))
+                .page_size(4 * KIB)
+                .budget(8 * KIB)
+                .on_store_error(behaviour)
+                .build()
+                .unwrap();
+            let mut buf = [0u8; 16];
+            // Several pages, so that failures are replaced and read ahead dropped.
+            for page in 0..6 {
+                let result = region.read_at(page * 4 * KIB, &mut buf);
+                match behaviour {
+                    OnStoreError::Zero => assert!(result.is_ok(), "{trap}: {result:?}"),
+                    _ => assert_eq!(result.unwrap_err().kind(), ErrorKind::Store, "{trap}"),
+                }
+            }
+            if behaviour == OnStoreError::Zero {
+                for page in 0..4 {
+                    region.write_at(page * 4 * KIB, b"dirty").unwrap();
+                }
+                let error = region.flush().unwrap_err();
+                assert_eq!(error.kind(), ErrorKind::Store, "{trap}");
+            }
+        }
+    }
+}

@@ -83,6 +83,11 @@ pub trait Store: Send + Sync {
 /// unwinding through the pager's bookkeeping — a page half-claimed would leave the threads
 /// waiting on it blocked for ever — or aborting the handler thread.
 ///
+/// What comes back from the store is foreign code too: a panic payload or an `io::Error`
+/// wrapping a value whose `Drop` or `Display` panics would panic later, in a handler thread,
+/// when the pager formats or drops it. So payloads are dropped, and errors turned into plain
+/// ones (their kind and text, or their OS error number), inside the guarded call.
+///
 /// `AssertUnwindSafe` is right here: after a panic the pager only records the error and goes
 /// on; whatever state the store's own code left behind is the store's, reached again only
 /// through its next call.
@@ -94,15 +99,15 @@ impl Guarded {
     }
 
     pub(crate) fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        catching(|| self.0.read_at(offset, buf))
+        catching(|| self.0.read_at(offset, buf).map_err(plain))
     }
 
     pub(crate) fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        catching(|| self.0.write_at(offset, data))
+        catching(|| self.0.write_at(offset, data).map_err(plain))
     }
 
     pub(crate) fn flush(&self) -> io::Result<()> {
-        catching(|| self.0.flush())
+        catching(|| self.0.flush().map_err(plain))
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -111,13 +116,35 @@ impl Guarded {
     }
 }
 
+/// The store's error as one the pager can keep, format and drop safely: its OS error number,
+/// or its kind and text. Runs inside the guarded call, so the original is formatted and
+/// dropped where a panic is caught.
+fn plain(error: io::Error) -> io::Error {
+    // Not dropped while a panic of its Display unwinds: a second panic there, from its Drop,
+    // could not be caught (it would abort). It is leaked then, and dropped below otherwise.
+    let error = std::mem::ManuallyDrop::new(error);
+    let plain = match error.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(error.kind(), error.to_string()),
+    };
+    drop(std::mem::ManuallyDrop::into_inner(error));
+    plain
+}
+
 fn catching<T>(call: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)).unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<&str>()
-            .copied()
-            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-            .unwrap_or("a panic without a message");
+            .map(|text| (*text).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        // The payload is the store's value: its Drop may panic too. That panic is caught, and
+        // its own payload is leaked rather than dropped.
+        if let Err(second) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(payload)))
+        {
+            std::mem::forget(second);
+        }
         Err(io::Error::other(format!("the store panicked: {message}")))
     })
 }
