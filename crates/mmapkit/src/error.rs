@@ -209,6 +209,12 @@ impl Error {
         self
     }
 
+    /// The same error, reported as raised by `operation` (a call made on behalf of another).
+    pub fn with_operation(mut self, operation: &'static str) -> Error {
+        self.0.operation = operation;
+        self
+    }
+
     /// Replaces the message, keeping the OS error as the source.
     pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Error {
         self.0.message = message.into();

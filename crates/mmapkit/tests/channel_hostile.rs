@@ -58,6 +58,10 @@ fn main() {
             "a_peer_of_another_user_is_verified_by_its_lock",
             a_peer_of_another_user_is_verified_by_its_lock,
         ),
+        (
+            "passing_the_segment_keeps_the_lock_another_user_verifies",
+            passing_the_segment_keeps_the_lock_another_user_verifies,
+        ),
     ];
     processes::run(cases);
 }
@@ -337,17 +341,7 @@ fn a_peer_of_another_user_is_verified_by_its_lock() {
     let (attached, _) = steps(&signals);
     let receiver = channel.receiver().unwrap();
     // As nobody, the child may not read this process's /proc/PID/maps: only the lock tells.
-    let child = fork(|| {
-        // SAFETY: drops privileges in this forked, single-threaded child only.
-        let dropped = unsafe {
-            libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(65534) == 0
-                && libc::setuid(65534) == 0
-        };
-        let parent_maps = format!("/proc/{}/maps", std::os::unix::process::parent_id());
-        if !dropped || std::fs::read(parent_maps).is_ok() {
-            return 2;
-        }
+    let child = as_nobody(|| {
         let mut sender = channel.sender().unwrap();
         if let Err(error) = sender.wait_for_peer(Duration::from_secs(5)) {
             eprintln!("the receiver of another user was not found: {error}");
@@ -371,4 +365,56 @@ fn a_peer_of_another_user_is_verified_by_its_lock() {
     drop(receiver);
     let _watchdog = Watchdog::start(NOTICE, "the other user's blocked send");
     assert_eq!(wait(child), Ended::Exited(0));
+}
+
+/// Forks a child that drops to user nobody and runs `work`; 2 if it could not drop or could
+/// still read this process's /proc/PID/maps (then the test would prove nothing).
+fn as_nobody(work: impl FnOnce() -> i32) -> libc::pid_t {
+    fork(|| {
+        // SAFETY: drops privileges in this forked, single-threaded child only.
+        let dropped = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(65534) == 0
+                && libc::setuid(65534) == 0
+        };
+        let parent_maps = format!("/proc/{}/maps", std::os::unix::process::parent_id());
+        if !dropped || std::fs::read(parent_maps).is_ok() {
+            return 2;
+        }
+        work()
+    })
+}
+
+fn passing_the_segment_keeps_the_lock_another_user_verifies() {
+    if !rustix::process::geteuid().is_root() {
+        println!("(skipped: changing user needs root)");
+        return;
+    }
+    let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(4)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    // Every way the library hands the segment on; none may close a descriptor of its file,
+    // which would drop the sender's lock (record locks go with any close).
+    let segment = channel.segment();
+    segment.read_only_fd().unwrap();
+    let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    segment.send_read_only(&ours, &[]).unwrap();
+    channel.send_over(&ours).unwrap();
+    let mut command = std::process::Command::new("true");
+    segment
+        .pass_to(&mut command, "MMAPKIT_TEST_UNUSED")
+        .unwrap();
+    command.status().unwrap();
+    drop(command);
+    let child = as_nobody(|| {
+        let mut receiver = channel.receiver().unwrap();
+        match receiver.wait_for_peer(Duration::from_secs(3)) {
+            Ok(()) => 0,
+            Err(error) => {
+                eprintln!("the sender of another user was not verified: {error}");
+                3
+            }
+        }
+    });
+    assert_eq!(wait(child), Ended::Exited(0));
+    sender.try_send(&1).unwrap();
 }

@@ -334,9 +334,48 @@ fn foreign_descriptors_child() -> i32 {
     rustix::io::write(&writer, b"ping").unwrap();
     let mut ping = [0u8; 4];
     rustix::io::read(&reader, &mut ping).unwrap();
-    i32::from(
-        &back != b"the program's own file"
-            || &ping != b"ping"
-            || not_a_segment.metadata().unwrap().len() != 8192,
-    )
+    if &back != b"the program's own file"
+        || &ping != b"ping"
+        || not_a_segment.metadata().unwrap().len() != 8192
+    {
+        return 1;
+    }
+    i32::from(!record_locks_survive_a_refused_descriptor())
+}
+
+/// The program holds a record lock on a file, and the variable names a second descriptor of
+/// it: refusing that descriptor must not close anything (a close would drop the lock).
+fn record_locks_survive_a_refused_descriptor() -> bool {
+    use std::os::fd::AsRawFd;
+    let file = tempfile::tempfile().unwrap();
+    file.set_len(8192).unwrap();
+    // SAFETY: an all-zero flock is a valid value to fill in; F_SETLK and F_GETLK read and
+    // write only it.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = libc::F_WRLCK as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_len = 1;
+    // SAFETY: as above, on our own descriptor.
+    let locked = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLK, &lock) };
+    assert_eq!(locked, 0);
+    // SAFETY: duplicates our own descriptor, without close-on-exec (as an inherited one).
+    let second = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD, 3) };
+    assert!(second >= 3);
+    // SAFETY: this process is single-threaded here.
+    unsafe { std::env::set_var(SEGMENT_FD, second.to_string()) };
+    if options().from_inherited(SEGMENT_FD).is_ok() {
+        return false;
+    }
+    let me = std::process::id() as i32;
+    let child = fork(|| {
+        // SAFETY: as above: a query of the lock on byte 0, from another process.
+        let mut probe: libc::flock = unsafe { std::mem::zeroed() };
+        probe.l_type = libc::F_WRLCK as libc::c_short;
+        probe.l_whence = libc::SEEK_SET as libc::c_short;
+        probe.l_len = 1;
+        // SAFETY: F_GETLK on the inherited descriptor writes only `probe`.
+        unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut probe) };
+        i32::from(probe.l_pid != me)
+    });
+    wait(child) == Ended::Exited(0)
 }

@@ -284,7 +284,9 @@ fn read_only_handles_cannot_write() {
     );
 
     let duplicate = writer.read_only_fd().unwrap();
-    let received = options(4096).from_fd(duplicate).unwrap();
+    let received = options(4096)
+        .from_fd(duplicate.try_clone_to_owned().unwrap())
+        .unwrap();
     assert!(!received.is_writable());
 }
 

@@ -18,8 +18,10 @@
 //! *disconnected* once it has had a peer — one it verified, or one the table says was attached
 //! when it attached or attached since (the attach counters) — and no verified peer is left;
 //! until then its peer is *absent*, which no wait without a deadline waits out (see the
-//! channel module's docs on waiting for a peer). The table's word can only turn a wait into an
-//! error this way, never make one longer.
+//! channel module's docs on waiting for a peer). A process the table names but that cannot
+//! be verified leaves the peer *unconfirmed*: waits give it the grace period, no longer. So a
+//! hostile write can turn a wait into an error, or keep one going while a verified peer's
+//! process lives (by naming it after it left), never while no verified process is there.
 //!
 //! Single-producer/single-consumer channels use fixed entries (0 for the sender, 1 for the
 //! receiver), so that two processes cannot both become the sender; an entry whose process died
@@ -90,7 +92,9 @@ impl Patience {
         match peer {
             Peer::Present => true,
             Peer::Gone => false,
-            Peer::Absent => self.deadline.is_some() || Instant::now() < self.grace_end,
+            Peer::Absent | Peer::Unconfirmed => {
+                self.deadline.is_some() || Instant::now() < self.grace_end
+            }
         }
     }
 }
@@ -104,6 +108,9 @@ pub(super) enum Peer {
     Gone,
     /// No peer has been verified yet.
     Absent,
+    /// No verified peer is there, but the table names a live process as one that could not
+    /// be verified (yet): waits treat it as absent, non-blocking calls as not gone.
+    Unconfirmed,
 }
 
 /// The next state of an entry whose current state is `state`: `role` held by `pid`, with the
@@ -123,9 +130,19 @@ fn pid_of(state: u64) -> u32 {
 
 /// A peer this endpoint verified: its entry, and the process as it was when verified.
 #[derive(Debug, Clone, Copy)]
-struct Pinned {
+struct Pinned<'c> {
     index: usize,
     identity: ProcessIdentity,
+    /// Its entry's state word, for the per-message look.
+    state: &'c AtomicU64,
+}
+
+impl Pinned<'_> {
+    /// Whether its entry still names it on the peer side.
+    fn named(&self, peer: Role) -> bool {
+        let state = self.state.load(Ordering::Relaxed);
+        role_of(state) == peer as u64 && pid_of(state) == self.identity.pid
+    }
 }
 
 /// An attached endpoint; on drop it detaches and wakes everyone waiting on the channel, so
@@ -141,7 +158,12 @@ pub(super) struct Endpoint<'c> {
     peer_entries: Range<usize>,
     witness: Witness<'c>,
     _registration: Registration,
-    pinned: Vec<Pinned>,
+    pinned: Vec<Pinned<'c>>,
+    /// At the last look, the table named a live process as a peer that could not be
+    /// verified: perhaps a peer whose lock a close dropped, perhaps a forgery.
+    unconfirmed: bool,
+    /// Calls of the per-message look, to take this endpoint's lock again now and then.
+    looks: u32,
     /// Whether this endpoint verified a peer, or the table said it had one (a peer attached
     /// when it attached, or counted since, as of the last look).
     had_peer: bool,
@@ -325,6 +347,8 @@ pub(super) fn attach<'c>(
             witness,
             _registration: registration,
             pinned: Vec::new(),
+            unconfirmed: false,
+            looks: 0,
             had_peer,
             peer_attaches,
             baseline,
@@ -368,8 +392,7 @@ impl Endpoint<'_> {
         let mut kept = Vec::with_capacity(self.pinned.len());
         for pinned in self.pinned.drain(..) {
             let byte = lock_byte(peer as u64, pinned.index);
-            let entry = entry(&self.control, pinned.index)?;
-            let named = entry.named(peer) == Some(pinned.identity.pid);
+            let named = pinned.named(peer);
             let there = if pinned.identity == ProcessIdentity::current() {
                 self.witness.holds(pinned.identity.pid, byte)
             } else {
@@ -381,16 +404,20 @@ impl Endpoint<'_> {
             }
         }
         self.pinned = kept;
+        self.unconfirmed = false;
         for index in self.peer_entries.clone() {
             if self.pinned.iter().any(|pinned| pinned.index == index) {
                 continue;
             }
             let byte = lock_byte(peer as u64, index);
-            let named = entry(&self.control, index)?.named(peer);
+            let entry = entry(&self.control, index)?;
+            let named = entry.named(peer);
             let Some(pid) = self.witness.holder(byte).or(named) else {
                 continue;
             };
             if !self.witness.verify(pid, byte) {
+                self.unconfirmed |=
+                    ProcessIdentity::of(pid).is_some_and(|process| process.is_alive());
                 continue;
             }
             let identity = match pid == ProcessIdentity::current().pid {
@@ -398,7 +425,11 @@ impl Endpoint<'_> {
                 false => ProcessIdentity::of(pid),
             };
             if let Some(identity) = identity {
-                self.pinned.push(Pinned { index, identity });
+                self.pinned.push(Pinned {
+                    index,
+                    identity,
+                    state: entry.state,
+                });
                 self.had_peer = true;
             }
         }
@@ -412,12 +443,8 @@ impl Endpoint<'_> {
     pub(super) fn peer(&mut self) -> Result<Peer> {
         let now = Instant::now();
         let attached = self.peer_attaches.load(Ordering::Acquire) != self.attaches_seen;
-        let left = attached
-            || self.pinned.iter().any(|pinned| {
-                entry(&self.control, pinned.index).map_or(true, |entry| {
-                    entry.named(self.role.other()) != Some(pinned.identity.pid)
-                })
-            });
+        let peer = self.role.other();
+        let left = attached || self.pinned.iter().any(|pinned| !pinned.named(peer));
         if now >= self.next_check || left {
             self.next_check = now + CHECK_INTERVAL;
             self.refresh()?;
@@ -426,10 +453,14 @@ impl Endpoint<'_> {
     }
 
     fn standing(&self) -> Peer {
-        match (self.pinned.is_empty(), self.had_peer) {
-            (false, _) => Peer::Present,
-            (true, true) => Peer::Gone,
-            (true, false) => Peer::Absent,
+        if !self.pinned.is_empty() {
+            Peer::Present
+        } else if self.unconfirmed {
+            Peer::Unconfirmed
+        } else if self.had_peer {
+            Peer::Gone
+        } else {
+            Peer::Absent
         }
     }
 
@@ -438,15 +469,16 @@ impl Endpoint<'_> {
         Ok(self.peer()? == Peer::Gone)
     }
 
-    /// For the per-message check of a sender: two loads while the pinned peer's entry still
-    /// names it, a full look when it does not.
+    /// For the per-message check of a sender: one load while the pinned peer's entry still
+    /// names it, a full look when it does not. Every 256th call also takes this endpoint's
+    /// lock again, in case a close elsewhere in the process dropped it.
     pub(super) fn peer_detached(&mut self) -> Result<bool> {
+        self.looks = self.looks.wrapping_add(1);
+        if self.looks.is_multiple_of(256) {
+            self.witness.lock(lock_byte(self.role as u64, self.index));
+        }
         let peer = self.role.other();
-        let named = |pinned: &Pinned| {
-            entry(&self.control, pinned.index)
-                .is_ok_and(|entry| entry.named(peer) == Some(pinned.identity.pid))
-        };
-        if self.pinned.iter().any(named) || self.standing() == Peer::Absent {
+        if self.pinned.iter().any(|pinned| pinned.named(peer)) || self.standing() == Peer::Absent {
             return Ok(false);
         }
         self.peer_gone()

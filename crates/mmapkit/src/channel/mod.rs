@@ -419,7 +419,10 @@ async fn recv_async<'c, R: Polled<'c>>(receiver: &mut R) -> Result<R::Message> {
     // sender to attach for the grace period.
     let patience = Patience::new(None);
     loop {
-        if let Some(message) = receiver.try_recv()? {
+        let received = receiver
+            .try_recv()
+            .map_err(|error| error.with_operation("recv_async"))?;
+        if let Some(message) = received {
             return Ok(message);
         }
         if !patience.may_wait(receiver.parts().endpoint.peer()?) {

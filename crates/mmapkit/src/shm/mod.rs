@@ -64,6 +64,7 @@ pub use options::SegmentOptions;
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::fault::shield::Shield;
@@ -88,7 +89,12 @@ pub struct Segment {
     // Field order is drop order: the shield goes before the mapping it covers.
     shield: Shield,
     mapping: Mapping,
-    fd: OwnedFd,
+    /// Shared with a `pass_to` command until it has spawned, so that the number it passes
+    /// stays this segment's without a duplicate to close.
+    fd: Arc<OwnedFd>,
+    /// The read-only duplicate, made once and kept: closing a descriptor of the file would
+    /// drop this process's record locks on it (see `channel::liveness`).
+    read_only: OnceLock<OwnedFd>,
     location: Location,
     header: Header,
     writable: bool,
@@ -122,15 +128,7 @@ impl Segment {
 
     /// Fails with `Truncated` once a peer has truncated the segment under us.
     pub fn check(&self) -> Result<()> {
-        if self.shield.is_poisoned() {
-            return Err(Error::new(
-                ErrorKind::Truncated,
-                "segment",
-                "a peer truncated the segment; its pages were replaced by zeros",
-            )
-            .with_hint("the segment can no longer be trusted: drop it and open it again"));
-        }
-        Ok(())
+        poisoned_error(&self.shield)
     }
 
     /// Copies payload bytes at `offset` into `buf`.
@@ -220,6 +218,19 @@ impl std::fmt::Debug for Segment {
             .field("writable", &self.writable)
             .finish()
     }
+}
+
+/// `Truncated` once the shield saw a truncation.
+fn poisoned_error(shield: &Shield) -> Result<()> {
+    if shield.is_poisoned() {
+        return Err(Error::new(
+            ErrorKind::Truncated,
+            "segment",
+            "a peer truncated the segment; its pages were replaced by zeros",
+        )
+        .with_hint("the segment can no longer be trusted: drop it and open it again"));
+    }
+    Ok(())
 }
 
 fn payload_offset(offset: usize) -> Result<usize> {

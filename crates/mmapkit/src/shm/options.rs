@@ -218,17 +218,25 @@ impl SegmentOptions {
             .map_fd(fd.as_fd())?;
         mapping.write_pod(0, &raw)?;
         let header = raw.validate(total as u64)?;
-        let segment = assemble(fd, mapping, location, header, true)?;
+        let segment = Mapped::shield(mapping, header, true)?.with_fd(fd, location);
         init(&segment)?;
         segment.check()?;
-        state_word(&segment)?.store(STATE_READY, Ordering::Release);
+        state_word(&segment.mapping)?.store(STATE_READY, Ordering::Release);
         Ok(segment)
     }
 
     /// Validates an existing object and waits until its creator has marked it ready.
     fn adopt(&self, fd: OwnedFd, location: Location, writable: bool) -> Result<Segment> {
+        let mapped = self.validate(fd.as_fd(), writable)?;
+        Ok(mapped.with_fd(fd, location))
+    }
+
+    /// Validates the object behind a descriptor it does not take: maps it, checks the
+    /// header and waits until its creator has marked it ready. Nothing is closed or changed,
+    /// whatever the outcome.
+    pub(super) fn validate(&self, fd: BorrowedFd<'_>, writable: bool) -> Result<Mapped> {
         let deadline = Instant::now() + self.wait;
-        let stat = sys::fstat(fd.as_fd()).map_err(|errno| Error::os("open segment", errno))?;
+        let stat = sys::fstat(fd).map_err(|errno| Error::os("open segment", errno))?;
         if !is_regular(&stat) {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -240,10 +248,10 @@ impl SegmentOptions {
             ));
         }
         // A memfd sealed against writes can only be mapped read-only, whatever the descriptor.
-        let sealed = sys::fcntl_get_seals(fd.as_fd()).unwrap_or(SealFlags::empty());
+        let sealed = sys::fcntl_get_seals(fd).unwrap_or(SealFlags::empty());
         let writable = writable && !sealed.intersects(SealFlags::WRITE | SealFlags::FUTURE_WRITE);
         let (mapping, header, file_size) = loop {
-            if let Some(found) = self.map_header(fd.as_fd(), writable, deadline)? {
+            if let Some(found) = self.map_header(fd, writable, deadline)? {
                 break found;
             }
             std::thread::sleep(Duration::from_millis(1));
@@ -270,9 +278,9 @@ impl SegmentOptions {
                 ),
             ));
         }
-        let segment = assemble(fd, mapping, location, header, writable)?;
-        wait_until_ready(&segment, deadline)?;
-        Ok(segment)
+        let mapped = Mapped::shield(mapping, header, writable)?;
+        wait_until_ready(&mapped, deadline)?;
+        Ok(mapped)
     }
 }
 
@@ -328,40 +336,57 @@ impl SegmentOptions {
     }
 }
 
-fn assemble(
-    fd: OwnedFd,
+/// A validated segment, mapped and shielded, that does not hold its descriptor yet.
+pub(super) struct Mapped {
+    // Field order is drop order: the shield goes before the mapping it covers.
+    shield: Shield,
     mapping: crate::Mapping,
-    location: Location,
     header: super::Header,
     writable: bool,
-) -> Result<Segment> {
-    let shield = Shield::register(
-        mapping.as_ptr(),
-        mapping.len().next_multiple_of(sys::page_size()),
-    )?;
-    Ok(Segment {
-        shield,
-        mapping,
-        fd,
-        location,
-        header,
-        writable,
-    })
 }
 
-/// The header's state word, read atomically; the mapping is shielded.
-fn state_word(segment: &Segment) -> Result<&AtomicU32> {
-    // SAFETY: the whole mapping is shielded (see `assemble`).
-    unsafe {
-        segment
-            .mapping
-            .atomic_in_shielded::<AtomicU32>(STATE_OFFSET)
+impl Mapped {
+    fn shield(mapping: crate::Mapping, header: super::Header, writable: bool) -> Result<Mapped> {
+        let shield = Shield::register(
+            mapping.as_ptr(),
+            mapping.len().next_multiple_of(sys::page_size()),
+        )?;
+        Ok(Mapped {
+            shield,
+            mapping,
+            header,
+            writable,
+        })
+    }
+
+    /// The segment, holding `fd` from now on.
+    pub(super) fn with_fd(self, fd: OwnedFd, location: Location) -> Segment {
+        Segment {
+            shield: self.shield,
+            mapping: self.mapping,
+            fd: std::sync::Arc::new(fd),
+            read_only: std::sync::OnceLock::new(),
+            location,
+            header: self.header,
+            writable: self.writable,
+        }
+    }
+
+    fn check(&self) -> Result<()> {
+        super::poisoned_error(&self.shield)
     }
 }
 
-fn wait_until_ready(segment: &Segment, deadline: Instant) -> Result<()> {
+/// The header's state word, read atomically, of a segment's mapping (which every caller has
+/// shielded: see `Mapped::shield`).
+fn state_word(mapping: &crate::Mapping) -> Result<&AtomicU32> {
+    // SAFETY: the callers pass the mapping of a `Mapped` or a `Segment`, shielded whole.
+    unsafe { mapping.atomic_in_shielded::<AtomicU32>(STATE_OFFSET) }
+}
+
+fn wait_until_ready(segment: &Mapped, deadline: Instant) -> Result<()> {
     let read_state = || -> Result<u32> {
-        let state = match state_word(segment) {
+        let state = match state_word(&segment.mapping) {
             Ok(word) => word.load(Ordering::Acquire),
             // A read-only handle cannot borrow atomics; a guarded copy reads the word.
             Err(_) => segment.mapping.read_pod::<u32>(STATE_OFFSET)?,
@@ -483,7 +508,7 @@ fn open_path(path: &Path, flags: OFlags, mode: u32) -> Result<OwnedFd> {
 /// writable mappings: such a receiver could open it again read-write the same way, so the
 /// duplicate would promise what it cannot keep.
 pub(super) fn reopen_read_only(segment: &Segment) -> Result<OwnedFd> {
-    let fd = segment.fd.as_fd();
+    let fd = segment.fd();
     let fail = |errno| Error::os("duplicate segment", errno);
     let stat = sys::fstat(fd).map_err(fail)?;
     let sealed = sys::fcntl_get_seals(fd)

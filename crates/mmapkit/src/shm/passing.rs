@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::options::reopen_read_only;
 use super::{Segment, SegmentOptions};
@@ -37,29 +37,52 @@ impl Segment {
     /// receivers](crate::shm#read-only-receivers) for what that rests on). Fails with
     /// `PermissionDenied` when the segment's mode lets other users write it.
     pub fn send_read_only(&self, stream: &UnixStream, extra: &[BorrowedFd<'_>]) -> Result<()> {
-        let read_only = reopen_read_only(self)?;
-        send_fds(stream, read_only.as_fd(), extra)
+        send_fds(stream, self.read_only_fd()?, extra)
     }
 
-    /// A read-only duplicate of the descriptor (a new open file description of the same
-    /// inode), under the rule of [`send_read_only`](Self::send_read_only).
-    pub fn read_only_fd(&self) -> Result<OwnedFd> {
-        reopen_read_only(self)
+    /// The segment's read-only duplicate (a new open file description of the same inode),
+    /// under the rule of [`send_read_only`](Self::send_read_only). It is made on first use
+    /// and kept with the segment: every read-only receiver shares it. Borrowed rather than
+    /// handed over, because closing any descriptor of the segment's file drops this process's
+    /// channel endpoint locks on it (see the channel module's docs); clone it with
+    /// `try_clone_to_owned` to own one anyway.
+    pub fn read_only_fd(&self) -> Result<BorrowedFd<'_>> {
+        if let Some(fd) = self.read_only.get() {
+            return Ok(fd.as_fd());
+        }
+        // A thread that raced this one may have stored its duplicate first; this one is then
+        // closed (the rare close this caching cannot avoid).
+        let _ = self.read_only.set(reopen_read_only(self)?);
+        Ok(self
+            .read_only
+            .get()
+            .map(AsFd::as_fd)
+            .expect("set just above"))
     }
 
-    /// Makes a duplicate of the descriptor survive exec into `command`'s child and stores its
+    /// Makes the segment's descriptor survive exec into `command`'s child and stores its
     /// number in the child's environment variable `variable`. The child calls
     /// [`SegmentOptions::from_inherited`] with the same variable.
+    ///
+    /// No duplicate is made in this process: the command shares the descriptor (it stays
+    /// open, under the same number, until both the segment and the command are gone), and
+    /// only the child clears its close-on-exec flag.
     pub fn pass_to(&self, command: &mut Command, variable: &str) -> Result<()> {
-        let duplicate = sys::fcntl_dupfd_cloexec(self.fd.as_fd(), 3)
-            .map_err(|errno| Error::os("pass segment", errno))?;
-        command.env(variable, duplicate.as_raw_fd().to_string());
+        let shared = match self.fd.as_raw_fd() {
+            // The child's standard streams are set up under 0..=2 before the closure runs.
+            0..=2 => Arc::new(
+                sys::fcntl_dupfd_cloexec(self.fd.as_fd(), 3)
+                    .map_err(|errno| Error::os("pass segment", errno))?,
+            ),
+            _ => Arc::clone(&self.fd),
+        };
+        command.env(variable, shared.as_raw_fd().to_string());
         // SAFETY: the closure runs in the child between fork and exec and calls only fcntl,
-        // which is async-signal-safe. It owns `duplicate`, which stays open in the parent
-        // until the command is dropped, so the number it clears FD_CLOEXEC on is ours.
+        // which is async-signal-safe. It owns a reference to the descriptor, which therefore
+        // stays open under this number for as long as the command lives.
         unsafe {
             command.pre_exec(move || {
-                sys::fcntl_set_cloexec(duplicate.as_fd(), false).map_err(std::io::Error::from)
+                sys::fcntl_set_cloexec(shared.as_fd(), false).map_err(std::io::Error::from)
             });
         }
         Ok(())
@@ -103,10 +126,10 @@ impl SegmentOptions {
         };
         let text =
             std::env::var(variable).map_err(|_| missing(format!("${variable} is not set")))?;
-        let raw: RawFd =
-            text.parse().ok().filter(|&fd| fd >= 0).ok_or_else(|| {
-                missing(format!("${variable}={text:?} is not a descriptor number"))
-            })?;
+        let raw: RawFd = Some(&text)
+            .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
+            .and_then(|text| text.parse().ok())
+            .ok_or_else(|| missing(format!("${variable}={text:?} is not a descriptor number")))?;
         let mut taken = TAKEN
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -137,20 +160,22 @@ impl SegmentOptions {
         }
         // SAFETY: the number is open (checked above, and nothing closes it while we look: it
         // is not ours to close, and a program that closes descriptors it does not own breaks
-        // I/O safety itself). The borrow lasts only for the duplication below.
+        // I/O safety itself). The borrow lasts only while the segment behind it is validated.
         let inherited = unsafe { BorrowedFd::borrow_raw(raw) };
-        // Validation works on a duplicate, so that a descriptor that turns out not to be a
-        // segment is never closed; only the duplicate is.
-        let duplicate = sys::fcntl_dupfd_cloexec(inherited, 0)
-            .map_err(|errno| Error::os("inherit segment", errno))?;
-        let segment = self.from_fd(duplicate)?;
+        // Validated where it is, without a duplicate: closing one would drop the process's
+        // record locks on the file, so a descriptor that is not a segment is left untouched.
+        let mode =
+            sys::fcntl_getfl(inherited).map_err(|errno| Error::os("inherit segment", errno))?;
+        let writable = mode & rustix::fs::OFlags::RWMODE == rustix::fs::OFlags::RDWR;
+        let mapped = self.validate(inherited, writable)?;
         taken.insert(raw);
         // SAFETY: the descriptor was inherited across exec (FD_CLOEXEC clear), holds the
         // segment just validated, and the take-once set makes this its only taker: the parent
-        // made it for this process, so closing it is ours to do. The segment keeps the
-        // duplicate, which names the same open file description.
-        drop(unsafe { OwnedFd::from_raw_fd(raw) });
-        Ok(segment)
+        // made it for this process, so it is ours from now on.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        sys::fcntl_set_cloexec(fd.as_fd(), true)
+            .map_err(|errno| Error::os("inherit segment", errno))?;
+        Ok(mapped.with_fd(fd, super::Location::Received))
     }
 }
 
