@@ -285,18 +285,24 @@ pub fn sigprocmask_thread(how: libc::c_int, set: u64) -> u64 {
     previous
 }
 
+/// A record-lock request of `kind` for the one byte at `offset`.
+fn one_byte_lock(kind: libc::c_int, offset: i64) -> libc::flock {
+    // SAFETY: an all-zero flock is a valid value to fill in.
+    let mut request: libc::flock = unsafe { std::mem::zeroed() };
+    request.l_type = kind as libc::c_short;
+    request.l_whence = libc::SEEK_SET as libc::c_short;
+    request.l_start = offset;
+    request.l_len = 1;
+    request
+}
+
 /// A POSIX record lock of one byte: read-locks (`Some(true)`), or unlocks (`None`), byte
 /// `offset` of the file, without waiting (fcntl(2) `F_SETLK`). Such locks belong to the
 /// process, vanish when it dies or closes any descriptor of the file, and are not inherited
 /// by fork; `EAGAIN` or `EACCES` when another process holds a write lock there. libc, because
 /// rustix offers only whole-file locks.
 pub fn fcntl_lock_byte(fd: BorrowedFd<'_>, offset: i64, lock: bool) -> SysResult<()> {
-    // SAFETY: an all-zero flock is a valid value to fill in.
-    let mut request: libc::flock = unsafe { std::mem::zeroed() };
-    request.l_type = if lock { libc::F_RDLCK } else { libc::F_UNLCK } as libc::c_short;
-    request.l_whence = libc::SEEK_SET as libc::c_short;
-    request.l_start = offset;
-    request.l_len = 1;
+    let request = one_byte_lock(if lock { libc::F_RDLCK } else { libc::F_UNLCK }, offset);
     // SAFETY: F_SETLK reads a valid flock; it changes only this process's locks.
     let rc = unsafe {
         libc::fcntl(
@@ -313,12 +319,7 @@ pub fn fcntl_lock_byte(fd: BorrowedFd<'_>, offset: i64, lock: bool) -> SysResult
 /// open-file-description lock, whose holder the kernel does not name. Locks of the calling
 /// process itself never conflict, so they are not reported.
 pub fn fcntl_lock_holder(fd: BorrowedFd<'_>, offset: i64) -> SysResult<Option<i32>> {
-    // SAFETY: an all-zero flock is a valid value to fill in.
-    let mut request: libc::flock = unsafe { std::mem::zeroed() };
-    request.l_type = libc::F_WRLCK as libc::c_short;
-    request.l_whence = libc::SEEK_SET as libc::c_short;
-    request.l_start = offset;
-    request.l_len = 1;
+    let mut request = one_byte_lock(libc::F_WRLCK, offset);
     // SAFETY: F_GETLK reads and writes a valid flock and changes no lock.
     let rc = unsafe {
         libc::fcntl(
