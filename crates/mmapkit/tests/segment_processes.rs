@@ -262,6 +262,12 @@ fn read_only_duplicates_of_a_segment_others_may_write_are_refused() {
     // SAFETY: as above, restoring the mask.
     unsafe { libc::umask(previous) };
     let error = named.read_only_fd().unwrap_err();
+    // A duplicate made while the mode was safe is refused once the mode lets others write.
+    let memfd = options().create_memfd("chmod-later").unwrap();
+    memfd.read_only_fd().unwrap();
+    rustix::fs::fchmod(memfd.fd(), rustix::fs::Mode::from_raw_mode(0o666)).unwrap();
+    let later = memfd.read_only_fd().unwrap_err();
+    assert_eq!(later.kind(), ErrorKind::PermissionDenied, "{later}");
     assert_eq!(error.kind(), ErrorKind::PermissionDenied, "{error}");
     assert!(error.to_string().contains("0666"), "{error}");
     let memfd = open_to_all.create_memfd("open-to-all").unwrap();
@@ -301,6 +307,8 @@ fn foreign_descriptors_child() -> i32 {
     not_a_segment.set_len(8192).unwrap();
     rustix::io::fcntl_setfd(&not_a_segment, rustix::io::FdFlags::empty()).unwrap();
     let cases = [
+        (0, ErrorKind::InvalidInput),
+        (2, ErrorKind::InvalidInput),
         (file.as_raw_fd(), ErrorKind::InvalidInput),
         (reader.as_raw_fd(), ErrorKind::InvalidInput),
         (not_a_segment.as_raw_fd(), ErrorKind::Corrupt),

@@ -33,9 +33,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::control::{Control, ENDPOINTS_OFFSET};
-use super::liveness::{FileKey, Registration, Witness, lock_byte};
+use super::liveness::{Witness, lock_byte};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::ProcessIdentity;
+use crate::shm::locks::{ByteLock, FileKey};
 
 const ENTRIES: usize = 30;
 const FIRST_ENTRY: usize = ENDPOINTS_OFFSET + 16;
@@ -135,6 +136,9 @@ struct Pinned<'c> {
     identity: ProcessIdentity,
     /// Its entry's state word, for the per-message look.
     state: &'c AtomicU64,
+    /// Whether the entry named it when it was verified (by its lock, an entry may name it
+    /// differently: zeroed by a hostile write, or under its pid in another namespace).
+    named_when_pinned: bool,
 }
 
 impl Pinned<'_> {
@@ -153,11 +157,10 @@ pub(super) struct Endpoint<'c> {
     /// The state this endpoint wrote when it claimed its entry.
     claimed: u64,
     role: Role,
-    index: usize,
     /// The entries a peer can hold: one for channels with one endpoint per side, all others.
     peer_entries: Range<usize>,
     witness: Witness<'c>,
-    _registration: Registration,
+    lock: ByteLock,
     pinned: Vec<Pinned<'c>>,
     /// At the last look, the table named a live process as a peer that could not be
     /// verified: perhaps a peer whose lock a close dropped, perhaps a forgery.
@@ -184,7 +187,6 @@ impl Drop for Endpoint<'_> {
         if pid_of(self.claimed) != me {
             return;
         }
-        self.witness.unlock(lock_byte(self.role as u64, self.index));
         let freed = next_state(self.claimed, 0, FREE);
         if self
             .state_word
@@ -311,29 +313,21 @@ pub(super) fn attach<'c>(
     let me = ProcessIdentity::current();
     for index in candidates {
         let entry = entry(control, index)?;
-        let Some(claimed) = entry.claim(index, role, me, &witness) else {
+        let byte = lock_byte(role as u64, index);
+        // Taking the entry's lock first makes the claim one process's at a time.
+        let taken = ByteLock::take(fd, witness.key, byte, || {
+            entry.claim(index, role, me, &witness)
+        })?;
+        let Some((lock, claimed)) = taken else {
             continue;
         };
-        let byte = lock_byte(role as u64, index);
-        let Some(registration) = Registration::new(witness.key, byte) else {
-            let _ = entry.state.compare_exchange(
-                claimed,
-                next_state(claimed, 0, FREE),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-            return Err(Error::new(
-                ErrorKind::OutOfMemory,
-                "attach",
-                "this process holds as many channel endpoints as it can track (1024)",
-            ));
-        };
-        // A write lock someone else holds there only makes this endpoint harder to verify.
-        witness.lock(byte);
         entry.start.store(me.start_time, Ordering::Release);
         attach_counter(control, role)?.fetch_add(1, Ordering::AcqRel);
         let peer_attaches = attach_counter(control, role.other())?;
         let baseline = peer_attaches.load(Ordering::Acquire);
+        // A peer the table names now, live or dead, counts as one this endpoint had: a
+        // receiver that attaches after its sender crashed takes what it left, then learns
+        // that it is gone (`wait_for_peer` waits for the next one).
         let mut had_peer = false;
         for index in peer_entries.clone() {
             had_peer |= self::entry(control, index)?.named(role.other()).is_some();
@@ -342,10 +336,9 @@ pub(super) fn attach<'c>(
             state_word: entry.state,
             claimed,
             role,
-            index,
             peer_entries,
             witness,
-            _registration: registration,
+            lock,
             pinned: Vec::new(),
             unconfirmed: false,
             looks: 0,
@@ -384,7 +377,7 @@ impl Endpoint<'_> {
     /// process may have dropped it), lets go of pinned peers that are gone, and pins peers
     /// that have appeared and can be verified.
     fn refresh(&mut self) -> Result<()> {
-        self.witness.lock(lock_byte(self.role as u64, self.index));
+        self.lock.retake(self.witness.fd);
         // Read before the scan: a peer counted here took its lock before it counted itself,
         // so the scan finds it unless it has left again.
         let attaches = self.peer_attaches.load(Ordering::Acquire);
@@ -429,6 +422,7 @@ impl Endpoint<'_> {
                     index,
                     identity,
                     state: entry.state,
+                    named_when_pinned: named == Some(pid),
                 });
                 self.had_peer = true;
             }
@@ -444,7 +438,11 @@ impl Endpoint<'_> {
         let now = Instant::now();
         let attached = self.peer_attaches.load(Ordering::Acquire) != self.attaches_seen;
         let peer = self.role.other();
-        let left = attached || self.pinned.iter().any(|pinned| !pinned.named(peer));
+        let left = attached
+            || self
+                .pinned
+                .iter()
+                .any(|pinned| pinned.named_when_pinned && !pinned.named(peer));
         if now >= self.next_check || left {
             self.next_check = now + CHECK_INTERVAL;
             self.refresh()?;
@@ -475,24 +473,29 @@ impl Endpoint<'_> {
     pub(super) fn peer_detached(&mut self) -> Result<bool> {
         self.looks = self.looks.wrapping_add(1);
         if self.looks.is_multiple_of(256) {
-            self.witness.lock(lock_byte(self.role as u64, self.index));
+            self.lock.retake(self.witness.fd);
         }
         let peer = self.role.other();
-        if self.pinned.iter().any(|pinned| pinned.named(peer)) || self.standing() == Peer::Absent {
+        let still_named = |pinned: &Pinned<'_>| !pinned.named_when_pinned || pinned.named(peer);
+        if self.pinned.iter().any(still_named) || self.standing() == Peer::Absent {
             return Ok(false);
         }
         self.peer_gone()
     }
 
-    /// Waits until a verified peer is attached, at most until `deadline`.
+    /// Waits until a verified peer is attached, or one has attached since the call began, at
+    /// most until `deadline`.
     pub(super) fn wait_for_peer(
         &mut self,
         deadline: Instant,
         operation: &'static str,
     ) -> Result<()> {
+        // A peer that attaches during the wait counts even if it is gone again by the time
+        // this endpoint looks (it may have sent and left): what it left is in the queue.
+        let attaches_before = self.peer_attaches.load(Ordering::Acquire);
         loop {
             self.refresh()?;
-            if !self.pinned.is_empty() {
+            if !self.pinned.is_empty() || self.attaches_seen != attaches_before {
                 return Ok(());
             }
             let slept = match self.role {
@@ -530,6 +533,18 @@ pub(super) fn disconnected(operation: &'static str, endpoint: &Endpoint<'_>) -> 
             "wait_for_peer(timeout) waits longer for a {peer} to attach; calls with a timeout \
              wait for one until their deadline"
         )),
+        Peer::Unconfirmed => Error::new(
+            ErrorKind::Disconnected,
+            operation,
+            format!(
+                "a {peer} is named in the channel, but it could not be verified within {} s",
+                PEER_GRACE.as_secs()
+            ),
+        )
+        .with_hint(
+            "a peer of another user is verified by its lock, which it loses for a while when it \
+             closes a descriptor of the segment's file; or the entry was forged",
+        ),
         _ => Error::new(
             ErrorKind::Disconnected,
             operation,

@@ -45,7 +45,19 @@
 //! A peer that stays attached and alive but never sends (or never makes room) keeps a call
 //! without a deadline waiting, as any peer can: use the timeout variants with peers you do not
 //! trust. Non-blocking calls (`try_recv`, `try_send`) report `Disconnected` once the peer they
-//! had is gone, and `WouldBlock` or nothing while none has attached yet.
+//! had is gone, and `WouldBlock` or nothing while none has attached yet. An endpoint that
+//! attaches after its peer died (a restart after a crash) has had that peer: it takes what the
+//! peer left, is told it is gone, and waits for the next one with `wait_for_peer`.
+//!
+//! What this rests on, and its limits: every process using a channel must share a pid
+//! namespace and see /proc (a peer elsewhere cannot be verified: calls that need one fail
+//! instead of waiting). A peer of another user is verified by its record lock, which its
+//! process loses for a while whenever it closes some descriptor of the segment's file that the
+//! library did not open (the library takes the locks again after its own closes): in that
+//! window the peer is *unconfirmed* and waits without a deadline give it only the grace
+//! period. A process that may write the segment can keep a wait going for as long as a
+//! verified peer's process lives, or turn waits into errors; one that may only read it can do
+//! neither.
 //!
 //! **Polling.** A channel created with [`ChannelOptions::pollable`] carries an eventfd
 //! *doorbell*: a receiver can wait for it with poll/epoll next to other descriptors (or with

@@ -209,7 +209,9 @@ impl<T: bytemuck::Pod> MpmcSender<'_, T> {
         self.send_until(value, None, "send")
     }
 
-    /// Waits at most `timeout` until a receiver is attached.
+    /// Waits at most `timeout` until a receiver is attached, or one has attached (and
+    /// perhaps left again) since the call began (see the [module
+    /// docs](crate::channel#waiting-for-a-peer)).
     pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
         self.endpoint
             .wait_for_peer(deadline(timeout), "wait_for_peer")
@@ -294,7 +296,9 @@ impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
         self.recv_until(None, "recv")
     }
 
-    /// Waits at most `timeout` until a sender is attached.
+    /// Waits at most `timeout` until a sender is attached, or one has attached (and
+    /// perhaps left again) since the call began (see the [module
+    /// docs](crate::channel#waiting-for-a-peer)).
     pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
         self.endpoint
             .wait_for_peer(deadline(timeout), "wait_for_peer")

@@ -183,7 +183,8 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
         }
     }
 
-    /// Waits at most `timeout` until a receiver is attached (see the [module
+    /// Waits at most `timeout` until a receiver is attached, or one has attached (and
+    /// perhaps left again) since the call began (see the [module
     /// docs](crate::channel#waiting-for-a-peer)).
     pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
         self.endpoint
@@ -380,7 +381,8 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
         Ok(None)
     }
 
-    /// Waits at most `timeout` until a sender is attached (see the [module
+    /// Waits at most `timeout` until a sender is attached, or one has attached (and
+    /// perhaps left again) since the call began (see the [module
     /// docs](crate::channel#waiting-for-a-peer)).
     pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
         self.endpoint

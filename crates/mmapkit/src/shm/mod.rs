@@ -54,6 +54,7 @@
 
 pub mod header;
 mod identity;
+pub(crate) mod locks;
 mod options;
 mod passing;
 pub mod stale;
@@ -89,12 +90,10 @@ pub struct Segment {
     // Field order is drop order: the shield goes before the mapping it covers.
     shield: Shield,
     mapping: Mapping,
-    /// Shared with a `pass_to` command until it has spawned, so that the number it passes
-    /// stays this segment's without a duplicate to close.
-    fd: Arc<OwnedFd>,
-    /// The read-only duplicate, made once and kept: closing a descriptor of the file would
-    /// drop this process's record locks on it (see `channel::liveness`).
+    /// The read-only duplicate, made once and kept: closing a descriptor of the file drops
+    /// this process's record locks on it (see `locks`).
     read_only: OnceLock<OwnedFd>,
+    fd: SegmentFd,
     location: Location,
     header: Header,
     writable: bool,
@@ -192,19 +191,19 @@ impl Segment {
             ));
         }
         let seals = rustix::fs::SealFlags::FUTURE_WRITE | rustix::fs::SealFlags::SEAL;
-        crate::sys::fcntl_add_seals(self.fd.as_fd(), seals)
+        crate::sys::fcntl_add_seals(self.fd(), seals)
             .map_err(|errno| Error::os("seal segment", errno))
     }
 
     /// The descriptor behind the segment.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd.shared().as_fd()
     }
 }
 
 impl AsFd for Segment {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.fd()
     }
 }
 
@@ -217,6 +216,38 @@ impl std::fmt::Debug for Segment {
             .field("creator", &self.header.creator)
             .field("writable", &self.writable)
             .finish()
+    }
+}
+
+/// A segment's descriptor, shared with a `pass_to` command until it has spawned (so that
+/// the number it passes stays this segment's without a duplicate to close). Closing it drops
+/// this process's record locks on the file, so the locks other handles of the same file hold
+/// in this process are taken again right after (see `locks`).
+#[derive(Debug)]
+struct SegmentFd(Option<Arc<OwnedFd>>);
+
+impl SegmentFd {
+    fn new(fd: OwnedFd) -> SegmentFd {
+        SegmentFd(Some(Arc::new(fd)))
+    }
+
+    fn shared(&self) -> &Arc<OwnedFd> {
+        self.0
+            .as_ref()
+            .expect("a segment holds its descriptor until dropped")
+    }
+}
+
+impl Drop for SegmentFd {
+    fn drop(&mut self) {
+        let Some(fd) = self.0.take() else {
+            return;
+        };
+        let key = locks::FileKey::of(fd.as_fd()).ok();
+        drop(fd);
+        if let Some(key) = key {
+            locks::retake_all(key);
+        }
     }
 }
 

@@ -227,8 +227,19 @@ impl SegmentOptions {
 
     /// Validates an existing object and waits until its creator has marked it ready.
     fn adopt(&self, fd: OwnedFd, location: Location, writable: bool) -> Result<Segment> {
-        let mapped = self.validate(fd.as_fd(), writable)?;
-        Ok(mapped.with_fd(fd, location))
+        match self.validate(fd.as_fd(), writable) {
+            Ok(mapped) => Ok(mapped.with_fd(fd, location)),
+            Err(error) => {
+                // The descriptor is closed; if this process holds record locks on that file
+                // (an endpoint of a channel opened twice), they are taken again.
+                let key = super::locks::FileKey::of(fd.as_fd()).ok();
+                drop(fd);
+                if let Some(key) = key {
+                    super::locks::retake_all(key);
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Validates the object behind a descriptor it does not take: maps it, checks the
@@ -364,8 +375,8 @@ impl Mapped {
         Segment {
             shield: self.shield,
             mapping: self.mapping,
-            fd: std::sync::Arc::new(fd),
             read_only: std::sync::OnceLock::new(),
+            fd: super::SegmentFd::new(fd),
             location,
             header: self.header,
             writable: self.writable,
@@ -504,10 +515,28 @@ fn open_path(path: &Path, flags: OFlags, mode: u32) -> Result<OwnedFd> {
 /// A read-only duplicate of a segment's descriptor: a new open file description of the same
 /// inode, opened again through /proc/self/fd (a name may meanwhile belong to another object).
 ///
-/// Refused when the inode's permission bits let group or others write it and no seal forbids
-/// writable mappings: such a receiver could open it again read-write the same way, so the
-/// duplicate would promise what it cannot keep.
+/// Refused under the rule of [`check_read_only_promise`].
 pub(super) fn reopen_read_only(segment: &Segment) -> Result<OwnedFd> {
+    check_read_only_promise(segment)?;
+    let fd = segment.fd();
+    let fail = |errno| Error::os("duplicate segment", errno);
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let (read_only, _) =
+        open_without_waiting(Path::new(&path), OFlags::RDONLY, 0).map_err(|errno| match errno {
+            Errno::ACCESS => fail(errno).with_hint(
+                "only users the segment's mode lets read it can make read-only duplicates; \
+                 send the descriptor itself instead",
+            ),
+            _ => fail(errno),
+        })?;
+    Ok(read_only)
+}
+
+/// Refuses a read-only duplicate of a segment whose inode's permission bits let group or
+/// others write it, unless a seal forbids writable mappings: such a receiver could open it
+/// again read-write. Checked on every use, since the mode can change after the duplicate
+/// was made.
+pub(super) fn check_read_only_promise(segment: &Segment) -> Result<()> {
     let fd = segment.fd();
     let fail = |errno| Error::os("duplicate segment", errno);
     let stat = sys::fstat(fd).map_err(fail)?;
@@ -529,14 +558,5 @@ pub(super) fn reopen_read_only(segment: &Segment) -> Result<OwnedFd> {
              freeze it with seal_future_writes",
         ));
     }
-    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
-    let (read_only, _) =
-        open_without_waiting(Path::new(&path), OFlags::RDONLY, 0).map_err(|errno| match errno {
-            Errno::ACCESS => fail(errno).with_hint(
-                "only users the segment's mode lets read it can make read-only duplicates; \
-                 send the descriptor itself instead",
-            ),
-            _ => fail(errno),
-        })?;
-    Ok(read_only)
+    Ok(())
 }

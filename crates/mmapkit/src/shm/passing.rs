@@ -16,7 +16,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 
-use super::options::reopen_read_only;
+use super::options::{check_read_only_promise, reopen_read_only};
 use super::{Segment, SegmentOptions};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys;
@@ -29,7 +29,7 @@ const MAX_FDS: usize = 16;
 impl Segment {
     /// Sends the segment's descriptor, followed by `extra` descriptors, over `stream`.
     pub fn send(&self, stream: &UnixStream, extra: &[BorrowedFd<'_>]) -> Result<()> {
-        send_fds(stream, self.fd.as_fd(), extra)
+        send_fds(stream, self.fd(), extra)
     }
 
     /// Sends a read-only duplicate of the segment over `stream`: the receiver can read the
@@ -48,11 +48,17 @@ impl Segment {
     /// `try_clone_to_owned` to own one anyway.
     pub fn read_only_fd(&self) -> Result<BorrowedFd<'_>> {
         if let Some(fd) = self.read_only.get() {
+            check_read_only_promise(self)?;
             return Ok(fd.as_fd());
         }
         // A thread that raced this one may have stored its duplicate first; this one is then
-        // closed (the rare close this caching cannot avoid).
-        let _ = self.read_only.set(reopen_read_only(self)?);
+        // closed, and this process's record locks on the file taken again.
+        if let Err(extra) = self.read_only.set(reopen_read_only(self)?) {
+            drop(extra);
+            if let Ok(key) = super::locks::FileKey::of(self.fd()) {
+                super::locks::retake_all(key);
+            }
+        }
         Ok(self
             .read_only
             .get()
@@ -68,13 +74,13 @@ impl Segment {
     /// open, under the same number, until both the segment and the command are gone), and
     /// only the child clears its close-on-exec flag.
     pub fn pass_to(&self, command: &mut Command, variable: &str) -> Result<()> {
-        let shared = match self.fd.as_raw_fd() {
+        let shared = match self.fd().as_raw_fd() {
             // The child's standard streams are set up under 0..=2 before the closure runs.
             0..=2 => Arc::new(
-                sys::fcntl_dupfd_cloexec(self.fd.as_fd(), 3)
+                sys::fcntl_dupfd_cloexec(self.fd(), 3)
                     .map_err(|errno| Error::os("pass segment", errno))?,
             ),
-            _ => Arc::clone(&self.fd),
+            _ => Arc::clone(self.fd.shared()),
         };
         command.env(variable, shared.as_raw_fd().to_string());
         // SAFETY: the closure runs in the child between fork and exec and calls only fcntl,
@@ -130,6 +136,14 @@ impl SegmentOptions {
             .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
             .and_then(|text| text.parse().ok())
             .ok_or_else(|| missing(format!("${variable}={text:?} is not a descriptor number")))?;
+        if raw <= 2 {
+            // `pass_to` never passes a standard stream's number.
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "inherit segment",
+                format!("${variable}={raw} names a standard stream, which is left alone"),
+            ));
+        }
         let mut taken = TAKEN
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -151,13 +151,24 @@ fn list_in(directory: &Path) -> Result<Vec<SegmentInfo>> {
 /// The header of the segment at `path`, if it has a valid one. The open neither follows a
 /// symbolic link nor blocks (a name swapped for a FIFO after the listing), and only a
 /// regular file is read.
+///
+/// Closing the file drops this process's record locks on it, which a channel endpoint of this
+/// process in that segment holds: they are taken again right after.
 fn read_header(path: &Path) -> Option<Header> {
     let file = crate::inspect::open_regular(path, false).ok()?;
+    let key = super::locks::FileKey::of(std::os::fd::AsFd::as_fd(&file)).ok()?;
+    let header = header_of(&file);
+    drop(file);
+    super::locks::retake_all(key);
+    header
+}
+
+fn header_of(file: &std::fs::File) -> Option<Header> {
     let size = file.metadata().ok()?.len();
     if size < HEADER_SIZE as u64 {
         return None;
     }
-    let map = MapOptions::new().len(HEADER_SIZE).map_file(&file).ok()?;
+    let map = MapOptions::new().len(HEADER_SIZE).map_file(file).ok()?;
     map.read_pod::<RawHeader>(0).ok()?.validate(size).ok()
 }
 

@@ -296,13 +296,13 @@ fn one_byte_lock(kind: libc::c_int, offset: i64) -> libc::flock {
     request
 }
 
-/// A POSIX record lock of one byte: read-locks (`Some(true)`), or unlocks (`None`), byte
-/// `offset` of the file, without waiting (fcntl(2) `F_SETLK`). Such locks belong to the
-/// process, vanish when it dies or closes any descriptor of the file, and are not inherited
-/// by fork; `EAGAIN` or `EACCES` when another process holds a write lock there. libc, because
-/// rustix offers only whole-file locks.
+/// A POSIX record lock of one byte: write-locks (`lock`) or unlocks byte `offset` of the
+/// file, without waiting (fcntl(2) `F_SETLK`); the descriptor must be open for writing to
+/// lock. Such locks belong to the process, vanish when it dies or closes any descriptor of
+/// the file, and are not inherited by fork; `EAGAIN` or `EACCES` when another process holds a
+/// lock there. libc, because rustix offers only whole-file locks.
 pub fn fcntl_lock_byte(fd: BorrowedFd<'_>, offset: i64, lock: bool) -> SysResult<()> {
-    let request = one_byte_lock(if lock { libc::F_RDLCK } else { libc::F_UNLCK }, offset);
+    let request = one_byte_lock(if lock { libc::F_WRLCK } else { libc::F_UNLCK }, offset);
     // SAFETY: F_SETLK reads a valid flock; it changes only this process's locks.
     let rc = unsafe {
         libc::fcntl(
@@ -314,12 +314,13 @@ pub fn fcntl_lock_byte(fd: BorrowedFd<'_>, offset: i64, lock: bool) -> SysResult
     if rc == 0 { Ok(()) } else { Err(last_errno()) }
 }
 
-/// The process holding a POSIX lock on byte `offset` of the file that a write lock there would
-/// conflict with (fcntl(2) `F_GETLK`), if any: `Some(pid)`, or `Some(-1)` for an
-/// open-file-description lock, whose holder the kernel does not name. Locks of the calling
-/// process itself never conflict, so they are not reported.
-pub fn fcntl_lock_holder(fd: BorrowedFd<'_>, offset: i64) -> SysResult<Option<i32>> {
-    let mut request = one_byte_lock(libc::F_WRLCK, offset);
+/// The process holding a write lock on byte `offset` of the file (fcntl(2) `F_GETLK`, asking
+/// whether a read lock could be placed there), if any: `Some(pid)`, or `Some(-1)` for an
+/// open-file-description lock, whose holder the kernel does not name (0 for a holder in
+/// another pid namespace). Read locks are not reported, nor are locks of the calling
+/// process itself.
+pub fn fcntl_write_lock_holder(fd: BorrowedFd<'_>, offset: i64) -> SysResult<Option<i32>> {
+    let mut request = one_byte_lock(libc::F_RDLCK, offset);
     // SAFETY: F_GETLK reads and writes a valid flock and changes no lock.
     let rc = unsafe {
         libc::fcntl(

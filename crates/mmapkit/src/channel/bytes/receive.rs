@@ -146,7 +146,8 @@ impl<'c> ByteReceiver<'c> {
         })
     }
 
-    /// Waits at most `timeout` until a sender is attached (see the [module
+    /// Waits at most `timeout` until a sender is attached, or one has attached (and
+    /// perhaps left again) since the call began (see the [module
     /// docs](crate::channel#waiting-for-a-peer)).
     pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
         self.endpoint

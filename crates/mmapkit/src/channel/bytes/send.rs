@@ -191,7 +191,8 @@ impl<'c> ByteSender<'c> {
         self.commit(position, data.len())
     }
 
-    /// Waits at most `timeout` until a receiver is attached (see the [module
+    /// Waits at most `timeout` until a receiver is attached, or one has attached (and
+    /// perhaps left again) since the call began (see the [module
     /// docs](crate::channel#waiting-for-a-peer)).
     pub fn wait_for_peer(&mut self, timeout: Duration) -> Result<()> {
         self.endpoint

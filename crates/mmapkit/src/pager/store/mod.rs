@@ -36,8 +36,10 @@ use std::sync::{Arc, RwLock};
 /// [`OnStoreError`](super::OnStoreError); a write error keeps the page dirty and is returned by
 /// the next [`flush`](super::PagedRegion::flush). A store that panics is treated the same way:
 /// the panic is caught and becomes that call's error ("the store panicked: …"); the default
-/// panic hook still prints it. (Built with `panic = "abort"`, a panic cannot be caught and ends
-/// the process.)
+/// panic hook still prints it. What no library can catch ends the process as Rust always
+/// does: a build with `panic = "abort"`, and a panic inside the store's own unwinding (a value
+/// whose `Drop` panics while a panic unwinds past it, or a panic message whose `Display`
+/// panics).
 pub trait Store: Send + Sync {
     /// The size in bytes. The pager reads it once, when the region is built, and keeps that
     /// length for the region's life whatever the store answers later.
