@@ -40,8 +40,11 @@ struct Cli {
 
 #[derive(Debug, Clone, Subcommand)]
 enum Scenario {
-    /// Sum the words of a page-cache-hot file: mmapkit, memmap2, read(), a Vec in memory.
+    /// Sum the words of a page-cache-hot file: mmapkit (unsafe slice and safe chunks),
+    /// memmap2, read(), a Vec in memory.
     Scan,
+    /// The safe chunked scan at several chunk sizes against memmap2.
+    ScanChunks,
     /// Guarded read_at against a plain slice copy, 1 MiB and 4 KiB chunks.
     Guard,
     /// Map + unmap of a 4 KiB window and of the whole file, and of anonymous memory.
@@ -102,6 +105,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         Scenario::IpcThroughput => ipc::throughput(cli.rounds),
         Scenario::IpcWake => ipc::wake(cli.rounds),
         Scenario::Scan => scan::run(&file()?, cli.rounds)?,
+        Scenario::ScanChunks => scan::chunk_sizes(&file()?, cli.rounds)?,
         Scenario::Guard => guard::run(&file()?, cli.rounds)?,
         Scenario::Mapcost => mapcost::run(&file()?, cli.rounds)?,
         Scenario::PagerSeq => pager::sequential(&file()?, cli.rounds)?,

@@ -63,6 +63,38 @@ fn write_after_truncation_is_an_error_not_a_crash() {
 }
 
 #[test]
+fn copies_stop_at_the_exact_missing_byte_at_any_alignment() {
+    // Copies run in 64-byte blocks and finish byte by byte: a block that reaches a missing page
+    // must still report exactly where the page begins, for reads and for writes, whatever the
+    // alignment of the start and of the length.
+    for start in [0usize, 1, 40, 63, 64, 4000] {
+        for len in [64usize, 65, 4096, 3 * 4096 - 5000 + 1] {
+            let contents = pattern(4 * 4096);
+            let file = file_with(&contents);
+            let map = MapOptions::new().write(true).map_path(file.path()).unwrap();
+            file.as_file().set_len(4096 + 100).unwrap();
+            let end = start + len;
+            let mut buf = vec![0u8; len];
+            let read = map.read_at(start, &mut buf);
+            let written = map.write_at(start, &vec![0xAB; len]);
+            if end <= 2 * 4096 {
+                read.unwrap();
+                written.unwrap();
+                continue;
+            }
+            for (what, result) in [("read", read), ("write", written)] {
+                let error = result.unwrap_err();
+                assert_eq!(error.kind(), ErrorKind::Truncated, "{what} {start}+{len}");
+                assert_eq!(error.offset(), Some(2 * 4096), "{what} {start}+{len}");
+            }
+            let mut expected = contents[start..4096 + 100].to_vec();
+            expected.resize(2 * 4096 - start, 0);
+            assert!(buf[..2 * 4096 - start] == expected, "read {start}+{len}");
+        }
+    }
+}
+
+#[test]
 fn regrown_file_reads_again() {
     let file = file_with(&pattern(2 * 4096));
     let map = MapOptions::new().map_file(file.as_file()).unwrap();
