@@ -68,7 +68,7 @@ fn copies_stop_at_the_exact_missing_byte_at_any_alignment() {
     // must still report exactly where the page begins, for reads and for writes, whatever the
     // alignment of the start and of the length.
     for start in [0usize, 1, 40, 63, 64, 4000] {
-        for len in [64usize, 65, 4096, 3 * 4096 - 5000 + 1] {
+        for len in [64usize, 65, 4096, 8192, 8193, 3 * 4096, 3 * 4096 - 40 + 1] {
             let contents = pattern(4 * 4096);
             let file = file_with(&contents);
             let map = MapOptions::new().write(true).map_path(file.path()).unwrap();
