@@ -248,8 +248,9 @@ pub fn budget_child(mode: &str, path: &str, budget: usize, procs: &str) -> mmapk
     let gigabytes = size as f64 / 1e9;
     let seconds = match mode {
         "pager" | "pager-drop-behind" => {
-            let store = FileStore::from_file(file, false).expect("store");
-            let mut pager = Pager::new(store.drop_behind(mode == "pager-drop-behind"));
+            let mut store = FileStore::from_file(file, false).expect("store");
+            store.drop_behind(mode == "pager-drop-behind");
+            let mut pager = Pager::new(store);
             pager.budget(budget);
             let region = pager.build()?;
             harness::seconds(|| {

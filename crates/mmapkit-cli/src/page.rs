@@ -78,22 +78,33 @@ fn open_store(
     source: &std::path::Path,
     drop_behind: bool,
 ) -> mmapkit::Result<(Arc<dyn Store>, &'static str)> {
-    let failed = |error: std::io::Error| match error.raw_os_error() {
-        Some(_) => mmapkit::Error::io("open", &error).with_path(source),
-        None => mmapkit::Error::store("open", &error).with_path(source),
-    };
-    if let Some(url) = source.to_str().filter(|s| s.starts_with("http://")) {
-        return Ok((Arc::new(HttpStore::open(url).map_err(failed)?), "http"));
+    // Anything that looks like a URL goes to the HTTP store, which names the schemes it
+    // supports, rather than being looked up as a file name.
+    if let Some(url) = source.to_str().filter(|text| text.contains("://")) {
+        return Ok((Arc::new(HttpStore::open(url)?), "http"));
     }
-    let file = store::open_regular_file(source, false).map_err(failed)?;
+    let file = store::open_regular_file(source, false)?;
     if CompressedStore::is_seekable_archive(&file) {
-        return Ok((
-            Arc::new(CompressedStore::from_file(file).map_err(failed)?),
-            "seekable zstd",
-        ));
+        let archive = CompressedStore::from_file(file).map_err(|error| error.with_path(source))?;
+        return Ok((Arc::new(archive), "seekable zstd"));
     }
-    let store = FileStore::from_file(file, false).map_err(failed)?;
-    Ok((Arc::new(store.drop_behind(drop_behind)), "file"))
+    let mut store = FileStore::from_file(file, false).map_err(|error| error.with_path(source))?;
+    if store.is_empty() {
+        let why = if source.starts_with("/proc") || source.starts_with("/sys") {
+            "files in /proc and /sys report a size of 0 whatever they hold, and the pager \
+             needs the length up front"
+        } else {
+            "there is nothing to page"
+        };
+        return Err(mmapkit::Error::new(
+            mmapkit::ErrorKind::InvalidInput,
+            "page",
+            format!("the file is empty: {why}"),
+        )
+        .with_path(source));
+    }
+    store.drop_behind(drop_behind);
+    Ok((Arc::new(store), "file"))
 }
 
 pub fn run(args: &PageArgs) -> mmapkit::Result<()> {

@@ -160,14 +160,39 @@ impl Error {
 
     /// An error from a `std::io::Error` (opening a file, say).
     pub fn io(operation: &'static str, error: &io::Error) -> Error {
-        let errno = error.raw_os_error().unwrap_or(libc::EIO);
-        Error::os(operation, rustix::io::Errno::from_raw_os_error(errno))
+        if let Some(errno) = error.raw_os_error() {
+            return Error::os(operation, rustix::io::Errno::from_raw_os_error(errno));
+        }
+        // An error std or a library made up: its kind and its text.
+        let kind = match error.kind() {
+            io::ErrorKind::NotFound => ErrorKind::NotFound,
+            io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            io::ErrorKind::InvalidInput => ErrorKind::InvalidInput,
+            io::ErrorKind::InvalidData => ErrorKind::Corrupt,
+            io::ErrorKind::UnexpectedEof => ErrorKind::Truncated,
+            io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            io::ErrorKind::OutOfMemory => ErrorKind::OutOfMemory,
+            io::ErrorKind::StorageFull => ErrorKind::NoSpace,
+            io::ErrorKind::TimedOut => ErrorKind::Timeout,
+            io::ErrorKind::WouldBlock => ErrorKind::WouldBlock,
+            io::ErrorKind::Unsupported => ErrorKind::Unsupported,
+            _ => ErrorKind::Io,
+        };
+        let mut wrapped = Error::new(kind, operation, error.to_string());
+        wrapped.0.os = Some(io::Error::new(error.kind(), error.to_string()));
+        wrapped
     }
 
-    /// An error a pager's store reported: kind [`ErrorKind::Store`], the store's message, and
-    /// the store's error (its kind and text) as the source.
+    /// An error a pager's store reported: kind [`ErrorKind::Store`] — or
+    /// [`ErrorKind::Truncated`] when the store says its bytes end early
+    /// (`io::ErrorKind::UnexpectedEof`: a file store whose file shrank) — the store's message,
+    /// and the store's error (its kind and text) as the source.
     pub fn store(operation: &'static str, error: &io::Error) -> Error {
-        let mut wrapped = Error::new(ErrorKind::Store, operation, error.to_string());
+        let kind = match error.kind() {
+            io::ErrorKind::UnexpectedEof => ErrorKind::Truncated,
+            _ => ErrorKind::Store,
+        };
+        let mut wrapped = Error::new(kind, operation, error.to_string());
         wrapped.0.os = Some(match error.raw_os_error() {
             Some(errno) => io::Error::from_raw_os_error(errno),
             None => io::Error::new(error.kind(), error.to_string()),

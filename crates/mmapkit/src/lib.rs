@@ -41,6 +41,35 @@
 //! an atomic on the same bytes is a mixed-size race Rust's memory model leaves undefined; the
 //! layers here never let their copies and atomics meet on the same bytes.
 //!
+//! # Conventions
+//! One rule for each, everywhere in the crate:
+//! * **Offsets**: a position in memory the library maps — a mapping's view, a segment's
+//!   payload, a pager region, a channel message — is a `usize`, like a slice index; a position
+//!   in a file or a store — [`MapOptions::offset`], [`GrowableMap`] (an append-only log in a
+//!   file), [`pager::Store::read_at`] — is a `u64`, like `std::os::unix::fs::FileExt`.
+//! * **Builders** are option values whose setters take `&mut self` and return `&mut Self`, and
+//!   whose final calls take `&self`, as `std::fs::OpenOptions` does: [`MapOptions`],
+//!   [`SegmentOptions`], [`channel::ChannelOptions`], [`pager::Pager`], and the setters of
+//!   values such as [`pager::FileStore::drop_behind`].
+//! * **Results**: every fallible call returns [`Result`] with the crate's [`Error`], except the
+//!   methods of traits the caller implements or std defines (a [`pager::Store`]'s methods, and
+//!   `io::Read`/`Write`/`Seek`, which speak `std::io::Error`), and the robust lock, whose
+//!   [`LockError`](sync::LockError) carries the guard (see [`sync::Mutex::lock_consistent`]
+//!   for the `?`-friendly path).
+//!
+//! # Features
+//! The defaults are lean: rustix, libc, bitflags, bytemuck and memchr.
+//! * `tokio`: `recv_async` on channel receivers and `wait_async` on pollable events.
+//! * `zstd`: the pager's [`CompressedStore`](pager::CompressedStore) and
+//!   `SeekableWriter` for seekable zstd archives (builds libzstd from C).
+//! * `http`: the pager's `HttpStore`, pages from HTTP range requests.
+//!
+//! The `mmapkit` command enables `zstd` and `http`.
+//!
+//! **bytemuck** is re-exported: channel messages and values in segments are
+//! [`bytemuck::Pod`]; derive it through the re-export with
+//! `#[bytemuck(crate = "mmapkit::bytemuck")]` (see [`channel::Channel`]).
+//!
 //! # Platform
 //! Linux is the platform this is built and tested on. The fault guard is implemented for
 //! x86-64.
@@ -62,6 +91,7 @@ pub mod shm;
 pub mod sync;
 pub mod sys;
 
+pub use bytemuck;
 pub use error::{Error, ErrorKind, Result};
 pub use fault::MappingCursor;
 pub use growable::GrowableMap;

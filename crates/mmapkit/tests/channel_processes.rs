@@ -27,6 +27,7 @@ fn main() {
         let code = match scenario.as_str() {
             "named-sender" => named_sender(),
             "socket-sender" => socket_sender(),
+            "inherited-receiver" => inherited_receiver(),
             other => panic!("unknown scenario {other}"),
         };
         std::process::exit(code);
@@ -59,6 +60,10 @@ fn main() {
         (
             "pollable_channel_over_a_unix_socket",
             pollable_channel_over_a_unix_socket,
+        ),
+        (
+            "a_pollable_channel_passed_across_exec",
+            a_pollable_channel_passed_across_exec,
         ),
     ];
     processes::run(cases);
@@ -358,4 +363,49 @@ fn socket_sender() -> i32 {
     }
     rustix::io::write(&stream, b"done").unwrap();
     0
+}
+
+const INHERITED: &str = "MMAPKIT_TEST_INHERITED_CHANNEL";
+
+fn a_pollable_channel_passed_across_exec() {
+    let channel = ByteChannel::create_memfd(ChannelOptions::new(4096).pollable(true)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.env(SCENARIO, "inherited-receiver");
+    channel.pass_to(&mut command, INHERITED).unwrap();
+    let mut child = command.spawn().unwrap();
+    sender.wait_for_peer(Duration::from_secs(10)).unwrap();
+    sender.send(b"across exec").unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// Takes the channel and its doorbell from the environment, waits on the doorbell with poll,
+/// and receives.
+fn inherited_receiver() -> i32 {
+    let channel = ByteChannel::from_inherited(INHERITED).unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    let Some(doorbell) = receiver
+        .pollable_fd()
+        .map(|fd| fd.try_clone_to_owned().unwrap())
+    else {
+        return 2;
+    };
+    if !receiver.arm().unwrap() {
+        let mut fds = [rustix::event::PollFd::new(
+            &doorbell,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::event::Timespec {
+            tv_sec: 10,
+            tv_nsec: 0,
+        };
+        if rustix::event::poll(&mut fds, Some(&timeout)).unwrap() != 1 {
+            return 3;
+        }
+    }
+    let message = receiver.recv_timeout(Duration::from_secs(10)).unwrap();
+    // A second take finds nothing to take.
+    let again = ByteChannel::from_inherited(INHERITED).unwrap_err();
+    i32::from(message != b"across exec" || again.kind() != ErrorKind::NotFound)
 }

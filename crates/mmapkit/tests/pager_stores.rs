@@ -87,6 +87,8 @@ fn a_damaged_archive_frame_is_a_store_error() {
         error.to_string().contains("not a seekable zstd archive"),
         "{error}"
     );
+    assert_eq!(error.kind(), ErrorKind::Corrupt, "{error}");
+    assert_eq!(error.path(), Some(path.as_path()));
 }
 
 /// An nginx serving `root` on a free loopback port, stopped on drop.
@@ -179,9 +181,12 @@ fn an_http_resource_pages_through_range_requests() {
     assert!(stats.evictions > 0 && stats.pages_prefetched > 0, "{stats}");
 
     let error = HttpStore::open(&nginx.url("missing.bin")).unwrap_err();
-    assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
-    let error = HttpStore::open("https://127.0.0.1/data.bin").unwrap_err();
-    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(error.kind(), ErrorKind::NotFound);
+    for url in ["https://127.0.0.1/data.bin", "ftp://127.0.0.1/data.bin"] {
+        let error = HttpStore::open(url).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Unsupported, "{error}");
+        assert!(error.to_string().contains("only http:// is"), "{error}");
+    }
 }
 
 #[test]
@@ -222,4 +227,56 @@ fn a_server_that_goes_away_gives_errors_not_hangs() {
     assert_eq!(error.kind(), ErrorKind::Store, "{error}");
     assert!(started.elapsed() < Duration::from_secs(5));
     region.read_at(0, &mut buf).unwrap();
+}
+
+#[test]
+fn a_file_store_whose_file_shrinks_reports_truncated_with_file_and_offset() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("data.bin");
+    std::fs::write(&path, pattern(256 * 1024)).unwrap();
+    let store = mmapkit::pager::FileStore::open(&path, false).unwrap();
+    let region = Pager::new(store)
+        .page_size(4096)
+        .readahead(0)
+        .build()
+        .unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(8192)
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let error = region.read_at(100 * 1024, &mut buf).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Truncated, "{error}");
+    let text = error.to_string();
+    assert!(text.contains("data.bin was truncated"), "{text}");
+    assert!(
+        text.contains("102400"),
+        "the store's offset is named: {text}"
+    );
+    assert_eq!(error.offset(), Some(100 * 1024));
+}
+
+#[test]
+fn store_constructors_name_what_is_wrong() {
+    let directory = tempfile::tempdir().unwrap();
+    let fifo = directory.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        0o600.into(),
+        0,
+    )
+    .unwrap();
+    let error = mmapkit::pager::FileStore::open(&fifo, false).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
+    assert!(error.to_string().contains("a FIFO"), "{error}");
+    assert_eq!(error.path(), Some(fifo.as_path()));
+    let missing = directory.path().join("missing");
+    let error = mmapkit::pager::FileStore::open(&missing, false).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NotFound, "{error}");
+    let error = SeekableWriter::new(Vec::new(), 0, 3).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::InvalidInput, "{error}");
 }

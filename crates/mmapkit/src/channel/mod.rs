@@ -82,8 +82,10 @@ pub use bytes::{ByteChannel, ByteReceiver, ByteSender, LoanBytes, ReceivedBytes}
 pub use mpmc::{MpmcChannel, MpmcReceiver, MpmcSender};
 pub use spsc::{Channel, Loan, Received, Receiver, Sender};
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -258,6 +260,38 @@ impl Handle {
         self.segment.send(stream, &extra)
     }
 
+    /// Passes the segment (`$variable`) and the doorbell, if any (`${variable}_DOORBELL`),
+    /// into `command`'s child across exec.
+    fn pass_to(&self, command: &mut Command, variable: &str) -> Result<()> {
+        self.segment.pass_to(command, variable)?;
+        let Some(doorbell) = &self.doorbell else {
+            command.env_remove(doorbell_variable(variable));
+            return Ok(());
+        };
+        let duplicate = crate::sys::fcntl_dupfd_cloexec(doorbell.as_fd(), 3)
+            .map_err(|errno| Error::os("pass channel", errno))?;
+        command.env(
+            doorbell_variable(variable),
+            duplicate.as_raw_fd().to_string(),
+        );
+        // SAFETY: the closure runs in the child between fork and exec and calls only fcntl,
+        // which is async-signal-safe; it owns the duplicate, open until the command is gone.
+        unsafe {
+            command.pre_exec(move || {
+                crate::sys::fcntl_set_cloexec(duplicate.as_fd(), false)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes a channel a parent passed with `pass_to`.
+    fn from_inherited(variable: &str, kind: Kind) -> Result<Handle> {
+        let segment = SegmentOptions::new(kind.type_tag(), 0)?.from_inherited(variable)?;
+        let doorbell = inherited_doorbell(&doorbell_variable(variable))?;
+        Ok(Handle { segment, doorbell })
+    }
+
     fn control(
         &self,
         kind: Kind,
@@ -283,6 +317,48 @@ impl Handle {
         }
         Ok(())
     }
+}
+
+/// The variable naming a passed channel's doorbell.
+fn doorbell_variable(variable: &str) -> String {
+    format!("{variable}_DOORBELL")
+}
+
+/// The doorbell a parent passed under `variable`, if it passed one: taken only once it is
+/// shown to be an inherited eventfd (open, close-on-exec clear, `anon_inode:[eventfd]`), so a
+/// number that names anything else is left alone.
+fn inherited_doorbell(variable: &str) -> Result<Option<OwnedFd>> {
+    use std::os::fd::{FromRawFd, RawFd};
+    let Ok(text) = std::env::var(variable) else {
+        return Ok(None);
+    };
+    let refused = |why: String| {
+        Error::new(
+            ErrorKind::InvalidInput,
+            "inherit channel",
+            format!("${variable}={text:?}: {why}"),
+        )
+    };
+    let raw: RawFd = Some(&text)
+        .filter(|text| !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_digit()))
+        .and_then(|text| text.parse().ok())
+        .filter(|&raw| raw > 2)
+        .ok_or_else(|| refused("not a descriptor number above the standard streams".into()))?;
+    match crate::sys::fcntl_getfd_raw(raw) {
+        Ok(flags) if !flags.contains(rustix::io::FdFlags::CLOEXEC) => {}
+        Ok(_) => return Err(refused("close-on-exec: not inherited, left alone".into())),
+        Err(_) => return Err(refused("not open".into())),
+    }
+    let link = std::fs::read_link(format!("/proc/self/fd/{raw}")).unwrap_or_default();
+    if link.as_os_str() != "anon_inode:[eventfd]" {
+        return Err(refused(format!("it is {}, not an eventfd", link.display())));
+    }
+    // SAFETY: the number was inherited across exec (FD_CLOEXEC clear) and is an eventfd, as
+    // `pass_to` leaves the doorbell; it becomes this handle's, and close-on-exec again.
+    let doorbell = unsafe { OwnedFd::from_raw_fd(raw) };
+    crate::sys::fcntl_set_cloexec(doorbell.as_fd(), true)
+        .map_err(|errno| Error::os("inherit channel", errno))?;
+    Ok(Some(doorbell))
 }
 
 /// The ring's geometry.

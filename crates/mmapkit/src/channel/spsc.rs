@@ -18,6 +18,30 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::shm::Segment;
 
 /// A single-producer, single-consumer channel of `T`. See the [module docs](super).
+///
+/// Messages are plain old data ([`bytemuck::Pod`]: no pointers, no padding), copied as
+/// bytes. The crate re-exports bytemuck, derive included:
+///
+/// ```
+/// # fn main() -> mmapkit::Result<()> {
+/// use mmapkit::bytemuck::{Pod, Zeroable};
+/// use mmapkit::channel::{Channel, ChannelOptions};
+///
+/// #[derive(Clone, Copy, Pod, Zeroable)]
+/// #[bytemuck(crate = "mmapkit::bytemuck")]
+/// #[repr(C)]
+/// struct Tick {
+///     price: u64,
+///     quantity: u32,
+///     venue: u32,
+/// }
+///
+/// let channel = Channel::<Tick>::create_memfd(&ChannelOptions::new(1024))?;
+/// let (mut sender, mut receiver) = (channel.sender()?, channel.receiver()?);
+/// sender.send(&Tick { price: 101, quantity: 5, venue: 2 })?;
+/// assert_eq!(receiver.recv()?.price, 101);
+/// # Ok(()) }
+/// ```
 #[derive(Debug)]
 pub struct Channel<T> {
     handle: Handle,
@@ -55,6 +79,19 @@ impl<T: bytemuck::Pod> Channel<T> {
     /// Sends the channel (its segment and doorbell) to another process over a Unix socket.
     pub fn send_over(&self, stream: &UnixStream) -> Result<()> {
         self.handle.send_over(stream)
+    }
+
+    /// Makes the channel (its segment, and its doorbell if it has one) survive exec into
+    /// `command`'s child, named in the child's environment variable `variable` (and
+    /// `{variable}_DOORBELL`); the child takes it with [`from_inherited`](Self::from_inherited).
+    pub fn pass_to(&self, command: &mut std::process::Command, variable: &str) -> Result<()> {
+        self.handle.pass_to(command, variable)
+    }
+
+    /// Takes the channel a parent passed with [`pass_to`](Self::pass_to) under `variable`.
+    /// Descriptors that are not what the parent passed are refused and left alone.
+    pub fn from_inherited(variable: &str) -> Result<Self> {
+        Self::wrap(Handle::from_inherited(variable, Kind::Spsc)?)
     }
 
     fn wrap(handle: Handle) -> Result<Self> {

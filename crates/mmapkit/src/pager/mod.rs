@@ -85,7 +85,8 @@ use engine::{Engine, Layout};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnStoreError {
     /// The access fails: a guarded accessor ([`PagedRegion::read_at`], …) returns the
-    /// store's error ([`ErrorKind::Store`]) and the page is tried again on its next access;
+    /// store's error ([`ErrorKind::Store`], or [`ErrorKind::Truncated`] when the store's bytes
+    /// end early) and the page is tried again on its next access;
     /// a raw access raises SIGBUS, as the kernel does for an mmap I/O error, and leaves the
     /// page failed until a guarded access reports it or [`PagedRegion::retry_failed`].
     #[default]

@@ -51,6 +51,35 @@ const FIRST_SLICE: Duration = Duration::from_millis(1);
 
 /// A robust process-shared mutex protecting a `T`, placed in a segment. See the
 /// [module docs](crate::sync).
+///
+/// [`lock`](Self::lock) hands back a dead owner's lock with the guard inside the error, for
+/// callers that repair the data. Callers that do not can use [`lock_consistent`], whose error
+/// is a plain [`Error`] and so works with `?` in any function returning `mmapkit::Result` or
+/// `Result<_, Box<dyn std::error::Error>>` (the guard inside `LockError` borrows the mutex, so
+/// `lock()?` cannot turn into a `Box<dyn Error>`):
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use mmapkit::SegmentOptions;
+/// use mmapkit::sync::Mutex;
+/// let segment = SegmentOptions::new("example/counter", 4096)?.create_memfd("counter")?;
+/// let counter = Mutex::init(&segment, 0, 0u64)?;
+/// let mut guard = counter.lock_consistent()?;   // OwnerDied is an error here
+/// guard.update(|value| *value += 1)?;
+/// drop(guard);
+/// // Repairing instead: the guard comes with the error.
+/// match counter.lock() {
+///     Ok(guard) => assert_eq!(guard.get()?, 1),
+///     Err(mmapkit::sync::LockError::OwnerDied(mut guard)) => {
+///         guard.set(&0)?;                       // whatever makes the data whole again
+///         guard.mark_consistent();
+///     }
+///     Err(error) => return Err(mmapkit::Error::from(error).into()),
+/// }
+/// # Ok(()) }
+/// ```
+///
+/// [`lock_consistent`]: Self::lock_consistent
 pub struct Mutex<'s, T> {
     segment: &'s Segment,
     word: &'s AtomicU32,
@@ -183,6 +212,13 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
     /// Locks, waiting as long as it takes (a dead owner is taken over).
     pub fn lock(&self) -> LockResult<'_, T> {
         self.acquire(None)
+    }
+
+    /// Locks, waiting as long as it takes, as [`lock`](Self::lock) — but a previous owner's
+    /// death is an [`OwnerDied`](ErrorKind::OwnerDied) error: the lock is released again,
+    /// still marked inconsistent, for a caller that can repair the data to take with `lock`.
+    pub fn lock_consistent(&self) -> Result<MutexGuard<'_, T>> {
+        self.lock().map_err(Error::from)
     }
 
     /// Locks, waiting at most `timeout` (then `Failed` with kind `Timeout`).

@@ -69,6 +69,19 @@ impl ByteChannel {
         self.handle.send_over(stream)
     }
 
+    /// Makes the channel (its segment, and its doorbell if it has one) survive exec into
+    /// `command`'s child, named in the child's environment variable `variable` (and
+    /// `{variable}_DOORBELL`); the child takes it with [`from_inherited`](Self::from_inherited).
+    pub fn pass_to(&self, command: &mut std::process::Command, variable: &str) -> Result<()> {
+        self.handle.pass_to(command, variable)
+    }
+
+    /// Takes the channel a parent passed with [`pass_to`](Self::pass_to) under `variable`.
+    /// Descriptors that are not what the parent passed are refused and left alone.
+    pub fn from_inherited(variable: &str) -> Result<Self> {
+        Self::wrap(Handle::from_inherited(variable, Kind::Bytes)?)
+    }
+
     fn wrap(handle: Handle) -> Result<Self> {
         handle.control(Kind::Bytes, 1, 1)?;
         Ok(ByteChannel { handle })

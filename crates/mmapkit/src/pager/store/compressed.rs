@@ -172,17 +172,20 @@ pub struct CompressedStore {
 
 impl CompressedStore {
     /// Opens the archive at `path`.
-    pub fn open(path: impl AsRef<Path>) -> io::Result<CompressedStore> {
+    pub fn open(path: impl AsRef<Path>) -> crate::Result<CompressedStore> {
         let path = path.as_ref();
-        let mut store = CompressedStore::from_file(super::open_regular_file(path, false)?)?;
+        let mut store = CompressedStore::from_file(super::open_regular_file(path, false)?)
+            .map_err(|error| error.with_path(path))?;
         store.path = Some(path.to_path_buf());
         Ok(store)
     }
 
-    /// Uses an open archive.
-    pub fn from_file(file: File) -> io::Result<CompressedStore> {
-        let len = file.metadata()?.len();
-        let table = SeekTable::read(len, |offset, buf| file.read_exact_at(buf, offset))?;
+    /// Uses an open archive; `Corrupt` when it is not a valid seekable zstd archive.
+    pub fn from_file(file: File) -> crate::Result<CompressedStore> {
+        let opened = |error: io::Error| crate::Error::io("open archive", &error);
+        let len = file.metadata().map_err(opened)?.len();
+        let table =
+            SeekTable::read(len, |offset, buf| file.read_exact_at(buf, offset)).map_err(opened)?;
         Ok(CompressedStore {
             file,
             path: None,
@@ -292,11 +295,12 @@ pub struct SeekableWriter<W: Write> {
 impl<W: Write> SeekableWriter<W> {
     /// A writer of frames of `frame_size` bytes (1 byte to 1 GiB; 256 KiB to 1 MiB suits a
     /// pager) at zstd `level`.
-    pub fn new(inner: W, frame_size: usize, level: i32) -> io::Result<SeekableWriter<W>> {
+    pub fn new(inner: W, frame_size: usize, level: i32) -> crate::Result<SeekableWriter<W>> {
         if frame_size == 0 || frame_size > MAX_FRAME_BYTES as usize {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a frame holds 1 byte to 1 GiB",
+            return Err(crate::Error::new(
+                crate::ErrorKind::InvalidInput,
+                "seekable writer",
+                format!("a frame holds 1 byte to 1 GiB, not {frame_size}"),
             ));
         }
         Ok(SeekableWriter {
@@ -330,7 +334,12 @@ impl<W: Write> SeekableWriter<W> {
     }
 
     /// Compresses what is left, writes the seek table, and returns the inner writer.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub fn finish(self) -> crate::Result<W> {
+        self.finish_io()
+            .map_err(|error| crate::Error::io("finish archive", &error))
+    }
+
+    fn finish_io(mut self) -> io::Result<W> {
         self.emit_frame()?;
         let frames = u32::try_from(self.entries.len())
             .ok()

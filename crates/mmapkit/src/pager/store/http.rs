@@ -43,18 +43,25 @@ fn request_error(url: &str, error: ureq::Error) -> io::Error {
 
 impl HttpStore {
     /// Opens `url` with the default deadline per request.
-    pub fn open(url: &str) -> io::Result<HttpStore> {
+    pub fn open(url: &str) -> crate::Result<HttpStore> {
         HttpStore::with_timeout(url, DEFAULT_TIMEOUT)
     }
 
-    /// Opens `url`; every request must complete within `timeout`.
-    pub fn with_timeout(url: &str, timeout: Duration) -> io::Result<HttpStore> {
+    /// Opens `url`; every request must complete within `timeout`. `Unsupported` for a scheme
+    /// other than `http://` (no TLS here).
+    pub fn with_timeout(url: &str, timeout: Duration) -> crate::Result<HttpStore> {
         if !url.starts_with("http://") {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{url}: only http:// URLs are supported"),
+            let scheme = url.split_once("://").map_or(url, |(scheme, _)| scheme);
+            return Err(crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                "open store",
+                format!("the {scheme:?} scheme is not supported: only http:// is"),
             ));
         }
+        HttpStore::connect(url, timeout).map_err(|error| crate::Error::io("open store", &error))
+    }
+
+    fn connect(url: &str, timeout: Duration) -> io::Result<HttpStore> {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(timeout))
             .http_status_as_error(false)

@@ -218,24 +218,30 @@ fn checked_range(offset: u64, len: usize, size: usize) -> io::Result<std::ops::R
         })
 }
 
-/// Opens `path` for a store, refusing anything but a regular file. The open itself is
-/// non-blocking, so a FIFO (or a device that waits on open) gets an error instead of hanging
-/// the caller; on a regular file O_NONBLOCK changes nothing.
-pub fn open_regular_file(path: &Path, writable: bool) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(not_a_regular_file());
+/// Opens `path` for a store, refusing anything but a regular file. The open never waits (a
+/// FIFO, or a device that waits in open(2), is refused at once: see `map::open`).
+pub fn open_regular_file(path: &Path, writable: bool) -> crate::Result<File> {
+    let access = if writable {
+        rustix::fs::OFlags::RDWR
+    } else {
+        rustix::fs::OFlags::RDONLY
+    };
+    let (fd, stat) = crate::map::open::open_without_waiting(path, access, 0)
+        .map_err(|errno| crate::Error::os("open store", errno).with_path(path))?;
+    if !crate::map::open::is_regular(&stat) {
+        return Err(
+            not_a_regular_file(crate::map::open::file_type_name(stat.st_mode)).with_path(path),
+        );
     }
-    Ok(file)
+    Ok(File::from(fd))
 }
 
-fn not_a_regular_file() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "a store needs a regular file")
+fn not_a_regular_file(what: &str) -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::InvalidInput,
+        "open store",
+        format!("it is {what}; a store needs a regular file"),
+    )
 }
 
 /// A file as a store: pread(2) and pwrite(2) at the page's offset, fsync on flush.
@@ -253,23 +259,27 @@ pub struct FileStore {
 
 impl FileStore {
     /// Opens `path` for reading, and for writing too when `writable`.
-    pub fn open(path: impl AsRef<Path>, writable: bool) -> io::Result<FileStore> {
+    pub fn open(path: impl AsRef<Path>, writable: bool) -> crate::Result<FileStore> {
         let path = path.as_ref();
-        let mut store = FileStore::from_file(open_regular_file(path, writable)?, writable)?;
+        let mut store = FileStore::from_file(open_regular_file(path, writable)?, writable)
+            .map_err(|error| error.with_path(path))?;
         store.path = Some(path.to_path_buf());
         Ok(store)
     }
 
     /// Uses an open file; `writable` says whether pages are written back (the file must then
     /// be open for writing).
-    pub fn from_file(file: File, writable: bool) -> io::Result<FileStore> {
-        let metadata = file.metadata()?;
-        if !metadata.is_file() {
-            return Err(not_a_regular_file());
+    pub fn from_file(file: File, writable: bool) -> crate::Result<FileStore> {
+        let stat = crate::sys::fstat(file.as_fd())
+            .map_err(|errno| crate::Error::os("open store", errno))?;
+        if !crate::map::open::is_regular(&stat) {
+            return Err(not_a_regular_file(crate::map::open::file_type_name(
+                stat.st_mode,
+            )));
         }
         Ok(FileStore {
             file,
-            len: metadata.len(),
+            len: stat.st_size as u64,
             writable,
             drop_behind: false,
             path: None,
@@ -281,7 +291,7 @@ impl FileStore {
     /// same bytes from being cached twice — measured here, a budgeted scan from a cold cache
     /// under a cgroup memory limit went from 0.79× to 0.95× of kernel mmap. Off by default:
     /// other readers of the file may want its page cache.
-    pub fn drop_behind(mut self, drop: bool) -> FileStore {
+    pub fn drop_behind(&mut self, drop: bool) -> &mut Self {
         self.drop_behind = drop;
         self
     }
@@ -293,7 +303,21 @@ impl Store for FileStore {
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.file.read_exact_at(buf, offset)?;
+        self.file.read_exact_at(buf, offset).map_err(|error| {
+            if error.kind() != io::ErrorKind::UnexpectedEof {
+                return error;
+            }
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{} was truncated: it no longer covers {offset}..{} (it was {} bytes \
+                     when the store was opened)",
+                    self.describe(),
+                    offset + buf.len() as u64,
+                    self.len
+                ),
+            )
+        })?;
         if self.drop_behind {
             // Advice: when the kernel cannot drop the pages, they merely stay cached.
             let _ = crate::sys::fadvise(
@@ -382,9 +406,8 @@ mod tests {
             64,
             "a plain store leaves the cache alone"
         );
-        let dropping = FileStore::open(file.path(), false)
-            .unwrap()
-            .drop_behind(true);
+        let mut dropping = FileStore::open(file.path(), false).unwrap();
+        dropping.drop_behind(true);
         dropping.read_at(0, &mut buf).unwrap();
         assert_eq!(buf, vec![5u8; 256 * 1024]);
         assert_eq!(
