@@ -62,10 +62,11 @@ fn sequential_in(file: &BenchFile, rounds: usize, state: CacheState) -> mmapkit:
     let expected = scan_mmap(file);
     let check = |sum: u64| assert_eq!(sum, expected, "a contender summed the wrong bytes");
     let mut last = None;
-    let default = pager(file, mmapkit::pager::DEFAULT_PAGE_SIZE);
+    let default = pager(file, mmapkit::sys::page_size());
     let large = pager(file, 512 << 10);
+    let medium = pager(file, 64 << 10);
     let mut contenders = [
-        Contender::new("pager, 64 KiB pages (default)", || {
+        Contender::new("pager, 4 KiB pages (default)", || {
             gigabytes
                 / harness::seconds(|| {
                     let (sum, stats) = scan_region(&default);
@@ -75,6 +76,9 @@ fn sequential_in(file: &BenchFile, rounds: usize, state: CacheState) -> mmapkit:
         }),
         Contender::new("kernel mmap (memmap2)", || {
             gigabytes / harness::seconds(|| check(scan_mmap(file)))
+        }),
+        Contender::new("pager, 64 KiB pages", || {
+            gigabytes / harness::seconds(|| check(scan_region(&medium).0))
         }),
         Contender::new("pager, 512 KiB pages", || {
             gigabytes / harness::seconds(|| check(scan_region(&large).0))
@@ -96,7 +100,7 @@ fn sequential_in(file: &BenchFile, rounds: usize, state: CacheState) -> mmapkit:
     );
     harness::print_table(&title, Unit::GigabytesPerSecond, &samples);
     if let Some(stats) = last {
-        print_stats("pager, 64 KiB pages, last round", &stats);
+        print_stats("pager, 4 KiB pages, last round", &stats);
     }
     let bench = match state {
         CacheState::LargeFolios => "pager-seq",
@@ -127,11 +131,7 @@ pub fn random(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
     let mut contenders = Vec::new();
     for (served, page_size, label) in [
         (&faults[0], 4096, "pager, 4 KiB pages (faults/s)"),
-        (
-            &faults[1],
-            mmapkit::pager::DEFAULT_PAGE_SIZE,
-            "pager, 64 KiB pages (faults/s)",
-        ),
+        (&faults[1], 64 << 10, "pager, 64 KiB pages (faults/s)"),
     ] {
         let builder = pager(file, page_size);
         let offsets = &offsets;

@@ -29,9 +29,9 @@ pub struct PageArgs {
     /// pager holds are its own memory, which the kernel cannot drop as it drops page cache).
     #[arg(long, value_parser = parse_nonzero_size)]
     budget: Option<Size>,
-    /// The pager's page size (a multiple of the system page).
-    #[arg(long, value_parser = parse_page_size, default_value = "64K")]
-    page_size: u64,
+    /// The pager's page size (a multiple of the system page; default: the system page).
+    #[arg(long, value_parser = parse_page_size)]
+    page_size: Option<u64>,
     /// Most bytes read ahead of a sequential scan (0 turns read-ahead off).
     #[arg(long, value_parser = parse_size, default_value = "4M")]
     readahead: Size,
@@ -119,7 +119,10 @@ pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
             .map(|half| half as usize),
     };
     pager
-        .page_size(args.page_size as usize)
+        .page_size(
+            args.page_size
+                .map_or_else(mmapkit::sys::page_size, |bytes| bytes as usize),
+        )
         .readahead(args.readahead.of(size) as usize);
     if let Some(budget) = budget {
         pager.budget(budget);

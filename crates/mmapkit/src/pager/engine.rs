@@ -67,7 +67,7 @@ pub(crate) struct Engine {
     pub(super) pages: PageTable,
     pub(super) uffd: OwnedFd,
     pub(super) store: Guarded,
-    readahead: ReadAhead,
+    pub(super) readahead: ReadAhead,
     work: Mutex<VecDeque<Range<usize>>>,
     wakeup: OwnedFd,
     shutdown: AtomicBool,

@@ -191,8 +191,14 @@ impl PageTable {
     }
 
     /// Runs the CLOCK hand until `want` victims are found or every page was passed twice;
-    /// the victims are moved to `Evicting` and appended to `out`.
-    pub(crate) fn select_victims(&self, want: usize, out: &mut Vec<Victim>) {
+    /// the victims are moved to `Evicting` and appended to `out`. Pages inside `spared` are
+    /// passed over.
+    pub(crate) fn select_victims(
+        &self,
+        want: usize,
+        spared: &[std::ops::Range<usize>],
+        out: &mut Vec<Victim>,
+    ) {
         let mut hand = self.hand.lock().unwrap_or_else(|e| e.into_inner());
         let pages = self.states.len();
         let mut found = 0;
@@ -205,7 +211,9 @@ impl PageTable {
             let slot = &self.states[page];
             let bits = slot.load(Ordering::SeqCst);
             let state = State::from_bits(bits);
-            if !matches!(state, State::Clean | State::Dirty) {
+            if !matches!(state, State::Clean | State::Dirty)
+                || spared.iter().any(|range| range.contains(&page))
+            {
                 continue;
             }
             if bits & REFERENCED != 0 {
@@ -265,14 +273,14 @@ mod tests {
             assert!(table.transition(page, State::Filling, State::Clean));
         }
         let mut victims = Vec::new();
-        table.select_victims(2, &mut victims);
+        table.select_victims(2, &[], &mut victims);
         assert_eq!(
             victims.iter().map(|v| v.page).collect::<Vec<_>>(),
             [0, 2],
             "page 1 was referenced and gets a second chance"
         );
         victims.clear();
-        table.select_victims(1, &mut victims);
+        table.select_victims(1, &[], &mut victims);
         assert_eq!(victims[0].page, 1, "its bit was cleared on the first pass");
         assert!(table.state(1) == State::Evicting);
     }

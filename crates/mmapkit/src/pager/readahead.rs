@@ -13,6 +13,8 @@ use std::sync::Mutex;
 
 const STREAMS: usize = 8;
 const FIRST_WINDOW: usize = 2;
+/// A stream that faulted within this many faults (of all streams) counts as current.
+const RECENT_FAULTS: u64 = 64;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Stream {
@@ -79,6 +81,34 @@ impl ReadAhead {
     }
 }
 
+impl ReadAhead {
+    /// The pages each recent stream has asked for ahead of its reader and not reached yet (and
+    /// the page it faulted on last, which it may still be reading), most recent stream first, at most `limit` pages in all: eviction spares them, or a scan
+    /// would read them twice (the pager sees faults, not hits, so nothing else tells them from
+    /// pages already read).
+    pub(crate) fn ahead_of_readers(&self, limit: usize) -> Vec<Range<usize>> {
+        let guard = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        let (streams, clock) = &*guard;
+        let mut recent: Vec<&Stream> = streams
+            .iter()
+            .filter(|stream| stream.used != 0 && clock - stream.used < RECENT_FAULTS)
+            .collect();
+        recent.sort_unstable_by_key(|stream| std::cmp::Reverse(stream.used));
+        let mut left = limit;
+        let mut windows = Vec::new();
+        for stream in recent {
+            // From the page that faulted last: the reader may still be in it.
+            let window = stream.last..stream.covered_end.min(stream.last + left);
+            if window.is_empty() {
+                continue;
+            }
+            left -= window.len();
+            windows.push(window);
+        }
+        windows
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,6 +149,27 @@ mod tests {
         assert_eq!(readahead.on_fault(0), None);
         assert_eq!(readahead.on_fault(1), Some(2..3));
         assert_eq!(readahead.on_fault(3), Some(4..5));
+    }
+
+    #[test]
+    fn the_pages_ahead_of_recent_readers_are_spared_within_a_limit() {
+        let readahead = ReadAhead::new(1000, 64);
+        readahead.on_fault(10);
+        readahead.on_fault(11); // asks for 12..14
+        readahead.on_fault(500);
+        readahead.on_fault(501); // asks for 502..504
+        assert_eq!(readahead.ahead_of_readers(100), vec![501..504, 11..14]);
+        assert_eq!(readahead.ahead_of_readers(4), vec![501..504, 11..12]);
+        for page in 600..700 {
+            readahead.on_fault(page * 3);
+        }
+        let windows = readahead.ahead_of_readers(100);
+        assert!(
+            windows
+                .iter()
+                .all(|window| !window.contains(&12) && !window.contains(&502)),
+            "streams long quiet are not current: {windows:?}"
+        );
     }
 
     #[test]

@@ -22,7 +22,11 @@ impl Engine {
     /// were chosen and how many left memory (fewer when write-backs failed).
     pub(super) fn evict_some(&self, want: usize) -> (usize, usize) {
         let mut victims = Vec::with_capacity(want);
-        self.pages.select_victims(want, &mut victims);
+        // Read ahead and not read yet: spared, up to half the budget.
+        let spared = self
+            .readahead
+            .ahead_of_readers(self.layout.budget_pages / 2);
+        self.pages.select_victims(want, &spared, &mut victims);
         let chosen = victims.len();
         (chosen, self.evict(victims))
     }
