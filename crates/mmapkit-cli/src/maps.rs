@@ -97,7 +97,7 @@ fn kib(bytes: u64) -> u64 {
 }
 
 fn listing(pid: u32, command: &str, entries: &[MapsEntry]) -> String {
-    let mut out = format!("{pid}:   {command}\n");
+    let mut out = format!("{pid}:   {}\n", printable(command));
     for entry in entries {
         out += &format!(
             "{:016x} {:>7}K {} {}\n",
@@ -113,7 +113,7 @@ fn listing(pid: u32, command: &str, entries: &[MapsEntry]) -> String {
 }
 
 fn extended(pid: u32, command: &str, entries: &[SmapsEntry]) -> String {
-    let mut out = format!("{pid}:   {command}\n");
+    let mut out = format!("{pid}:   {}\n", printable(command));
     out += "Address           Kbytes     RSS   Dirty Mode  Mapping\n";
     for entry in entries {
         out += &format!(
@@ -155,7 +155,7 @@ const SMAPS_COLUMNS: [Column; 10] = [
 ];
 
 fn smaps_listing(pid: u32, command: &str, entries: &[SmapsEntry]) -> String {
-    let mut out = format!("{pid}:   {command}\n");
+    let mut out = format!("{pid}:   {}\n", printable(command));
     out += &format!(
         "{:>16} Perm {:>8} Device {:>9} {:>8}",
         "Address", "Offset", "Inode", "Size"

@@ -38,7 +38,15 @@ pub fn failed() -> bool {
     WRITE_FAILED.load(Ordering::Relaxed)
 }
 
-/// Writes `args` to stderr; a failure is ignored (there is nowhere left to report it).
+/// Writes `args` to stderr, with control characters escaped (a file name holding a newline
+/// or an escape sequence must not forge lines or reach the terminal), but for a final
+/// newline; a failure is ignored (there is nowhere left to report it).
 pub fn write_error(args: std::fmt::Arguments<'_>) {
-    let _ = std::io::stderr().write_fmt(args);
+    let text = args.to_string();
+    let (body, end) = match text.strip_suffix('\n') {
+        Some(body) => (body, "\n"),
+        None => (text.as_str(), ""),
+    };
+    let shown = crate::units::printable(body);
+    let _ = std::io::stderr().write_all(format!("{shown}{end}").as_bytes());
 }

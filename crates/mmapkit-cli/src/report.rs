@@ -77,6 +77,8 @@ pub struct Report {
     pub files: Vec<FileRow>,
     pub directories: u64,
     pub skipped: Vec<(PathBuf, &'static str)>,
+    /// Files acted on whose residency may not be read.
+    pub unmeasured: Vec<Failure>,
     pub failed: Vec<Failure>,
     pub elapsed: Duration,
     /// The background process holding the locks, if one does.
@@ -130,6 +132,18 @@ impl Report {
         self.failed.iter().map(|failure| failure.message.as_str())
     }
 
+    /// What was passed over or only half done, one warning each, for stderr (as vmtouch warns
+    /// of each file it skips).
+    pub fn warnings(&self) -> impl Iterator<Item = String> + '_ {
+        let skipped = self.skipped.iter().map(|(path, reason)| {
+            format!("skipped {}: {reason}", path.to_string_lossy())
+        });
+        let unmeasured = self.unmeasured.iter().map(|failure| {
+            format!("acted on, but not measured: {}", failure.message)
+        });
+        skipped.chain(unmeasured)
+    }
+
     /// Whether nothing failed.
     pub fn worked(&self) -> bool {
         self.failed.is_empty()
@@ -177,7 +191,11 @@ impl Report {
         } else {
             "Resident Pages"
         };
-        out += &format!("{:>16}: {}\n", "Files", self.files.len());
+        out += &format!(
+            "{:>16}: {}\n",
+            "Files",
+            self.files.len() + self.unmeasured.len()
+        );
         out += &format!("{:>16}: {}\n", "Directories", self.directories);
         out += &format!(
             "{label:>16}: {}/{}  {}/{}{percent}\n",
@@ -194,6 +212,14 @@ impl Report {
             out += &format!(
                 "{:>16}: {} dirty, {} under writeback, {} evicted ({} recently)\n",
                 "Pages", totals.dirty, totals.writeback, totals.evicted, totals.recently_evicted
+            );
+        }
+        if !self.unmeasured.is_empty() {
+            let action = if args.touch { "touched" } else { "evicted" };
+            out += &format!(
+                "{:>16}: {} ({action}; their residency may not be read, listed on stderr)\n",
+                "Not measured",
+                self.unmeasured.len()
             );
         }
         if !self.skipped.is_empty() {
@@ -267,6 +293,7 @@ impl Report {
                 "evicted_pages": totals.evicted,
                 "recently_evicted_pages": totals.recently_evicted,
                 "skipped": self.skipped.len(),
+                "not_measured": self.unmeasured.len(),
                 "failed": self.failed.len(),
                 "seconds": self.elapsed.as_secs_f64(),
             },
@@ -274,6 +301,11 @@ impl Report {
                 "path": path.to_string_lossy(),
                 "path_escaped": crate::units::escaped(path),
                 "reason": reason,
+            })).collect::<Vec<_>>(),
+            "not_measured": self.unmeasured.iter().map(|failure| serde_json::json!({
+                "path": failure.path.to_string_lossy(),
+                "path_escaped": crate::units::escaped(&failure.path),
+                "error": failure.message,
             })).collect::<Vec<_>>(),
             "failed": self.failed.iter().map(|failure| serde_json::json!({
                 "path": failure.path.to_string_lossy(),
@@ -284,7 +316,7 @@ impl Report {
     }
 }
 
-/// `3 (FIFO 1, symbolic link (not followed) 2)`.
+/// `3 (FIFO: 1, symbolic link (not followed): 2; listed on stderr)`.
 fn skipped_summary(skipped: &[(PathBuf, &'static str)]) -> String {
     let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, reason) in skipped {
@@ -292,9 +324,9 @@ fn skipped_summary(skipped: &[(PathBuf, &'static str)]) -> String {
     }
     let parts: Vec<String> = reasons
         .iter()
-        .map(|(reason, count)| format!("{reason} {count}"))
+        .map(|(reason, count)| format!("{reason}: {count}"))
         .collect();
-    format!("{} ({})", skipped.len(), parts.join(", "))
+    format!("{} ({}; listed on stderr)", skipped.len(), parts.join(", "))
 }
 
 /// `pages` pages of which `runs` are cached, squeezed into at most [`BAR`] cells: `O` all

@@ -52,9 +52,10 @@ pub struct ResidencyArgs {
     #[arg(long, requires = "lock")]
     pub daemon: bool,
     /// Touch or lock only files with up to this many bytes in the range (the others are
-    /// skipped), as vmtouch's -m.
-    #[arg(short = 'm', long, value_parser = parse_bytes, default_value = "500M")]
-    pub max_size: u64,
+    /// skipped, each with a warning), as vmtouch's -m. No limit unless given, as vmtouch
+    /// does; locking never takes more than half the memory available anyway.
+    #[arg(short = 'm', long, value_parser = parse_bytes)]
+    pub max_size: Option<u64>,
     /// Print only the summary, not a row per file.
     #[arg(short = 's', long)]
     pub summary: bool,
@@ -96,7 +97,10 @@ pub fn run(args: &ResidencyArgs) -> bool {
             if !locks.is_empty() {
                 report.holder = Some(std::process::id());
             }
-            let errors: Vec<String> = report.errors().map(str::to_owned).collect();
+            let errors: Vec<String> = report
+                .warnings()
+                .chain(report.errors().map(str::to_owned))
+                .collect();
             (report.worked(), report.render(args), errors, locks)
         });
     }
@@ -106,6 +110,9 @@ pub fn run(args: &ResidencyArgs) -> bool {
         hold::block_termination_signals();
     }
     out!("{}", report.render(args));
+    for warning in report.warnings() {
+        errln!("mmapkit: {warning}");
+    }
     for error in report.errors() {
         errln!("mmapkit: {error}");
     }
@@ -142,14 +149,22 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
                 metadata,
             } => {
                 let acting = args.touch || args.lock;
-                if acting && bytes_in_range(metadata.len(), &args.range) > args.max_size {
+                let too_large = args
+                    .max_size
+                    .is_some_and(|max| bytes_in_range(metadata.len(), &args.range) > max);
+                if acting && too_large {
                     report
                         .skipped
-                        .push((path.to_path_buf(), "more than --max-size to act on"));
+                        .push((path.to_path_buf(), "more bytes to act on than --max-size"));
                     return;
                 }
                 match act_and_measure(args, &file, &measure, limits.as_mut()) {
-                    Ok(residency) => report.files.push(FileRow::new(path, residency, args.json)),
+                    Ok(Outcome::Measured(residency)) => {
+                        report.files.push(FileRow::new(path, residency, args.json));
+                    }
+                    Ok(Outcome::NotMeasured(error)) => {
+                        report.unmeasured.push(Failure::new(path, error));
+                    }
                     Err(error) => report.failed.push(Failure::new(path, error)),
                 }
                 progress.set_message(format!("{} files", report.files.len()));
@@ -186,12 +201,20 @@ fn keep(args: &ResidencyArgs, path: &Path, is_directory: bool) -> bool {
     is_directory || args.include.is_empty() || args.include.iter().any(|p| p.matches(&name))
 }
 
+/// What became of a file that was acted on (or only measured).
+enum Outcome {
+    Measured(FileResidency),
+    /// Touched or evicted, but its residency may not be read (another user's file: the
+    /// kernel refuses cachestat, and mincore would lie): the action stands, and is no failure.
+    NotMeasured(mmapkit::Error),
+}
+
 fn act_and_measure(
     args: &ResidencyArgs,
     file: &std::fs::File,
     measure: &ResidencyOptions,
     limits: Option<&mut LockLimits>,
-) -> mmapkit::Result<FileResidency> {
+) -> mmapkit::Result<Outcome> {
     let range = args.range.clone();
     if args.touch {
         inspect::touch(file, range)?;
@@ -200,9 +223,20 @@ fn act_and_measure(
     } else if let Some(limits) = limits {
         let locked = limits.lock(file, range)?;
         // A file whose figure cannot be given is reported as failed: it holds no lock either.
-        return inspect::residency_of(file, measure).inspect_err(|_| limits.release(locked));
+        return inspect::residency_of(file, measure)
+            .map(Outcome::Measured)
+            .inspect_err(|_| limits.release(locked));
     }
-    inspect::residency_of(file, measure)
+    match inspect::residency_of(file, measure) {
+        Ok(residency) => Ok(Outcome::Measured(residency)),
+        Err(error)
+            if (args.touch || args.evict)
+                && error.kind() == mmapkit::ErrorKind::PermissionDenied =>
+        {
+            Ok(Outcome::NotMeasured(error))
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// The locks held, and the two limits no lock may cross: the memory available (locked pages

@@ -75,7 +75,7 @@ fn touch_evict_and_lock_show_their_effect() {
     let skipped = json(&["residency", "--json", "--lock", "-m", "100K", path]);
     assert_eq!(
         skipped["skipped"][0]["reason"],
-        "more than --max-size to act on"
+        "more bytes to act on than --max-size"
     );
     // The limit is on what is acted on: a range within it is touched in a larger file.
     let ranged = json(&[

@@ -143,6 +143,38 @@ fn lock_and_unlock_show_in_smaps() {
 }
 
 #[test]
+fn a_lock_that_fails_gets_the_hint_of_its_real_cause() {
+    // The file behind the range was truncated: its pages cannot be brought in, which mlock
+    // reports as ENOMEM. With CAP_IPC_LOCK (root), the lock limit cannot be the cause.
+    let file = file_with(&pattern(16 * 4096));
+    let map = MapOptions::new().map_file(file.as_file()).unwrap();
+    file.as_file().set_len(4096).unwrap();
+    let error = map.lock(..).unwrap_err();
+    let text = error.to_string();
+    if rustix::process::geteuid().is_root() {
+        assert!(!text.contains("raise RLIMIT_MEMLOCK"), "{text}");
+        assert!(text.contains("CAP_IPC_LOCK is held"), "{text}");
+    } else {
+        assert!(text.contains("RLIMIT_MEMLOCK allows"), "{text}");
+    }
+    // Through inspect::lock, the truncation is named as such.
+    let file = file_with(&pattern(16 * 4096));
+    let racing = file.path().to_owned();
+    let truncated = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+        fs::OpenOptions::new().write(true).open(racing).unwrap().set_len(0).unwrap();
+    });
+    let results: Vec<_> = (0..200)
+        .map(|_| mmapkit::inspect::lock(file.as_file(), None).map(drop))
+        .collect();
+    truncated.join().unwrap();
+    for error in results.into_iter().filter_map(Result::err) {
+        assert_eq!(error.kind(), ErrorKind::Truncated, "{error}");
+        assert!(!error.to_string().contains("RLIMIT"), "{error}");
+    }
+}
+
+#[test]
 fn remap_keeps_contents_when_growing_and_shrinking() {
     let mut map = MapOptions::new().len(3 * 4096).map_anonymous().unwrap();
     let contents = pattern(3 * 4096);

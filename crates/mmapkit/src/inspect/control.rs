@@ -106,7 +106,20 @@ pub fn lock(file: &File, range: Option<Range<u64>>) -> Result<LockedRange> {
         .len(len)
         .map_file(file)
         .map_err(in_file)?;
-    mapping.lock(..).map_err(in_file)?;
+    mapping.lock(..).map_err(|error| {
+        // A file that shrank while it was being locked: its pages past the new end cannot be
+        // brought in, which mlock reports as ENOMEM, like a lock limit.
+        let shrunk = file.metadata().is_ok_and(|meta| meta.len() < range.end);
+        match shrunk {
+            true => Error::new(
+                crate::ErrorKind::Truncated,
+                "lock",
+                "the file was truncated while it was being locked: it no longer covers the range",
+            )
+            .with_range(range.start, len as u64),
+            false => in_file(error),
+        }
+    })?;
     Ok(LockedRange {
         _mapping: Some(mapping),
         range,

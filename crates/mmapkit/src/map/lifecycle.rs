@@ -311,11 +311,36 @@ impl Mapping {
                 Error::os(operation, errno).with_range(range.start as u64, range.len() as u64);
             match errno {
                 Errno::NOMEM | Errno::AGAIN | Errno::PERM => {
-                    error.with_hint("raise RLIMIT_MEMLOCK (ulimit -l) or run with CAP_IPC_LOCK")
+                    self.why_not_locked(error)
                 }
                 _ => error,
             }
         })
+    }
+
+    /// The cause of a failed mlock, among those that all look like `ENOMEM`: the lock limit,
+    /// or pages that could not be brought in (memory short, or a file shorter than the range:
+    /// `inspect::lock` tells that case apart).
+    fn why_not_locked(&self, error: Error) -> Error {
+        let privileged = rustix::thread::capabilities(None)
+            .is_ok_and(|sets| sets.effective.contains(rustix::thread::CapabilitySet::IPC_LOCK));
+        if privileged {
+            return error.with_hint(
+                "the lock limit is not the cause (CAP_IPC_LOCK is held): the pages could not \
+                 be brought into memory (memory is short, or the file ends before the range)",
+            );
+        }
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
+        match limit {
+            Some(bytes) => error.with_hint(format!(
+                "RLIMIT_MEMLOCK allows {bytes} bytes locked (ulimit -l); raise it or run with \
+                 CAP_IPC_LOCK"
+            )),
+            None => error.with_hint(
+                "the pages could not be brought into memory (memory is short, or the file ends \
+                 before the range)",
+            ),
+        }
     }
 
     /// Unlocks the pages `range` touches (munlock(2)).
