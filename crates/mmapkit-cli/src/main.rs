@@ -78,7 +78,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
-        Command::Page(args) => page::run(&args).map_err(Into::into),
+        Command::Page(args) => match page::run(&args) {
+            Ok(()) => Ok(()),
+            Err(page::Failure::Usage(message)) => {
+                errln!("mmapkit page: {message}");
+                return ExitCode::from(2);
+            }
+            Err(page::Failure::Failed(error)) => Err(error.into()),
+        },
         // Reports on several things print each error as it comes and fail at the end.
         Command::Maps(args) => return exit_code(maps::run(&args)),
         Command::Residency(args) => return exit_code(residency::run(&args)),

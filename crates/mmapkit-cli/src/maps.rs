@@ -41,6 +41,7 @@ pub fn run(args: &MapsArgs) -> bool {
         // Read before the mappings: a process that exits in between then has no mappings
         // (an error), rather than its mappings under the bare name an exiting process shows.
         let command = inspect::command_line(pid).unwrap_or_default();
+        let arguments = inspect::arguments(pid).unwrap_or_default();
         let result = if args.json || args.extended || args.smaps {
             inspect::smaps(pid).map(Report::Smaps)
         } else {
@@ -66,7 +67,9 @@ pub fn run(args: &MapsArgs) -> bool {
             Pid::Current => std::process::id(),
         };
         match (&report, args.json) {
-            (Report::Smaps(entries), true) => json.push(json_process(number, &command, entries)),
+            (Report::Smaps(entries), true) => {
+                json.push(json_process(number, &arguments, &command, entries));
+            }
             (Report::Maps(entries), _) => out!("{}", listing(number, &command, entries)),
             (Report::Smaps(entries), false) if args.smaps => {
                 out!("{}", smaps_listing(number, &command, entries));
@@ -230,7 +233,14 @@ fn json_fields(fields: &SmapsFields) -> serde_json::Value {
     })
 }
 
-fn json_process(pid: u32, command: &str, entries: &[SmapsEntry]) -> serde_json::Value {
+/// One process as JSON: `command` is its arguments (empty for a kernel thread), `display` the
+/// header pmap would print.
+fn json_process(
+    pid: u32,
+    arguments: &[String],
+    display: &str,
+    entries: &[SmapsEntry],
+) -> serde_json::Value {
     let mappings: Vec<serde_json::Value> = entries
         .iter()
         .map(|entry| {
@@ -270,7 +280,8 @@ fn json_process(pid: u32, command: &str, entries: &[SmapsEntry]) -> serde_json::
     }
     serde_json::json!({
         "pid": pid,
-        "command": command,
+        "command": arguments,
+        "display": display,
         "mappings": mappings,
         "totals": total,
     })

@@ -12,7 +12,7 @@ use mmapkit::pager::{
     CompressedStore, FileStore, HttpStore, PagedRegion, Pager, Stats, Store, store,
 };
 
-use crate::units::{Size, human, memory_available, parse_bytes, parse_size};
+use crate::units::{Size, human, memory_available, parse_bytes, parse_size, printable};
 
 /// Bytes per guarded read of a scan.
 const CHUNK: usize = 1 << 20;
@@ -39,9 +39,9 @@ pub struct PageArgs {
     /// holds it already, so a budget is not spent twice.
     #[arg(long)]
     drop_behind: bool,
-    /// Handler threads (default: one per CPU, at most 8).
-    #[arg(long)]
-    handlers: Option<usize>,
+    /// Handler threads, 1 to 64 (default: one per CPU, at most 8).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    handlers: Option<u16>,
     /// Instead of scanning, make this many random 4 KiB reads.
     #[arg(long, value_name = "COUNT")]
     random: Option<usize>,
@@ -66,9 +66,9 @@ fn parse_nonzero_size(text: &str) -> Result<Size, String> {
 fn parse_page_size(text: &str) -> Result<u64, String> {
     let bytes = parse_bytes(text)?;
     let system_page = mmapkit::sys::page_size() as u64;
-    if bytes == 0 || !bytes.is_multiple_of(system_page) {
+    if bytes == 0 || !bytes.is_multiple_of(system_page) || bytes > 1 << 30 {
         return Err(format!(
-            "{text:?}: must be a multiple of the system page ({system_page} bytes)"
+            "{text:?}: must be a multiple of the system page ({system_page} bytes), at most 1G"
         ));
     }
     Ok(bytes)
@@ -107,7 +107,19 @@ fn open_store(
     Ok((Arc::new(store), "file"))
 }
 
-pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
+/// Why `page` stopped: a usage error (exit 2) or an operation that failed (exit 1).
+pub enum Failure {
+    Usage(String),
+    Failed(mmapkit::Error),
+}
+
+impl From<mmapkit::Error> for Failure {
+    fn from(error: mmapkit::Error) -> Failure {
+        Failure::Failed(error)
+    }
+}
+
+pub fn run(args: &PageArgs) -> Result<(), Failure> {
     let (store, kind) = open_store(&args.file, args.drop_behind)?;
     let size = store.len();
     let mut pager = Pager::from_arc(store);
@@ -118,26 +130,40 @@ pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
             .filter(|&half| half < size)
             .map(|half| half as usize),
     };
+    let page_size = args
+        .page_size
+        .map_or_else(mmapkit::sys::page_size, |bytes| bytes as usize);
+    // Known only once the file's size is: a budget must hold two pages, unless it holds the
+    // whole file.
+    if let Some(budget) = budget
+        && budget < 2 * page_size
+        && (budget as u64) < size
+    {
+        return Err(Failure::Usage(format!(
+            "--budget: {} holds fewer than two pages of {}",
+            human(budget as u64),
+            human(page_size as u64)
+        )));
+    }
     pager
-        .page_size(
-            args.page_size
-                .map_or_else(mmapkit::sys::page_size, |bytes| bytes as usize),
-        )
+        .page_size(page_size)
         .readahead(args.readahead.of(size) as usize);
     if let Some(budget) = budget {
         pager.budget(budget);
     }
     if let Some(handlers) = args.handlers {
-        pager.handler_threads(handlers);
+        pager.handler_threads(usize::from(handlers));
     }
-    let region = pager.build().map_err(|error| error.with_path(&args.file))?;
+    let region = pager
+        .build()
+        .map_err(|error| Failure::Failed(error.with_path(&args.file)))?;
     let progress = progress_bar(args, region.len() as u64);
     let started = Instant::now();
     let work = match args.random {
         Some(count) => random_reads(&region, count, &progress),
         None => scan(&region, &progress),
     }
-    .map_err(|error| error.with_path(&args.file))?;
+    .map_err(|error| Failure::Failed(error.with_path(&args.file)))?;
     let elapsed = started.elapsed();
     progress.finish_and_clear();
     let stats = region.stats();
@@ -147,7 +173,7 @@ pub fn run(args: &PageArgs) -> mmapkit::Result<()> {
         size,
         budget: budget.map(|budget| budget as u64),
         page_size: region.page_size(),
-        handlers: args.handlers,
+        handlers: region.handler_threads(),
         work,
         elapsed,
         stats,
@@ -234,7 +260,7 @@ struct Report {
     size: u64,
     budget: Option<u64>,
     page_size: usize,
-    handlers: Option<usize>,
+    handlers: usize,
     work: Work,
     elapsed: Duration,
     stats: Stats,
@@ -249,12 +275,13 @@ impl Report {
             |b| format!("a budget of {}", human(b)),
         );
         let mut out = format!(
-            "paged {} ({}, {}) with {}, {} pages\n",
-            self.path,
+            "paged {} ({}, {}) with {}, {} pages, handler threads: {}\n",
+            printable(&self.path),
             self.kind,
             human(self.size),
             budget,
-            human(self.page_size as u64)
+            human(self.page_size as u64),
+            self.handlers
         );
         out += &match self.work {
             Work::Scan { checksum } => format!(

@@ -135,12 +135,14 @@ impl Report {
     /// What was passed over or only half done, one warning each, for stderr (as vmtouch warns
     /// of each file it skips).
     pub fn warnings(&self) -> impl Iterator<Item = String> + '_ {
-        let skipped = self.skipped.iter().map(|(path, reason)| {
-            format!("skipped {}: {reason}", path.to_string_lossy())
-        });
-        let unmeasured = self.unmeasured.iter().map(|failure| {
-            format!("acted on, but not measured: {}", failure.message)
-        });
+        let skipped = self
+            .skipped
+            .iter()
+            .map(|(path, reason)| format!("skipped {}: {reason}", path.to_string_lossy()));
+        let unmeasured = self
+            .unmeasured
+            .iter()
+            .map(|failure| format!("acted on, but not measured: {}", failure.message));
         skipped.chain(unmeasured)
     }
 

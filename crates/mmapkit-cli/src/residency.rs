@@ -21,7 +21,7 @@ pub struct ResidencyArgs {
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
     /// Only this byte range of each file: START-END, START-, -END or LEN (K, M, G, T units).
-    #[arg(short = 'p', long, value_parser = parse_range)]
+    #[arg(short = 'p', long, value_parser = parse_range, allow_hyphen_values = true)]
     pub range: Option<Range<u64>>,
     /// Follow symbolic links inside directories (the paths given are always followed).
     #[arg(short = 'L', long)]

@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use mmapkit::shm::stale::{self, SegmentInfo};
 
-use crate::units::{human, printable};
+use crate::units::{human, printable, shown_name};
 
 #[derive(Debug, Args)]
 pub struct ShmArgs {
@@ -22,7 +22,7 @@ enum ShmCommand {
     },
     /// Remove named segments (shm_unlink); processes that map them keep their mappings.
     Rm {
-        /// Segment names, as `ls` shows them.
+        /// Segment names, as they are or as `ls` shows them (escapes included).
         #[arg(required = true)]
         names: Vec<std::ffi::OsString>,
     },
@@ -72,7 +72,7 @@ fn list(json: bool) -> bool {
     for segment in &segments {
         outln!(
             "{:<28} {:>10} {:<10} {:>5} {:<16} {:<18} {:<12} {}",
-            printable(&segment.name),
+            shown_name(&segment.file_name),
             human(segment.size),
             user_name(segment.uid),
             format!("{:04o}", segment.mode),
@@ -122,9 +122,16 @@ fn json_row(segment: &SegmentInfo) -> serde_json::Value {
 
 fn remove(names: &[std::ffi::OsString]) -> bool {
     let mut all = true;
+    let exists = |name: &std::ffi::OsStr| std::path::Path::new("/dev/shm").join(name).exists();
     for name in names {
-        match stale::remove(name) {
-            Ok(()) => outln!("removed {}", printable(&name.to_string_lossy())),
+        // A name as `ls` shows it, escapes and all, names the object it was shown for,
+        // unless an object has that very name.
+        let target = match crate::units::unescape_name(name) {
+            Some(unescaped) if !exists(name) && exists(&unescaped) => unescaped,
+            _ => name.clone(),
+        };
+        match stale::remove(&target) {
+            Ok(()) => outln!("removed {}", shown_name(&target)),
             Err(error) => {
                 errln!("mmapkit: {error}");
                 all = false;

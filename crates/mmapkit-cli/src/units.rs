@@ -19,8 +19,23 @@ impl Size {
 
 /// Parses `4096`, `64K`, `64KiB`, `256M`, `1.5G`, `2T` (powers of 1024) or `25%`.
 pub fn parse_size(text: &str) -> Result<Size, String> {
+    parse_amount(text, true)
+}
+
+/// A size, with a percentage allowed or not (the error then lists only byte units).
+fn parse_amount(text: &str, percent_allowed: bool) -> Result<Size, String> {
     let text = text.trim();
+    let units = if percent_allowed {
+        "K, M, G, T or %"
+    } else {
+        "K, M, G or T"
+    };
     if let Some(percent) = text.strip_suffix('%') {
+        if !percent_allowed {
+            return Err(format!(
+                "{text:?}: a size in bytes (with {units}), not a percentage"
+            ));
+        }
         return match percent.trim().parse::<f64>() {
             Ok(value) if value > 0.0 && value <= 100.0 => Ok(Size::Percent(value)),
             _ => Err(format!(
@@ -39,14 +54,13 @@ pub fn parse_size(text: &str) -> Result<Size, String> {
         "G" | "GB" | "GIB" => 30,
         "T" | "TB" | "TIB" => 40,
         _ => {
-            return Err(format!(
-                "{text:?}: unknown unit {suffix:?} (use K, M, G, T or %)"
-            ));
+            return Err(format!("{text:?}: unknown unit {suffix:?} (use {units})"));
         }
     };
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?}: not a size (examples: 4096, 64K, 1.5G, 25%)"))?;
+    let value: f64 = number.parse().map_err(|_| match percent_allowed {
+        true => format!("{text:?}: not a size (examples: 4096, 64K, 1.5G, 25%)"),
+        false => format!("{text:?}: not a size (examples: 4096, 64K, 1.5G)"),
+    })?;
     let bytes = value * (1u64 << shift) as f64;
     if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
         return Err(format!("{text:?}: out of range"));
@@ -96,9 +110,80 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(shown)
 }
 
+/// A file name as a table shows it, so that it can be typed back: printable characters as
+/// they are, a backslash doubled, control characters as `\n`, `\t`, `\r` or `\u{1b}`, and
+/// bytes that are not UTF-8 as `\xe9`. [`unescape_name`] reverses it.
+pub fn shown_name(name: &std::ffi::OsStr) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut shown = String::new();
+    for chunk in name.as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => shown.push_str("\\\\"),
+                c if c.is_control() => shown.extend(c.escape_default()),
+                c => shown.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            shown.push_str(&format!("\\x{byte:02x}"));
+        }
+    }
+    shown
+}
+
+/// The name [`shown_name`] showed as `text`, or None when `text` holds no escape or a
+/// malformed one.
+pub fn unescape_name(text: &std::ffi::OsStr) -> Option<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStringExt;
+    let text = text.to_str()?;
+    if !text.contains('\\') {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut chars = text.chars();
+    let push = |bytes: &mut Vec<u8>, c: char| {
+        let mut buffer = [0u8; 4];
+        bytes.extend_from_slice(c.encode_utf8(&mut buffer).as_bytes());
+    };
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            push(&mut bytes, c);
+            continue;
+        }
+        match chars.next()? {
+            '\\' => bytes.push(b'\\'),
+            'n' => bytes.push(b'\n'),
+            't' => bytes.push(b'\t'),
+            'r' => bytes.push(b'\r'),
+            '0' => bytes.push(0),
+            '\'' => bytes.push(b'\''),
+            '"' => bytes.push(b'"'),
+            'x' => {
+                let digits: String = chars.by_ref().take(2).collect();
+                if digits.len() != 2 {
+                    return None;
+                }
+                bytes.push(u8::from_str_radix(&digits, 16).ok()?);
+            }
+            'u' => {
+                if chars.next()? != '{' {
+                    return None;
+                }
+                let digits: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                push(
+                    &mut bytes,
+                    char::from_u32(u32::from_str_radix(&digits, 16).ok()?)?,
+                );
+            }
+            _ => return None,
+        }
+    }
+    Some(std::ffi::OsString::from_vec(bytes))
+}
+
 /// A size in bytes with an optional unit, where a percentage (of what?) means nothing.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    match parse_size(text)? {
+    match parse_amount(text, false)? {
         Size::Bytes(bytes) => Ok(bytes),
         Size::Percent(_) => Err(format!("{text:?}: a size in bytes, not a percentage")),
     }
@@ -145,6 +230,32 @@ mod tests {
         assert_eq!(human(0), "0 B");
         assert_eq!(human(1536), "1.5 KiB");
         assert_eq!(human(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn shown_names_can_be_typed_back() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let names: [&[u8]; 7] = [
+            b"plain",
+            b"tab\there",
+            b"new\nline",
+            b"esc\x1b[31m",
+            b"back\\slash",
+            b"caf\xe9",
+            "caf\u{e9}".as_bytes(),
+        ];
+        for name in names {
+            let name = OsStr::from_bytes(name);
+            let shown = shown_name(name);
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
+            match unescape_name(OsStr::new(&shown)) {
+                Some(back) => assert_eq!(back, name, "{shown:?}"),
+                None => assert_eq!(OsStr::new(&shown), name, "no escape: shown as it is"),
+            }
+        }
+        assert_eq!(unescape_name(OsStr::new("bad\\q")), None);
+        assert_eq!(unescape_name(OsStr::new("bad\\x4")), None);
     }
 
     #[test]

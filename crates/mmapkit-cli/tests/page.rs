@@ -89,9 +89,45 @@ fn bad_input_fails_with_a_message_and_the_right_exit_code() {
     let path = dir.path().join("data.bin");
     std::fs::write(&path, data(1 << 20)).unwrap();
     let path = path.to_str().unwrap();
+    // Every value that is wrong in itself is a usage error, even one known to be wrong only
+    // once the file is open.
+    for bad in [
+        &["--budget", "1K"][..],
+        &["--budget", "1"],
+        &["--page-size", "2G"],
+        &["--handlers", "0"],
+        &["--handlers", "1000"],
+    ] {
+        let output = mmapkit(&[&["page", path][..], bad].concat());
+        assert_eq!(output.status.code(), Some(2), "{bad:?}: {output:?}");
+    }
     let tiny = mmapkit(&["page", path, "--budget", "1K"]);
-    assert_eq!(tiny.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&tiny.stderr).contains("fewer than two"));
+    // The handlers reported are the handlers that ran.
+    let one = mmapkit(&["page", path, "--handlers", "1", "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    assert_eq!(report["handlers"], 1, "{report}");
+
+    // What cannot be paged says why.
+    for (source, reason) in [
+        (
+            "https://127.0.0.1/data.bin",
+            "scheme is not supported: only http://",
+        ),
+        (
+            "ftp://127.0.0.1/data.bin",
+            "scheme is not supported: only http://",
+        ),
+        (
+            "/proc/self/status",
+            "files in /proc and /sys report a size of 0",
+        ),
+    ] {
+        let output = mmapkit(&["page", source]);
+        assert_eq!(output.status.code(), Some(1), "{source}");
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert!(message.contains(reason), "{source}: {message}");
+    }
 
     let odd_page = mmapkit(&["page", path, "--page-size", "6K"]);
     assert_eq!(odd_page.status.code(), Some(2));

@@ -162,7 +162,12 @@ fn a_lock_that_fails_gets_the_hint_of_its_real_cause() {
     let racing = file.path().to_owned();
     let truncated = std::thread::spawn(move || {
         std::thread::sleep(std::time::Duration::from_micros(200));
-        fs::OpenOptions::new().write(true).open(racing).unwrap().set_len(0).unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(racing)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
     });
     let results: Vec<_> = (0..200)
         .map(|_| mmapkit::inspect::lock(file.as_file(), None).map(drop))

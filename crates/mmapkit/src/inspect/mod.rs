@@ -121,15 +121,21 @@ pub fn smaps(pid: Pid) -> Result<Vec<SmapsEntry>> {
     Ok(entries)
 }
 
-/// The command line of a process (arguments joined by spaces), or its name in brackets for a
-/// kernel thread, as pmap prints it.
-pub fn command_line(pid: Pid) -> Result<String> {
+/// The arguments a process was started with (/proc/PID/cmdline; empty for a kernel thread
+/// or a process that has exited), each as it was but for invalid UTF-8, which is replaced.
+pub fn arguments(pid: Pid) -> Result<Vec<String>> {
     let raw = read_proc(pid, "cmdline", "cmdline")?;
-    let words: Vec<String> = raw
+    Ok(raw
         .split(|&b| b == 0)
         .filter(|word| !word.is_empty())
         .map(|word| String::from_utf8_lossy(word).into_owned())
-        .collect();
+        .collect())
+}
+
+/// The command line of a process (arguments joined by spaces), or its name in brackets for a
+/// kernel thread, as pmap prints it.
+pub fn command_line(pid: Pid) -> Result<String> {
+    let words = arguments(pid)?;
     if !words.is_empty() {
         return Ok(words.join(" "));
     }

@@ -310,9 +310,7 @@ impl Mapping {
             let error =
                 Error::os(operation, errno).with_range(range.start as u64, range.len() as u64);
             match errno {
-                Errno::NOMEM | Errno::AGAIN | Errno::PERM => {
-                    self.why_not_locked(error)
-                }
+                Errno::NOMEM | Errno::AGAIN | Errno::PERM => self.why_not_locked(error),
                 _ => error,
             }
         })
@@ -322,8 +320,10 @@ impl Mapping {
     /// or pages that could not be brought in (memory short, or a file shorter than the range:
     /// `inspect::lock` tells that case apart).
     fn why_not_locked(&self, error: Error) -> Error {
-        let privileged = rustix::thread::capabilities(None)
-            .is_ok_and(|sets| sets.effective.contains(rustix::thread::CapabilitySet::IPC_LOCK));
+        let privileged = rustix::thread::capabilities(None).is_ok_and(|sets| {
+            sets.effective
+                .contains(rustix::thread::CapabilitySet::IPC_LOCK)
+        });
         if privileged {
             return error.with_hint(
                 "the lock limit is not the cause (CAP_IPC_LOCK is held): the pages could not \

@@ -144,6 +144,9 @@ impl std::fmt::Debug for Pager {
 pub const DEFAULT_READAHEAD: usize = 4 << 20;
 /// Most handler threads by default (each holds a 512 KiB scratch buffer).
 pub const DEFAULT_MAX_HANDLERS: usize = 8;
+/// Most handler threads a region may have: beyond one per CPU more only contend (measured: a
+/// thousand made a scan ten times slower), and each holds a scratch buffer.
+pub const MAX_HANDLERS: usize = 64;
 /// Most bytes one store read asks for when filling ahead of demand.
 const RUN_BYTES: usize = 512 << 10;
 
@@ -200,7 +203,8 @@ impl Pager {
     }
 
     /// How many handler threads serve faults (default: one per CPU the process may use, at
-    /// most [`DEFAULT_MAX_HANDLERS`]).
+    /// most [`DEFAULT_MAX_HANDLERS`]): 1 to [`MAX_HANDLERS`], else `build` fails with
+    /// `InvalidInput`.
     pub fn handler_threads(&mut self, count: usize) -> &mut Self {
         self.handlers = Some(count);
         self
@@ -255,8 +259,7 @@ impl Pager {
         let cpus = handler::allowed_cpus();
         let count = self
             .handlers
-            .unwrap_or(cpus.len().min(DEFAULT_MAX_HANDLERS))
-            .max(1);
+            .unwrap_or(cpus.len().clamp(1, DEFAULT_MAX_HANDLERS));
         let mut region = PagedRegion::new(Arc::clone(&engine), access);
         for index in 0..count {
             let cpu = if self.pin_handlers && !cpus.is_empty() {
@@ -278,6 +281,15 @@ impl Pager {
             return invalid(format!(
                 "page size {page_size} must be a multiple of the system page ({system_page}) \
                  up to 1 GiB"
+            ));
+        }
+        if self
+            .handlers
+            .is_some_and(|count| !(1..=MAX_HANDLERS).contains(&count))
+        {
+            return invalid(format!(
+                "{} handler threads: a region has 1 to {MAX_HANDLERS}",
+                self.handlers.unwrap_or(0)
             ));
         }
         let len = self.store.len();

@@ -71,6 +71,11 @@ impl PagedRegion {
         self.len() == 0
     }
 
+    /// How many handler threads serve the region's faults.
+    pub fn handler_threads(&self) -> usize {
+        self.handlers.len()
+    }
+
     /// The pager's page size.
     pub fn page_size(&self) -> usize {
         self.engine.page_size()
