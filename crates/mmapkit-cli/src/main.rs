@@ -33,6 +33,7 @@ mod hold;
 mod maps;
 mod out;
 mod page;
+mod pmap;
 mod report;
 mod residency;
 mod shm;
@@ -56,7 +57,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Read a file through the user-space pager with a memory budget and report what it did.
     Page(page::PageArgs),
-    /// List a process's mappings, like pmap (`-x`: resident and dirty, `-X`: smaps).
+    /// List a process's mappings with pmap's options (-x, -d, -X, -XX, -q, -p, -A) or as JSON.
     Maps(maps::MapsArgs),
     /// Report how much of files and trees is in the page cache; touch, evict or lock them.
     Residency(residency::ResidencyArgs),

@@ -1,26 +1,88 @@
-//! `mmapkit maps PID...`: a process's mappings, as pmap shows them — the default listing,
-//! `-x` with resident and dirty sizes, `-X` with the smaps figures — plus `--json`.
+//! `mmapkit maps PID...`: a process's mappings with pmap's options and layouts (see
+//! [`crate::pmap`]) — the default listing, `-x`, `-d`, `-X`, `-XX`, `-q`, `-p`, `-A` — plus
+//! `--json` with every figure.
 
-use clap::Args;
+use clap::{ArgAction, Args};
 use mmapkit::inspect::{self, MapsEntry, Pid, SmapsEntry, SmapsFields};
 
-use crate::units::printable;
+use crate::pmap::{self, Style};
 
 #[derive(Debug, Args)]
 pub struct MapsArgs {
-    /// Process ids (`self` for this command itself).
+    /// Process ids (`self` for this command itself). A thread id shows its process.
     #[arg(required = true, value_parser = parse_pid)]
     pids: Vec<Pid>,
     /// Extended: resident (RSS) and dirty sizes per mapping.
-    #[arg(short = 'x', long, conflicts_with = "smaps")]
+    #[arg(short = 'x', long, conflicts_with_all = ["smaps", "device"])]
     extended: bool,
-    /// The smaps figures per mapping: Pss, shared/private clean/dirty, swap, huge pages,
-    /// locked, VmFlags.
-    #[arg(short = 'X', long = "smaps")]
-    smaps: bool,
+    /// The smaps figures pmap -X shows; twice (-XX) every line the kernel provides.
+    #[arg(short = 'X', long = "smaps", action = ArgAction::Count, conflicts_with = "device")]
+    smaps: u8,
+    /// Offsets and devices, with the mapped, writeable/private and shared totals.
+    #[arg(short = 'd', long)]
+    device: bool,
+    /// No column headings and no totals.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// The whole path of each mapped file, not only its name.
+    #[arg(short = 'p', long = "show-path")]
+    show_path: bool,
+    /// Only the mappings that meet the addresses LOW[,HIGH] (hexadecimal, `0x` optional; one
+    /// address alone: the mapping that holds it; an empty side is open).
+    #[arg(short = 'A', long, value_name = "LOW[,HIGH]", value_parser = parse_range)]
+    range: Option<AddressRange>,
     /// One JSON array, an object per process, with every figure.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["extended", "smaps", "device", "quiet"])]
     json: bool,
+}
+
+/// The addresses of `-A`, both included: a mapping is shown if it holds any of them.
+#[derive(Debug, Clone, Copy)]
+pub struct AddressRange {
+    low: u64,
+    high: u64,
+}
+
+impl AddressRange {
+    fn meets(&self, entry: &MapsEntry) -> bool {
+        entry.start <= self.high && entry.end > self.low
+    }
+}
+
+fn parse_range(text: &str) -> Result<AddressRange, String> {
+    let address = |side: &str, open: u64| -> Result<u64, String> {
+        let digits = side.trim();
+        if digits.is_empty() {
+            return Ok(open);
+        }
+        let digits = digits
+            .strip_prefix("0x")
+            .or_else(|| digits.strip_prefix("0X"))
+            .unwrap_or(digits);
+        u64::from_str_radix(digits, 16)
+            .map_err(|_| format!("{side:?} is not a hexadecimal address"))
+    };
+    let range = match text.split_once(',') {
+        Some((low, high)) => AddressRange {
+            low: address(low, 0)?,
+            high: address(high, u64::MAX)?,
+        },
+        None if text.trim().is_empty() => return Err("an address is needed".into()),
+        None => {
+            let only = address(text, 0)?;
+            AddressRange {
+                low: only,
+                high: only,
+            }
+        }
+    };
+    if range.low > range.high {
+        return Err(format!(
+            "the low address {:#x} is above the high one {:#x}",
+            range.low, range.high
+        ));
+    }
+    Ok(range)
 }
 
 fn parse_pid(text: &str) -> Result<Pid, String> {
@@ -33,6 +95,29 @@ fn parse_pid(text: &str) -> Result<Pid, String> {
     }
 }
 
+/// What one process's listing needs: the smaps figures, or the maps lines alone.
+enum Report {
+    Maps(Vec<MapsEntry>),
+    Smaps(Vec<SmapsEntry>),
+}
+
+impl MapsArgs {
+    fn needs_smaps(&self) -> bool {
+        self.json || self.extended || self.smaps > 0
+    }
+
+    fn style(&self) -> Style {
+        Style {
+            quiet: self.quiet,
+            full_paths: self.show_path,
+        }
+    }
+
+    fn shown(&self, entry: &MapsEntry) -> bool {
+        self.range.is_none_or(|range| range.meets(entry))
+    }
+}
+
 /// Prints every process; returns false if any could not be read (each error is on stderr).
 pub fn run(args: &MapsArgs) -> bool {
     let mut all_read = true;
@@ -42,7 +127,11 @@ pub fn run(args: &MapsArgs) -> bool {
         // (an error), rather than its mappings under the bare name an exiting process shows.
         let command = inspect::command_line(pid).unwrap_or_default();
         let arguments = inspect::arguments(pid).unwrap_or_default();
-        let result = if args.json || args.extended || args.smaps {
+        let number = match pid {
+            Pid::Id(id) => inspect::process_of(pid).unwrap_or(id),
+            Pid::Current => std::process::id(),
+        };
+        let result = if args.needs_smaps() {
             inspect::smaps(pid).map(Report::Smaps)
         } else {
             inspect::maps(pid).map(Report::Maps)
@@ -53,166 +142,42 @@ pub fn run(args: &MapsArgs) -> bool {
                 errln!("mmapkit: {error}");
                 all_read = false;
                 if args.json {
-                    let pid = match pid {
-                        Pid::Id(pid) => pid,
-                        Pid::Current => std::process::id(),
-                    };
-                    json.push(serde_json::json!({"pid": pid, "error": error.to_string()}));
+                    json.push(serde_json::json!({"pid": number, "error": error.to_string()}));
                 }
                 continue;
             }
         };
-        let number = match pid {
-            Pid::Id(pid) => pid,
-            Pid::Current => std::process::id(),
-        };
-        match (&report, args.json) {
-            (Report::Smaps(entries), true) => {
-                json.push(json_process(number, &arguments, &command, entries));
+        let style = args.style();
+        match report {
+            Report::Smaps(entries) => {
+                let entries: Vec<&SmapsEntry> = entries
+                    .iter()
+                    .filter(|entry| args.shown(&entry.map))
+                    .collect();
+                if args.json {
+                    json.push(json_process(number, &arguments, &command, &entries));
+                } else if args.smaps > 0 {
+                    let all = args.smaps > 1;
+                    out!("{}", pmap::smaps(number, &command, &entries, all, style));
+                } else {
+                    out!("{}", pmap::extended(number, &command, &entries, style));
+                }
             }
-            (Report::Maps(entries), _) => out!("{}", listing(number, &command, entries)),
-            (Report::Smaps(entries), false) if args.smaps => {
-                out!("{}", smaps_listing(number, &command, entries));
+            Report::Maps(entries) => {
+                let entries: Vec<&MapsEntry> =
+                    entries.iter().filter(|entry| args.shown(entry)).collect();
+                if args.device {
+                    out!("{}", pmap::device(number, &command, &entries, style));
+                } else {
+                    out!("{}", pmap::listing(number, &command, &entries, style));
+                }
             }
-            (Report::Smaps(entries), false) => out!("{}", extended(number, &command, entries)),
         }
     }
     if args.json {
         outln!("{}", serde_json::Value::Array(json));
     }
     all_read
-}
-
-enum Report {
-    Maps(Vec<MapsEntry>),
-    Smaps(Vec<SmapsEntry>),
-}
-
-/// pmap's mode column: r, w, x, `s` for shared (`-` for private), and a trailing dash.
-fn mode(entry: &MapsEntry) -> String {
-    let permissions = entry.permissions.to_string();
-    let shared = if entry.permissions.shared { 's' } else { '-' };
-    format!("{}{shared}-", &permissions[..3])
-}
-
-fn kib(bytes: u64) -> u64 {
-    bytes / 1024
-}
-
-fn listing(pid: u32, command: &str, entries: &[MapsEntry]) -> String {
-    let mut out = format!("{pid}:   {}\n", printable(command));
-    for entry in entries {
-        out += &format!(
-            "{:016x} {:>7}K {} {}\n",
-            entry.start,
-            kib(entry.size()),
-            mode(entry),
-            printable(&entry.kind.label())
-        );
-    }
-    let total: u64 = entries.iter().map(MapsEntry::size).sum();
-    out += &format!(" total {:>16}K\n", kib(total));
-    out
-}
-
-fn extended(pid: u32, command: &str, entries: &[SmapsEntry]) -> String {
-    let mut out = format!("{pid}:   {}\n", printable(command));
-    out += "Address           Kbytes     RSS   Dirty Mode  Mapping\n";
-    for entry in entries {
-        out += &format!(
-            "{:016x} {:>7} {:>7} {:>7} {} {}\n",
-            entry.map.start,
-            kib(entry.map.size()),
-            kib(entry.fields.rss),
-            kib(entry.fields.dirty()),
-            mode(&entry.map),
-            printable(&entry.map.kind.label())
-        );
-    }
-    let totals = Totals::of(entries);
-    out += "---------------- ------- ------- -------\n";
-    out += &format!(
-        "total kB         {:>7} {:>7} {:>7}\n",
-        kib(totals.size),
-        kib(totals.fields.rss),
-        kib(totals.fields.dirty())
-    );
-    out
-}
-
-/// A column of `-X`: its heading and how to read it from the figures.
-type Column = (&'static str, fn(&SmapsFields) -> u64);
-
-/// The smaps columns of `-X`.
-const SMAPS_COLUMNS: [Column; 10] = [
-    ("Rss", |f| f.rss),
-    ("Pss", |f| f.pss),
-    ("Shared_Clean", |f| f.shared_clean),
-    ("Shared_Dirty", |f| f.shared_dirty),
-    ("Private_Clean", |f| f.private_clean),
-    ("Private_Dirty", |f| f.private_dirty),
-    ("Swap", |f| f.swap),
-    ("AnonHugePages", |f| f.anon_huge_pages),
-    ("Locked", |f| f.locked),
-    ("Referenced", |f| f.referenced),
-];
-
-fn smaps_listing(pid: u32, command: &str, entries: &[SmapsEntry]) -> String {
-    let mut out = format!("{pid}:   {}\n", printable(command));
-    out += &format!(
-        "{:>16} Perm {:>8} Device {:>9} {:>8}",
-        "Address", "Offset", "Inode", "Size"
-    );
-    for (name, _) in SMAPS_COLUMNS {
-        out += &format!(" {name:>w$}", w = name.len().max(6));
-    }
-    out += " VmFlags Mapping\n";
-    for entry in entries {
-        let map = &entry.map;
-        out += &format!(
-            "{:>16x} {} {:08x} {:>3x}:{:02x} {:>9} {:>8}",
-            map.start,
-            map.permissions,
-            map.offset,
-            map.device_major,
-            map.device_minor,
-            map.inode,
-            kib(map.size())
-        );
-        for (name, read) in SMAPS_COLUMNS {
-            out += &format!(" {:>w$}", kib(read(&entry.fields)), w = name.len().max(6));
-        }
-        out += &format!(
-            " {} {}\n",
-            entry.fields.vm_flags,
-            printable(&map.kind.description())
-        );
-    }
-    let totals = Totals::of(entries);
-    out += &format!("{:>54} {:>8}", "total kB", kib(totals.size));
-    for (name, read) in SMAPS_COLUMNS {
-        out += &format!(" {:>w$}", kib(read(&totals.fields)), w = name.len().max(6));
-    }
-    out += "\n";
-    out
-}
-
-/// Sums over a process's mappings.
-struct Totals {
-    size: u64,
-    fields: SmapsFields,
-}
-
-impl Totals {
-    fn of(entries: &[SmapsEntry]) -> Totals {
-        let mut fields = SmapsFields::default();
-        let mut size = 0;
-        for entry in entries {
-            size += entry.map.size();
-            fields += &entry.fields;
-        }
-        Totals { size, fields }
-    }
 }
 
 fn json_fields(fields: &SmapsFields) -> serde_json::Value {
@@ -239,7 +204,7 @@ fn json_process(
     pid: u32,
     arguments: &[String],
     display: &str,
-    entries: &[SmapsEntry],
+    entries: &[&SmapsEntry],
 ) -> serde_json::Value {
     let mappings: Vec<serde_json::Value> = entries
         .iter()
@@ -272,10 +237,10 @@ fn json_process(
             object
         })
         .collect();
-    let totals = Totals::of(entries);
-    let mut total = json_fields(&totals.fields);
+    let (size, fields) = pmap::totals(entries);
+    let mut total = json_fields(&fields);
     if let Some(object) = total.as_object_mut() {
-        object.insert("size".into(), totals.size.into());
+        object.insert("size".into(), size.into());
         object.insert("mappings".into(), entries.len().into());
     }
     serde_json::json!({

@@ -8,17 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{as_nobody, json, mmapkit, partly_cached};
-
-fn tool(name: &str, args: &[&str]) -> String {
-    let output = Command::new(name).args(args).output().unwrap_or_else(|_| {
-        panic!(
-            "{name} is needed for the agreement tests (apt-get install vmtouch procps util-linux)"
-        )
-    });
-    assert!(output.status.success(), "{name} {args:?}: {output:?}");
-    String::from_utf8(output.stdout).unwrap()
-}
+use common::{as_nobody, json, mmapkit, partly_cached, tool};
 
 #[test]
 fn residency_agrees_with_vmtouch_and_fincore() {
@@ -160,7 +150,7 @@ fn maps_totals_agree_with_pmap() {
         text.contains("[ stack ]") && text.contains("total kB"),
         "{text}"
     );
-    let text = String::from_utf8(mmapkit(&["maps", "-X", "self"]).stdout).unwrap();
+    let text = String::from_utf8(mmapkit(&["maps", "-XX", "self"]).stdout).unwrap();
     assert!(
         text.contains("Private_Dirty") && text.contains(" rd "),
         "{text}"

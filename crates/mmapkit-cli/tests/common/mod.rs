@@ -23,6 +23,15 @@ pub fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// Runs a reference tool (vmtouch, fincore, pmap), which must succeed, and returns its stdout.
+pub fn tool(name: &str, args: &[&str]) -> String {
+    let output = Command::new(name).args(args).output().unwrap_or_else(|_| {
+        panic!("{name} is needed for the agreement tests (scripts/test installs it)")
+    });
+    assert!(output.status.success(), "{name} {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
 /// A file of `pages` 4 KiB pages of which exactly those in `resident` are in the page cache.
 pub fn partly_cached(path: &Path, pages: u64, resident: impl Iterator<Item = u64>) {
     let file = std::fs::OpenOptions::new()

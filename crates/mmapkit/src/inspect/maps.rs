@@ -163,6 +163,36 @@ pub struct SmapsFields {
 }
 
 impl SmapsFields {
+    /// The figure the kernel names `name` (`Rss`, `Pss_Dirty`, `THPeligible`…): bytes for the
+    /// `kB` lines, the number itself for the others; `None` if this mapping has no such line.
+    /// `Size` is the mapping's own ([`MapsEntry::size`]), `VmFlags` is text ([`vm_flags`]).
+    ///
+    /// [`vm_flags`]: SmapsFields::vm_flags
+    pub fn get(&self, name: &str) -> Option<u64> {
+        Some(match name {
+            "Rss" => self.rss,
+            "Pss" => self.pss,
+            "Shared_Clean" => self.shared_clean,
+            "Shared_Dirty" => self.shared_dirty,
+            "Private_Clean" => self.private_clean,
+            "Private_Dirty" => self.private_dirty,
+            "Referenced" => self.referenced,
+            "Anonymous" => self.anonymous,
+            "AnonHugePages" => self.anon_huge_pages,
+            "Swap" => self.swap,
+            "SwapPss" => self.swap_pss,
+            "Locked" => self.locked,
+            "KernelPageSize" => self.kernel_page_size,
+            _ => {
+                return self
+                    .other
+                    .iter()
+                    .find(|(field, _)| &**field == name)
+                    .map(|(_, value)| *value);
+            }
+        })
+    }
+
     /// Dirty bytes, shared and private (pmap's "Dirty").
     pub fn dirty(&self) -> u64 {
         self.shared_dirty.saturating_add(self.private_dirty)

@@ -121,6 +121,24 @@ pub fn smaps(pid: Pid) -> Result<Vec<SmapsEntry>> {
     Ok(entries)
 }
 
+/// The process a thread id belongs to (its thread group: /proc/TID/status `Tgid`); a
+/// process id is its own. /proc answers for thread ids it does not list.
+pub fn process_of(pid: Pid) -> Result<u32> {
+    let status = read_proc(pid, "status", "status")?;
+    String::from_utf8_lossy(&status)
+        .lines()
+        .find_map(|line| line.strip_prefix("Tgid:"))
+        .and_then(|value| value.trim().parse().ok())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::Corrupt,
+                "status",
+                "no Tgid line in /proc/PID/status",
+            )
+            .with_path(pid.dir().join("status"))
+        })
+}
+
 /// The arguments a process was started with (/proc/PID/cmdline; empty for a kernel thread
 /// or a process that has exited), each as it was but for invalid UTF-8, which is replaced.
 pub fn arguments(pid: Pid) -> Result<Vec<String>> {
