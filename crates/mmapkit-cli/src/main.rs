@@ -29,12 +29,10 @@ macro_rules! errln {
 }
 
 mod demo;
-mod hold;
 mod maps;
 mod out;
 mod page;
 mod pmap;
-mod report;
 mod residency;
 mod shm;
 mod units;
@@ -59,8 +57,11 @@ enum Command {
     Page(page::PageArgs),
     /// List a process's mappings with pmap's options (-x, -d, -X, -XX, -q, -p, -A) or as JSON.
     Maps(maps::MapsArgs),
-    /// Report how much of files and trees is in the page cache; touch, evict or lock them.
+    /// Report how much of files and trees is in the page cache; touch, evict or lock them
+    /// (vmtouch's options, fincore's table).
     Residency(residency::ResidencyArgs),
+    /// fincore's options and output exactly, for scripts written for fincore.
+    Fincore(residency::FincoreArgs),
     /// List named shared-memory segments, remove them, or clean up the stale ones.
     Shm(shm::ShmArgs),
 }
@@ -90,6 +91,7 @@ fn main() -> ExitCode {
         // Reports on several things print each error as it comes and fail at the end.
         Command::Maps(args) => return exit_code(maps::run(&args)),
         Command::Residency(args) => return exit_code(residency::run(&args)),
+        Command::Fincore(args) => return exit_code(residency::run(&args.to_residency())),
         Command::Shm(args) => return exit_code(shm::run(&args)),
     };
     if let Err(error) = &result {

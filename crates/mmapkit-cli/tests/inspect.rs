@@ -371,7 +371,7 @@ fn a_file_is_counted_once_however_it_is_reached() {
     let (tree, big) = (tree.to_str().unwrap(), tree.join("big"));
     let big = big.to_str().unwrap();
     for args in [
-        &["residency", "--json", "-L", tree][..],
+        &["residency", "--json", "-f", tree][..],
         &["residency", "--json", big, big, tree],
     ] {
         let report = json(args);
@@ -399,7 +399,7 @@ fn control_characters_in_names_do_not_break_rows() {
     let text = String::from_utf8(mmapkit(&["residency", odd.to_str().unwrap()]).stdout).unwrap();
     let rows: Vec<&str> = text.lines().take_while(|line| !line.is_empty()).collect();
     assert_eq!(rows.len(), 2, "{text}");
-    assert!(rows[1].ends_with("two\\nlines"), "{text}");
+    assert!(rows[1].ends_with("two\\x0alines"), "{text}");
 }
 
 #[test]

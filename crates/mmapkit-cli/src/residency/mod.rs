@@ -6,124 +6,73 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use mmapkit::inspect::walk::{Entry, WalkOptions, walk};
-use mmapkit::inspect::{self, FileResidency, LockedRange, ResidencyOptions};
+use mmapkit::inspect::{self, FileResidency, LockedRange, Method, ResidencyOptions};
 
-use crate::hold;
-use crate::report::{Failure, FileRow, Report};
-use crate::units::{memory_available, parse_bytes};
+mod args;
+mod fincore;
+mod hold;
+mod report;
 
-#[derive(Debug, Args)]
-pub struct ResidencyArgs {
-    /// Files and directories (walked recursively).
-    #[arg(required = true)]
-    pub paths: Vec<PathBuf>,
-    /// Only this byte range of each file: START-END, START-, -END or LEN (K, M, G, T units).
-    #[arg(short = 'p', long, value_parser = parse_range, allow_hyphen_values = true)]
-    pub range: Option<Range<u64>>,
-    /// Follow symbolic links inside directories (the paths given are always followed).
-    #[arg(short = 'L', long)]
-    pub follow_symlinks: bool,
-    /// Stay on the file system of each path given.
-    #[arg(short = 'x', long)]
-    pub one_file_system: bool,
-    /// Count a file every time it is met: each hard link, each symbolic link to it, each
-    /// path naming it (by default a file is counted once).
-    #[arg(short = 'H', long)]
-    pub count_hardlinks: bool,
-    /// Leave out files and directories whose name matches this glob (repeatable).
-    #[arg(short = 'e', long, value_name = "GLOB", value_parser = parse_glob)]
-    pub exclude: Vec<glob::Pattern>,
-    /// Only files whose name matches this glob (repeatable).
-    #[arg(short = 'i', long, value_name = "GLOB", value_parser = parse_glob)]
-    pub include: Vec<glob::Pattern>,
-    /// Read the files into the page cache first (WILLNEED, then a read of every page).
-    #[arg(long, conflicts_with_all = ["evict", "lock"])]
-    pub touch: bool,
-    /// Drop the files from the page cache first (POSIX_FADV_DONTNEED).
-    #[arg(long, conflicts_with = "lock")]
-    pub evict: bool,
-    /// Load the files and lock them in memory (mlock), then hold them until interrupted.
-    #[arg(long)]
-    pub lock: bool,
-    /// With --lock: hold the lock in a background process and return at once.
-    #[arg(long, requires = "lock")]
-    pub daemon: bool,
-    /// Touch or lock only files with up to this many bytes in the range (the others are
-    /// skipped, each with a warning), as vmtouch's -m. No limit unless given, as vmtouch
-    /// does; locking never takes more than half the memory available anyway.
-    #[arg(short = 'm', long, value_parser = parse_bytes)]
-    pub max_size: Option<u64>,
-    /// Print only the summary, not a row per file.
-    #[arg(short = 's', long)]
-    pub summary: bool,
-    /// Show each file's pages as a bar (O all resident, o some, space none).
-    #[arg(long)]
-    pub pages: bool,
-    /// Print the report as one JSON object.
-    #[arg(long)]
-    pub json: bool,
-    /// Never draw a progress bar (drawn only when stderr is a terminal anyway).
-    #[arg(long)]
-    pub no_progress: bool,
-}
+pub use args::{FincoreArgs, ResidencyArgs};
+use hold::Pidfile;
+use report::{Failure, FileRow, Report};
 
-fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
-    glob::Pattern::new(text).map_err(|error| format!("{text:?}: {error}"))
-}
-
-/// START-END, START-, -END or LEN, each a size with an optional unit.
-fn parse_range(text: &str) -> Result<Range<u64>, String> {
-    let size = parse_bytes;
-    let range = match text.split_once('-') {
-        None => 0..size(text)?,
-        Some((start, "")) => size(start)?..u64::MAX,
-        Some(("", end)) => 0..size(end)?,
-        Some((start, end)) => size(start)?..size(end)?,
-    };
-    if range.start > range.end {
-        return Err(format!("{text:?}: the range ends before it starts"));
-    }
-    Ok(range)
-}
+use crate::units::memory_available;
 
 /// Runs the command; returns whether everything worked.
 pub fn run(args: &ResidencyArgs) -> bool {
+    // Everything that can be refused is, before anything is done.
+    let prepared = args.all_paths().and_then(|paths| {
+        let pidfile = args.pidfile.as_deref().map(Pidfile::create).transpose()?;
+        Ok((paths, pidfile))
+    });
+    let (paths, pidfile) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => {
+            errln!("mmapkit: {error}");
+            return false;
+        }
+    };
     if args.lock && args.daemon {
-        return hold::in_background(|| {
-            let (mut report, locks) = collect(args);
+        return hold::in_background(pidfile, || {
+            let (mut report, locks) = collect(args, &paths);
             if !locks.is_empty() {
                 report.holder = Some(std::process::id());
             }
             let errors: Vec<String> = report
                 .warnings()
+                .filter(|_| !args.quiet)
                 .chain(report.errors().map(str::to_owned))
                 .collect();
             (report.worked(), report.render(args), errors, locks)
         });
     }
-    let (report, locks) = collect(args);
+    let (report, locks) = collect(args, &paths);
     let holding = args.lock && !locks.is_empty();
     if holding {
         hold::block_termination_signals();
     }
     out!("{}", report.render(args));
-    for warning in report.warnings() {
-        errln!("mmapkit: {warning}");
+    if !args.quiet {
+        for warning in report.warnings() {
+            errln!("mmapkit: {warning}");
+        }
     }
     for error in report.errors() {
         errln!("mmapkit: {error}");
     }
     if holding {
-        hold::until_interrupted(locks);
+        hold::until_interrupted(locks, pidfile);
+    } else if let Some(pidfile) = pidfile {
+        pidfile.remove();
     }
     report.worked()
 }
 
 /// Walks the paths, acts on each file, measures it; returns the report and the locks held.
-fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
+fn collect(args: &ResidencyArgs, paths: &[PathBuf]) -> (Report, Vec<LockedRange>) {
     let started = Instant::now();
     let progress = progress_bar(args);
     let options = WalkOptions {
@@ -139,7 +88,7 @@ fn collect(args: &ResidencyArgs) -> (Report, Vec<LockedRange>) {
     // The limits are read only when locking.
     let mut limits = args.lock.then(LockLimits::new);
     walk(
-        &args.paths,
+        paths,
         &options,
         |path, is_directory| keep(args, path, is_directory),
         |entry| match entry {
@@ -228,6 +177,14 @@ fn act_and_measure(
             .inspect_err(|_| limits.release(locked));
     }
     match inspect::residency_of(file, measure) {
+        Ok(residency) if args.cachestat_only && residency.method != Method::Cachestat => {
+            Err(mmapkit::Error::new(
+                mmapkit::ErrorKind::Unsupported,
+                "cachestat",
+                "this kernel has no cachestat(2) (Linux 6.5 and later); without -C the \
+                 pages are counted with mincore",
+            ))
+        }
         Ok(residency) => Ok(Outcome::Measured(residency)),
         Err(error)
             if (args.touch || args.evict)
@@ -324,20 +281,4 @@ fn progress_bar(args: &ResidencyArgs) -> ProgressBar {
         bar.set_style(style);
     }
     bar
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_take_every_form() {
-        assert_eq!(parse_range("4K-8K"), Ok(4096..8192));
-        assert_eq!(parse_range("1M-"), Ok((1 << 20)..u64::MAX));
-        assert_eq!(parse_range("-64K"), Ok(0..65536));
-        assert_eq!(parse_range("10"), Ok(0..10));
-        assert!(parse_range("8K-4K").is_err());
-        assert!(parse_range("1%-2%").is_err());
-        assert!(parse_range("x-y").is_err());
-    }
 }

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use mmapkit::inspect::{FileResidency, Method};
 
-use crate::residency::ResidencyArgs;
-use crate::units::{human, printable};
+use super::ResidencyArgs;
+use super::fincore;
+use crate::units::human;
 
 /// Width of a page bar.
 const BAR: usize = 60;
@@ -118,13 +119,33 @@ impl Report {
         totals
     }
 
-    /// The report as printed on stdout: text or JSON.
+    /// The report as printed on stdout: text or JSON (nothing with --quiet).
     pub fn render(&self, args: &ResidencyArgs) -> String {
-        if args.json {
+        if args.quiet {
+            String::new()
+        } else if args.json && args.fincore {
+            format!(
+                "{:#}\n",
+                fincore::json(&self.table_rows(args), &args.layout())
+            )
+        } else if args.json {
             format!("{}\n", self.json(args))
         } else {
             self.text(args)
         }
+    }
+
+    /// The rows of the table: a row per file, and the TOTAL with --total.
+    fn table_rows(&self, args: &ResidencyArgs) -> Vec<fincore::Row> {
+        let mut rows: Vec<fincore::Row> = self
+            .files
+            .iter()
+            .map(|row| fincore::Row::new(&row.path, &row.residency))
+            .collect();
+        if args.total {
+            rows.push(fincore::Row::total(&rows));
+        }
+        rows
     }
 
     /// The failures, one message each, for stderr.
@@ -154,26 +175,27 @@ impl Report {
     fn text(&self, args: &ResidencyArgs) -> String {
         let mut out = String::new();
         if !args.summary {
-            out += &format!(
-                "{:>10} {:>9} {:>10} {:>9} {:>9} {:>9}  FILE\n",
-                "RES", "PAGES", "SIZE", "DIRTY", "WRITEBACK", "EVICTED"
-            );
-            let optional = |value: Option<u64>| value.map_or_else(|| "-".into(), |v| v.to_string());
-            for row in &self.files {
-                let r = &row.residency;
-                out += &format!(
-                    "{:>10} {:>9} {:>10} {:>9} {:>9} {:>9}  {}\n",
-                    human(r.cached_bytes()),
-                    r.cached,
-                    human(r.size),
-                    optional(r.dirty),
-                    optional(r.writeback),
-                    optional(r.evicted),
-                    printable(&row.path.to_string_lossy())
-                );
-                if let Some(view) = &row.pages {
-                    out += &format!("{:>52}[{}] {}/{}\n", "", view.bar, r.cached, r.pages);
+            let layout = args.layout();
+            let table = fincore::render(&self.table_rows(args), &layout);
+            let mut lines = table.lines();
+            if layout.headings {
+                out.extend(lines.next().map(|heading| format!("{heading}\n")));
+            }
+            // Row by row, each file's page bar under it (the TOTAL row has none).
+            for (index, line) in lines.enumerate() {
+                out += line;
+                out += "\n";
+                if let Some((row, view)) = self
+                    .files
+                    .get(index)
+                    .and_then(|row| Some((row, row.pages.as_ref()?)))
+                {
+                    let r = &row.residency;
+                    out += &format!("  [{}] {}/{}\n", view.bar, r.cached, r.pages);
                 }
+            }
+            if !args.shows_summary() {
+                return out;
             }
             out += "\n";
         }

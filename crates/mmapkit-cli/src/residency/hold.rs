@@ -3,22 +3,90 @@
 //! mlock does not survive fork, so the background process is forked first and does the
 //! locking itself; it sends its report back over a socket pair, then detaches (new session,
 //! standard streams on /dev/null) and waits for SIGTERM, SIGINT or SIGHUP.
+//!
+//! A pidfile (`-P`) is created before anything is locked, so that a path that cannot be
+//! written is refused while nothing is done yet; the holder writes its pid into it once it
+//! holds its locks, and removes it when it releases them.
 
+use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 
 use mmapkit::inspect::LockedRange;
 
 /// Waits for a termination signal, then releases the locks. Call
 /// [`block_termination_signals`] first, before anything is printed: a signal that arrives
 /// meanwhile then waits for us instead of ending the process.
-pub fn until_interrupted(locks: Vec<LockedRange>) {
+pub fn until_interrupted(locks: Vec<LockedRange>, pidfile: Option<Pidfile>) {
+    let pidfile = pidfile.and_then(Pidfile::written);
     errln!(
         "mmapkit: holding {} locked file(s); interrupt (Ctrl-C) or SIGTERM to release",
         locks.len()
     );
     wait_for_termination();
     drop(locks);
+    if let Some(pidfile) = pidfile {
+        pidfile.remove();
+    }
+}
+
+/// The pidfile of `-P`.
+pub struct Pidfile {
+    path: PathBuf,
+    file: File,
+}
+
+impl Pidfile {
+    /// Creates (or empties) the pidfile; a symbolic link in its place is refused.
+    pub fn create(path: &Path) -> mmapkit::Result<Pidfile> {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|error| match error.raw_os_error() {
+                Some(libc::ELOOP) => mmapkit::Error::new(
+                    mmapkit::ErrorKind::InvalidInput,
+                    "create the pidfile",
+                    "it is a symbolic link, and a pidfile is never written through one",
+                ),
+                _ => mmapkit::Error::io("create the pidfile", &error),
+            })
+            .map_err(|error| error.with_path(path))?;
+        Ok(Pidfile {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Writes this process's pid; a pidfile that cannot take it is removed (with a warning).
+    fn written(mut self) -> Option<Pidfile> {
+        let pid = std::process::id();
+        match writeln!(self.file, "{pid}").and_then(|()| self.file.sync_all()) {
+            Ok(()) => Some(self),
+            Err(error) => {
+                errln!(
+                    "mmapkit: {}: could not write the pid: {error}",
+                    self.path.display()
+                );
+                self.remove();
+                None
+            }
+        }
+    }
+
+    /// Removes the pidfile, unless it now names another process (someone else's since).
+    pub fn remove(self) {
+        let ours = format!("{}\n", std::process::id());
+        let held = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if held.is_empty() || held == ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 fn wait_for_termination() {
@@ -61,12 +129,16 @@ fn termination_signals() -> libc::sigset_t {
 /// and answers "detached" before the parent may exit (exiting earlier would deliver that
 /// very signal).
 pub fn in_background(
+    pidfile: Option<Pidfile>,
     lock_all: impl FnOnce() -> (bool, String, Vec<String>, Vec<LockedRange>),
 ) -> bool {
     let (mut parent_end, mut child_end) = match UnixStream::pair() {
         Ok(pair) => pair,
         Err(error) => {
             errln!("mmapkit: socketpair: {error}");
+            if let Some(pidfile) = pidfile {
+                pidfile.remove();
+            }
             return false;
         }
     };
@@ -76,6 +148,9 @@ pub fn in_background(
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         errln!("mmapkit: fork: {}", std::io::Error::last_os_error());
+        if let Some(pidfile) = pidfile {
+            pidfile.remove();
+        }
         return false;
     }
     if pid == 0 {
@@ -92,15 +167,26 @@ pub fn in_background(
             libc::setsid();
         }
         let (worked, text, errors, locks) = lock_all();
+        // The pid is in the pidfile before the parent returns.
+        let pidfile = pidfile
+            .filter(|_| !locks.is_empty())
+            .and_then(Pidfile::written);
+        let release = |locks: Vec<LockedRange>, pidfile: Option<Pidfile>| {
+            drop(locks);
+            if let Some(pidfile) = pidfile {
+                pidfile.remove();
+            }
+        };
         let report = encode_report(worked, locks.len(), &text, &errors);
         let delivered = child_end.write_all(&report).is_ok();
         if !delivered || locks.is_empty() {
-            drop(locks);
+            release(locks, pidfile);
             // SAFETY: ends the child without running the parent's exit handlers twice.
             unsafe { libc::_exit(i32::from(!delivered)) };
         }
         let mut printed = [0u8];
         if child_end.read_exact(&mut printed).is_err() {
+            release(locks, pidfile);
             // SAFETY: as above; the parent is gone without telling anyone our pid.
             unsafe { libc::_exit(1) };
         }
@@ -114,10 +200,12 @@ pub fn in_background(
         drop(child_end);
         detach_standard_streams();
         wait_for_termination();
-        drop(locks);
+        release(locks, pidfile);
         // SAFETY: as above.
         unsafe { libc::_exit(0) };
     }
+    // The child writes and removes the pidfile; this copy of its descriptor is closed.
+    drop(pidfile);
     drop(child_end);
     let Some((worked, locked, text, errors)) = read_report(&mut parent_end) else {
         errln!("mmapkit: the background process {pid} ended without a report");
