@@ -14,8 +14,10 @@ pub struct ShmArgs {
 
 #[derive(Debug, Subcommand)]
 enum ShmCommand {
-    /// List every object in /dev/shm: size, owner, mode, mmapkit type, creator, users.
+    /// List the objects in /dev/shm: size, owner, mode, mmapkit type, creator, users.
     Ls {
+        #[command(flatten)]
+        filter: Filter,
         /// One JSON array.
         #[arg(long)]
         json: bool,
@@ -28,6 +30,8 @@ enum ShmCommand {
     },
     /// Remove the stale mmapkit segments: valid header, creator dead, nobody maps or opens it.
     Clean {
+        #[command(flatten)]
+        filter: Filter,
         /// Only say what would be removed.
         #[arg(long)]
         dry_run: bool,
@@ -37,18 +41,56 @@ enum ShmCommand {
     },
 }
 
-/// Runs the command; returns whether everything worked (errors are on stderr).
-pub fn run(args: &ShmArgs) -> bool {
-    match &args.command {
-        ShmCommand::Ls { json } => list(*json),
-        ShmCommand::Rm { names } => remove(names),
-        ShmCommand::Clean { dry_run, json } => clean(*dry_run, *json),
+/// Which segments `ls` and `clean` look at: all, or those a name, glob or prefix selects.
+#[derive(Debug, Args)]
+struct Filter {
+    /// Only these segments: names or globs (`app-*`; quote them from the shell), matched
+    /// against the name as it is or as `ls` shows it.
+    #[arg(value_name = "NAME", value_parser = parse_glob)]
+    names: Vec<glob::Pattern>,
+    /// Only the segments whose name starts with this.
+    #[arg(long, value_name = "PREFIX")]
+    prefix: Option<String>,
+}
+
+impl Filter {
+    fn selects(&self, segment: &SegmentInfo) -> bool {
+        let shown = shown_name(&segment.file_name);
+        let named = self.names.is_empty()
+            || self
+                .names
+                .iter()
+                .any(|pattern| pattern.matches(&segment.name) || pattern.matches(&shown));
+        let prefixed = self.prefix.as_ref().is_none_or(|prefix| {
+            segment.name.starts_with(prefix.as_str()) || shown.starts_with(prefix.as_str())
+        });
+        named && prefixed
     }
 }
 
-fn list(json: bool) -> bool {
+fn parse_glob(text: &str) -> Result<glob::Pattern, String> {
+    glob::Pattern::new(text).map_err(|error| format!("{text:?}: {error}"))
+}
+
+/// Runs the command; returns whether everything worked (errors are on stderr).
+pub fn run(args: &ShmArgs) -> bool {
+    match &args.command {
+        ShmCommand::Ls { filter, json } => list(filter, *json),
+        ShmCommand::Rm { names } => remove(names),
+        ShmCommand::Clean {
+            filter,
+            dry_run,
+            json,
+        } => clean(filter, *dry_run, *json),
+    }
+}
+
+fn list(filter: &Filter, json: bool) -> bool {
     let segments = match stale::list() {
-        Ok(segments) => segments,
+        Ok(segments) => segments
+            .into_iter()
+            .filter(|segment| filter.selects(segment))
+            .collect::<Vec<_>>(),
         Err(error) => {
             errln!("mmapkit: {error}");
             return false;
@@ -141,18 +183,18 @@ fn remove(names: &[std::ffi::OsString]) -> bool {
     all
 }
 
-fn clean(dry_run: bool, json: bool) -> bool {
+fn clean(filter: &Filter, dry_run: bool, json: bool) -> bool {
     let result = if dry_run {
         stale::list().map(|segments| stale::Cleanup {
             removed: segments
                 .into_iter()
-                .filter(SegmentInfo::is_stale)
+                .filter(|segment| segment.is_stale() && filter.selects(segment))
                 .map(|segment| segment.name)
                 .collect(),
             failed: Vec::new(),
         })
     } else {
-        stale::cleanup()
+        stale::cleanup_matching(|segment| filter.selects(segment))
     };
     let outcome = match result {
         Ok(outcome) => outcome,

@@ -214,3 +214,67 @@ fn odd_bytes_in_names_are_shown_escaped() {
     assert!(mmapkit(&["shm", "rm", &shown]).status.success());
     assert!(!path.exists());
 }
+
+/// A stale mmapkit segment called `name`: a real segment's bytes, its creator rewritten as a
+/// child process that has exited and been reaped.
+fn stale_segment(name: &str) {
+    let template = format!("{name}-template");
+    drop(
+        mmapkit::SegmentOptions::new("cli-test", 4096)
+            .unwrap()
+            .create(&template)
+            .unwrap(),
+    );
+    let mut bytes = std::fs::read(format!("/dev/shm/{template}")).unwrap();
+    std::fs::remove_file(format!("/dev/shm/{template}")).unwrap();
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    bytes[40..44].copy_from_slice(&dead.to_ne_bytes());
+    std::fs::write(format!("/dev/shm/{name}"), &bytes).unwrap();
+}
+
+#[test]
+fn shm_ls_and_clean_take_names_globs_and_prefixes() {
+    let base = format!("mmapkit-cli-filter-{}", std::process::id());
+    let names = [
+        format!("{base}-app-1"),
+        format!("{base}-app-2"),
+        format!("{base}-other"),
+    ];
+    for name in &names {
+        stale_segment(name);
+    }
+    let listed = |args: &[&str]| -> Vec<String> {
+        let rows = json(&[&["shm", "ls", "--json"][..], args].concat());
+        let mut names: Vec<String> = rows
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let apps = format!("{base}-app-*");
+    assert_eq!(listed(&[&apps]), names[..2]);
+    assert_eq!(listed(&[&names[2]]), names[2..]);
+    assert_eq!(listed(&["--prefix", &base]), names);
+    assert_eq!(listed(&[&apps, &names[2]]), names);
+    let text = String::from_utf8(mmapkit(&["shm", "ls", &names[2]]).stdout).unwrap();
+    assert_eq!(text.lines().count(), 2, "heading and one row: {text}");
+
+    let dry = json(&["shm", "clean", "--dry-run", "--json", &apps]);
+    assert_eq!(dry.as_array().unwrap().len(), 2, "{dry}");
+    assert!(
+        names
+            .iter()
+            .all(|name| std::path::Path::new("/dev/shm").join(name).exists())
+    );
+    let removed = json(&["shm", "clean", "--json", "--prefix", &format!("{base}-app")]);
+    assert_eq!(removed.as_array().unwrap().len(), 2, "{removed}");
+    assert!(!std::path::Path::new("/dev/shm").join(&names[0]).exists());
+    assert!(std::path::Path::new("/dev/shm").join(&names[2]).exists());
+    assert!(mmapkit(&["shm", "rm", &names[2]]).status.success());
+    assert_eq!(mmapkit(&["shm", "ls", "[unclosed"]).status.code(), Some(2));
+}

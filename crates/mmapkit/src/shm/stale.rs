@@ -77,8 +77,17 @@ pub struct Cleanup {
 /// Unlinks the stale segments (see the [module docs](self)). One that cannot be removed
 /// does not stop the others; one that vanished meanwhile is not an error.
 pub fn cleanup() -> Result<Cleanup> {
+    cleanup_matching(|_| true)
+}
+
+/// Unlinks the stale segments that `select` accepts (an application's own, by name), as
+/// [`cleanup`] does.
+pub fn cleanup_matching(select: impl Fn(&SegmentInfo) -> bool) -> Result<Cleanup> {
     let mut outcome = Cleanup::default();
-    for info in list()?.into_iter().filter(SegmentInfo::is_stale) {
+    for info in list()?
+        .into_iter()
+        .filter(|info| info.is_stale() && select(info))
+    {
         // Replaced since it was examined: not the stale segment any more.
         let path = Path::new(SHM_DIR).join(&info.file_name);
         if std::fs::symlink_metadata(&path).map_or(true, |now| now.ino() != info.inode) {
