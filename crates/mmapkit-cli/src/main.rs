@@ -29,6 +29,7 @@ macro_rules! errln {
 }
 
 mod demo;
+mod docs;
 mod maps;
 mod out;
 mod page;
@@ -62,6 +63,10 @@ enum Command {
     Residency(residency::ResidencyArgs),
     /// fincore's options and output exactly, for scripts written for fincore.
     Fincore(residency::FincoreArgs),
+    /// Print the completion script for a shell.
+    Completions(docs::CompletionsArgs),
+    /// Print the manual page (or write one per command with --dir).
+    Man(docs::ManArgs),
     /// List named shared-memory segments, remove them, or clean up the stale ones.
     Shm(shm::ShmArgs),
 }
@@ -80,6 +85,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Completions(args) => docs::completions(&args).map_err(Into::into),
+        Command::Man(args) => docs::man(&args).map_err(Into::into),
         Command::Page(args) => match page::run(&args) {
             Ok(()) => Ok(()),
             Err(page::Failure::Usage(message)) => {

@@ -1,0 +1,49 @@
+//! `mmapkit completions SHELL` and `mmapkit man`: shell completions and manual pages made
+//! from the same clap definitions the parser uses, so they never fall behind the options.
+
+use std::path::PathBuf;
+
+use clap::{Args, CommandFactory};
+use clap_complete::Shell;
+
+use crate::Cli;
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell. Install, e.g. for bash:
+    /// `mmapkit completions bash > /etc/bash_completion.d/mmapkit`.
+    shell: Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write a page per command (mmapkit.1, mmapkit-maps.1…) into this directory instead of
+    /// printing mmapkit(1) on standard output.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+/// Prints the completion script.
+pub fn completions(args: &CompletionsArgs) -> mmapkit::Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "mmapkit", &mut script);
+    out!("{}", String::from_utf8_lossy(&script));
+    Ok(())
+}
+
+/// Prints mmapkit(1), or writes every page into a directory.
+pub fn man(args: &ManArgs) -> mmapkit::Result<()> {
+    let command = Cli::command();
+    if let Some(dir) = &args.dir {
+        std::fs::create_dir_all(dir)
+            .and_then(|()| clap_mangen::generate_to(command, dir))
+            .map_err(|error| mmapkit::Error::io("write the manual pages", &error).with_path(dir))?;
+        return Ok(());
+    }
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command)
+        .render(&mut page)
+        .map_err(|error| mmapkit::Error::io("render the manual page", &error))?;
+    out!("{}", String::from_utf8_lossy(&page));
+    Ok(())
+}
