@@ -4,10 +4,10 @@
 //! figures pmap shows) and `-XX` (every smaps line), each with `-q` leaving out the column
 //! headings and the totals. `tests/pmap.rs` holds them against the real pmap.
 //!
-//! Two differences are deliberate: control characters in a command line are escaped (`\n`,
-//! `\u{1b}`), where pmap prints `?` or a space and loses what they were; and the totals of
+//! Three differences are deliberate: control characters in a command line are escaped
+//! (`\n`, `\u{1b}`), where pmap prints `?` or a space and loses what they were; the totals of
 //! `-x -A` are the sums of the rows shown, where pmap adds the figures of the first mapping
-//! past the range.
+//! past the range; and `-A` selects the rows of `-X` and `-XX` too, which pmap ignores.
 
 use mmapkit::inspect::{MappingKind, MapsEntry, SmapsEntry, SmapsFields};
 
@@ -214,7 +214,10 @@ fn figure(entry: &SmapsEntry, name: &str) -> Option<u64> {
 /// The columns `-X` (`all` false) or `-XX` (`all` true) shows for these mappings: the lines
 /// the kernel printed, in its order.
 fn columns(entries: &[&SmapsEntry], all: bool) -> Vec<Column> {
-    let present = |name: &str| entries.iter().any(|entry| figure(entry, name).is_some());
+    // With no mapping to ask (an -A range that holds none), the columns of this list.
+    let present = |name: &str| {
+        entries.is_empty() || entries.iter().any(|entry| figure(entry, name).is_some())
+    };
     let mut names: Vec<String> = SMAPS_LINES
         .iter()
         .filter(|(name, in_x)| (all || *in_x) && present(name))
