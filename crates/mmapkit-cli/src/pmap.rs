@@ -26,17 +26,11 @@ fn kib(bytes: u64) -> u64 {
     bytes / 1024
 }
 
-/// pmap's mode column: `rwx` then `s` for shared or `-`, with a `-` for `p`.
+/// pmap's mode column: `rwx` as maps has it, then `s` for shared or `-`, and a `-`.
 fn mode(entry: &MapsEntry) -> String {
-    let permissions = entry.permissions;
-    let flag = |set: bool, letter: char| if set { letter } else { '-' };
-    format!(
-        "{}{}{}{}-",
-        flag(permissions.read, 'r'),
-        flag(permissions.write, 'w'),
-        flag(permissions.execute, 'x'),
-        flag(permissions.shared, 's'),
-    )
+    let permissions = entry.permissions.to_string();
+    let shared = if entry.permissions.shared { 's' } else { '-' };
+    format!("{}{shared}-", &permissions[..3])
 }
 
 /// The mapping column of the listings other than `-X`: the file's name (or path), else

@@ -131,13 +131,7 @@ fn touch_and_evict_of_another_users_file_are_done_though_not_measured() {
 fn skipped_files_are_named_one_by_one() {
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::make_fifo(&fifo);
     let big = dir.path().join("big");
     std::fs::write(&big, vec![0u8; 200_000]).unwrap();
     let output = mmapkit(&[

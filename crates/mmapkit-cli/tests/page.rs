@@ -158,11 +158,7 @@ fn bad_input_fails_with_a_message_and_the_right_exit_code() {
 
     // A FIFO with no writer would block a plain open for ever.
     let fifo = dir.path().join("fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
+    common::make_fifo(&fifo);
     let output = mmapkit(&["page", fifo.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("regular file"));

@@ -145,8 +145,16 @@ fn address_ranges_select_what_pmap_selects() {
     let none = ours(&["maps", "-X", "-A", "0,1", &pid]);
     let lines: Vec<&str> = none.lines().collect();
     assert_eq!(lines.len(), 4, "{none}");
-    assert!(lines[1].contains("Rss") && lines[1].contains("THPeligible"), "{none}");
-    assert!(lines[3].split_whitespace().all(|total| total == "0" || total == "KB"), "{none}");
+    assert!(
+        lines[1].contains("Rss") && lines[1].contains("THPeligible"),
+        "{none}"
+    );
+    assert!(
+        lines[3]
+            .split_whitespace()
+            .all(|total| total == "0" || total == "KB"),
+        "{none}"
+    );
 
     for bad in ["zz", "2000,1000", ""] {
         let output = mmapkit(&["maps", "-A", bad, &pid]);

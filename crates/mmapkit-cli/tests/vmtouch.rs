@@ -150,13 +150,7 @@ fn quiet_prints_nothing_but_errors_and_verbose_shows_the_pages() {
     let path = dir.path().join("data");
     partly_cached(&path, 8, [0, 1, 2, 3].into_iter());
     let fifo = dir.path().join("fifo");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::make_fifo(&fifo);
     let (path, fifo) = (path.to_str().unwrap(), fifo.to_str().unwrap());
 
     let quiet = mmapkit(&["residency", "-q", "-e", path, fifo]);

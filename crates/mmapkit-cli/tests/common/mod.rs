@@ -32,6 +32,15 @@ pub fn tool(name: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+/// Makes a FIFO at `path` (one with no writer blocks a plain open for reading for ever).
+pub fn make_fifo(path: &Path) {
+    assert!(
+        Command::new("mkfifo").arg(path).status().unwrap().success(),
+        "mkfifo {}",
+        path.display()
+    );
+}
+
 /// A file of `pages` 4 KiB pages of which exactly those in `resident` are in the page cache.
 pub fn partly_cached(path: &Path, pages: u64, resident: impl Iterator<Item = u64>) {
     let file = std::fs::OpenOptions::new()
