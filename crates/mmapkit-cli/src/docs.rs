@@ -1,7 +1,9 @@
 //! `mmapkit completions SHELL` and `mmapkit man`: shell completions and manual pages made
 //! from the same clap definitions the parser uses, so they never fall behind the options.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory};
 use clap_complete::Shell;
@@ -35,10 +37,13 @@ pub fn completions(args: &CompletionsArgs) -> mmapkit::Result<()> {
 pub fn man(args: &ManArgs) -> mmapkit::Result<()> {
     let command = Cli::command();
     if let Some(dir) = &args.dir {
-        std::fs::create_dir_all(dir)
-            .and_then(|()| clap_mangen::generate_to(command, dir))
-            .map_err(|error| mmapkit::Error::io("write the manual pages", &error).with_path(dir))?;
-        return Ok(());
+        let failed = |error: std::io::Error| {
+            mmapkit::Error::io("write the manual pages", &error).with_path(dir)
+        };
+        std::fs::create_dir_all(dir).map_err(failed)?;
+        let mut command = command.disable_help_subcommand(true);
+        command.build();
+        return write_pages(command, dir);
     }
     let mut page = Vec::new();
     clap_mangen::Man::new(command)
@@ -46,4 +51,26 @@ pub fn man(args: &ManArgs) -> mmapkit::Result<()> {
         .map_err(|error| mmapkit::Error::io("render the manual page", &error))?;
     out!("{}", String::from_utf8_lossy(&page));
     Ok(())
+}
+
+/// The pages of `command` and its subcommands, each written to a file of its own, never
+/// through a symbolic link planted in the directory.
+fn write_pages(command: clap::Command, dir: &Path) -> mmapkit::Result<()> {
+    for subcommand in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        write_pages(subcommand.clone(), dir)?;
+    }
+    let man = clap_mangen::Man::new(command);
+    let path = dir.join(man.get_filename());
+    let mut page = Vec::new();
+    man.render(&mut page)
+        .map_err(|error| mmapkit::Error::io("render the manual page", &error))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&path)
+        .and_then(|mut file| file.write_all(&page))
+        .map_err(|error| mmapkit::Error::io("write the manual page", &error).with_path(&path))
 }

@@ -7,11 +7,13 @@
 //! Three differences are deliberate: control characters in a command line are escaped
 //! (`\n`, `\u{1b}`), where pmap prints `?` or a space and loses what they were; the totals of
 //! `-x -A` are the sums of the rows shown, where pmap adds the figures of the first mapping
-//! past the range; and `-A` selects the rows of `-X` and `-XX` too, which pmap ignores.
+//! past the range; and `-A` selects the rows of `-X` and `-XX` too, which pmap ignores (a
+//! selection without rows shows the header alone, as pmap does for a process without
+//! mappings).
 
 use mmapkit::inspect::{MappingKind, MapsEntry, SmapsEntry, SmapsFields};
 
-use crate::units::printable;
+use crate::units::{printable, shown_name};
 
 /// How a listing is printed.
 #[derive(Debug, Clone, Copy)]
@@ -46,8 +48,10 @@ fn mapping(entry: &MapsEntry, style: Style) -> String {
     printable(&shown).into_owned()
 }
 
+/// `PID:   command`, the command escaped so that it can be read back: a backslash doubled,
+/// control characters as `\n` or `\u{1b}`.
 fn header(pid: u32, command: &str) -> String {
-    format!("{pid}:   {}\n", printable(command))
+    format!("{pid}:   {}\n", shown_name(std::ffi::OsStr::new(command)))
 }
 
 /// The default listing: address, size, mode, mapping.
@@ -208,10 +212,7 @@ fn figure(entry: &SmapsEntry, name: &str) -> Option<u64> {
 /// The columns `-X` (`all` false) or `-XX` (`all` true) shows for these mappings: the lines
 /// the kernel printed, in its order.
 fn columns(entries: &[&SmapsEntry], all: bool) -> Vec<Column> {
-    // With no mapping to ask (an -A range that holds none), the columns of this list.
-    let present = |name: &str| {
-        entries.is_empty() || entries.iter().any(|entry| figure(entry, name).is_some())
-    };
+    let present = |name: &str| entries.iter().any(|entry| figure(entry, name).is_some());
     let mut names: Vec<String> = SMAPS_LINES
         .iter()
         .filter(|(name, in_x)| (all || *in_x) && present(name))
@@ -250,6 +251,10 @@ fn columns(entries: &[&SmapsEntry], all: bool) -> Vec<Column> {
 /// VmFlags with `-XX`) and the mapping as smaps names it.
 pub fn smaps(pid: u32, command: &str, entries: &[&SmapsEntry], all: bool, style: Style) -> String {
     let mut out = header(pid, command);
+    // A process without mappings (a kernel thread, a zombie): the header alone, as pmap.
+    if entries.is_empty() {
+        return out;
+    }
     let columns = columns(entries, all);
     let quiet = style.quiet;
     let inode_width = entries

@@ -90,6 +90,15 @@ fn every_command_has_a_page_naming_its_options() {
             "{command}: {page}"
         );
     }
+    // A symbolic link planted in the directory is not written through.
+    let target = dir.path().join("target");
+    std::fs::write(&target, b"keep").unwrap();
+    std::fs::remove_file(dir.path().join("mmapkit.1")).unwrap();
+    std::os::unix::fs::symlink(&target, dir.path().join("mmapkit.1")).unwrap();
+    let planted = mmapkit(&["man", "--dir", dir.path().to_str().unwrap()]);
+    assert_eq!(planted.status.code(), Some(1), "{planted:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+
     let refused = mmapkit(&["man", "--dir", "/proc/version/x"]);
     assert_eq!(refused.status.code(), Some(1), "{refused:?}");
 }

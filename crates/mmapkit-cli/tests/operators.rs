@@ -10,7 +10,8 @@ use common::{as_nobody, json, mmapkit};
 
 #[test]
 fn a_command_line_cannot_forge_lines_of_the_maps_listing() {
-    let forged = "x\n0000000000400000      4K r-x-- forged\u{1b}[31m";
+    // A real newline, and a backslash and an n that must not read as one.
+    let forged = "x\n0000000000400000      4K r-x-- forged\u{1b}[31m \\n";
     let mut child = Command::new("sh")
         .args(["-c", "read line", forged])
         .stdin(Stdio::piped())
@@ -33,6 +34,7 @@ fn a_command_line_cannot_forge_lines_of_the_maps_listing() {
     let text = String::from_utf8(output.stdout).unwrap();
     let header = text.lines().next().unwrap();
     assert!(header.contains("x\\n0000000000400000"), "{header}");
+    assert!(header.ends_with("[31m \\\\n"), "{header}");
     assert!(
         !text.contains('\u{1b}'),
         "an escape reached the terminal: {text:?}"

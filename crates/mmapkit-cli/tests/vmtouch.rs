@@ -99,6 +99,20 @@ fn lists_from_a_file_or_standard_input_name_what_vmtouch_reads() {
     ]);
     assert_eq!(report["summary"]["files"], 3);
 
+    // A path named again is counted once, without a warning (vmtouch says nothing either).
+    let twice = dir.path().join("twice");
+    std::fs::write(&twice, format!("{0}\n{0}\n", paths[0].display())).unwrap();
+    let output = mmapkit(&["residency", "-s", "-b", twice.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && output.stderr.is_empty(),
+        "{output:?}"
+    );
+    assert!(
+        text.contains("Files: 1") && text.contains("Skipped: 1 (already counted: 1)"),
+        "{text}"
+    );
+
     let missing = mmapkit(&["residency", "-b", "/nonexistent/list"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/list"));
@@ -227,15 +241,97 @@ fn the_pidfile_names_the_holder_until_it_lets_go() {
     assert!(holder.wait().unwrap().success());
     assert!(!pidfile.exists());
 
-    // A symbolic link in the pidfile's place is refused before anything is locked.
+    // Only a regular file of ours serves: a symbolic link, a device (written to, or
+    // unlinked at the end, it would be lost), a FIFO, another user's file and a file with
+    // other hard links are refused before anything is locked, and left as they were.
     let target = dir.path().join("target");
     std::fs::write(&target, b"keep").unwrap();
-    std::os::unix::fs::symlink(&target, &pidfile).unwrap();
-    let refused = mmapkit(&["residency", "-l", "-d", "-P", pidfile_arg, path]);
-    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("symbolic link"));
+    let link = dir.path().join("link.pid");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let device = dir.path().join("null.pid");
+    let device_c = std::ffi::CString::new(device.to_str().unwrap()).unwrap();
+    // SAFETY: mknod with a valid path; the device is /dev/null's (1, 3).
+    assert_eq!(
+        unsafe {
+            libc::mknod(
+                device_c.as_ptr(),
+                libc::S_IFCHR | 0o644,
+                libc::makedev(1, 3),
+            )
+        },
+        0
+    );
+    let fifo = dir.path().join("fifo.pid");
+    common::make_fifo(&fifo);
+    let foreign = dir.path().join("foreign.pid");
+    std::fs::write(&foreign, b"someone else's\n").unwrap();
+    std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
+    let linked = dir.path().join("linked.pid");
+    std::fs::hard_link(&target, &linked).unwrap();
+    for (refused_path, reason) in [
+        (&link, "symbolic link"),
+        (&device, "not a regular file"),
+        (&fifo, "not a regular file"),
+        (&foreign, "another user"),
+        (&linked, "hard links"),
+    ] {
+        let refused = mmapkit(&[
+            "residency",
+            "-l",
+            "-d",
+            "-P",
+            refused_path.to_str().unwrap(),
+            path,
+        ]);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+        assert!(
+            stderr.contains(reason) && !stderr.contains("kill"),
+            "{stderr}"
+        );
+        assert!(
+            std::fs::symlink_metadata(refused_path).is_ok(),
+            "{} kept",
+            refused_path.display()
+        );
+    }
     assert_eq!(std::fs::read(&target).unwrap(), b"keep");
-    assert!(!String::from_utf8_lossy(&refused.stderr).contains("kill"));
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"someone else's\n");
+
+    // A relative pidfile is removed by the holder, which has left for / meanwhile; SIGQUIT
+    // releases as SIGTERM does; nothing is held, the pidfile is gone, when nothing is locked.
+    let relative = Command::new(env!("CARGO_BIN_EXE_mmapkit"))
+        .args(["residency", "-q", "-l", "-d", "-P", "relative.pid", path])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        relative.status.success() && relative.stderr.is_empty(),
+        "{relative:?}"
+    );
+    let relative_pidfile = dir.path().join("relative.pid");
+    let pid = std::fs::read_to_string(&relative_pidfile)
+        .unwrap()
+        .trim()
+        .to_owned();
+    // SAFETY: signals the holder this test started.
+    unsafe { libc::kill(pid.parse().unwrap(), libc::SIGQUIT) };
+    wait_until("the relative pidfile removed", || {
+        !relative_pidfile.exists()
+    });
+    let nothing = mmapkit(&[
+        "residency",
+        "-q",
+        "-l",
+        "-d",
+        "-m",
+        "1",
+        "-P",
+        pidfile_arg,
+        path,
+    ]);
+    assert!(nothing.status.success(), "{nothing:?}");
+    assert!(!pidfile.exists());
 
     for unrelated in [&["-P", pidfile_arg][..], &["-w"]] {
         let output = mmapkit(&[&["residency"][..], unrelated, &[path]].concat());

@@ -173,8 +173,8 @@ pub struct FincoreArgs {
     /// Every column.
     #[arg(long, conflicts_with = "output")]
     output_all: bool,
-    /// Raw output: cells separated by one space, names encoded.
-    #[arg(short = 'r', long, conflicts_with = "json")]
+    /// Raw output: cells separated by one space, names encoded (-J wins, as in fincore).
+    #[arg(short = 'r', long)]
     raw: bool,
     /// Walk the directories given, file by file.
     #[arg(short = 'R', long)]

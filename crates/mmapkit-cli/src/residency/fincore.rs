@@ -230,8 +230,12 @@ impl Row {
     }
 }
 
-/// The table as text (empty for no rows and no headings).
+/// The table as text.
 pub fn render(rows: &[Row], layout: &Layout) -> String {
+    // libsmartcols prints nothing, not even the headings, for a table without rows.
+    if rows.is_empty() {
+        return String::new();
+    }
     let cells: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
@@ -304,37 +308,43 @@ pub fn render(rows: &[Row], layout: &Layout) -> String {
     out
 }
 
-/// fincore's JSON (`-J`): `{"fincore": [{"res": …, "pages": …, "size": …, "file": …}]}`, counts
-/// as numbers, sizes as strings unless in bytes, figures not measured as null.
-pub fn json(rows: &[Row], layout: &Layout) -> serde_json::Value {
-    let objects: Vec<serde_json::Value> = rows
+/// fincore's JSON (`-J`), written as libsmartcols writes it (three-space indents, the columns
+/// in their order, `},{` between rows): `{"fincore": [{"res": …, "pages": …, "size": …,
+/// "file": …}]}`, counts as numbers, sizes as strings unless in bytes, figures not measured as
+/// null; names as they are, but for bytes that are not UTF-8 (replaced: JSON cannot carry
+/// them, where fincore writes them raw).
+pub fn json(rows: &[Row], layout: &Layout) -> String {
+    let objects: Vec<String> = rows
         .iter()
         .map(|row| {
-            let object: serde_json::Map<String, serde_json::Value> = layout
+            let members: Vec<String> = layout
                 .columns
                 .iter()
                 .map(|&column| {
-                    // fincore's JSON holds the name as it is (but for bytes that are not
-                    // UTF-8, which JSON cannot carry).
                     let cell = match column {
                         Column::File => String::from_utf8_lossy(&row.name).into_owned(),
                         _ => row.cell(column, layout),
                     };
-                    let number = column != Column::File
-                        && (column.counts_pages() || layout.bytes)
-                        && !cell.is_empty();
-                    let value = match cell.parse::<u64>() {
-                        Ok(value) if number => serde_json::Value::from(value),
-                        _ if cell.is_empty() => serde_json::Value::Null,
-                        _ => serde_json::Value::from(cell),
+                    let number = column != Column::File && (column.counts_pages() || layout.bytes);
+                    let value = if number && cell.is_empty() {
+                        String::from("null")
+                    } else if number {
+                        cell
+                    } else {
+                        serde_json::Value::from(cell).to_string()
                     };
-                    (column.name().to_lowercase(), value)
+                    format!("         \"{}\": {value}", column.name().to_lowercase())
                 })
                 .collect();
-            serde_json::Value::Object(object)
+            format!("      {{\n{}\n      }}", members.join(",\n"))
         })
         .collect();
-    serde_json::json!({ "fincore": objects })
+    let rows = if objects.is_empty() {
+        String::new()
+    } else {
+        objects.join(",").replace("},      {", "},{")
+    };
+    format!("{{\n   \"fincore\": [\n{rows}\n   ]\n}}\n")
 }
 
 /// A size as util-linux prints it (`size_to_human_string` with one-letter suffixes): the

@@ -10,7 +10,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,6 @@ use mmapkit::inspect::LockedRange;
 /// [`block_termination_signals`] first, before anything is printed: a signal that arrives
 /// meanwhile then waits for us instead of ending the process.
 pub fn until_interrupted(locks: Vec<LockedRange>, pidfile: Option<Pidfile>) {
-    let pidfile = pidfile.and_then(Pidfile::written);
     errln!(
         "mmapkit: holding {} locked file(s); interrupt (Ctrl-C) or SIGTERM to release",
         locks.len()
@@ -32,60 +31,105 @@ pub fn until_interrupted(locks: Vec<LockedRange>, pidfile: Option<Pidfile>) {
     }
 }
 
-/// The pidfile of `-P`.
+/// The pidfile of `-P`: a regular file of ours, never a link, a device or someone else's.
 pub struct Pidfile {
     path: PathBuf,
     file: File,
+    /// Device and inode: the file removed at the end must be the one created.
+    identity: (u64, u64),
 }
 
 impl Pidfile {
-    /// Creates (or empties) the pidfile; a symbolic link in its place is refused.
+    /// Creates the pidfile, or empties one of ours; anything else in its place is refused
+    /// before it is opened for writing (a device or FIFO would be written to, or block).
     pub fn create(path: &Path) -> mmapkit::Result<Pidfile> {
+        let refuse = |why: String| {
+            Err(
+                mmapkit::Error::new(mmapkit::ErrorKind::InvalidInput, "create the pidfile", why)
+                    .with_path(path),
+            )
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(metadata) => {
+                if let Some(why) = not_ours(&metadata) {
+                    return refuse(why);
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(mmapkit::Error::io("create the pidfile", &error).with_path(path));
+            }
+        }
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
-            .truncate(true)
             .mode(0o644)
-            .custom_flags(libc::O_NOFOLLOW)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
-            .map_err(|error| match error.raw_os_error() {
-                Some(libc::ELOOP) => mmapkit::Error::new(
-                    mmapkit::ErrorKind::InvalidInput,
-                    "create the pidfile",
-                    "it is a symbolic link, and a pidfile is never written through one",
-                ),
-                _ => mmapkit::Error::io("create the pidfile", &error),
-            })
-            .map_err(|error| error.with_path(path))?;
+            .map_err(|error| mmapkit::Error::io("create the pidfile", &error).with_path(path))?;
+        // What was opened, in case the path changed since it was looked at.
+        let metadata = file
+            .metadata()
+            .map_err(|error| mmapkit::Error::io("create the pidfile", &error).with_path(path))?;
+        if let Some(why) = not_ours(&metadata) {
+            return refuse(why);
+        }
+        file.set_len(0)
+            .map_err(|error| mmapkit::Error::io("create the pidfile", &error).with_path(path))?;
         Ok(Pidfile {
-            path: path.to_path_buf(),
+            // The holder leaves its directory for /, and still removes the pidfile at the end.
+            path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
             file,
+            identity: (metadata.dev(), metadata.ino()),
         })
     }
 
-    /// Writes this process's pid; a pidfile that cannot take it is removed (with a warning).
-    fn written(mut self) -> Option<Pidfile> {
-        let pid = std::process::id();
-        match writeln!(self.file, "{pid}").and_then(|()| self.file.sync_all()) {
-            Ok(()) => Some(self),
-            Err(error) => {
-                errln!(
-                    "mmapkit: {}: could not write the pid: {error}",
-                    self.path.display()
-                );
-                self.remove();
-                None
-            }
-        }
+    /// Writes this process's pid.
+    pub fn write_pid(&mut self) -> mmapkit::Result<()> {
+        writeln!(self.file, "{}", std::process::id())
+            .and_then(|()| self.file.sync_all())
+            .map_err(|error| mmapkit::Error::io("write the pidfile", &error).with_path(&self.path))
     }
 
-    /// Removes the pidfile, unless it now names another process (someone else's since).
+    /// Removes the pidfile if it is still the file created, holding this pid or nothing.
     pub fn remove(self) {
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.path)
+        else {
+            return;
+        };
+        let same = file
+            .metadata()
+            .is_ok_and(|now| (now.dev(), now.ino()) == self.identity);
+        let mut held = Vec::new();
+        // A pid is a few bytes: anything longer is not ours.
+        let read = file.take(32).read_to_end(&mut held);
         let ours = format!("{}\n", std::process::id());
-        let held = std::fs::read_to_string(&self.path).unwrap_or_default();
-        if held.is_empty() || held == ours {
+        if same && read.is_ok() && (held.is_empty() || held == ours.as_bytes()) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// Why an existing file may not serve as the pidfile, if it may not.
+fn not_ours(metadata: &std::fs::Metadata) -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if metadata.file_type().is_symlink() {
+        Some("it is a symbolic link, and a pidfile is never written through one".into())
+    } else if !metadata.is_file() {
+        Some("it is not a regular file".into())
+    } else if metadata.uid() != me {
+        Some(format!(
+            "it belongs to another user (uid {})",
+            metadata.uid()
+        ))
+    } else if metadata.nlink() > 1 {
+        Some("it has other hard links".into())
+    } else {
+        None
     }
 }
 
@@ -96,7 +140,7 @@ fn wait_for_termination() {
     unsafe { libc::sigwait(&termination_signals(), &mut received) };
 }
 
-/// Blocks SIGINT, SIGTERM and SIGHUP in this (only) thread, so they wait for sigwait.
+/// Blocks SIGINT, SIGTERM, SIGHUP and SIGQUIT in this (only) thread, so they wait for sigwait.
 pub fn block_termination_signals() {
     // SAFETY: pthread_sigmask reads the set; blocking these signals is the point.
     unsafe {
@@ -113,7 +157,7 @@ fn termination_signals() -> libc::sigset_t {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
             libc::sigaddset(&mut set, signal);
         }
         set
@@ -121,7 +165,8 @@ fn termination_signals() -> libc::sigset_t {
 }
 
 /// Runs `lock_all` in a detached child that keeps its locks until SIGTERM; prints the child's
-/// report and pid. Returns whether the child's work succeeded.
+/// report and pid (not the pid when `quiet` with a pidfile, which holds it). Returns whether
+/// the child's work succeeded.
 ///
 /// The child dies with the parent (PR_SET_PDEATHSIG) until the parent has printed its pid, so
 /// no holder is ever left that nobody heard of. A handshake over a socket pair orders the
@@ -130,6 +175,7 @@ fn termination_signals() -> libc::sigset_t {
 /// very signal).
 pub fn in_background(
     pidfile: Option<Pidfile>,
+    quiet: bool,
     lock_all: impl FnOnce() -> (bool, String, Vec<String>, Vec<LockedRange>),
 ) -> bool {
     let (mut parent_end, mut child_end) = match UnixStream::pair() {
@@ -166,11 +212,26 @@ pub fn in_background(
             }
             libc::setsid();
         }
-        let (worked, text, errors, locks) = lock_all();
-        // The pid is in the pidfile before the parent returns.
-        let pidfile = pidfile
-            .filter(|_| !locks.is_empty())
-            .and_then(Pidfile::written);
+        let (mut worked, text, mut errors, mut locks) = lock_all();
+        // The pid is in the pidfile before the parent returns; a pid that cannot be written
+        // leaves nothing held (nobody could find the holder by it).
+        let pidfile = match pidfile {
+            Some(mut pidfile) if !locks.is_empty() => match pidfile.write_pid() {
+                Ok(()) => Some(pidfile),
+                Err(error) => {
+                    errors.push(error.to_string());
+                    worked = false;
+                    locks.clear();
+                    pidfile.remove();
+                    None
+                }
+            },
+            Some(pidfile) => {
+                pidfile.remove();
+                None
+            }
+            None => None,
+        };
         let release = |locks: Vec<LockedRange>, pidfile: Option<Pidfile>| {
             drop(locks);
             if let Some(pidfile) = pidfile {
@@ -205,6 +266,7 @@ pub fn in_background(
         unsafe { libc::_exit(0) };
     }
     // The child writes and removes the pidfile; this copy of its descriptor is closed.
+    let has_pidfile = pidfile.is_some();
     drop(pidfile);
     drop(child_end);
     let Some((worked, locked, text, errors)) = read_report(&mut parent_end) else {
@@ -222,11 +284,15 @@ pub fn in_background(
         return worked;
     }
     // The pid must reach someone before the child may outlive us: if stderr cannot take it,
-    // the child is not told "printed" and ends with us.
-    let told = writeln!(
-        std::io::stderr(),
-        "mmapkit: {locked} file(s) locked by background process {pid}; release with: kill {pid}"
-    );
+    // the child is not told "printed" and ends with us. Quiet, it is in the pidfile.
+    let told = if quiet && has_pidfile {
+        Ok(())
+    } else {
+        writeln!(
+            std::io::stderr(),
+            "mmapkit: {locked} file(s) locked by background process {pid}; release with: kill {pid}"
+        )
+    };
     if told.is_err() {
         return false;
     }

@@ -36,7 +36,7 @@ pub fn run(args: &ResidencyArgs) -> bool {
         }
     };
     if args.lock && args.daemon {
-        return hold::in_background(pidfile, || {
+        return hold::in_background(pidfile, args.quiet, || {
             let (mut report, locks) = collect(args, &paths);
             if !locks.is_empty() {
                 report.holder = Some(std::process::id());
@@ -49,7 +49,17 @@ pub fn run(args: &ResidencyArgs) -> bool {
             (report.worked(), report.render(args), errors, locks)
         });
     }
-    let (report, locks) = collect(args, &paths);
+    let (mut report, mut locks) = collect(args, &paths);
+    let mut pidfile = pidfile;
+    if let (Some(file), false) = (pidfile.as_mut(), locks.is_empty()) {
+        // A holder nobody can find by its pid holds nothing.
+        if let Err(error) = file.write_pid() {
+            locks.clear();
+            report
+                .failed
+                .push(report::Failure::new(Path::new(""), error));
+        }
+    }
     let holding = args.lock && !locks.is_empty();
     if holding {
         hold::block_termination_signals();

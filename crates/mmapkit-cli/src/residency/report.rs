@@ -5,6 +5,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use mmapkit::inspect::walk::ALREADY_COUNTED;
 use mmapkit::inspect::{FileResidency, Method};
 
 use super::ResidencyArgs;
@@ -124,10 +125,7 @@ impl Report {
         if args.quiet {
             String::new()
         } else if args.json && args.fincore {
-            format!(
-                "{:#}\n",
-                fincore::json(&self.table_rows(args), &args.layout())
-            )
+            fincore::json(&self.table_rows(args), &args.layout())
         } else if args.json {
             format!("{}\n", self.json(args))
         } else {
@@ -156,9 +154,12 @@ impl Report {
     /// What was passed over or only half done, one warning each, for stderr (as vmtouch warns
     /// of each file it skips).
     pub fn warnings(&self) -> impl Iterator<Item = String> + '_ {
+        // A file met again (a hard link, a path named twice) is only counted, as vmtouch
+        // passes over it without a word.
         let skipped = self
             .skipped
             .iter()
+            .filter(|(_, reason)| *reason != ALREADY_COUNTED)
             .map(|(path, reason)| format!("skipped {}: {reason}", path.to_string_lossy()));
         let unmeasured = self
             .unmeasured
@@ -350,7 +351,12 @@ fn skipped_summary(skipped: &[(PathBuf, &'static str)]) -> String {
         .iter()
         .map(|(reason, count)| format!("{reason}: {count}"))
         .collect();
-    format!("{} ({}; listed on stderr)", skipped.len(), parts.join(", "))
+    let named = if reasons.keys().any(|reason| *reason != ALREADY_COUNTED) {
+        "; listed on stderr"
+    } else {
+        ""
+    };
+    format!("{} ({}{named})", skipped.len(), parts.join(", "))
 }
 
 /// `pages` pages of which `runs` are cached, squeezed into at most [`BAR`] cells: `O` all

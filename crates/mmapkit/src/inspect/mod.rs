@@ -159,7 +159,8 @@ pub fn command_line(pid: Pid) -> Result<String> {
     }
     // No command line: a kernel thread, or a process that has exited (a zombie, as ps says).
     let comm = read_proc(pid, "comm", "comm")?;
-    let name = String::from_utf8_lossy(&comm).trim_end().to_owned();
+    // The kernel ends the name with a newline; one the name itself holds stays.
+    let name = String::from_utf8_lossy(comm.strip_suffix(b"\n").unwrap_or(&comm)).into_owned();
     let stat = read_proc(pid, "stat", "stat").unwrap_or_default();
     let state = stat
         .iter()

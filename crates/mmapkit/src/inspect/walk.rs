@@ -142,7 +142,7 @@ pub fn walk<P: AsRef<Path>>(
                 if !directories_seen.insert(identity) {
                     visit(Entry::Skipped {
                         path: &path,
-                        reason: "directory already walked (a link loop)",
+                        reason: "directory already walked (reached again through a link)",
                     });
                     continue;
                 }
@@ -292,7 +292,7 @@ mod tests {
         let followed = events(root, &following);
         assert!(followed.contains(&("file".into(), "c-link".into())));
         assert!(followed.contains(&(
-            "directory already walked (a link loop)".into(),
+            "directory already walked (reached again through a link)".into(),
             "sub".into()
         )));
         assert!(followed.contains(&("file".into(), "d-symlink/a".into())));
