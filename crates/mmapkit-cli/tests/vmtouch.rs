@@ -250,17 +250,15 @@ fn the_pidfile_names_the_holder_until_it_lets_go() {
     std::os::unix::fs::symlink(&target, &link).unwrap();
     let device = dir.path().join("null.pid");
     let device_c = std::ffi::CString::new(device.to_str().unwrap()).unwrap();
-    // SAFETY: mknod with a valid path; the device is /dev/null's (1, 3).
-    assert_eq!(
-        unsafe {
-            libc::mknod(
-                device_c.as_ptr(),
-                libc::S_IFCHR | 0o644,
-                libc::makedev(1, 3),
-            )
-        },
-        0
-    );
+    // SAFETY: mknod with a valid NUL-terminated path; the device is /dev/null's (1, 3).
+    let made = unsafe {
+        libc::mknod(
+            device_c.as_ptr(),
+            libc::S_IFCHR | 0o644,
+            libc::makedev(1, 3),
+        )
+    };
+    assert_eq!(made, 0, "mknod");
     let fifo = dir.path().join("fifo.pid");
     common::make_fifo(&fifo);
     let foreign = dir.path().join("foreign.pid");
