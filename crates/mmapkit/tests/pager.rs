@@ -7,7 +7,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use mmapkit::ErrorKind;
-use mmapkit::pager::{FileStore, MemoryStore, OnStoreError, Pager, Store};
+use mmapkit::pager::{FileStore, MemoryStore, OnStoreError, Pager, Store, WriteTracking};
 use proptest::prelude::*;
 
 const KIB: usize = 1024;
@@ -75,9 +75,18 @@ impl Store for FlakyStore {
 
 #[test]
 fn reads_come_from_the_store_and_writes_reach_it_on_flush() {
+    for tracking in [WriteTracking::Faults, WriteTracking::Async] {
+        reads_and_writes_reach_the_store(tracking);
+    }
+}
+
+/// Both ways of finding first writes: a fault each (the fallback, forced here), and the
+/// kernel's asynchronous protection with PAGEMAP_SCAN at flush.
+fn reads_and_writes_reach_the_store(tracking: WriteTracking) {
     let store = Arc::new(MemoryStore::new(pattern(KIB * KIB)));
     let region = Pager::from_arc(store.clone())
         .page_size(16 * KIB)
+        .write_tracking(tracking)
         .build()
         .unwrap();
     assert_eq!(region.len(), KIB * KIB);
@@ -101,11 +110,18 @@ fn reads_come_from_the_store_and_writes_reach_it_on_flush() {
         (2, 0, 1)
     );
 
-    // Clean again and write-protected: the next write is seen once more.
+    // Clean again and write-protected: the next write is seen once more (by its fault, or
+    // by the flush's scan).
     region.write_at(6, b"E").unwrap();
-    assert_eq!(region.stats().write_faults, 1);
+    let seen_at_once = u64::from(tracking == WriteTracking::Faults);
+    assert_eq!(region.stats().write_faults, seen_at_once, "{tracking:?}");
     region.flush().unwrap();
-    assert_eq!(&store.snapshot()[5..10], b"hEllo");
+    assert_eq!(&store.snapshot()[5..10], b"hEllo", "{tracking:?}");
+    assert_eq!(region.stats().write_faults, 1, "{tracking:?}");
+    // A page that was only read is not written back.
+    region.read_at(200_000, &mut [0; 8]).unwrap();
+    region.flush().unwrap();
+    assert_eq!(region.stats().writebacks, 2, "{tracking:?}");
 }
 
 #[test]
@@ -319,7 +335,9 @@ fn readers_racing_on_a_failing_page_all_get_the_store_error_and_it_recovers() {
     });
     store.fail_reads.store(false, Ordering::SeqCst);
     let mut buf = [0u8; 8];
-    region.read_at(40 * KIB + 8, &mut buf).unwrap();
+    if let Err(e) = region.read_at(40 * KIB + 8, &mut buf) {
+        panic!("{e} {:?}", e.kind());
+    }
     assert_eq!(buf[..], pattern(256 * KIB)[40 * KIB + 8..40 * KIB + 16]);
 }
 

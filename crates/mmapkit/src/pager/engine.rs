@@ -1,14 +1,17 @@
 //! The engine of a region: what happens on a fault, how pages are filled from the store, how
 //! frames are reserved within the budget, and the queue of work done ahead of demand.
 //!
-//! Filling a page is a claim (Absent → Filling, so one thread fills it), a store read into a
-//! handler's scratch buffer, and one UFFDIO_COPY that installs the bytes atomically —
-//! write-protected for a read fault, so that the first write is seen, writable for a write
-//! fault, which is dirty from the start. The copy does not wake the waiting threads: the page
-//! state is set first and the threads are woken after, so that nobody ever sees an installed
-//! page whose state says it is still being filled. Write-back and eviction live in
-//! `writeback`.
-
+//! The region's pages live in a memfd, seen twice: the *view* (the region's own address
+//! range, registered with userfaultfd for missing, minor and write-protect faults) and an
+//! *alias* that nobody registers. Filling a page is a claim (Absent → Filling, so one thread
+//! fills it), one store read straight into the alias — the only copy — and, for a fault or a
+//! fill ahead of one, one UFFDIO_CONTINUE that maps the now-cached page into the view
+//! (write-protected for a read, so that the first write is seen). Nobody sees a half-filled
+//! page through the view: the page is in the memfd but not mapped there, so an access is a
+//! minor fault, and the handler that receives it waits for the filler. Explicit accesses
+//! (`explicit`) read and write through the alias and never fault. The page state is set
+//! before the waiting threads are woken, so that nobody sees an installed page whose state
+//! says it is still being filled. Write-back and eviction live in `writeback`.
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::ops::Range;
@@ -28,7 +31,7 @@ use crate::sys::Errno;
 use crate::sys::uffd::{self, Fault};
 
 /// Why pages claimed for filling were not filled.
-enum Unfilled {
+pub(super) enum Unfilled {
     /// The store failed; the pages are still claimed.
     Store(io::Error),
     /// UFFDIO_COPY failed (the region is going away); the pages were given back.
@@ -40,6 +43,16 @@ pub(super) fn remember(slot: &Mutex<Option<io::Error>>, error: io::Error) {
     slot.lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert(error);
+}
+
+/// The memory of a region: the memfd and its two mappings; built by [`Pager`](super::Pager).
+pub(crate) struct Backing {
+    pub(crate) memfd: OwnedFd,
+    /// The registered view.
+    pub(crate) view: Mapping,
+    /// The unregistered alias.
+    pub(crate) alias: Mapping,
+    pub(crate) pagemap: Option<OwnedFd>,
 }
 
 /// How the engine is set up; built by [`Pager`](super::Pager).
@@ -57,12 +70,23 @@ pub(crate) struct Layout {
     pub(crate) run_pages: usize,
     /// Whether first writes are tracked (a writable region).
     pub(crate) dirty_tracking: bool,
+    /// Whether the kernel resolves write-protect faults itself and the pager finds written
+    /// pages with PAGEMAP_SCAN (UFFD_FEATURE_WP_ASYNC) rather than by a fault per first
+    /// write.
+    pub(crate) async_writes: bool,
     pub(crate) on_error: OnStoreError,
 }
 
 pub(crate) struct Engine {
+    /// The region's view: registered, what raw pointers see.
     pub(super) memory: Mapping,
     pub(super) base: usize,
+    /// The same pages, unregistered: where fills write and explicit accesses read.
+    pub(super) alias: Mapping,
+    /// The memfd holding the pages (hole punching evicts them).
+    pub(super) backing: OwnedFd,
+    /// /proc/self/pagemap, for finding written pages when `async_writes`.
+    pub(super) pagemap: Option<OwnedFd>,
     pub(super) layout: Layout,
     pub(super) pages: PageTable,
     pub(super) uffd: OwnedFd,
@@ -75,6 +99,8 @@ pub(crate) struct Engine {
     served: AtomicU64,
     /// The last store read error of each page that failed.
     pub(super) failures: Mutex<HashMap<usize, Failure>>,
+    /// Counts failures, to tell an accessor's own from older ones.
+    pub(super) failure_clock: AtomicU64,
     /// The first write-back error since the last `flush`, which returns it.
     pub(super) write_error: Mutex<Option<io::Error>>,
     /// The first store error answered with zeros (`OnStoreError::Zero`) not yet taken.
@@ -94,13 +120,19 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     pub(crate) fn new(
-        memory: Mapping,
+        backing: Backing,
         uffd: OwnedFd,
         store: Arc<dyn Store>,
         layout: Layout,
     ) -> crate::Result<Engine> {
+        let Backing {
+            memfd,
+            view: memory,
+            alias,
+            pagemap,
+        } = backing;
         let pages = layout.len.div_ceil(layout.page_size);
-        if memory.len() != pages * layout.page_size {
+        if memory.len() != pages * layout.page_size || alias.len() != memory.len() {
             return Err(crate::Error::new(
                 crate::ErrorKind::InvalidInput,
                 "pager",
@@ -111,6 +143,9 @@ impl Engine {
         Ok(Engine {
             base: memory.as_ptr() as usize,
             memory,
+            alias,
+            backing: memfd,
+            pagemap,
             readahead: ReadAhead::new(pages, layout.readahead_pages),
             pages: PageTable::new(pages).ok_or_else(|| {
                 crate::Error::new(
@@ -127,6 +162,7 @@ impl Engine {
             shutdown: AtomicBool::new(false),
             served: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
+            failure_clock: AtomicU64::new(0),
             write_error: Mutex::new(None),
             zero_fill_error: Mutex::new(None),
             counters: Counters::default(),
@@ -158,7 +194,7 @@ impl Engine {
     }
 
     /// Handles one fault read from the userfaultfd.
-    pub(crate) fn on_fault(&self, fault: Fault, scratch: &mut [u8]) {
+    pub(crate) fn on_fault(&self, fault: Fault) {
         let Some(page) = fault
             .address
             .checked_sub(self.base)
@@ -170,22 +206,27 @@ impl Engine {
         if fault.write_protect {
             self.on_write_fault(page);
         } else {
-            self.on_missing(page, fault.write, scratch);
+            self.on_missing(page, fault.write);
         }
     }
 
-    /// A missing page: fill it, and on a sequential read fill the next pages of the
-    /// read-ahead window in the same store read (the rest of the window is queued for the
-    /// other handlers), as the kernel's synchronous read-ahead does.
-    fn on_missing(&self, page: usize, write: bool, scratch: &mut [u8]) {
+    /// A page the view does not map: map it if it is in memory (filled by an explicit
+    /// access, or kept by an eviction that did not happen), else fill it, and on a
+    /// sequential read fill the next pages of the read-ahead window in the same store read
+    /// (the rest of the window is queued for the other handlers), as the kernel's
+    /// synchronous read-ahead does.
+    fn on_missing(&self, page: usize, write: bool) {
         let started = Instant::now();
         let ahead = self.readahead.on_fault(page);
         while !self.pages.claim(page, true) {
             match self.pages.state(page) {
                 // Given back or cleared between the claim and the look: claim again.
                 State::Absent => continue,
-                // Installed: our fault raced the installer's wake-up.
-                State::Clean | State::Dirty => self.wake(&(page..page + 1)),
+                // In memory: map it into the view (a no-op if it is mapped already).
+                state @ (State::Clean | State::Dirty) => {
+                    self.pages.reference(page);
+                    self.map_resident(page, state == State::Clean);
+                }
                 // Someone else fills, writes back or evicts it and wakes us when done.
                 _ => {}
             }
@@ -204,7 +245,7 @@ impl Engine {
             }
             self.enqueue(ahead);
         }
-        match self.fill(&run, write, scratch) {
+        match self.fill(&run, write, true) {
             Ok(()) => {
                 Counters::add(&self.counters.pages_prefetched, run.len() as u64 - 1);
                 self.counters.record_latency(started.elapsed());
@@ -218,16 +259,32 @@ impl Engine {
                 let result = if extra.is_empty() {
                     Err(Unfilled::Store(error))
                 } else {
-                    self.fill(&alone, write, scratch)
+                    self.fill(&alone, write, true)
                 };
                 match result {
                     Ok(()) => self.wake(&alone),
-                    Err(Unfilled::Store(error)) => self.fail(page, write, error, scratch),
+                    Err(Unfilled::Store(error)) => self.fail(page, write, error, true),
                     Err(Unfilled::Install(_)) => {}
                 }
             }
             Err(Unfilled::Install(_)) => {}
         }
+    }
+
+    /// Maps a resident page into the view for a thread that faulted on it, and wakes it.
+    /// The page is not owned: if it is evicted meanwhile, the continue finds nothing in the
+    /// memfd and the thread, woken, faults again.
+    fn map_resident(&self, page: usize, clean: bool) {
+        let (address, len) = self.span(&(page..page + 1));
+        let protect = clean && self.layout.dirty_tracking;
+        // SAFETY: the page is in the memfd with the bytes of the store (or newer ones);
+        // mapping it into the view only lets the faulting thread see them.
+        let mapped =
+            unsafe { uffd::continue_pages(self.uffd.as_fd(), address, len, protect, true) };
+        if mapped.is_ok() {
+            self.pages.set_mapped(page);
+        }
+        self.wake(&(page..page + 1));
     }
 
     /// Extends `run` with the absent pages after it, up to `limit` and one store read, with
@@ -305,86 +362,113 @@ impl Engine {
         let _ = unsafe { uffd::write_protect(self.uffd.as_fd(), address, len, false) };
     }
 
-    /// Reads the claimed pages of `run` from the store and installs them; the caller wakes
-    /// their waiters once its bookkeeping is done. On a store error the pages stay claimed,
-    /// for the caller to decide; on an install error they are given back and their waiters
-    /// woken.
-    fn fill(&self, run: &Range<usize>, write: bool, scratch: &mut [u8]) -> Result<(), Unfilled> {
+    /// The alias's bytes of a run of pages: where fills write and explicit accesses look.
+    pub(super) fn alias_ptr(&self, page: usize) -> *mut u8 {
+        // The run lies in the region, whose alias is as long as the view.
+        self.alias
+            .as_mut_ptr()
+            .wrapping_add(page * self.layout.page_size)
+    }
+
+    /// Reads the claimed pages of `run` from the store straight into the memfd (through the
+    /// alias) and installs them, mapping them into the view if `map` (a fault, or a fill ahead
+    /// of faults; an explicit access leaves that to the fault, if one ever comes). The caller
+    /// wakes their waiters once its bookkeeping is done. On a store error the pages stay
+    /// claimed, for the caller to decide; on an install error they are given back and their
+    /// waiters woken.
+    pub(super) fn fill(&self, run: &Range<usize>, write: bool, map: bool) -> Result<(), Unfilled> {
         let start = run.start * self.layout.page_size;
         let bytes = run.len() * self.layout.page_size;
         let from_store = bytes.min(self.layout.len - start);
-        let buf = &mut scratch[..bytes];
-        self.store
-            .read_at(start as u64, &mut buf[..from_store])
-            .map_err(Unfilled::Store)?;
+        // SAFETY: the pages of `run` are claimed by this thread (Filling): nobody else writes
+        // them, the view does not map them (an access there is a minor fault that waits for
+        // us), and they lie in the alias. Optimistic readers that started on an earlier life
+        // of the page may read while the store writes; their version check throws the
+        // result away.
+        let buf = unsafe { std::slice::from_raw_parts_mut(self.alias_ptr(run.start), bytes) };
+        if let Err(error) = self.store.read_at(start as u64, &mut buf[..from_store]) {
+            // What the store wrote so far must not stay in the memfd, or a minor fault would
+            // map it as if it were the page.
+            self.discard_backing(run);
+            return Err(Unfilled::Store(error));
+        }
         buf[from_store..].fill(0);
         Counters::add(&self.counters.pages_filled, run.len() as u64);
         Counters::add(&self.counters.bytes_read, from_store as u64);
-        // The waiters are woken once the state is set, so that nobody sees an installed page
-        // still Filling (a flush right after a write would skip it). Letting UFFDIO_COPY
-        // wake read faults was measured: it saves no time per fault.
-        self.install(run, buf, write).map_err(Unfilled::Install)
+        self.install(run, write, map).map_err(Unfilled::Install)
     }
 
-    /// Installs `bytes` as the claimed pages of `run` and sets their state; the caller wakes
-    /// their waiters.
-    pub(super) fn install(
-        &self,
-        run: &Range<usize>,
-        bytes: &[u8],
-        write: bool,
-    ) -> Result<(), Errno> {
-        let (address, len) = self.span(run);
-        let protect = self.layout.dirty_tracking && !write;
-        if write {
-            self.pages.add_dirty(run.len());
-        }
-        let mut done = 0;
-        while done < len {
-            // SAFETY: the pages of `run` are claimed by this thread (state Filling), so they
-            // are missing and nobody else installs them; `bytes` is a page-aligned scratch
-            // buffer of `len` bytes.
-            let copied = unsafe {
-                uffd::copy(
-                    self.uffd.as_fd(),
-                    address + done,
-                    bytes[done..].as_ptr(),
-                    len - done,
-                    protect,
-                    false,
-                )
-            };
-            match copied {
-                Ok(()) => done = len,
-                Err((Errno::AGAIN, partial)) => done += partial,
-                Err((errno, partial)) => {
-                    if write {
-                        self.pages.sub_dirty(run.len());
+    /// Installs the claimed pages of `run`, whose bytes are in the memfd: maps them into the
+    /// view if `map` (write-protected for a read, when writes are tracked), and sets their
+    /// state. The caller wakes their waiters.
+    pub(super) fn install(&self, run: &Range<usize>, write: bool, map: bool) -> Result<(), Errno> {
+        if map {
+            let (address, len) = self.span(run);
+            let protect = self.layout.dirty_tracking && !write;
+            let mut done = 0;
+            while done < len {
+                // SAFETY: the pages are claimed by this thread (Filling) and their bytes are
+                // in the memfd; mapping them lets the view see exactly those bytes.
+                let mapped = unsafe {
+                    uffd::continue_pages(
+                        self.uffd.as_fd(),
+                        address + done,
+                        len - done,
+                        protect,
+                        false,
+                    )
+                };
+                match mapped {
+                    Ok(()) => done = len,
+                    Err((Errno::AGAIN, partial)) => done += partial,
+                    // Mapped already (a racing fault of ours cannot map a Filling page, but
+                    // a stale mapping is as good): the rest, a page at a time.
+                    Err((Errno::EXIST, partial)) => {
+                        done += partial + self.layout.page_size.min(len - done - partial);
                     }
-                    // Pages installed before the failure must go too, or they would be
-                    // present while their state says Absent.
-                    let installed = done + partial;
-                    if installed > 0 {
-                        let start = run.start * self.layout.page_size;
-                        // SAFETY: the run is ours (Filling); nobody relies on bytes of pages
-                        // whose fill is being abandoned, and their waiters fault again.
-                        let _ = unsafe {
-                            self.memory.advise_unchecked(
-                                start..start + installed,
-                                UncheckedAdvice::DontNeed,
-                            )
-                        };
+                    Err((errno, _)) => {
+                        self.discard_view(run);
+                        self.discard_backing(run);
+                        self.unclaim(run);
+                        return Err(errno);
                     }
-                    self.unclaim(run);
-                    return Err(errno);
                 }
             }
+        }
+        if write {
+            self.pages.add_dirty(run.len());
         }
         let state = if write { State::Dirty } else { State::Clean };
         for page in run.clone() {
             self.pages.transition(page, State::Filling, state);
+            if map {
+                self.pages.set_mapped(page);
+            }
         }
         Ok(())
+    }
+
+    /// Drops the pages of `run` from the memfd (and so from both views): an eviction's
+    /// discard, or the bytes of a fill that failed.
+    pub(super) fn discard_backing(&self, run: &Range<usize>) -> bool {
+        let start = (run.start * self.layout.page_size) as u64;
+        let len = (run.len() * self.layout.page_size) as u64;
+        crate::sys::punch_hole(self.backing.as_fd(), start, len).is_ok()
+    }
+
+    /// Unmaps the pages of `run` from the view only (they stay in the memfd): what a poison
+    /// marker or a half-done install leaves there goes.
+    pub(super) fn discard_view(&self, run: &Range<usize>) -> bool {
+        let start = run.start * self.layout.page_size;
+        let end = run.end * self.layout.page_size;
+        // SAFETY: the pages are owned by the caller (claimed, failed or evicting); no
+        // reference covers the view's memory (accessors copy, explicit access uses the
+        // alias), and the bytes, if any, stay in the memfd.
+        unsafe {
+            self.memory
+                .advise_unchecked(start..end, UncheckedAdvice::DontNeed)
+        }
+        .is_ok()
     }
 
     /// Gives claimed pages back (nothing was installed) and wakes their waiters, who fault
@@ -432,7 +516,7 @@ impl Engine {
 
     /// Fills the absent pages of `range` ahead of demand, in runs of at most `run_pages`.
     /// Stops quietly when the budget has no room; returns the first store error.
-    pub(crate) fn fill_ahead(&self, range: Range<usize>, scratch: &mut [u8]) -> io::Result<()> {
+    pub(crate) fn fill_ahead(&self, range: Range<usize>) -> io::Result<()> {
         let mut page = range.start;
         while page < range.end {
             let run = self.claim_run(page, range.end);
@@ -443,7 +527,7 @@ impl Engine {
             if !self.reserve_run(&run) {
                 return Ok(());
             }
-            match self.fill(&run, false, scratch) {
+            match self.fill(&run, false, true) {
                 Ok(()) => {
                     Counters::add(&self.counters.pages_prefetched, run.len() as u64);
                     self.wake(&run);

@@ -15,13 +15,14 @@ use super::OnStoreError;
 use super::engine::{Engine, remember};
 use super::pages::State;
 use super::stats::Counters;
-use crate::map::UncheckedAdvice;
 use crate::sys::uffd;
 
 /// The last store read error of a page.
 #[derive(Debug)]
 pub(crate) struct Failure {
     error: Arc<io::Error>,
+    /// When it happened, on the engine's failure clock.
+    at: u64,
     /// The page is Failed and carries the poison marker of this error.
     poisoned: bool,
 }
@@ -29,13 +30,14 @@ pub(crate) struct Failure {
 impl Engine {
     /// A demand fill failed: zeros, or a poisoned page whose next access raises SIGBUS,
     /// which a guarded accessor turns into the store's error.
-    pub(super) fn fail(&self, page: usize, write: bool, error: io::Error, scratch: &mut [u8]) {
+    pub(super) fn fail(&self, page: usize, write: bool, error: io::Error, map: bool) {
         Counters::add(&self.counters.store_errors, 1);
         let run = page..page + 1;
         if self.layout.on_error == OnStoreError::Zero {
-            let zeros = &mut scratch[..self.page_size()];
-            zeros.fill(0);
-            if self.install(&run, zeros, write).is_ok() {
+            // SAFETY: the page is claimed by this thread (Filling) and lies in the alias; the
+            // failed fill's bytes were discarded, and these zeros become the page.
+            unsafe { std::ptr::write_bytes(self.alias_ptr(page), 0, self.page_size()) };
+            if self.install(&run, write, map).is_ok() {
                 remember(
                     &self.zero_fill_error,
                     io::Error::new(
@@ -58,6 +60,10 @@ impl Engine {
             page,
             Failure {
                 error: Arc::new(error),
+                at: self
+                    .failure_clock
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                    + 1,
                 poisoned,
             },
         );
@@ -68,15 +74,26 @@ impl Engine {
         }
     }
 
+    /// The failure clock now: an accessor notes it before it starts.
+    pub(crate) fn failure_time(&self) -> u64 {
+        self.failure_clock.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// The store error behind a SIGBUS a guarded accessor got on `page`. With
     /// [`OnStoreError::Report`] the page is cleared, so that its next access asks the store
-    /// again; with `Signal` it stays failed.
-    pub(crate) fn take_failure(&self, page: usize) -> Option<Arc<io::Error>> {
+    /// again, and an error older than the access (`since`, from
+    /// [`failure_time`](Self::failure_time): a fill nobody was waiting for any more) is not
+    /// reported but cleared, for the accessor to try again; with `Signal` the page stays
+    /// failed and its error is always reported.
+    pub(crate) fn take_failure(&self, page: usize, since: u64) -> Option<Arc<io::Error>> {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         let failure = failures.get_mut(&page)?;
         let error = Arc::clone(&failure.error);
         if self.layout.on_error == OnStoreError::Report {
             self.clear(page, failure);
+            if failure.at <= since {
+                return None;
+            }
         }
         Some(error)
     }
@@ -95,14 +112,8 @@ impl Engine {
         if !failure.poisoned || self.pages.state(page) != State::Failed {
             return;
         }
-        let start = page * self.layout.page_size;
-        // SAFETY: a failed page holds only the poison marker, which discarding removes; no
-        // reference relies on its (nonexistent) contents.
-        let discarded = unsafe {
-            self.memory
-                .advise_unchecked(start..start + self.page_size(), UncheckedAdvice::DontNeed)
-        };
-        if discarded.is_ok() {
+        // A failed page holds only the poison marker in the view, which discarding removes.
+        if self.discard_view(&(page..page + 1)) {
             failure.poisoned = false;
             self.pages.transition(page, State::Failed, State::Absent);
             self.wake(&(page..page + 1));

@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::engine::Engine;
-use crate::map::{MapOptions, Mapping};
 use crate::sys::uffd::MESSAGE_BYTES;
 use crate::{Error, Result};
 
@@ -34,23 +33,6 @@ const QUIET_FOR: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Messages read from the userfaultfd in one read(2).
 const MESSAGES_PER_READ: usize = 64;
-
-/// A handler's scratch buffer: page-aligned, one run of pages long.
-pub(crate) struct Scratch(Mapping);
-
-impl Scratch {
-    pub(crate) fn new(bytes: usize) -> Result<Scratch> {
-        Ok(Scratch(
-            MapOptions::new().len(bytes).write(true).map_anonymous()?,
-        ))
-    }
-
-    pub(crate) fn bytes(&mut self) -> &mut [u8] {
-        self.0
-            .as_mut_slice()
-            .expect("a private anonymous writable mapping lends a mutable slice")
-    }
-}
 
 /// The CPUs this process may run on (sched_getaffinity), in order.
 pub(crate) fn allowed_cpus() -> Vec<usize> {
@@ -67,14 +49,12 @@ pub(crate) fn spawn(
     engine: Arc<Engine>,
     index: usize,
     cpu: Option<usize>,
-    scratch: Scratch,
 ) -> Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("mmapkit-pager-{index}"))
         .spawn(move || {
-            let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                run(&engine, cpu, scratch)
-            }));
+            let served =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(&engine, cpu)));
             if served.is_err() {
                 // Store panics never get here: they are caught around each store call and
                 // become that page's error. What is left is a panic in the pager's own code,
@@ -89,7 +69,7 @@ pub(crate) fn spawn(
         .map_err(|error| Error::io("pager", &error).with_message("cannot start a handler thread"))
 }
 
-fn run(engine: &Engine, cpu: Option<usize>, mut scratch: Scratch) {
+fn run(engine: &Engine, cpu: Option<usize>) {
     if let Some(cpu) = cpu {
         let mut set = rustix::thread::CpuSet::new();
         set.set(cpu);
@@ -110,12 +90,12 @@ fn run(engine: &Engine, cpu: Option<usize>, mut scratch: Scratch) {
                 mark = engine.served(count);
             }
             for fault in faults.drain(..) {
-                engine.on_fault(fault, scratch.bytes());
+                engine.on_fault(fault);
             }
         }
         if let Some(run) = engine.next_work() {
             // A failed read ahead leaves the pages absent; a demand fault reports the error.
-            let _ = engine.fill_ahead(run, scratch.bytes());
+            let _ = engine.fill_ahead(run);
             pending = true;
             continue;
         }

@@ -125,6 +125,24 @@ pub struct Pager {
     pin_handlers: bool,
     on_error: OnStoreError,
     read_only: bool,
+    write_tracking: WriteTracking,
+}
+
+/// How a writable region learns which pages were written through its memory (explicit
+/// exclusive pins mark their pages themselves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteTracking {
+    /// [`Async`](Self::Async) where the kernel offers it (Linux 6.7), else
+    /// [`Faults`](Self::Faults).
+    #[default]
+    Auto,
+    /// The kernel lifts the write protection of a page itself on its first write
+    /// (UFFD_FEATURE_WP_ASYNC), and the pager finds the written pages with PAGEMAP_SCAN when it
+    /// flushes or evicts: no fault per first write. [`Stats::dirty`] then counts only the
+    /// pages known dirty so far. `build` fails with `Unsupported` where the kernel lacks it.
+    Async,
+    /// Every first write to a clean page faults once and a handler marks it dirty.
+    Faults,
 }
 
 impl std::fmt::Debug for Pager {
@@ -169,6 +187,7 @@ impl Pager {
             pin_handlers: true,
             on_error: OnStoreError::Report,
             read_only: false,
+            write_tracking: WriteTracking::Auto,
         }
     }
 
@@ -229,33 +248,31 @@ impl Pager {
         self
     }
 
+    /// How first writes are found (default: [`WriteTracking::Auto`]).
+    pub fn write_tracking(&mut self, tracking: WriteTracking) -> &mut Self {
+        self.write_tracking = tracking;
+        self
+    }
+
     /// Reserves the region, registers it with userfaultfd and starts the handler threads.
     pub fn build(&self) -> Result<PagedRegion> {
-        let layout = self.layout()?;
-        let (uffd, access) = open_userfaultfd(&layout)?;
+        let mut layout = self.layout()?;
+        let (uffd, access, pagemap) = open_userfaultfd(&mut layout, self.write_tracking)?;
         // The store's length was read once, by `layout`; a store that answers differently
         // later changes nothing (the region, its pages and every bound check use this one).
-        let map_len = layout.len.next_multiple_of(layout.page_size);
-        let memory = MapOptions::new()
-            .len(map_len)
-            .write(layout.dirty_tracking)
-            .no_reserve(true)
-            .map_anonymous()?;
-        // SAFETY: the mapping is new and ours; DontFork only keeps it out of forked children.
-        unsafe { memory.advise_unchecked(.., UncheckedAdvice::DontFork) }?;
-        // SAFETY: the mapping is ours and nothing has touched it; from now on its missing
-        // pages are served by the handlers started below.
+        let backing = backing(&layout, pagemap)?;
+        // SAFETY: the view is new and ours and nothing has touched it; from now on its
+        // unmapped pages are served by the handlers started below.
         unsafe {
             uffd::register(
                 std::os::fd::AsFd::as_fd(&uffd),
-                memory.as_ptr() as usize,
-                map_len,
+                backing.view.as_ptr() as usize,
+                backing.view.len(),
                 layout.dirty_tracking,
             )
         }
         .map_err(|errno| Error::os("pager", errno).with_message("cannot register the region"))?;
-        let run_bytes = layout.run_pages * layout.page_size;
-        let engine = Arc::new(Engine::new(memory, uffd, Arc::clone(&self.store), layout)?);
+        let engine = Arc::new(Engine::new(backing, uffd, Arc::clone(&self.store), layout)?);
         let cpus = handler::allowed_cpus();
         let count = self
             .handlers
@@ -267,8 +284,7 @@ impl Pager {
             } else {
                 None
             };
-            let scratch = handler::Scratch::new(run_bytes)?;
-            region.add_handler(handler::spawn(Arc::clone(&engine), index, cpu, scratch)?);
+            region.add_handler(handler::spawn(Arc::clone(&engine), index, cpu)?);
         }
         Ok(region)
     }
@@ -328,6 +344,7 @@ impl Pager {
             readahead_pages: (self.readahead / page_size).min(budget_pages / 4),
             run_pages: (RUN_BYTES / page_size).max(1),
             dirty_tracking: self.store.is_writable() && !self.read_only,
+            async_writes: false,
             on_error: self.on_error,
         })
     }
@@ -348,21 +365,84 @@ fn refusal(errno: crate::sys::Errno) -> Error {
     }
 }
 
-/// Opens the userfaultfd and agrees on the features the layout needs.
-fn open_userfaultfd(layout: &Layout) -> Result<(std::os::fd::OwnedFd, uffd::Access)> {
+/// The region's memory: a memfd as long as the region, mapped twice (see `engine`).
+fn backing(layout: &Layout, pagemap: Option<std::os::fd::OwnedFd>) -> Result<engine::Backing> {
+    let map_len = layout.len.next_multiple_of(layout.page_size);
+    let memfd = crate::sys::memfd_create("mmapkit-pager", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|errno| Error::os("pager", errno).with_message("cannot create the memfd"))?;
+    rustix::fs::ftruncate(&memfd, map_len as u64)
+        .map_err(|errno| Error::os("pager", errno).with_message("cannot size the memfd"))?;
+    let view = MapOptions::new()
+        .len(map_len)
+        .shared()
+        .write(layout.dirty_tracking)
+        .map_fd(&memfd)?;
+    let alias = MapOptions::new()
+        .len(map_len)
+        .shared()
+        .write(true)
+        .map_fd(&memfd)?;
+    for mapping in [&view, &alias] {
+        // SAFETY: the mappings are new and ours; DontFork only keeps them out of forked
+        // children, which would see a region with no pager behind it.
+        unsafe { mapping.advise_unchecked(.., UncheckedAdvice::DontFork) }?;
+    }
+    Ok(engine::Backing {
+        memfd,
+        view,
+        alias,
+        pagemap,
+    })
+}
+
+/// Opens the userfaultfd and agrees on the features the layout needs; settles whether writes
+/// are tracked asynchronously, and if so opens /proc/self/pagemap for the scans.
+fn open_userfaultfd(
+    layout: &mut Layout,
+    tracking: WriteTracking,
+) -> Result<(
+    std::os::fd::OwnedFd,
+    uffd::Access,
+    Option<std::os::fd::OwnedFd>,
+)> {
     let (fd, access) = uffd::open().map_err(refusal)?;
-    let mut wanted = 0;
+    let offered = uffd::available_features().unwrap_or(0);
+    let mut wanted = u64::from(uffd::FEATURE_MINOR_SHMEM);
+    let mut pagemap = None;
     if layout.dirty_tracking {
-        wanted |= u64::from(uffd::FEATURE_WRITE_PROTECT);
+        wanted |= u64::from(uffd::FEATURE_WRITE_PROTECT | uffd::FEATURE_WP_SHMEM);
+        let async_offered = offered & u64::from(uffd::FEATURE_WP_ASYNC) != 0;
+        if tracking == WriteTracking::Async || (tracking == WriteTracking::Auto && async_offered) {
+            // A process that changed its user without exec may not read its own pagemap:
+            // Auto then falls back to faults.
+            let path = std::path::Path::new("/proc/self/pagemap");
+            match crate::sys::open(path, crate::sys::OFlags::RDONLY, 0) {
+                Ok(opened) => pagemap = Some(opened),
+                Err(errno) if tracking == WriteTracking::Async => {
+                    return Err(Error::os("pager", errno)
+                        .with_message("cannot open /proc/self/pagemap for WriteTracking::Async"));
+                }
+                Err(_) => {}
+            }
+        }
+        layout.async_writes = pagemap.is_some();
+        if layout.async_writes {
+            wanted |= u64::from(uffd::FEATURE_WP_ASYNC);
+        }
     }
     if layout.on_error != OnStoreError::Zero {
         wanted |= u64::from(uffd::FEATURE_POISON);
     }
-    let offered = uffd::available_features().unwrap_or(0);
     let missing = wanted & !offered;
     if missing != 0 {
-        let what = if missing & u64::from(uffd::FEATURE_WRITE_PROTECT) != 0 {
-            "write-protect faults (Linux 5.7), which a writable region needs to track dirty pages"
+        let what = if missing & u64::from(uffd::FEATURE_MINOR_SHMEM) != 0 {
+            "minor faults on shared memory (Linux 5.14), which every region needs"
+        } else if missing & u64::from(uffd::FEATURE_WRITE_PROTECT | uffd::FEATURE_WP_SHMEM) != 0 {
+            "write-protect faults on shared memory (Linux 5.19), which a writable region needs \
+             to track dirty pages"
+        } else if missing & u64::from(uffd::FEATURE_WP_ASYNC) != 0 {
+            "asynchronous write protection (Linux 6.7), which WriteTracking::Async needs; \
+             WriteTracking::Faults works without it"
         } else {
             "UFFDIO_POISON (Linux 6.6), which OnStoreError::Report and ::Signal need; \
              OnStoreError::Zero works without it"
@@ -375,7 +455,7 @@ fn open_userfaultfd(layout: &Layout) -> Result<(std::os::fd::OwnedFd, uffd::Acce
     }
     uffd::handshake(std::os::fd::AsFd::as_fd(&fd), wanted)
         .map_err(|errno| Error::os("pager", errno).with_message("userfaultfd handshake failed"))?;
-    Ok((fd, access))
+    Ok((fd, access, pagemap))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
-//! The page table of a region: one byte of state per page, the resident and dirty counts, and
-//! the CLOCK hand that picks eviction victims.
+//! The page table of a region: one 64-bit word per page — its state, CLOCK's reference bit,
+//! its pins and a version — shared by the fault path and the explicit one, with the resident
+//! and dirty counts and the CLOCK hand that picks eviction victims.
 //!
-//! Every transition is a compare-and-swap on the page's byte, so that exactly one thread owns
+//! Every transition is a compare-and-swap on the page's word, so that exactly one thread owns
 //! a page while it is being filled, written back or evicted; the others see the transitional
 //! state and leave the page to its owner, who wakes the threads waiting on it when it is done.
 //!
@@ -16,14 +17,24 @@
 //!     └──────────────── Evicting ◀─── CLOCK victim ────────┘ (or Clean)
 //! ```
 //!
-//! The high bit is CLOCK's reference bit: set when the pager sees the page used (a fault, a
-//! first write, an accessor call), cleared when the hand passes. userfaultfd reports only
-//! faults, not hits on resident pages, so a page read only through raw pointers after it was
-//! filled looks unused; read-ahead pages start unreferenced, so a scan does not push out the
-//! pages a random workload keeps touching.
+//! The word, from the low bits up:
+//!
+//! | bits | what |
+//! |---|---|
+//! | 0–6 | the [`State`] |
+//! | 7 | CLOCK's reference bit: set when the pager sees the page used (a fault, a first write, an accessor call, an explicit access), cleared when the hand passes |
+//! | 8–23 | shared pins: readers that hold the page's bytes still |
+//! | 24 | the exclusive pin: one writer owns the bytes |
+//! | 25 | mapped: the region's own view may hold the page (a fault mapped it); explicit access alone never maps it there |
+//! | 32–63 | the version: changes whenever the bytes may have changed under an optimistic reader — an exclusive pin's release, an eviction, a failure |
+//!
+//! A pinned page is never a victim and never written back under an exclusive pin. userfaultfd
+//! reports faults, not hits, so a page read only through raw pointers after it was filled
+//! looks unused; explicit accesses set the bit as they go. Read-ahead pages start
+//! unreferenced, so a scan does not push out the pages a random workload keeps touching.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// What a page is doing. See the module docs for the transitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +60,16 @@ pub(crate) enum State {
     Unprotecting = 7,
 }
 
-const STATE_MASK: u8 = 0x7f;
-const REFERENCED: u8 = 0x80;
+const STATE_MASK: u64 = 0x7f;
+const REFERENCED: u64 = 0x80;
+const PIN_ONE: u64 = 1 << 8;
+const PIN_MASK: u64 = 0xffff << 8;
+const EXCLUSIVE: u64 = 1 << 24;
+const MAPPED: u64 = 1 << 25;
+const VERSION_ONE: u64 = 1 << 32;
 
 impl State {
-    fn from_bits(bits: u8) -> State {
+    fn from_bits(bits: u64) -> State {
         match bits & STATE_MASK {
             0 => State::Absent,
             1 => State::Filling,
@@ -70,6 +86,66 @@ impl State {
     pub(crate) fn is_resident(self) -> bool {
         !matches!(self, State::Absent | State::Failed)
     }
+
+    /// Whether the page's bytes are in memory and stay put unless an exclusive pin or a
+    /// raw write changes them: what pins and optimistic reads need.
+    fn is_readable(self) -> bool {
+        matches!(
+            self,
+            State::Clean | State::Dirty | State::Cleaning | State::Unprotecting
+        )
+    }
+
+    /// Whether taking the page for this state changes its bytes' identity (so optimistic
+    /// readers must retry).
+    fn ends_version(self) -> bool {
+        matches!(self, State::Absent | State::Evicting | State::Failed)
+    }
+}
+
+/// A page's word as loaded: see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Word(u64);
+
+impl Word {
+    pub(crate) fn state(self) -> State {
+        State::from_bits(self.0)
+    }
+
+    pub(crate) fn version(self) -> u64 {
+        self.0 >> 32
+    }
+
+    pub(crate) fn is_exclusive(self) -> bool {
+        self.0 & EXCLUSIVE != 0
+    }
+
+    pub(crate) fn is_pinned(self) -> bool {
+        self.0 & (PIN_MASK | EXCLUSIVE) != 0
+    }
+
+    pub(crate) fn is_mapped(self) -> bool {
+        self.0 & MAPPED != 0
+    }
+
+    /// Whether an optimistic read may start (and, seen again after it, whether it held).
+    pub(crate) fn is_stable(self) -> bool {
+        self.state().is_readable() && !self.is_exclusive()
+    }
+}
+
+/// What a pin attempt found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pin {
+    /// Pinned.
+    Taken,
+    /// Not in memory: fill it, then try again.
+    Absent,
+    /// Failed: report its error.
+    Failed,
+    /// Someone else owns it for now (filling, writing back, evicting, pinned the other way):
+    /// wait and try again.
+    Busy,
 }
 
 /// A page chosen by the CLOCK hand, now in `Evicting`.
@@ -77,11 +153,13 @@ impl State {
 pub(crate) struct Victim {
     pub(crate) page: usize,
     pub(crate) dirty: bool,
+    /// The region's view may hold the page (see the module docs).
+    pub(crate) mapped: bool,
 }
 
 #[derive(Debug)]
 pub(crate) struct PageTable {
-    states: Box<[AtomicU8]>,
+    words: Box<[AtomicU64]>,
     resident: AtomicUsize,
     peak_resident: AtomicUsize,
     dirty: AtomicUsize,
@@ -89,13 +167,13 @@ pub(crate) struct PageTable {
 }
 
 impl PageTable {
-    /// A table of `pages` absent pages; `None` if its byte per page cannot be allocated.
+    /// A table of `pages` absent pages; `None` if its word per page cannot be allocated.
     pub(crate) fn new(pages: usize) -> Option<PageTable> {
-        let mut states = Vec::new();
-        states.try_reserve_exact(pages).ok()?;
-        states.extend((0..pages).map(|_| AtomicU8::new(0)));
+        let mut words = Vec::new();
+        words.try_reserve_exact(pages).ok()?;
+        words.extend((0..pages).map(|_| AtomicU64::new(0)));
         Some(PageTable {
-            states: states.into_boxed_slice(),
+            words: words.into_boxed_slice(),
             resident: AtomicUsize::new(0),
             peak_resident: AtomicUsize::new(0),
             dirty: AtomicUsize::new(0),
@@ -104,43 +182,117 @@ impl PageTable {
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.states.len()
+        self.words.len()
     }
 
     pub(crate) fn state(&self, page: usize) -> State {
-        State::from_bits(self.states[page].load(Ordering::SeqCst))
+        self.word(page).state()
     }
 
-    /// Moves `page` from `from` to `to`, keeping its reference bit. False if it was not in
-    /// `from`.
+    /// The page's word, with acquire ordering (an optimistic read's first look).
+    pub(crate) fn word(&self, page: usize) -> Word {
+        Word(self.words[page].load(Ordering::Acquire))
+    }
+
+    /// Moves `page` from `from` to `to`, keeping its reference bit and pins. False if it
+    /// was not in `from`, or if `to` needs what a pin forbids: no victim is pinned, and no
+    /// write-back runs under an exclusive pin.
     pub(crate) fn transition(&self, page: usize, from: State, to: State) -> bool {
-        self.states[page]
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |bits| {
-                (State::from_bits(bits) == from).then_some((bits & REFERENCED) | to as u8)
-            })
-            .is_ok()
+        self.take(page, from, to).is_some()
     }
 
-    /// Claims an absent page for filling; `referenced` marks a demand fault (as opposed to
+    /// [`transition`](Self::transition), returning the word it replaced.
+    pub(crate) fn take(&self, page: usize, from: State, to: State) -> Option<Word> {
+        self.words[page]
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |bits| {
+                let word = Word(bits);
+                if word.state() != from
+                    || (to == State::Evicting && word.is_pinned())
+                    || (to == State::Cleaning && word.is_exclusive())
+                {
+                    return None;
+                }
+                let mut next = (bits & !STATE_MASK) | to as u64;
+                if to.ends_version() {
+                    next = next.wrapping_add(VERSION_ONE);
+                }
+                if matches!(to, State::Absent | State::Failed) {
+                    next &= !MAPPED;
+                }
+                Some(next)
+            })
+            .ok()
+            .map(Word)
+    }
+
+    /// Claims an absent page for filling; `referenced` marks a demand access (as opposed to
     /// read-ahead).
     pub(crate) fn claim(&self, page: usize, referenced: bool) -> bool {
-        let to = State::Filling as u8 | if referenced { REFERENCED } else { 0 };
-        self.states[page]
-            .compare_exchange(State::Absent as u8, to, Ordering::SeqCst, Ordering::SeqCst)
-            .or_else(|_| {
-                self.states[page].compare_exchange(
-                    State::Absent as u8 | REFERENCED,
-                    to,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                )
+        self.words[page]
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |bits| {
+                (Word(bits).state() == State::Absent).then(|| {
+                    let bits = bits & !(STATE_MASK | REFERENCED);
+                    bits | State::Filling as u64 | if referenced { REFERENCED } else { 0 }
+                })
             })
             .is_ok()
     }
 
-    /// Sets the reference bit.
+    /// Sets the reference bit (a load first: a hit that finds it set writes nothing, so
+    /// readers on many CPUs do not fight over the word's cache line).
     pub(crate) fn reference(&self, page: usize) {
-        self.states[page].fetch_or(REFERENCED, Ordering::Relaxed);
+        if self.words[page].load(Ordering::Relaxed) & REFERENCED == 0 {
+            self.words[page].fetch_or(REFERENCED, Ordering::Relaxed);
+        }
+    }
+
+    /// Notes that the region's view now maps the page.
+    pub(crate) fn set_mapped(&self, page: usize) {
+        self.words[page].fetch_or(MAPPED, Ordering::SeqCst);
+    }
+
+    /// Takes a shared pin (`exclusive` false) or the exclusive one, setting the reference
+    /// bit.
+    pub(crate) fn pin(&self, page: usize, exclusive: bool) -> Pin {
+        let mut outcome = Pin::Busy;
+        let updated = self.words[page].fetch_update(Ordering::SeqCst, Ordering::SeqCst, |bits| {
+            let word = Word(bits);
+            let state = word.state();
+            let free = !word.is_exclusive();
+            outcome = match state {
+                State::Absent => Pin::Absent,
+                State::Failed => Pin::Failed,
+                State::Clean | State::Dirty if exclusive && free && bits & PIN_MASK == 0 => {
+                    return Some(bits | EXCLUSIVE | REFERENCED);
+                }
+                _ if !exclusive && free && state.is_readable() && bits & PIN_MASK != PIN_MASK => {
+                    return Some((bits + PIN_ONE) | REFERENCED);
+                }
+                _ => Pin::Busy,
+            };
+            None
+        });
+        if updated.is_ok() { Pin::Taken } else { outcome }
+    }
+
+    /// Drops a shared pin.
+    pub(crate) fn unpin_shared(&self, page: usize) {
+        self.words[page].fetch_sub(PIN_ONE, Ordering::Release);
+    }
+
+    /// Drops the exclusive pin, with a new version for optimistic readers; `dirty` marks the
+    /// page written. Returns whether the page went from clean to dirty.
+    pub(crate) fn unpin_exclusive(&self, page: usize, dirty: bool) -> bool {
+        let mut cleaned_to_dirty = false;
+        let _ = self.words[page].fetch_update(Ordering::Release, Ordering::Relaxed, |bits| {
+            let mut next = (bits & !EXCLUSIVE).wrapping_add(VERSION_ONE);
+            cleaned_to_dirty = dirty && Word(bits).state() == State::Clean;
+            if cleaned_to_dirty {
+                next = (next & !STATE_MASK) | State::Dirty as u64;
+            }
+            Some(next)
+        });
+        cleaned_to_dirty
     }
 
     pub(crate) fn resident(&self) -> usize {
@@ -200,7 +352,7 @@ impl PageTable {
         out: &mut Vec<Victim>,
     ) {
         let mut hand = self.hand.lock().unwrap_or_else(|e| e.into_inner());
-        let pages = self.states.len();
+        let pages = self.words.len();
         let mut found = 0;
         for _ in 0..pages.saturating_mul(2) {
             if found == want {
@@ -208,10 +360,12 @@ impl PageTable {
             }
             let page = *hand;
             *hand = if page + 1 == pages { 0 } else { page + 1 };
-            let slot = &self.states[page];
+            let slot = &self.words[page];
             let bits = slot.load(Ordering::SeqCst);
-            let state = State::from_bits(bits);
+            let word = Word(bits);
+            let state = word.state();
             if !matches!(state, State::Clean | State::Dirty)
+                || word.is_pinned()
                 || spared.iter().any(|range| range.contains(&page))
             {
                 continue;
@@ -220,18 +374,16 @@ impl PageTable {
                 slot.fetch_and(!REFERENCED, Ordering::SeqCst);
                 continue;
             }
+            let evicting =
+                ((bits & !STATE_MASK) | State::Evicting as u64).wrapping_add(VERSION_ONE);
             if slot
-                .compare_exchange(
-                    bits,
-                    State::Evicting as u8,
-                    Ordering::SeqCst,
-                    Ordering::SeqCst,
-                )
+                .compare_exchange(bits, evicting, Ordering::SeqCst, Ordering::SeqCst)
                 .is_ok()
             {
                 out.push(Victim {
                     page,
                     dirty: state == State::Dirty,
+                    mapped: word.is_mapped(),
                 });
                 found += 1;
             }

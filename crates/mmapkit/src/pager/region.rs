@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::engine::Engine;
-use super::handler::Scratch;
 use super::stats::Stats;
 use crate::sys::uffd::Access;
 use crate::{Error, ErrorKind, Result};
@@ -174,6 +173,7 @@ impl PagedRegion {
         let region = self.as_mut_ptr();
         let mut done = 0;
         let mut retries = 0;
+        let mut since = self.engine.failure_time();
         while done < len {
             let at = offset + done;
             // SAFETY: both pointers stay within their ranges, by the contract.
@@ -191,13 +191,15 @@ impl PagedRegion {
                 Err(stopped) => {
                     done += stopped.offset().unwrap_or(0) as usize;
                     let at = (offset + done) as u64;
-                    if let Some(failure) =
-                        self.engine.take_failure(self.engine.page_of(at as usize))
+                    if let Some(failure) = self
+                        .engine
+                        .take_failure(self.engine.page_of(at as usize), since)
                     {
                         return Err(Error::store(operation, &failure)
                             .with_offset(at)
                             .with_hint(format!("store: {}", self.engine.store.describe())));
                     }
+                    since = self.engine.failure_time();
                     retries += 1;
                     if retries > RETRIES {
                         return Err(stopped.with_offset(at));
@@ -274,11 +276,9 @@ impl PagedRegion {
     /// if a read fails. Stops early, without error, when the budget has no more room.
     pub fn populate(&self, range: impl RangeBounds<usize>) -> Result<()> {
         let pages = self.pages("populate", range)?;
-        let run_bytes = self.engine.layout.run_pages * self.page_size();
-        let mut scratch = Scratch::new(run_bytes)?;
         let start = (pages.start * self.page_size()) as u64;
         self.engine
-            .fill_ahead(pages, scratch.bytes())
+            .fill_ahead(pages)
             .map_err(|error| Error::store("populate", &error).with_offset(start))
     }
 

@@ -3,9 +3,16 @@
 //! A dirty page is written back while write-protected: the writer that touches it meanwhile
 //! faults and waits, and the bytes the store receives are the bytes the page holds. Flushing
 //! then marks the page clean (still protected, so its next write is seen again); evicting
-//! discards it with MADV_DONTNEED, after which any access faults and refills it from the
-//! store, which now has the latest bytes. A write-back that fails never discards: the page
-//! stays dirty and the error is returned by the next `flush`.
+//! punches the pages out of the memfd, in runs, after which any access faults and refills
+//! them from the store, which now has the latest bytes. A write-back that fails never
+//! discards: the page stays dirty and the error is returned by the next `flush`.
+//!
+//! With asynchronous write tracking (UFFD_FEATURE_WP_ASYNC) a first write does not fault:
+//! the kernel lifts the protection itself, and the pager asks PAGEMAP_SCAN which pages were
+//! written. A flush scans and re-protects in one step (a write after it is seen by the next
+//! flush); an eviction first unmaps its victims from the view — an access then is a minor
+//! fault that waits for the eviction — and then scans them: a written page's protection is
+//! gone with its mapping, a clean one leaves the kernel's write-protect marker behind.
 
 use std::io;
 use std::ops::Range;
@@ -14,7 +21,6 @@ use std::os::fd::AsFd;
 use super::engine::{Engine, remember};
 use super::pages::{State, Victim, runs_of};
 use super::stats::Counters;
-use crate::map::UncheckedAdvice;
 use crate::sys::uffd;
 
 impl Engine {
@@ -36,8 +42,12 @@ impl Engine {
         let mut victims = Vec::new();
         for page in range {
             for (from, dirty) in [(State::Clean, false), (State::Dirty, true)] {
-                if self.pages.transition(page, from, State::Evicting) {
-                    victims.push(Victim { page, dirty });
+                if let Some(word) = self.pages.take(page, from, State::Evicting) {
+                    victims.push(Victim {
+                        page,
+                        dirty,
+                        mapped: word.is_mapped(),
+                    });
                 }
             }
         }
@@ -47,6 +57,9 @@ impl Engine {
     /// Evicts pages already moved to `Evicting`; returns how many left memory.
     fn evict(&self, mut victims: Vec<Victim>) -> usize {
         victims.sort_unstable_by_key(|victim| victim.page);
+        if self.layout.async_writes {
+            self.find_written_victims(&mut victims);
+        }
         let dirty = runs_of(victims.iter().filter(|v| v.dirty).map(|v| v.page));
         let mut kept = Vec::new();
         for run in dirty {
@@ -78,16 +91,8 @@ impl Engine {
         );
         let mut evicted = 0;
         for run in discard {
-            let start = run.start * self.layout.page_size;
-            let end = run.end * self.layout.page_size;
-            // SAFETY: the pages are ours (Evicting) and no reference covers region memory
-            // (accessors copy); their bytes are in the store, which refills them on the next
-            // access.
-            let discarded = unsafe {
-                self.memory
-                    .advise_unchecked(start..end, UncheckedAdvice::DontNeed)
-            };
-            let next = if discarded.is_ok() {
+            let discarded = self.discard_backing(&run);
+            let next = if discarded {
                 State::Absent
             } else {
                 State::Clean
@@ -95,7 +100,7 @@ impl Engine {
             for page in run.clone() {
                 self.pages.transition(page, State::Evicting, next);
             }
-            if discarded.is_ok() {
+            if discarded {
                 self.pages.release(run.len());
                 evicted += run.len();
             }
@@ -113,6 +118,9 @@ impl Engine {
     /// dirty are waited for, not skipped.
     pub(crate) fn flush(&self) -> io::Result<()> {
         let mut first_error = None;
+        if self.layout.async_writes {
+            self.find_written_pages();
+        }
         if self.pages.dirty() > 0 {
             let claimed = (0..self.pages.len()).filter(|&page| {
                 while matches!(
@@ -169,18 +177,103 @@ impl Engine {
             .map_err(|errno| io::Error::from_raw_os_error(errno.raw_os_error()))
     }
 
-    /// Writes a run of write-protected pages to the store.
+    /// Writes a run of write-protected pages to the store, from the alias (the view may not
+    /// map them, and a fault there would wait on this very thread).
     fn write_back(&self, run: &Range<usize>) -> io::Result<()> {
         let start = run.start * self.layout.page_size;
         let end = (run.end * self.layout.page_size).min(self.layout.len);
         // SAFETY: the pages are resident and write-protected, and we own them (Evicting or
-        // Cleaning): writers fault and wait, nothing installs or discards them, so the bytes
-        // do not change while the slice lives. The range lies inside the region.
-        let bytes =
-            unsafe { std::slice::from_raw_parts((self.base + start) as *const u8, end - start) };
+        // Cleaning, never under an exclusive pin): writers through the view fault and wait
+        // (with asynchronous tracking a raw write goes through, and is found by the next
+        // scan), nothing installs or discards them, so the bytes do not change while the
+        // slice lives. The range lies inside the region.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(self.alias_ptr(run.start).cast_const(), end - start)
+        };
         self.store.write_at(start as u64, bytes)?;
         Counters::add(&self.counters.writebacks, run.len() as u64);
         Counters::add(&self.counters.bytes_written, bytes.len() as u64);
         Ok(())
+    }
+}
+
+impl Engine {
+    /// Asynchronous tracking: marks dirty the clean pages written through the view since
+    /// they were last protected, and protects them again in the same step.
+    fn find_written_pages(&self) {
+        let Some(pagemap) = &self.pagemap else {
+            return;
+        };
+        let mut written = Vec::new();
+        let end = self.base + self.pages.len() * self.layout.page_size;
+        if uffd::written_pages(pagemap.as_fd(), self.base, end, true, true, &mut written).is_err() {
+            // Unknown: every clean page the view maps is written back rather than lose a
+            // write.
+            written.push(self.base..end);
+        }
+        for range in written {
+            for page in self.pages_of(&range) {
+                if self.pages.word(page).is_mapped()
+                    && self.pages.transition(page, State::Clean, State::Dirty)
+                {
+                    self.pages.add_dirty(1);
+                    Counters::add(&self.counters.write_faults, 1);
+                }
+            }
+        }
+    }
+
+    /// Asynchronous tracking: unmaps the victims the view maps — an access now waits for the
+    /// eviction, where a write-protected page would not stop a writer — and marks those
+    /// written since their last protection dirty.
+    /// The pager pages an address range of the view touches.
+    fn pages_of(&self, range: &Range<usize>) -> Range<usize> {
+        if range.is_empty() {
+            return 0..0;
+        }
+        self.page_of(range.start - self.base)..self.page_of(range.end - 1 - self.base) + 1
+    }
+
+    fn find_written_victims(&self, victims: &mut [Victim]) {
+        let Some(pagemap) = &self.pagemap else {
+            return;
+        };
+        let mapped = runs_of(
+            victims
+                .iter()
+                .filter(|victim| victim.mapped)
+                .map(|victim| victim.page),
+        );
+        let mut written = Vec::new();
+        for run in &mapped {
+            self.discard_view(run);
+            let (address, len) = self.span(run);
+            if uffd::written_pages(
+                pagemap.as_fd(),
+                address,
+                address + len,
+                false,
+                false,
+                &mut written,
+            )
+            .is_err()
+            {
+                // Unknown: write the run back rather than lose a write.
+                written.push(address..address + len);
+            }
+        }
+        for range in written {
+            let pages = self.pages_of(&range);
+            for victim in victims
+                .iter_mut()
+                .filter(|v| v.mapped && pages.contains(&v.page))
+            {
+                if !victim.dirty {
+                    victim.dirty = true;
+                    self.pages.add_dirty(1);
+                    Counters::add(&self.counters.write_faults, 1);
+                }
+            }
+        }
     }
 }

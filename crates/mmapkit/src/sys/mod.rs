@@ -243,6 +243,19 @@ pub fn fcntl_getfd_raw(fd: std::os::fd::RawFd) -> SysResult<rustix::io::FdFlags>
     }
 }
 
+/// Frees the blocks of `[offset, offset + len)` of a file, keeping its size
+/// (fallocate(2) `FALLOC_FL_PUNCH_HOLE`): the range reads as zeros after, and every mapping
+/// of it loses those pages.
+pub fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> SysResult<()> {
+    use rustix::fs::FallocateFlags;
+    rustix::fs::fallocate(
+        fd,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    )
+}
+
 /// Adds seals to a memfd (fcntl(2) `F_ADD_SEALS`).
 pub fn fcntl_add_seals(fd: BorrowedFd<'_>, seals: SealFlags) -> SysResult<()> {
     rustix::fs::fcntl_add_seals(fd, seals)

@@ -13,7 +13,9 @@ use rustix::ioctl::{Opcode, Updater, opcode};
 use super::{Errno, SysResult};
 
 pub use uapi::{
+    UFFD_FEATURE_MINOR_SHMEM as FEATURE_MINOR_SHMEM,
     UFFD_FEATURE_PAGEFAULT_FLAG_WP as FEATURE_WRITE_PROTECT, UFFD_FEATURE_POISON as FEATURE_POISON,
+    UFFD_FEATURE_WP_ASYNC as FEATURE_WP_ASYNC, UFFD_FEATURE_WP_HUGETLBFS_SHMEM as FEATURE_WP_SHMEM,
 };
 
 const UFFDIO_API: Opcode = linux_raw_sys::ioctl::UFFDIO_API as Opcode;
@@ -22,6 +24,12 @@ const UFFDIO_UNREGISTER: Opcode = linux_raw_sys::ioctl::UFFDIO_UNREGISTER as Opc
 const UFFDIO_WAKE: Opcode = linux_raw_sys::ioctl::UFFDIO_WAKE as Opcode;
 const UFFDIO_COPY: Opcode = linux_raw_sys::ioctl::UFFDIO_COPY as Opcode;
 const UFFDIO_WRITEPROTECT: Opcode = linux_raw_sys::ioctl::UFFDIO_WRITEPROTECT as Opcode;
+const UFFDIO_CONTINUE: Opcode = linux_raw_sys::ioctl::UFFDIO_CONTINUE as Opcode;
+/// `PAGEMAP_SCAN` on /proc/self/pagemap: `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: Opcode = opcode::read_write::<uapi::pm_scan_arg>(b'f', 16);
+/// `UFFDIO_CONTINUE_MODE_DONTWAKE` and `UFFDIO_CONTINUE_MODE_WP` (absent from linux-raw-sys).
+const CONTINUE_MODE_DONTWAKE: u64 = 1;
+const CONTINUE_MODE_WP: u64 = 2;
 const UFFDIO_POISON: Opcode =
     opcode::read_write::<uapi::uffdio_poison>(uapi::UFFDIO as u8, uapi::_UFFDIO_POISON as u8);
 /// `UFFDIO_WRITEPROTECT_MODE_WP` (absent from linux-raw-sys): protect rather than unprotect.
@@ -119,11 +127,12 @@ pub fn handshake(fd: BorrowedFd<'_>, features: u64) -> SysResult<u64> {
     Ok(api.features)
 }
 
-/// Registers `[start, start + len)` for missing-page faults and, with `write_protect`, for
-/// write-protect faults.
+/// Registers `[start, start + len)` of a shared memory mapping for missing-page faults and
+/// minor faults (a page that is in the file but not mapped here) and, with `write_protect`,
+/// for write-protect faults.
 ///
 /// # Safety
-/// The caller owns the range: from now on, accesses to its missing pages block until this
+/// The caller owns the range: from now on, accesses to its unmapped pages block until this
 /// descriptor resolves them.
 pub unsafe fn register(
     fd: BorrowedFd<'_>,
@@ -131,7 +140,7 @@ pub unsafe fn register(
     len: usize,
     write_protect: bool,
 ) -> SysResult<()> {
-    let mut mode = u64::from(uapi::UFFDIO_REGISTER_MODE_MISSING);
+    let mut mode = u64::from(uapi::UFFDIO_REGISTER_MODE_MISSING | uapi::UFFDIO_REGISTER_MODE_MINOR);
     if write_protect {
         mode |= u64::from(uapi::UFFDIO_REGISTER_MODE_WP);
     }
@@ -194,6 +203,110 @@ pub unsafe fn copy(
     // SAFETY: UFFDIO_COPY reads and writes a uffdio_copy; the ranges are the caller's contract.
     let outcome = unsafe { rustix::ioctl::ioctl(fd, Updater::<UFFDIO_COPY, _>::new(&mut copy)) };
     outcome.map_err(|errno| (errno, usize::try_from(copy.copy).unwrap_or(0)))
+}
+
+/// Maps the pages of the range that are in the backing file's page cache but not mapped in
+/// the registered range (UFFDIO_CONTINUE), write-protected when `write_protect` is set, and
+/// with `wake` wakes the threads waiting on them. Pages already mapped are an `EEXIST` error
+/// after the others are mapped.
+///
+/// # Safety
+/// The caller owns the range (registered for minor faults on `fd`) and has put the bytes it
+/// wants there into the backing file; page-aligned.
+pub unsafe fn continue_pages(
+    fd: BorrowedFd<'_>,
+    start: usize,
+    len: usize,
+    write_protect: bool,
+    wake: bool,
+) -> Result<(), (Errno, usize)> {
+    let mut mode = 0;
+    if write_protect {
+        mode |= CONTINUE_MODE_WP;
+    }
+    if !wake {
+        mode |= CONTINUE_MODE_DONTWAKE;
+    }
+    let mut request = uapi::uffdio_continue {
+        range: range(start, len),
+        mode,
+        mapped: 0,
+    };
+    // SAFETY: UFFDIO_CONTINUE reads and writes a uffdio_continue; the range is the caller's.
+    let outcome =
+        unsafe { rustix::ioctl::ioctl(fd, Updater::<UFFDIO_CONTINUE, _>::new(&mut request)) };
+    outcome.map_err(|errno| (errno, usize::try_from(request.mapped).unwrap_or(0)))
+}
+
+/// The runs of pages in `[start, end)` written since they were last write-protected (the
+/// `PAGE_IS_WRITTEN` category of PAGEMAP_SCAN, Linux 6.7), appended to `out` as address
+/// ranges; with `protect`, the pages found are write-protected again in the same step, so
+/// that no write between the look and the protection is missed. Needs a userfaultfd with
+/// `UFFD_FEATURE_WP_ASYNC` registered over the range. Pages with nothing mapped count as
+/// written (a write-protected page that is unmapped leaves a marker, and does not), unless
+/// `present_only` asks for mapped pages alone.
+pub fn written_pages(
+    pagemap: BorrowedFd<'_>,
+    start: usize,
+    end: usize,
+    protect: bool,
+    present_only: bool,
+    out: &mut Vec<std::ops::Range<usize>>,
+) -> SysResult<()> {
+    let mut category = u64::from(uapi::PAGE_IS_WRITTEN);
+    if present_only {
+        category |= u64::from(uapi::PAGE_IS_PRESENT);
+    }
+    let mut regions = [uapi::page_region {
+        start: 0,
+        end: 0,
+        categories: 0,
+    }; 256];
+    let mut from = start;
+    while from < end {
+        let mut flags = u64::from(uapi::PM_SCAN_CHECK_WPASYNC);
+        if protect {
+            flags |= u64::from(uapi::PM_SCAN_WP_MATCHING);
+        }
+        let mut request = uapi::pm_scan_arg {
+            size: std::mem::size_of::<uapi::pm_scan_arg>() as u64,
+            flags,
+            start: from as u64,
+            end: end as u64,
+            walk_end: 0,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: category,
+            category_anyof_mask: 0,
+            return_mask: u64::from(uapi::PAGE_IS_WRITTEN),
+        };
+        // SAFETY: PAGEMAP_SCAN reads a pm_scan_arg and writes up to `vec_len` page_regions
+        // into `vec`, which is `regions`; it changes no memory of ours otherwise (WP_MATCHING
+        // only sets write protection on our own registered pages).
+        let found =
+            unsafe { rustix::ioctl::ioctl(pagemap, Updater::<PAGEMAP_SCAN, _>::new(&mut request)) };
+        found?;
+        let count = regions
+            .iter()
+            .take_while(|region| region.end > region.start)
+            .count();
+        out.extend(
+            regions[..count]
+                .iter()
+                .map(|region| region.start as usize..region.end as usize),
+        );
+        for region in &mut regions[..count] {
+            region.end = 0;
+        }
+        let walked = request.walk_end as usize;
+        if walked <= from {
+            break;
+        }
+        from = walked;
+    }
+    Ok(())
 }
 
 /// Write-protects the present pages of the range (`protect`), or lifts the protection and
