@@ -75,6 +75,8 @@ pub(crate) struct Layout {
     /// write.
     pub(crate) async_writes: bool,
     pub(crate) on_error: OnStoreError,
+    /// Pages of the store in use, where `allocate_page` starts.
+    pub(crate) allocated_pages: usize,
 }
 
 pub(crate) struct Engine {
@@ -99,6 +101,8 @@ pub(crate) struct Engine {
     served: AtomicU64,
     /// The last store read error of each page that failed.
     pub(super) failures: Mutex<HashMap<usize, Failure>>,
+    /// The next page `allocate_page` hands out.
+    pub(super) allocated: std::sync::atomic::AtomicUsize,
     /// Counts failures, to tell an accessor's own from older ones.
     pub(super) failure_clock: AtomicU64,
     /// The first write-back error since the last `flush`, which returns it.
@@ -139,6 +143,7 @@ impl Engine {
                 "the region's mapping does not match its length",
             ));
         }
+        let allocated = layout.allocated_pages.min(pages);
         let wakeup = crate::sys::eventfd(0).map_err(|errno| crate::Error::os("pager", errno))?;
         Ok(Engine {
             base: memory.as_ptr() as usize,
@@ -163,6 +168,7 @@ impl Engine {
             served: AtomicU64::new(0),
             failures: Mutex::new(HashMap::new()),
             failure_clock: AtomicU64::new(0),
+            allocated: std::sync::atomic::AtomicUsize::new(allocated),
             write_error: Mutex::new(None),
             zero_fill_error: Mutex::new(None),
             counters: Counters::default(),

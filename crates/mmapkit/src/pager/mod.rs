@@ -57,6 +57,7 @@
 //! * A store must never touch the region it backs.
 
 mod engine;
+pub mod explicit;
 mod failure;
 mod handler;
 mod pages;
@@ -66,6 +67,7 @@ mod stats;
 pub mod store;
 mod writeback;
 
+pub use explicit::{ExclusivePage, OptimisticPage, SharedPage};
 pub use region::PagedRegion;
 pub use stats::{Histogram, Stats};
 #[cfg(feature = "http")]
@@ -126,6 +128,7 @@ pub struct Pager {
     on_error: OnStoreError,
     read_only: bool,
     write_tracking: WriteTracking,
+    allocated: Option<u64>,
 }
 
 /// How a writable region learns which pages were written through its memory (explicit
@@ -188,6 +191,7 @@ impl Pager {
             on_error: OnStoreError::Report,
             read_only: false,
             write_tracking: WriteTracking::Auto,
+            allocated: None,
         }
     }
 
@@ -245,6 +249,14 @@ impl Pager {
     /// Maps the region read-only even if the store is writable: nothing is written back.
     pub fn read_only(&mut self, read_only: bool) -> &mut Self {
         self.read_only = read_only;
+        self
+    }
+
+    /// How many bytes of the store are in use (default: all of it):
+    /// [`PagedRegion::allocate_page`] hands out the pages after them. Rounded up to whole
+    /// pages.
+    pub fn allocated(&mut self, bytes: u64) -> &mut Self {
+        self.allocated = Some(bytes);
         self
     }
 
@@ -346,6 +358,9 @@ impl Pager {
             dirty_tracking: self.store.is_writable() && !self.read_only,
             async_writes: false,
             on_error: self.on_error,
+            allocated_pages: self.allocated.map_or(usize::MAX, |bytes| {
+                usize::try_from(bytes.div_ceil(page_size as u64)).unwrap_or(usize::MAX)
+            }),
         })
     }
 }

@@ -56,6 +56,10 @@ impl PagedRegion {
         }
     }
 
+    pub(super) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     pub(super) fn add_handler(&mut self, handler: JoinHandle<()>) {
         self.handlers.push(handler);
     }
@@ -286,6 +290,14 @@ impl PagedRegion {
     /// the pager's msync. Also returns a write-back error an eviction met since the last
     /// flush; pages whose write-back failed stay dirty.
     pub fn flush(&self) -> Result<()> {
+        if super::explicit::holds_exclusive() {
+            return Err(Error::new(
+                ErrorKind::WouldBlock,
+                "flush",
+                "this thread holds an exclusive page pin, which the flush would wait for",
+            )
+            .with_hint("drop the ExclusivePage guards first"));
+        }
         self.engine
             .flush()
             .map_err(|error| Error::store("flush", &error))

@@ -16,6 +16,9 @@ pub struct Stats {
     pub write_faults: u64,
     /// Pages filled from the store, on demand or ahead of it.
     pub pages_filled: u64,
+    /// Of those, pages filled for an explicit access (a pin or an optimistic read that
+    /// missed): no fault, no round trip to a handler.
+    pub explicit_fills: u64,
     /// Of those, pages filled ahead of demand: sequential read-ahead and `prefetch`.
     pub pages_prefetched: u64,
     /// Bytes read from the store.
@@ -42,11 +45,13 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "faults {} (first writes to clean pages {}), pages filled {} (prefetched {}), read {} B",
+            "faults {} (first writes to clean pages {}), pages filled {} (prefetched {}, \
+             explicit {}), read {} B",
             self.faults,
             self.write_faults,
             self.pages_filled,
             self.pages_prefetched,
+            self.explicit_fills,
             self.bytes_read
         )?;
         writeln!(
@@ -146,6 +151,7 @@ pub(crate) struct Counters {
     pub(crate) faults: AtomicU64,
     pub(crate) write_faults: AtomicU64,
     pub(crate) pages_filled: AtomicU64,
+    pub(crate) explicit_fills: AtomicU64,
     pub(crate) pages_prefetched: AtomicU64,
     pub(crate) bytes_read: AtomicU64,
     pub(crate) evictions: AtomicU64,
@@ -162,6 +168,7 @@ impl Default for Counters {
             faults: AtomicU64::new(0),
             write_faults: AtomicU64::new(0),
             pages_filled: AtomicU64::new(0),
+            explicit_fills: AtomicU64::new(0),
             pages_prefetched: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -198,6 +205,7 @@ impl Counters {
             faults: load(&self.faults),
             write_faults: load(&self.write_faults),
             pages_filled: load(&self.pages_filled),
+            explicit_fills: load(&self.explicit_fills),
             pages_prefetched: load(&self.pages_prefetched),
             bytes_read: load(&self.bytes_read),
             evictions: load(&self.evictions),

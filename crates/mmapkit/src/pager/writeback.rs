@@ -123,10 +123,13 @@ impl Engine {
         }
         if self.pages.dirty() > 0 {
             let claimed = (0..self.pages.len()).filter(|&page| {
+                // Exclusive pins of other threads too: their writes are waited for.
                 while matches!(
                     self.pages.state(page),
                     State::Unprotecting | State::Evicting | State::Cleaning
-                ) {
+                ) || (self.pages.state(page) == State::Dirty
+                    && self.pages.word(page).is_exclusive())
+                {
                     std::thread::yield_now();
                 }
                 self.pages.transition(page, State::Dirty, State::Cleaning)

@@ -1,0 +1,529 @@
+//! Explicit page access: what a buffer manager does instead of faulting — pins, optimistic
+//! reads and page allocation on the same pages the fault path serves.
+//!
+//! # Why
+//! A fault costs a round trip to a handler thread (≈8.5 µs here) before the store is even
+//! asked; a program that knows which page it wants can ask for it itself. As in vmcache
+//! (Leis et al., SIGMOD 2023), every page has one word of state, pins and version (see
+//! `pages`), a miss reads the store straight into the page's memory in the calling thread,
+//! and a hit costs two loads of that word around the reader's own loads.
+//!
+//! # How
+//! Explicit accesses work on the *alias* of the region's memfd, which nobody registers with
+//! userfaultfd, so they never fault. A page filled here is the same page a fault would have
+//! filled: a raw access to it later maps it into the view (a minor fault, with no store read).
+//!
+//! * A **shared pin** ([`PagedRegion::pin_shared`]) keeps the page in memory and its bytes
+//!   still (no exclusive pin, no eviction) for as long as the guard lives: it lends `&[u8]`.
+//! * The **exclusive pin** ([`PagedRegion::pin_exclusive`]) lends `&mut [u8]`; a mutable
+//!   borrow marks the page dirty, and dropping the guard gives the page a new version.
+//! * An **optimistic read** ([`PagedRegion::read_optimistic`]) pins nothing: the closure reads
+//!   through an [`OptimisticPage`], which hands out copies, never references, and the read is
+//!   kept only if the page's version did not change meanwhile; otherwise the closure runs
+//!   again (and after [`OPTIMISTIC_RETRIES`] failed attempts under a shared pin, so that a
+//!   stream of writers cannot starve it). Whatever the closure computed from a torn read is
+//!   thrown away with it, but the closure must not trust what it reads (an offset read from
+//!   the page may be garbage): `OptimisticPage` checks every bound, so garbage yields `None`,
+//!   not a panic.
+//!
+//! # Waiting and limits
+//! A page someone else is filling, writing back or evicting, or that is pinned the other way,
+//! is waited for (spinning, then yielding, then sleeping briefly). Pins are never evicted: a
+//! miss when every page of the budget is pinned or in flight fails with
+//! [`ErrorKind::OutOfMemory`] after a short wait, instead of waiting for ever. A guard kept
+//! for ever (`mem::forget`) pins its page for ever, as a forgotten lock guard would.
+//! [`PagedRegion::flush`] waits for other threads' exclusive pins and refuses, with
+//! `WouldBlock`, to run on a thread that holds one itself. Raw pointers into the view see the
+//! same bytes, but writes through them are not versioned: optimistic readers do not notice
+//! them.
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{Ordering, fence};
+use std::time::Duration;
+
+use super::OnStoreError;
+use super::engine::{Engine, Unfilled};
+use super::pages::{Pin, State};
+use super::region::PagedRegion;
+use super::stats::Counters;
+use crate::{Error, ErrorKind, Result};
+
+/// Failed validations after which an optimistic read takes a shared pin instead.
+pub const OPTIMISTIC_RETRIES: usize = 16;
+
+thread_local! {
+    /// Exclusive pins this thread holds (in any region): a flush on this thread would wait
+    /// for itself.
+    static EXCLUSIVE_HELD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Whether the calling thread holds an exclusive pin.
+pub(crate) fn holds_exclusive() -> bool {
+    EXCLUSIVE_HELD.with(Cell::get) > 0
+}
+
+/// Backs off while a page is busy: spins, then yields, then sleeps.
+struct Backoff(u32);
+
+impl Backoff {
+    fn wait(&mut self) {
+        self.0 = self.0.saturating_add(1);
+        match self.0 {
+            0..=64 => std::hint::spin_loop(),
+            65..=2048 => std::thread::yield_now(),
+            _ => std::thread::sleep(Duration::from_micros(50)),
+        }
+    }
+}
+
+impl Engine {
+    /// Makes `page` resident for an explicit access, reading the store in this thread. Ok
+    /// once the page is in memory (filled here or by someone else, who may still be busy with
+    /// it: the caller looks again).
+    fn fill_explicit(&self, operation: &'static str, page: usize) -> Result<()> {
+        if !self.pages.claim(page, true) {
+            return Ok(());
+        }
+        let run = page..page + 1;
+        if !self.reserve_explicit(&run) {
+            self.pages.transition(page, State::Filling, State::Absent);
+            self.wake(&run);
+            return Err(Error::new(
+                ErrorKind::OutOfMemory,
+                operation,
+                "every page of the budget is pinned or being filled",
+            )
+            .with_offset((page * self.page_size()) as u64)
+            .with_hint("drop some pins, or give the pager a larger budget"));
+        }
+        Counters::add(&self.counters.explicit_fills, 1);
+        match self.fill(&run, false, false) {
+            Ok(()) => {
+                self.wake(&run);
+                Ok(())
+            }
+            Err(Unfilled::Store(error)) => {
+                let message = error.to_string();
+                let kind = error.kind();
+                self.fail(page, false, error, false);
+                if self.layout.on_error == OnStoreError::Zero {
+                    return Ok(());
+                }
+                // Report: the page is tried again on its next access; Signal: it stays
+                // failed until `retry_failed`.
+                let reported = self
+                    .take_failure(page, 0)
+                    .unwrap_or_else(|| std::sync::Arc::new(std::io::Error::new(kind, message)));
+                Err(self.store_error(operation, &reported, page))
+            }
+            Err(Unfilled::Install(errno)) => Err(Error::os(operation, errno)),
+        }
+    }
+
+    /// Makes an absent `page` resident as zeros, without reading the store, dirty (a page
+    /// being allocated).
+    fn fill_zeroed(&self, page: usize) -> Result<()> {
+        if !self.pages.claim(page, true) {
+            return Ok(());
+        }
+        let run = page..page + 1;
+        if !self.reserve_explicit(&run) {
+            self.pages.transition(page, State::Filling, State::Absent);
+            self.wake(&run);
+            return Err(Error::new(
+                ErrorKind::OutOfMemory,
+                "allocate_page",
+                "every page of the budget is pinned or being filled",
+            ));
+        }
+        // SAFETY: the page is claimed by this thread (Filling) and lies in the alias.
+        unsafe { std::ptr::write_bytes(self.alias_ptr(page), 0, self.page_size()) };
+        let installed = self.install(&run, true, false);
+        self.wake(&run);
+        installed.map_err(|errno| Error::os("allocate_page", errno))
+    }
+
+    /// A frame for an explicit fill: evicting if need be, waiting a little while every
+    /// resident page is pinned or in flight; false if none came.
+    fn reserve_explicit(&self, run: &std::ops::Range<usize>) -> bool {
+        for attempt in 0..64 {
+            if self.reserve(run.len(), false) > 0 {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(20 << (attempt / 16)));
+        }
+        false
+    }
+
+    fn store_error(&self, operation: &'static str, error: &std::io::Error, page: usize) -> Error {
+        Error::store(operation, error)
+            .with_offset((page * self.page_size()) as u64)
+            .with_hint(format!("store: {}", self.store.describe()))
+    }
+
+    /// The bytes of `page` that belong to the region (the last page may be short).
+    fn page_len(&self, page: usize) -> usize {
+        let start = page * self.page_size();
+        self.page_size().min(self.layout.len - start)
+    }
+
+    /// Pins `page` (`exclusive` or shared), filling it first if it is absent.
+    fn pin_page(&self, operation: &'static str, page: usize, exclusive: bool) -> Result<()> {
+        let mut backoff = Backoff(0);
+        loop {
+            match self.pages.pin(page, exclusive) {
+                Pin::Taken => return Ok(()),
+                Pin::Absent => self.fill_explicit(operation, page)?,
+                Pin::Failed => {
+                    if let Some(error) = self.take_failure(page, 0) {
+                        return Err(self.store_error(operation, &error, page));
+                    }
+                }
+                Pin::Busy => backoff.wait(),
+            }
+        }
+    }
+}
+
+impl PagedRegion {
+    /// How many pages the region has.
+    pub fn page_count(&self) -> usize {
+        self.engine().pages.len()
+    }
+
+    fn check_page(&self, operation: &'static str, page: usize) -> Result<()> {
+        if page < self.page_count() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::OutOfBounds,
+            operation,
+            format!(
+                "page {page} is past the region's {} pages",
+                self.page_count()
+            ),
+        ))
+    }
+
+    /// Pins page `page` shared: its bytes stay in memory and unchanged (no exclusive pin, no
+    /// eviction) while the guard lives. Reads the store in this thread on a miss.
+    ///
+    /// Errors: `OutOfBounds`; `Store` (the page is tried again next time, or stays failed
+    /// with [`OnStoreError::Signal`]); `OutOfMemory` when the whole budget is pinned.
+    pub fn pin_shared(&self, page: usize) -> Result<SharedPage<'_>> {
+        self.check_page("pin_shared", page)?;
+        self.engine().pin_page("pin_shared", page, false)?;
+        Ok(SharedPage {
+            region: self,
+            page,
+            bytes: self.page_bytes(page),
+        })
+    }
+
+    /// Pins page `page` exclusively: nobody else pins it or reads it optimistically to the
+    /// end while the guard lives. A mutable borrow of the guard marks the page dirty.
+    ///
+    /// Errors as for [`pin_shared`](Self::pin_shared), and `PermissionDenied` on a read-only
+    /// region.
+    pub fn pin_exclusive(&self, page: usize) -> Result<ExclusivePage<'_>> {
+        self.check_page("pin_exclusive", page)?;
+        self.check_writable("pin_exclusive")?;
+        self.engine().pin_page("pin_exclusive", page, true)?;
+        Ok(self.exclusive_guard(page))
+    }
+
+    /// Takes a new page of a writable store: the first page past the ones in use (see
+    /// [`Pager::allocated`](super::Pager::allocated)), zero-filled without reading the
+    /// store, pinned exclusively and dirty. Its number is [`ExclusivePage::page`].
+    ///
+    /// Errors: `PermissionDenied` on a read-only region; `OutOfBounds` when every page of
+    /// the store is in use; `OutOfMemory` when the whole budget is pinned.
+    pub fn allocate_page(&self) -> Result<ExclusivePage<'_>> {
+        self.check_writable("allocate_page")?;
+        let engine = self.engine();
+        let page = engine
+            .allocated
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |next| {
+                (next < engine.pages.len()).then_some(next + 1)
+            })
+            .map_err(|full| {
+                Error::new(
+                    ErrorKind::OutOfBounds,
+                    "allocate_page",
+                    format!("all {full} pages of the store are in use"),
+                )
+                .with_hint("grow the store (set_len on its file) and build a larger region")
+            })?;
+        engine.fill_zeroed(page)?;
+        let mut guard = self.pin_exclusive(page)?;
+        // A page that was resident already (pinned, read, written through a pointer) holds
+        // other bytes: a new page is zeros.
+        guard.fill(0);
+        Ok(guard)
+    }
+
+    /// How many pages are in use: [`Pager::allocated`](super::Pager::allocated) plus those
+    /// [`allocate_page`](Self::allocate_page) handed out.
+    pub fn allocated_pages(&self) -> usize {
+        self.engine().allocated.load(Ordering::SeqCst)
+    }
+
+    /// Runs `read` on page `page` without pinning it, and returns its result once the
+    /// page's version shows that nothing changed the bytes meanwhile; otherwise runs it
+    /// again. See the [module docs](self) for what `read` may trust. Reads the store in
+    /// this thread on a miss.
+    ///
+    /// Errors as for [`pin_shared`](Self::pin_shared).
+    pub fn read_optimistic<R>(
+        &self,
+        page: usize,
+        mut read: impl FnMut(&OptimisticPage<'_>) -> R,
+    ) -> Result<R> {
+        self.check_page("read_optimistic", page)?;
+        let engine = self.engine();
+        let view = OptimisticPage {
+            start: engine.alias_ptr(page).cast_const(),
+            len: engine.page_len(page),
+            lifetime: PhantomData,
+        };
+        let mut backoff = Backoff(0);
+        let mut failed = 0;
+        while failed < OPTIMISTIC_RETRIES {
+            let before = engine.pages.word(page);
+            if !before.is_stable() {
+                match before.state() {
+                    State::Absent => engine.fill_explicit("read_optimistic", page)?,
+                    State::Failed => engine.pin_page("read_optimistic", page, false).map(
+                        // Not failed any more: refilled by someone meanwhile.
+                        |()| engine.pages.unpin_shared(page),
+                    )?,
+                    _ => backoff.wait(),
+                }
+                continue;
+            }
+            let result = read(&view);
+            fence(Ordering::Acquire);
+            let after = engine.pages.word(page);
+            if after.version() == before.version() && after.is_stable() {
+                engine.pages.reference(page);
+                return Ok(result);
+            }
+            failed += 1;
+        }
+        let pinned = self.pin_shared(page)?;
+        let result = read(&view);
+        drop(pinned);
+        Ok(result)
+    }
+
+    fn page_bytes(&self, page: usize) -> *mut u8 {
+        self.engine().alias_ptr(page)
+    }
+
+    fn exclusive_guard(&self, page: usize) -> ExclusivePage<'_> {
+        // The pin's acquiring update happens before the writes through the guard, for the
+        // optimistic readers' fence.
+        fence(Ordering::Release);
+        EXCLUSIVE_HELD.with(|held| held.set(held.get() + 1));
+        ExclusivePage {
+            region: self,
+            page,
+            bytes: self.page_bytes(page),
+            dirty: false,
+            not_send: PhantomData,
+        }
+    }
+
+    fn check_writable(&self, operation: &'static str) -> Result<()> {
+        if self.is_writable() {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::PermissionDenied,
+            operation,
+            "the region is read-only (its store is, or the pager was built read-only)",
+        ))
+    }
+}
+
+/// A page pinned shared: its bytes, still, for as long as the guard lives. From
+/// [`PagedRegion::pin_shared`].
+pub struct SharedPage<'a> {
+    region: &'a PagedRegion,
+    page: usize,
+    bytes: *mut u8,
+}
+
+// SAFETY: the guard only reads bytes that its pin keeps still, and unpinning is an atomic
+// update that any thread may make.
+unsafe impl Send for SharedPage<'_> {}
+// SAFETY: as above; shared access to still bytes.
+unsafe impl Sync for SharedPage<'_> {}
+
+impl SharedPage<'_> {
+    /// The page's number.
+    pub fn page(&self) -> usize {
+        self.page
+    }
+}
+
+impl Deref for SharedPage<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        let len = self.region.engine().page_len(self.page);
+        // SAFETY: the page is resident in the memfd (pinned: never evicted) and its bytes do
+        // not change while the pin lives (no exclusive pin can be taken; fills only happen to
+        // absent pages; raw writes are excluded by `as_mut_ptr`'s contract). The alias is
+        // ours and never truncated, so reading cannot fault.
+        unsafe { std::slice::from_raw_parts(self.bytes, len) }
+    }
+}
+
+impl Drop for SharedPage<'_> {
+    fn drop(&mut self) {
+        self.region.engine().pages.unpin_shared(self.page);
+    }
+}
+
+impl std::fmt::Debug for SharedPage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedPage")
+            .field("page", &self.page)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A page pinned exclusively: its bytes, to change. A mutable borrow marks the page dirty;
+/// dropping the guard publishes the change to optimistic readers. From
+/// [`PagedRegion::pin_exclusive`] and [`PagedRegion::allocate_page`]. Stays on the thread
+/// that took it (so that `flush` can tell when a thread would wait for itself).
+pub struct ExclusivePage<'a> {
+    region: &'a PagedRegion,
+    page: usize,
+    bytes: *mut u8,
+    dirty: bool,
+    not_send: PhantomData<*const ()>,
+}
+
+impl ExclusivePage<'_> {
+    /// The page's number.
+    pub fn page(&self) -> usize {
+        self.page
+    }
+
+    /// Marks the page dirty without borrowing it mutably (a change made through a raw
+    /// pointer, say).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+}
+
+impl Deref for ExclusivePage<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        let len = self.region.engine().page_len(self.page);
+        // SAFETY: as for `SharedPage`; the exclusive pin also keeps every other pin away.
+        unsafe { std::slice::from_raw_parts(self.bytes, len) }
+    }
+}
+
+impl DerefMut for ExclusivePage<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.dirty = true;
+        let len = self.region.engine().page_len(self.page);
+        // SAFETY: the exclusive pin makes this guard the page's only user: no other pin, no
+        // write-back or eviction (they refuse exclusively pinned pages), no fill (the page is
+        // resident). Optimistic readers may read meanwhile; they copy, and their version
+        // check throws away what they read.
+        unsafe { std::slice::from_raw_parts_mut(self.bytes, len) }
+    }
+}
+
+impl Drop for ExclusivePage<'_> {
+    fn drop(&mut self) {
+        let engine = self.region.engine();
+        if engine.pages.unpin_exclusive(self.page, self.dirty) {
+            engine.pages.add_dirty(1);
+        }
+        EXCLUSIVE_HELD.with(|held| held.set(held.get().saturating_sub(1)));
+    }
+}
+
+impl std::fmt::Debug for ExclusivePage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExclusivePage")
+            .field("page", &self.page)
+            .field("dirty", &self.dirty)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The bytes of a page as an optimistic reader sees them: copies only, every bound checked.
+/// What it returns may be torn if a writer was busy; [`PagedRegion::read_optimistic`] keeps
+/// the closure's result only when the page's version shows it was not.
+pub struct OptimisticPage<'a> {
+    start: *const u8,
+    len: usize,
+    lifetime: PhantomData<&'a PagedRegion>,
+}
+
+/// `T` read at any alignment.
+#[repr(C, packed)]
+#[derive(Clone, Copy)]
+struct Unaligned<T: Copy>(T);
+
+impl OptimisticPage<'_> {
+    /// The page's length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the page is empty (never: a page holds at least one byte of the region).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value at `offset` (any alignment), or `None` if it does not fit in the page.
+    pub fn read<T: bytemuck::Pod>(&self, offset: usize) -> Option<T> {
+        let end = offset.checked_add(std::mem::size_of::<T>())?;
+        if end > self.len {
+            return None;
+        }
+        // SAFETY: the range lies in the page, which stays mapped while the region lives (the
+        // alias is never unmapped or truncated before it, and an evicted page reads as
+        // zeros). A concurrent writer may make the value torn; any bit pattern is a valid
+        // `T` (Pod), and the caller's version check discards it.
+        let value =
+            unsafe { std::ptr::read_volatile(self.start.add(offset).cast::<Unaligned<T>>()) };
+        Some(value.0)
+    }
+
+    /// Copies the bytes at `offset` into `buf`; false (and nothing copied) if they do not
+    /// fit in the page.
+    pub fn read_into(&self, offset: usize, buf: &mut [u8]) -> bool {
+        let Some(end) = offset.checked_add(buf.len()) else {
+            return false;
+        };
+        if end > self.len {
+            return false;
+        }
+        // SAFETY: as in `read`; `buf` is a unique borrow, so it cannot overlap the alias
+        // (nobody lends references into it that outlive a pin).
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.start.add(offset), buf.as_mut_ptr(), buf.len())
+        };
+        true
+    }
+}
+
+impl std::fmt::Debug for OptimisticPage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OptimisticPage")
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
