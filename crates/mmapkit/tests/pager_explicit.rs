@@ -422,3 +422,29 @@ fn explicit_and_faulting_threads_agree_with_a_model() {
         );
     }
 }
+
+#[test]
+fn the_evictor_keeps_room_in_the_background() {
+    let data = pattern(2048 * PAGE);
+    let region = Pager::new(MemoryStore::new(data.clone()))
+        .budget(512 * PAGE)
+        .readahead(0)
+        .build()
+        .unwrap();
+    for page in 0..2048 {
+        let pinned = region.pin_shared(page).unwrap();
+        assert_eq!(pinned[7], data[page * PAGE + 7]);
+        drop(pinned);
+        if page % 64 == 0 {
+            // Room for the evictor to run on a machine with few CPUs.
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+    let stats = region.stats();
+    assert!(stats.evictions >= 2048 - 512, "{stats}");
+    assert!(
+        stats.background_evictions > stats.evictions / 2,
+        "most evictions ran in the background: {stats}"
+    );
+    assert!(stats.peak_resident_bytes <= 512 * PAGE as u64, "{stats}");
+}

@@ -101,6 +101,8 @@ pub(crate) struct Engine {
     served: AtomicU64,
     /// The last store read error of each page that failed.
     pub(super) failures: Mutex<HashMap<usize, Failure>>,
+    /// The background evictor's doorbell.
+    pub(super) evictor: super::evictor::Doorbell,
     /// The next page `allocate_page` hands out.
     pub(super) allocated: std::sync::atomic::AtomicUsize,
     /// Counts failures, to tell an accessor's own from older ones.
@@ -169,6 +171,7 @@ impl Engine {
             failures: Mutex::new(HashMap::new()),
             failure_clock: AtomicU64::new(0),
             allocated: std::sync::atomic::AtomicUsize::new(allocated),
+            evictor: super::evictor::Doorbell::default(),
             write_error: Mutex::new(None),
             zero_fill_error: Mutex::new(None),
             counters: Counters::default(),
@@ -490,36 +493,6 @@ impl Engine {
         self.wake(run);
     }
 
-    /// Reserves frames for `count` pages, evicting to stay within the budget. A demand fault
-    /// always gets its frame (over the budget if nothing can be evicted, which happens only
-    /// while every resident page is in flight); read-ahead gets nothing then and returns 0.
-    pub(super) fn reserve(&self, count: usize, demand: bool) -> usize {
-        let budget = self.layout.budget_pages;
-        // Victims whose write-back fails stay (referenced, so the hand passes them next
-        // time); a few more rounds look for pages that can go.
-        let mut fruitless = 0;
-        loop {
-            if self.pages.try_reserve(count, budget) {
-                return count;
-            }
-            let excess = (self.pages.resident() + count).saturating_sub(budget);
-            let batch = (budget / 64).clamp(1, 32);
-            let (chosen, evicted) = self.evict_some(excess.max(batch));
-            if evicted > 0 {
-                fruitless = 0;
-                continue;
-            }
-            fruitless += 1;
-            if chosen == 0 || fruitless > 4 {
-                if demand {
-                    self.pages.force_reserve(count);
-                    return count;
-                }
-                return 0;
-            }
-        }
-    }
-
     /// Fills the absent pages of `range` ahead of demand, in runs of at most `run_pages`.
     /// Stops quietly when the budget has no room; returns the first store error.
     pub(crate) fn fill_ahead(&self, range: Range<usize>) -> io::Result<()> {
@@ -640,6 +613,7 @@ impl Engine {
     /// consumes it).
     pub(crate) fn shut_down(&self) {
         self.shutdown.store(true, Ordering::SeqCst);
+        self.evictor.ring();
         self.work.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.signal();
     }

@@ -57,6 +57,7 @@
 //! * A store must never touch the region it backs.
 
 mod engine;
+mod evictor;
 pub mod explicit;
 mod failure;
 mod handler;
@@ -290,6 +291,7 @@ impl Pager {
             .handlers
             .unwrap_or(cpus.len().clamp(1, DEFAULT_MAX_HANDLERS));
         let mut region = PagedRegion::new(Arc::clone(&engine), access);
+        region.set_evictor(evictor::spawn(&engine)?);
         for index in 0..count {
             let cpu = if self.pin_handlers && !cpus.is_empty() {
                 Some(cpus[index % cpus.len()])

@@ -17,6 +17,7 @@ use crate::{Error, ErrorKind, Result};
 pub struct PagedRegion {
     engine: Arc<Engine>,
     handlers: Vec<JoinHandle<()>>,
+    evictor: Option<JoinHandle<()>>,
     access: Access,
     closed: bool,
 }
@@ -51,6 +52,7 @@ impl PagedRegion {
         PagedRegion {
             engine,
             handlers: Vec::new(),
+            evictor: None,
             access,
             closed: false,
         }
@@ -58,6 +60,10 @@ impl PagedRegion {
 
     pub(super) fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    pub(super) fn set_evictor(&mut self, evictor: Option<JoinHandle<()>>) {
+        self.evictor = evictor;
     }
 
     pub(super) fn add_handler(&mut self, handler: JoinHandle<()>) {
@@ -363,9 +369,9 @@ impl PagedRegion {
 
     fn stop(&mut self) {
         self.engine.shut_down();
-        for handler in self.handlers.drain(..) {
-            // A handler that panicked has nothing left to clean up.
-            let _ = handler.join();
+        for thread in self.handlers.drain(..).chain(self.evictor.take()) {
+            // A thread that panicked has nothing left to clean up.
+            let _ = thread.join();
         }
     }
 }

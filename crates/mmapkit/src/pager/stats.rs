@@ -25,6 +25,9 @@ pub struct Stats {
     pub bytes_read: u64,
     /// Pages evicted to stay within the budget (or by `evict`).
     pub evictions: u64,
+    /// Of those, pages the background evictor took (the rest were evicted by a fill that
+    /// found the budget exhausted, or by `evict`).
+    pub background_evictions: u64,
     /// Dirty pages written back to the store (by eviction, `flush` or drop).
     pub writebacks: u64,
     /// Bytes written to the store.
@@ -56,8 +59,12 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "evictions {}, write-backs {}, written {} B, store errors {}",
-            self.evictions, self.writebacks, self.bytes_written, self.store_errors
+            "evictions {} (in the background {}), write-backs {}, written {} B, store errors {}",
+            self.evictions,
+            self.background_evictions,
+            self.writebacks,
+            self.bytes_written,
+            self.store_errors
         )?;
         writeln!(
             f,
@@ -155,6 +162,7 @@ pub(crate) struct Counters {
     pub(crate) pages_prefetched: AtomicU64,
     pub(crate) bytes_read: AtomicU64,
     pub(crate) evictions: AtomicU64,
+    pub(crate) background_evictions: AtomicU64,
     pub(crate) writebacks: AtomicU64,
     pub(crate) bytes_written: AtomicU64,
     pub(crate) store_errors: AtomicU64,
@@ -172,6 +180,7 @@ impl Default for Counters {
             pages_prefetched: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
+            background_evictions: AtomicU64::new(0),
             writebacks: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             store_errors: AtomicU64::new(0),
@@ -209,6 +218,7 @@ impl Counters {
             pages_prefetched: load(&self.pages_prefetched),
             bytes_read: load(&self.bytes_read),
             evictions: load(&self.evictions),
+            background_evictions: load(&self.background_evictions),
             writebacks: load(&self.writebacks),
             bytes_written: load(&self.bytes_written),
             store_errors: load(&self.store_errors),
