@@ -1,6 +1,7 @@
 //! `mmapkit-bench`: mmapkit against its anchors, in one process, alternating, several rounds.
 //! One subcommand per scenario; each prints a table and one JSON line per comparison.
 
+mod buffer;
 mod cgroup;
 mod files;
 mod guard;
@@ -63,6 +64,14 @@ enum Scenario {
     /// Scan with a budget of 25% of the file against kernel mmap under the same cgroup
     /// memory limit, from a cold cache.
     PagerBudget,
+    /// Random 8-byte lookups in resident pages through `read_optimistic` against a Vec.
+    PagerHotLookup,
+    /// `pager-random` through the explicit API (misses read in the calling thread) against
+    /// kernel mmap and the faulting pager.
+    PagerRandomExplicit,
+    /// Random 4 KiB reads of a file 4x a cgroup memory limit, cold, 2 threads: the explicit
+    /// pager, the faulting pager, kernel mmap (MADV_RANDOM), O_DIRECT pread.
+    PagerOomRandom,
     /// Residency of the 1 GiB cached file: `mmapkit residency` against vmtouch and fincore.
     ResidencyFile,
     /// Residency of a tree of 2,000 cached files against vmtouch.
@@ -72,6 +81,13 @@ enum Scenario {
     /// The process `maps` inspects (internal).
     #[command(hide = true)]
     MapsTarget,
+    /// One contender of `pager-oom-random`, run in the cgroup (internal).
+    #[command(hide = true)]
+    PagerOomChild {
+        mode: String,
+        path: String,
+        procs: String,
+    },
     /// One side of `pager-budget`, run in the cgroup (internal).
     #[command(hide = true)]
     PagerBudgetChild {
@@ -111,6 +127,10 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         Scenario::PagerSeq => pager::sequential(&file()?, cli.rounds)?,
         Scenario::PagerRandom => pager::random(&file()?, cli.rounds)?,
         Scenario::PagerBudget => pager::budget(&file()?, cli.rounds)?,
+        Scenario::PagerHotLookup => buffer::hot_lookup(&file()?, cli.rounds)?,
+        Scenario::PagerRandomExplicit => buffer::random_explicit(&file()?, cli.rounds)?,
+        Scenario::PagerOomRandom => buffer::oom_random(&cli.dir, cli.rounds.min(3))?,
+        Scenario::PagerOomChild { mode, path, procs } => buffer::oom_child(mode, path, procs)?,
         Scenario::ResidencyFile => inspect::residency_file(&file()?, cli.rounds)?,
         Scenario::ResidencyTree => inspect::residency_tree(&cli.dir, cli.rounds)?,
         Scenario::Maps => inspect::maps(cli.rounds)?,
@@ -132,6 +152,9 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             pager::sequential(&file, cli.rounds)?;
             pager::random(&file, cli.rounds)?;
             pager::budget(&file, cli.rounds)?;
+            buffer::hot_lookup(&file, cli.rounds)?;
+            buffer::random_explicit(&file, cli.rounds)?;
+            buffer::oom_random(&cli.dir, cli.rounds.min(3))?;
             inspect::residency_file(&file, cli.rounds)?;
             inspect::residency_tree(&cli.dir, cli.rounds)?;
             inspect::maps(cli.rounds)?;

@@ -111,7 +111,7 @@ fn sequential_in(file: &BenchFile, rounds: usize, state: CacheState) -> mmapkit:
 }
 
 /// The offsets of the random reads: 4 KiB-aligned, spread over the file.
-fn random_offsets(size: usize) -> Vec<usize> {
+pub fn random_offsets(size: usize) -> Vec<usize> {
     let mut state = 0x9e37_79b9_7f4a_7c15_u64;
     (0..RANDOM_READS)
         .map(|_| {

@@ -178,6 +178,7 @@ impl Engine {
         })
     }
 
+    #[inline]
     pub(crate) fn page_size(&self) -> usize {
         self.layout.page_size
     }
@@ -372,6 +373,7 @@ impl Engine {
     }
 
     /// The alias's bytes of a run of pages: where fills write and explicit accesses look.
+    #[inline]
     pub(super) fn alias_ptr(&self, page: usize) -> *mut u8 {
         // The run lies in the region, whose alias is as long as the view.
         self.alias

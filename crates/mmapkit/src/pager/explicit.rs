@@ -164,6 +164,7 @@ impl Engine {
     }
 
     /// The bytes of `page` that belong to the region (the last page may be short).
+    #[inline]
     fn page_len(&self, page: usize) -> usize {
         let start = page * self.page_size();
         self.page_size().min(self.layout.len - start)
@@ -189,10 +190,12 @@ impl Engine {
 
 impl PagedRegion {
     /// How many pages the region has.
+    #[inline]
     pub fn page_count(&self) -> usize {
         self.engine().pages.len()
     }
 
+    #[inline]
     fn check_page(&self, operation: &'static str, page: usize) -> Result<()> {
         if page < self.page_count() {
             return Ok(());
@@ -276,6 +279,7 @@ impl PagedRegion {
     /// this thread on a miss.
     ///
     /// Errors as for [`pin_shared`](Self::pin_shared).
+    #[inline]
     pub fn read_optimistic<R>(
         &self,
         page: usize,
@@ -488,6 +492,7 @@ impl OptimisticPage<'_> {
     }
 
     /// The value at `offset` (any alignment), or `None` if it does not fit in the page.
+    #[inline]
     pub fn read<T: bytemuck::Pod>(&self, offset: usize) -> Option<T> {
         let end = offset.checked_add(std::mem::size_of::<T>())?;
         if end > self.len {
@@ -504,6 +509,7 @@ impl OptimisticPage<'_> {
 
     /// Copies the bytes at `offset` into `buf`; false (and nothing copied) if they do not
     /// fit in the page.
+    #[inline]
     pub fn read_into(&self, offset: usize, buf: &mut [u8]) -> bool {
         let Some(end) = offset.checked_add(buf.len()) else {
             return false;

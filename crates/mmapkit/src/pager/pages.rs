@@ -69,6 +69,7 @@ const MAPPED: u64 = 1 << 25;
 const VERSION_ONE: u64 = 1 << 32;
 
 impl State {
+    #[inline]
     fn from_bits(bits: u64) -> State {
         match bits & STATE_MASK {
             0 => State::Absent,
@@ -89,6 +90,7 @@ impl State {
 
     /// Whether the page's bytes are in memory and stay put unless an exclusive pin or a
     /// raw write changes them: what pins and optimistic reads need.
+    #[inline]
     fn is_readable(self) -> bool {
         matches!(
             self,
@@ -108,14 +110,17 @@ impl State {
 pub(crate) struct Word(u64);
 
 impl Word {
+    #[inline]
     pub(crate) fn state(self) -> State {
         State::from_bits(self.0)
     }
 
+    #[inline]
     pub(crate) fn version(self) -> u64 {
         self.0 >> 32
     }
 
+    #[inline]
     pub(crate) fn is_exclusive(self) -> bool {
         self.0 & EXCLUSIVE != 0
     }
@@ -129,6 +134,7 @@ impl Word {
     }
 
     /// Whether an optimistic read may start (and, seen again after it, whether it held).
+    #[inline]
     pub(crate) fn is_stable(self) -> bool {
         self.state().is_readable() && !self.is_exclusive()
     }
@@ -181,6 +187,7 @@ impl PageTable {
         })
     }
 
+    #[inline]
     pub(crate) fn len(&self) -> usize {
         self.words.len()
     }
@@ -190,6 +197,7 @@ impl PageTable {
     }
 
     /// The page's word, with acquire ordering (an optimistic read's first look).
+    #[inline]
     pub(crate) fn word(&self, page: usize) -> Word {
         Word(self.words[page].load(Ordering::Acquire))
     }
@@ -240,6 +248,7 @@ impl PageTable {
 
     /// Sets the reference bit (a load first: a hit that finds it set writes nothing, so
     /// readers on many CPUs do not fight over the word's cache line).
+    #[inline]
     pub(crate) fn reference(&self, page: usize) {
         if self.words[page].load(Ordering::Relaxed) & REFERENCED == 0 {
             self.words[page].fetch_or(REFERENCED, Ordering::Relaxed);

@@ -58,6 +58,7 @@ impl PagedRegion {
         }
     }
 
+    #[inline]
     pub(super) fn engine(&self) -> &Engine {
         &self.engine
     }
