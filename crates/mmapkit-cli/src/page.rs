@@ -45,6 +45,11 @@ pub struct PageArgs {
     /// Instead of scanning, make this many random 4 KiB reads.
     #[arg(long, value_name = "COUNT")]
     random: Option<usize>,
+    /// Read through the pager's explicit API, as a buffer manager does (optimistic reads; a
+    /// missing page is read from the store by the reading thread itself, without a fault),
+    /// instead of faulting the pages in.
+    #[arg(long)]
+    explicit: bool,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -160,8 +165,8 @@ pub fn run(args: &PageArgs) -> Result<(), Failure> {
     let progress = progress_bar(args, region.len() as u64);
     let started = Instant::now();
     let work = match args.random {
-        Some(count) => random_reads(&region, count, &progress),
-        None => scan(&region, &progress),
+        Some(count) => random_reads(&region, count, args.explicit, &progress),
+        None => scan(&region, args.explicit, &progress),
     }
     .map_err(|error| Failure::Failed(error.with_path(&args.file)))?;
     let elapsed = started.elapsed();
@@ -174,6 +179,7 @@ pub fn run(args: &PageArgs) -> Result<(), Failure> {
         budget: budget.map(|budget| budget as u64),
         page_size: region.page_size(),
         handlers: region.handler_threads(),
+        explicit: args.explicit,
         work,
         elapsed,
         stats,
@@ -205,13 +211,38 @@ enum Work {
     Random { reads: usize },
 }
 
-fn scan(region: &PagedRegion, progress: &ProgressBar) -> mmapkit::Result<Work> {
+/// Copies `buf.len()` bytes at `offset`: a guarded copy that faults pages in, or, `explicit`,
+/// page by page through optimistic reads.
+fn read(
+    region: &PagedRegion,
+    offset: usize,
+    buf: &mut [u8],
+    explicit: bool,
+) -> mmapkit::Result<()> {
+    if !explicit {
+        return region.read_at(offset, buf);
+    }
+    let page_size = region.page_size();
+    let mut done = 0;
+    while done < buf.len() {
+        let at = offset + done;
+        let len = (page_size - at % page_size).min(buf.len() - done);
+        let target = &mut buf[done..done + len];
+        region.read_optimistic(at / page_size, |page| {
+            page.read_into(at % page_size, target)
+        })?;
+        done += len;
+    }
+    Ok(())
+}
+
+fn scan(region: &PagedRegion, explicit: bool, progress: &ProgressBar) -> mmapkit::Result<Work> {
     let mut chunk = vec![0u8; CHUNK];
     let mut checksum = 0u64;
     let mut offset = 0;
     while offset < region.len() {
         let len = CHUNK.min(region.len() - offset);
-        region.read_at(offset, &mut chunk[..len])?;
+        read(region, offset, &mut chunk[..len], explicit)?;
         checksum = checksum.wrapping_add(sum_of_words(&chunk[..len]));
         offset += len;
         progress.set_position(offset as u64);
@@ -234,6 +265,7 @@ fn sum_of_words(bytes: &[u8]) -> u64 {
 fn random_reads(
     region: &PagedRegion,
     count: usize,
+    explicit: bool,
     progress: &ProgressBar,
 ) -> mmapkit::Result<Work> {
     progress.set_length(count as u64);
@@ -246,7 +278,7 @@ fn random_reads(
         state ^= state << 17;
         let offset = (state as usize % slots) * RANDOM_READ;
         let len = RANDOM_READ.min(region.len() - offset);
-        region.read_at(offset, &mut buf[..len])?;
+        read(region, offset, &mut buf[..len], explicit)?;
         if done % 1024 == 0 {
             progress.set_position(done as u64);
         }
@@ -261,6 +293,7 @@ struct Report {
     budget: Option<u64>,
     page_size: usize,
     handlers: usize,
+    explicit: bool,
     work: Work,
     elapsed: Duration,
     stats: Stats,
@@ -274,8 +307,13 @@ impl Report {
             || String::from("no budget"),
             |b| format!("a budget of {}", human(b)),
         );
+        let access = if self.explicit {
+            "explicit access"
+        } else {
+            "faults"
+        };
         let mut out = format!(
-            "paged {} ({}, {}) with {}, {} pages, handler threads: {}\n",
+            "paged {} ({}, {}) with {}, {} pages, {access}, handler threads: {}\n",
             printable(&self.path),
             self.kind,
             human(self.size),
@@ -289,7 +327,8 @@ impl Report {
                 self.size as f64 / seconds / 1e9
             ),
             Work::Random { reads } => format!(
-                "{reads} random 4 KiB reads in {seconds:.3} s ({:.0} faults/s)\n",
+                "{reads} random 4 KiB reads in {seconds:.3} s ({:.0} reads/s, {:.0} faults/s)\n",
+                reads as f64 / seconds,
                 stats.faults as f64 / seconds
             ),
         };
@@ -301,12 +340,18 @@ impl Report {
             (
                 "pages filled",
                 format!(
-                    "{} (ahead of demand {})",
-                    stats.pages_filled, stats.pages_prefetched
+                    "{} (ahead of demand {}, for explicit reads {})",
+                    stats.pages_filled, stats.pages_prefetched, stats.explicit_fills
                 ),
             ),
             ("read from store", human(stats.bytes_read)),
-            ("evictions", stats.evictions.to_string()),
+            (
+                "evictions",
+                format!(
+                    "{} (in the background {})",
+                    stats.evictions, stats.background_evictions
+                ),
+            ),
             (
                 "write-backs",
                 format!("{} ({})", stats.writebacks, human(stats.bytes_written)),
@@ -344,6 +389,7 @@ impl Report {
             "page_size": self.page_size,
             "handlers": self.handlers,
             "mode": mode,
+            "explicit": self.explicit,
             "reads": reads,
             "checksum": checksum,
             "seconds": self.elapsed.as_secs_f64(),
@@ -351,8 +397,10 @@ impl Report {
             "write_faults": stats.write_faults,
             "pages_filled": stats.pages_filled,
             "pages_prefetched": stats.pages_prefetched,
+            "explicit_fills": stats.explicit_fills,
             "bytes_read": stats.bytes_read,
             "evictions": stats.evictions,
+            "background_evictions": stats.background_evictions,
             "writebacks": stats.writebacks,
             "bytes_written": stats.bytes_written,
             "store_errors": stats.store_errors,

@@ -181,3 +181,44 @@ fn without_a_budget_a_file_larger_than_memory_gets_half_of_what_is_available() {
         "{budget} of {available}"
     );
 }
+
+#[test]
+fn explicit_access_reads_the_same_bytes_without_a_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.bin");
+    let bytes = data(4 * 1024 * 1024 + 13);
+    std::fs::write(&path, &bytes).unwrap();
+    let path = path.to_str().unwrap();
+    let scan = json(&["page", path, "--budget", "1M", "--explicit", "--json"]);
+    assert_eq!(scan["checksum"], sum_of_words(&bytes).as_str(), "{scan}");
+    assert_eq!(scan["explicit"], true);
+    assert_eq!(scan["faults"], 0, "{scan}");
+    assert!(scan["explicit_fills"].as_u64().unwrap() >= 1025, "{scan}");
+    assert!(
+        scan["peak_resident_bytes"].as_u64().unwrap() <= 1 << 20,
+        "{scan}"
+    );
+    let random = json(&[
+        "page",
+        path,
+        "--budget",
+        "1M",
+        "--random",
+        "3000",
+        "--explicit",
+        "--json",
+    ]);
+    assert_eq!(
+        (random["mode"].as_str(), random["reads"].as_u64()),
+        (Some("random"), Some(3000))
+    );
+    assert_eq!(random["faults"], 0, "{random}");
+    assert!(random["explicit_fills"].as_u64().unwrap() > 0, "{random}");
+    let text = mmapkit(&["page", path, "--random", "100", "--explicit"]);
+    assert!(text.status.success());
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("explicit access") && text.contains("reads/s"),
+        "{text}"
+    );
+}
