@@ -200,14 +200,19 @@ impl PagedRegion {
         if page < self.page_count() {
             return Ok(());
         }
-        Err(Error::new(
+        Err(self.no_such_page(operation, page))
+    }
+
+    #[cold]
+    fn no_such_page(&self, operation: &'static str, page: usize) -> Error {
+        Error::new(
             ErrorKind::OutOfBounds,
             operation,
             format!(
                 "page {page} is past the region's {} pages",
                 self.page_count()
             ),
-        ))
+        )
     }
 
     /// Pins page `page` shared: its bytes stay in memory and unchanged (no exclusive pin, no
@@ -292,6 +297,29 @@ impl PagedRegion {
             len: engine.page_len(page),
             lifetime: PhantomData,
         };
+        // The hit, kept short so that many can be in flight at once.
+        let before = engine.pages.word(page);
+        if before.is_stable() {
+            let result = read(&view);
+            fence(Ordering::Acquire);
+            let after = engine.pages.word(page);
+            if after.version() == before.version() && after.is_stable() {
+                engine.pages.reference(page);
+                return Ok(result);
+            }
+        }
+        self.read_optimistic_again(page, &view, read)
+    }
+
+    /// The rest of an optimistic read: misses, busy pages, failed validations.
+    #[cold]
+    fn read_optimistic_again<R>(
+        &self,
+        page: usize,
+        view: &OptimisticPage<'_>,
+        mut read: impl FnMut(&OptimisticPage<'_>) -> R,
+    ) -> Result<R> {
+        let engine = self.engine();
         let mut backoff = Backoff(0);
         let mut failed = 0;
         while failed < OPTIMISTIC_RETRIES {
@@ -307,7 +335,7 @@ impl PagedRegion {
                 }
                 continue;
             }
-            let result = read(&view);
+            let result = read(view);
             fence(Ordering::Acquire);
             let after = engine.pages.word(page);
             if after.version() == before.version() && after.is_stable() {
@@ -317,7 +345,7 @@ impl PagedRegion {
             failed += 1;
         }
         let pinned = self.pin_shared(page)?;
-        let result = read(&view);
+        let result = read(view);
         drop(pinned);
         Ok(result)
     }
