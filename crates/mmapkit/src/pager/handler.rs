@@ -89,6 +89,12 @@ fn run(engine: &Engine, cpu: Option<usize>) {
             if count > 0 {
                 mark = engine.served(count);
             }
+            // Several threads faulting on one page send one message each: one fill and one
+            // wake serve them all.
+            faults.sort_unstable_by_key(|fault| (fault.address, fault.write_protect, !fault.write));
+            faults.dedup_by(|later, kept| {
+                later.address == kept.address && later.write_protect == kept.write_protect
+            });
             for fault in faults.drain(..) {
                 engine.on_fault(fault);
             }
