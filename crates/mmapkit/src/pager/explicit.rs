@@ -145,6 +145,18 @@ impl Engine {
         installed.map_err(|errno| Error::os("allocate_page", errno))
     }
 
+    /// An optimistic read that raced an eviction may have read the page's hole through the
+    /// alias, which gives the memfd a page of zeros that no budget counts: if the page is
+    /// absent, claim it and punch that page out again.
+    #[cold]
+    fn discard_stray(&self, page: usize) {
+        if self.pages.claim(page, false) {
+            self.discard_backing(&(page..page + 1));
+            self.pages.transition(page, State::Filling, State::Absent);
+            self.wake(&(page..page + 1));
+        }
+    }
+
     /// A frame for an explicit fill: evicting if need be, waiting a little while every
     /// resident page is pinned or in flight; false if none came.
     fn reserve_explicit(&self, run: &std::ops::Range<usize>) -> bool {
@@ -307,6 +319,7 @@ impl PagedRegion {
                 engine.pages.reference(page);
                 return Ok(result);
             }
+            engine.discard_stray(page);
         }
         self.read_optimistic_again(page, &view, read)
     }
@@ -342,6 +355,7 @@ impl PagedRegion {
                 engine.pages.reference(page);
                 return Ok(result);
             }
+            engine.discard_stray(page);
             failed += 1;
         }
         let pinned = self.pin_shared(page)?;
