@@ -3,7 +3,9 @@
 //!
 //! * `pager-hot-lookup`: random 8-byte lookups in resident pages through `read_optimistic`,
 //!   against the same lookups in a `Vec` holding the same bytes (vmcache's claim: under 8 %
-//!   over plain memory).
+//!   over plain memory), twice: independent lookups (as many misses in flight as the core
+//!   can hold, so every instruction around them counts), and chained ones, where each
+//!   lookup's place depends on the value read before, as in a tree descent.
 //! * `pager-random-explicit`: `pager-random`'s reads (4 KiB at random offsets of the
 //!   page-cache-hot file, a fresh region each round) through the explicit API, which reads
 //!   a miss in the calling thread, against kernel mmap.
@@ -61,52 +63,62 @@ pub fn hot_lookup(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
     let pages = region.page_count();
     let words_per_page = region.page_size() / 8;
     let page_size = region.page_size();
-    let mut contenders = [
-        Contender::new("read_optimistic, resident pages", || {
-            let mut random = Random(0x2545_f491_4f6c_dd1d);
-            let mut sum = 0u64;
-            let seconds = harness::seconds(|| {
-                for _ in 0..LOOKUPS {
-                    let pick = random.next() as usize;
-                    let page = pick % pages;
-                    let at = (pick >> 32) % words_per_page * 8;
-                    let word = region
-                        .read_optimistic(page, |view| view.read::<u64>(at))
-                        .expect("resident");
-                    sum = sum.wrapping_add(word.unwrap_or(0));
-                }
-            });
-            black_box(sum);
-            LOOKUPS as f64 / 1e6 / seconds
-        }),
-        Contender::new("Vec<u8> of the same bytes", || {
-            let mut random = Random(0x2545_f491_4f6c_dd1d);
-            let mut sum = 0u64;
-            let seconds = harness::seconds(|| {
-                for _ in 0..LOOKUPS {
-                    let pick = random.next() as usize;
-                    let page = pick % pages;
-                    let at = page * page_size + (pick >> 32) % words_per_page * 8;
-                    let word = u64::from_ne_bytes(copy[at..at + 8].try_into().unwrap_or([0; 8]));
-                    sum = sum.wrapping_add(word);
-                }
-            });
-            black_box(sum);
-            LOOKUPS as f64 / 1e6 / seconds
-        }),
-    ];
-    let samples = harness::alternate(rounds, &mut contenders);
-    let title = format!(
-        "pager-hot-lookup: {LOOKUPS} random 8-byte lookups in {} MiB of resident pages",
-        file.size >> 20
-    );
-    harness::print_table(&title, Unit::MillionsPerSecond, &samples);
-    harness::print_json(
-        "pager-hot-lookup",
-        &samples[0],
-        &samples[1],
-        Unit::MillionsPerSecond,
-    );
+    for chained in [false, true] {
+        let next_pick = |random: &mut Random, last: u64| {
+            let pick = random.next();
+            (if chained { pick ^ last } else { pick }) as usize
+        };
+        let mut contenders = [
+            Contender::new("read_optimistic, resident pages", || {
+                let mut random = Random(0x2545_f491_4f6c_dd1d);
+                let (mut sum, mut last) = (0u64, 0u64);
+                let seconds = harness::seconds(|| {
+                    for _ in 0..LOOKUPS {
+                        let pick = next_pick(&mut random, last);
+                        let page = pick % pages;
+                        let at = (pick >> 32) % words_per_page * 8;
+                        last = region
+                            .read_optimistic(page, |view| view.read::<u64>(at))
+                            .expect("resident")
+                            .unwrap_or(0);
+                        sum = sum.wrapping_add(last);
+                    }
+                });
+                black_box(sum);
+                LOOKUPS as f64 / 1e6 / seconds
+            }),
+            Contender::new("Vec<u8> of the same bytes", || {
+                let mut random = Random(0x2545_f491_4f6c_dd1d);
+                let (mut sum, mut last) = (0u64, 0u64);
+                let seconds = harness::seconds(|| {
+                    for _ in 0..LOOKUPS {
+                        let pick = next_pick(&mut random, last);
+                        let page = pick % pages;
+                        let at = page * page_size + (pick >> 32) % words_per_page * 8;
+                        last = u64::from_ne_bytes(copy[at..at + 8].try_into().unwrap_or([0; 8]));
+                        sum = sum.wrapping_add(last);
+                    }
+                });
+                black_box(sum);
+                LOOKUPS as f64 / 1e6 / seconds
+            }),
+        ];
+        let samples = harness::alternate(rounds, &mut contenders);
+        let (kind, bench) = if chained {
+            (
+                "chained (each lookup's place depends on the value before, as in a tree descent)",
+                "pager-hot-lookup-chained",
+            )
+        } else {
+            ("independent", "pager-hot-lookup")
+        };
+        let title = format!(
+            "{bench}: {LOOKUPS} random 8-byte lookups, {kind}, in {} MiB of resident pages",
+            file.size >> 20
+        );
+        harness::print_table(&title, Unit::MillionsPerSecond, &samples);
+        harness::print_json(bench, &samples[0], &samples[1], Unit::MillionsPerSecond);
+    }
     Ok(())
 }
 

@@ -80,6 +80,8 @@ pub(crate) struct Layout {
 }
 
 pub(crate) struct Engine {
+    /// Tells regions apart (for the pins a thread holds), never reused.
+    pub(super) id: u64,
     /// The region's view: registered, what raw pointers see.
     pub(super) memory: Mapping,
     pub(super) base: usize,
@@ -147,7 +149,9 @@ impl Engine {
         }
         let allocated = layout.allocated_pages.min(pages);
         let wakeup = crate::sys::eventfd(0).map_err(|errno| crate::Error::os("pager", errno))?;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Engine {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             base: memory.as_ptr() as usize,
             memory,
             alias,

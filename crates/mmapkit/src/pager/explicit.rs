@@ -29,15 +29,16 @@
 //! # Waiting and limits
 //! A page someone else is filling, writing back or evicting, or that is pinned the other way,
 //! is waited for (spinning, then yielding, then sleeping briefly). Pins are never evicted: a
-//! miss when every page of the budget is pinned or in flight fails with
-//! [`ErrorKind::OutOfMemory`] after a short wait, instead of waiting for ever. A guard kept
+//! miss when every page of the budget is pinned fails with [`ErrorKind::OutOfMemory`] after
+//! a short wait, instead of waiting for ever. Otherwise a miss is held to the budget as a
+//! fault is: when nothing can be evicted (other threads' fills, write-backs and evictions
+//! hold the rest, or the store refuses write-backs), it takes its frame beyond the budget. A guard kept
 //! for ever (`mem::forget`) pins its page for ever, as a forgotten lock guard would.
 //! [`PagedRegion::flush`] waits for other threads' exclusive pins and refuses, with
 //! `WouldBlock`, to run on a thread that holds one itself. Raw pointers into the view see the
 //! same bytes, but writes through them are not versioned: optimistic readers do not notice
 //! them.
 
-use std::cell::Cell;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{Ordering, fence};
@@ -45,6 +46,7 @@ use std::time::Duration;
 
 use super::OnStoreError;
 use super::engine::{Engine, Unfilled};
+use super::held;
 use super::pages::{Pin, State};
 use super::region::PagedRegion;
 use super::stats::Counters;
@@ -53,22 +55,12 @@ use crate::{Error, ErrorKind, Result};
 /// Failed validations after which an optimistic read takes a shared pin instead.
 pub const OPTIMISTIC_RETRIES: usize = 16;
 
-thread_local! {
-    /// Exclusive pins this thread holds (in any region): a flush on this thread would wait
-    /// for itself.
-    static EXCLUSIVE_HELD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Whether the calling thread holds an exclusive pin.
-pub(crate) fn holds_exclusive() -> bool {
-    EXCLUSIVE_HELD.with(Cell::get) > 0
-}
-
 /// Backs off while a page is busy: spins, then yields, then sleeps.
-struct Backoff(u32);
+#[derive(Default)]
+pub(super) struct Backoff(u32);
 
 impl Backoff {
-    fn wait(&mut self) {
+    pub(super) fn wait(&mut self) {
         self.0 = self.0.saturating_add(1);
         match self.0 {
             0..=64 => std::hint::spin_loop(),
@@ -83,21 +75,10 @@ impl Engine {
     /// once the page is in memory (filled here or by someone else, who may still be busy with
     /// it: the caller looks again).
     fn fill_explicit(&self, operation: &'static str, page: usize) -> Result<()> {
-        if !self.pages.claim(page, true) {
+        if !self.claim_with_frame(operation, page)? {
             return Ok(());
         }
         let run = page..page + 1;
-        if !self.reserve_explicit(&run) {
-            self.pages.transition(page, State::Filling, State::Absent);
-            self.wake(&run);
-            return Err(Error::new(
-                ErrorKind::OutOfMemory,
-                operation,
-                "every page of the budget is pinned or being filled",
-            )
-            .with_offset((page * self.page_size()) as u64)
-            .with_hint("drop some pins, or give the pager a larger budget"));
-        }
         Counters::add(&self.counters.explicit_fills, 1);
         match self.fill(&run, false, false) {
             Ok(()) => {
@@ -125,24 +106,85 @@ impl Engine {
     /// Makes an absent `page` resident as zeros, without reading the store, dirty (a page
     /// being allocated).
     fn fill_zeroed(&self, page: usize) -> Result<()> {
-        if !self.pages.claim(page, true) {
-            return Ok(());
+        self.fill_without_store("allocate_page", page, None)
+            .map(drop)
+    }
+
+    /// Makes an absent `page` resident holding `bytes` (the whole page), dirty, without
+    /// reading the store: a write of a whole page. False, with nothing written, if the page
+    /// was not absent.
+    pub(super) fn fill_with(&self, page: usize, bytes: &[u8]) -> Result<bool> {
+        self.fill_without_store("write_at", page, Some(bytes))
+    }
+
+    fn fill_without_store(
+        &self,
+        operation: &'static str,
+        page: usize,
+        bytes: Option<&[u8]>,
+    ) -> Result<bool> {
+        if !self.claim_with_frame(operation, page)? {
+            return Ok(false);
         }
         let run = page..page + 1;
-        if !self.reserve_explicit(&run) {
-            self.pages.transition(page, State::Filling, State::Absent);
-            self.wake(&run);
-            return Err(Error::new(
-                ErrorKind::OutOfMemory,
-                "allocate_page",
-                "every page of the budget is pinned or being filled",
-            ));
+        let alias = self.alias_ptr(page);
+        let page_size = self.page_size();
+        // SAFETY: the page is claimed by this thread (Filling) and lies in the alias; the
+        // bytes given are at most the page's own (the last page may be short) and are a
+        // borrow of memory outside the region.
+        unsafe {
+            match bytes {
+                Some(bytes) => {
+                    let len = bytes.len().min(page_size);
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), alias, len);
+                    std::ptr::write_bytes(alias.add(len), 0, page_size - len);
+                }
+                None => std::ptr::write_bytes(alias, 0, page_size),
+            }
         }
-        // SAFETY: the page is claimed by this thread (Filling) and lies in the alias.
-        unsafe { std::ptr::write_bytes(self.alias_ptr(page), 0, self.page_size()) };
         let installed = self.install(&run, true, false);
         self.wake(&run);
-        installed.map_err(|errno| Error::os("allocate_page", errno))
+        installed.map_err(|errno| Error::os(operation, errno))?;
+        Ok(true)
+    }
+
+    /// Reserves a frame, then claims the absent `page` (Absent → Filling) for this thread to
+    /// fill: true if claimed, false if someone else has the page already (the frame is given
+    /// back). The frame comes first, so that every page being filled holds one.
+    fn claim_with_frame(&self, operation: &'static str, page: usize) -> Result<bool> {
+        if self.pages.state(page) != State::Absent {
+            return Ok(false);
+        }
+        self.reserve_explicit().map_err(|why| {
+            Error::new(ErrorKind::OutOfMemory, operation, why)
+                .with_offset((page * self.page_size()) as u64)
+                .with_hint("drop some pins, or give the pager a larger budget")
+        })?;
+        if self.pages.claim(page, true) {
+            return Ok(true);
+        }
+        self.pages.release(1);
+        Ok(false)
+    }
+
+    /// A frame for an explicit fill, evicting if need be. An explicit miss is a demand
+    /// access, held to the budget as a fault is: when no page can be evicted because others
+    /// are being filled, written back or evicted, or because the store refuses their
+    /// write-back, the frame is taken beyond the budget. Pins are the exception: they may be
+    /// held for ever, so a budget that pins alone hold fails (after a short wait for a pin
+    /// to go).
+    fn reserve_explicit(&self) -> std::result::Result<(), &'static str> {
+        for attempt in 0..16 {
+            if self.reserve(1, false) > 0 {
+                return Ok(());
+            }
+            if self.pages.pinned_resident() < self.layout.budget_pages {
+                self.reserve(1, true);
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_micros(50 << (attempt / 4)));
+        }
+        Err("every page of the budget is pinned")
     }
 
     /// An optimistic read that raced an eviction may have read the page's hole through the
@@ -157,18 +199,6 @@ impl Engine {
         }
     }
 
-    /// A frame for an explicit fill: evicting if need be, waiting a little while every
-    /// resident page is pinned or in flight; false if none came.
-    fn reserve_explicit(&self, run: &std::ops::Range<usize>) -> bool {
-        for attempt in 0..64 {
-            if self.reserve(run.len(), false) > 0 {
-                return true;
-            }
-            std::thread::sleep(Duration::from_micros(20 << (attempt / 16)));
-        }
-        false
-    }
-
     fn store_error(&self, operation: &'static str, error: &std::io::Error, page: usize) -> Error {
         Error::store(operation, error)
             .with_offset((page * self.page_size()) as u64)
@@ -177,24 +207,38 @@ impl Engine {
 
     /// The bytes of `page` that belong to the region (the last page may be short).
     #[inline]
-    fn page_len(&self, page: usize) -> usize {
+    pub(super) fn page_len(&self, page: usize) -> usize {
         let start = page * self.page_size();
         self.page_size().min(self.layout.len - start)
     }
 
-    /// Pins `page` (`exclusive` or shared), filling it first if it is absent.
+    /// Pins `page` (`exclusive` or shared), filling it first if it is absent, and notes the
+    /// pin as this thread's.
     fn pin_page(&self, operation: &'static str, page: usize, exclusive: bool) -> Result<()> {
         let mut backoff = Backoff(0);
         loop {
             match self.pages.pin(page, exclusive) {
-                Pin::Taken => return Ok(()),
+                Pin::Taken => {
+                    held::note(self.id, page, exclusive);
+                    return Ok(());
+                }
                 Pin::Absent => self.fill_explicit(operation, page)?,
                 Pin::Failed => {
                     if let Some(error) = self.take_failure(page, 0) {
                         return Err(self.store_error(operation, &error, page));
                     }
                 }
-                Pin::Busy => backoff.wait(),
+                Pin::Busy => {
+                    held::check_self_wait(operation, self.id, page, exclusive)?;
+                    backoff.wait();
+                }
+                Pin::Saturated => {
+                    return Err(Error::new(
+                        ErrorKind::WouldBlock,
+                        operation,
+                        format!("page {page} has as many shared pins as it can count (65,535)"),
+                    ));
+                }
             }
         }
     }
@@ -250,7 +294,16 @@ impl PagedRegion {
     pub fn pin_exclusive(&self, page: usize) -> Result<ExclusivePage<'_>> {
         self.check_page("pin_exclusive", page)?;
         self.check_writable("pin_exclusive")?;
-        self.engine().pin_page("pin_exclusive", page, true)?;
+        self.pin_exclusive_for("pin_exclusive", page)
+    }
+
+    /// The exclusive pin of a page known to exist in a writable region.
+    pub(super) fn pin_exclusive_for(
+        &self,
+        operation: &'static str,
+        page: usize,
+    ) -> Result<ExclusivePage<'_>> {
+        self.engine().pin_page(operation, page, true)?;
         Ok(self.exclusive_guard(page))
     }
 
@@ -310,13 +363,10 @@ impl PagedRegion {
             lifetime: PhantomData,
         };
         // The hit, kept short so that many can be in flight at once.
-        let before = engine.pages.word(page);
-        if before.is_stable() {
+        let look = engine.pages.look(page);
+        if look.before.is_stable() {
             let result = read(&view);
-            fence(Ordering::Acquire);
-            let after = engine.pages.word(page);
-            if after.version() == before.version() && after.is_stable() {
-                engine.pages.reference(page);
+            if look.held() {
                 return Ok(result);
             }
             engine.discard_stray(page);
@@ -336,23 +386,23 @@ impl PagedRegion {
         let mut backoff = Backoff(0);
         let mut failed = 0;
         while failed < OPTIMISTIC_RETRIES {
-            let before = engine.pages.word(page);
-            if !before.is_stable() {
-                match before.state() {
+            let look = engine.pages.look(page);
+            if !look.before.is_stable() {
+                match look.before.state() {
                     State::Absent => engine.fill_explicit("read_optimistic", page)?,
                     State::Failed => engine.pin_page("read_optimistic", page, false).map(
                         // Not failed any more: refilled by someone meanwhile.
                         |()| engine.pages.unpin_shared(page),
                     )?,
-                    _ => backoff.wait(),
+                    _ => {
+                        held::check_self_wait("read_optimistic", engine.id, page, false)?;
+                        backoff.wait();
+                    }
                 }
                 continue;
             }
             let result = read(view);
-            fence(Ordering::Acquire);
-            let after = engine.pages.word(page);
-            if after.version() == before.version() && after.is_stable() {
-                engine.pages.reference(page);
+            if look.held() {
                 return Ok(result);
             }
             engine.discard_stray(page);
@@ -372,7 +422,6 @@ impl PagedRegion {
         // The pin's acquiring update happens before the writes through the guard, for the
         // optimistic readers' fence.
         fence(Ordering::Release);
-        EXCLUSIVE_HELD.with(|held| held.set(held.get() + 1));
         ExclusivePage {
             region: self,
             page,
@@ -395,17 +444,15 @@ impl PagedRegion {
 }
 
 /// A page pinned shared: its bytes, still, for as long as the guard lives. From
-/// [`PagedRegion::pin_shared`].
+/// [`PagedRegion::pin_shared`]. Other threads may borrow it (it is `Sync`); it stays on the
+/// thread that took it, which knows its own pins (see [`PagedRegion::pin_exclusive`]).
 pub struct SharedPage<'a> {
     region: &'a PagedRegion,
     page: usize,
     bytes: *mut u8,
 }
 
-// SAFETY: the guard only reads bytes that its pin keeps still, and unpinning is an atomic
-// update that any thread may make.
-unsafe impl Send for SharedPage<'_> {}
-// SAFETY: as above; shared access to still bytes.
+// SAFETY: the guard only lends shared access to bytes that its pin keeps still.
 unsafe impl Sync for SharedPage<'_> {}
 
 impl SharedPage<'_> {
@@ -430,7 +477,9 @@ impl Deref for SharedPage<'_> {
 
 impl Drop for SharedPage<'_> {
     fn drop(&mut self) {
-        self.region.engine().pages.unpin_shared(self.page);
+        let engine = self.region.engine();
+        engine.pages.unpin_shared(self.page);
+        held::release(engine.id, self.page, false);
     }
 }
 
@@ -495,7 +544,7 @@ impl Drop for ExclusivePage<'_> {
         if engine.pages.unpin_exclusive(self.page, self.dirty) {
             engine.pages.add_dirty(1);
         }
-        EXCLUSIVE_HELD.with(|held| held.set(held.get().saturating_sub(1)));
+        held::release(engine.id, self.page, true);
     }
 }
 

@@ -96,6 +96,7 @@ mod evictor;
 pub mod explicit;
 mod failure;
 mod handler;
+mod held;
 mod pages;
 mod readahead;
 mod region;

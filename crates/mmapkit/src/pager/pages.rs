@@ -140,6 +140,33 @@ impl Word {
     }
 }
 
+/// A page's word as an optimistic reader saw it before reading: see
+/// [`PageTable::look`]. Looking again costs no bounds check, so that the reader's hit path
+/// stays a few instructions around its own loads.
+pub(crate) struct Look<'a> {
+    slot: &'a AtomicU64,
+    pub(crate) before: Word,
+}
+
+impl Look<'_> {
+    /// Whether the read that followed the look held: the page kept its version and nobody
+    /// pinned it exclusively meanwhile. A read that held references the page (a load of the
+    /// bit first: readers on many CPUs do not fight over a line whose bit is set already).
+    #[inline]
+    pub(crate) fn held(&self) -> bool {
+        // Orders the reader's loads before the second look, as a seqlock reader does.
+        std::sync::atomic::fence(Ordering::Acquire);
+        let after = Word(self.slot.load(Ordering::Relaxed));
+        if after.version() != self.before.version() || !after.is_stable() {
+            return false;
+        }
+        if after.0 & REFERENCED == 0 {
+            self.slot.fetch_or(REFERENCED, Ordering::Relaxed);
+        }
+        true
+    }
+}
+
 /// What a pin attempt found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pin {
@@ -152,6 +179,8 @@ pub(crate) enum Pin {
     /// Someone else owns it for now (filling, writing back, evicting, pinned the other way):
     /// wait and try again.
     Busy,
+    /// It has as many shared pins as the word can count.
+    Saturated,
 }
 
 /// A page chosen by the CLOCK hand, now in `Evicting`.
@@ -196,10 +225,21 @@ impl PageTable {
         self.word(page).state()
     }
 
-    /// The page's word, with acquire ordering (an optimistic read's first look).
+    /// The page's word, with acquire ordering.
     #[inline]
     pub(crate) fn word(&self, page: usize) -> Word {
         Word(self.words[page].load(Ordering::Acquire))
+    }
+
+    /// An optimistic reader's first look at `page`'s word (acquire ordering): the word, and
+    /// the slot to look at again once the read is done.
+    #[inline]
+    pub(crate) fn look(&self, page: usize) -> Look<'_> {
+        let slot = &self.words[page];
+        Look {
+            slot,
+            before: Word(slot.load(Ordering::Acquire)),
+        }
     }
 
     /// Moves `page` from `from` to `to`, keeping its reference bit and pins. False if it
@@ -274,8 +314,12 @@ impl PageTable {
                 State::Clean | State::Dirty if exclusive && free && bits & PIN_MASK == 0 => {
                     return Some(bits | EXCLUSIVE | REFERENCED);
                 }
-                _ if !exclusive && free && state.is_readable() && bits & PIN_MASK != PIN_MASK => {
-                    return Some((bits + PIN_ONE) | REFERENCED);
+                _ if !exclusive && free && state.is_readable() => {
+                    if bits & PIN_MASK == PIN_MASK {
+                        Pin::Saturated
+                    } else {
+                        return Some((bits + PIN_ONE) | REFERENCED);
+                    }
                 }
                 _ => Pin::Busy,
             };
@@ -336,6 +380,24 @@ impl PageTable {
     /// The most frames ever reserved at once.
     pub(crate) fn peak_resident(&self) -> usize {
         self.peak_resident.load(Ordering::Relaxed)
+    }
+
+    /// How many resident pages are pinned (shared or exclusive): a scan of every word, for
+    /// the rare moments a reservation finds no frame.
+    pub(crate) fn pinned_resident(&self) -> usize {
+        self.words
+            .iter()
+            .map(|slot| Word(slot.load(Ordering::Relaxed)))
+            .filter(|word| word.is_pinned() && word.state().is_resident())
+            .count()
+    }
+
+    /// Drops every pin: for a region going away, whose guards are all gone (those forgotten
+    /// with `mem::forget` leave their pins behind, and nobody can use them any more).
+    pub(crate) fn drop_leaked_pins(&self) {
+        for slot in &self.words {
+            slot.fetch_and(!(PIN_MASK | EXCLUSIVE), Ordering::SeqCst);
+        }
     }
 
     /// Returns `count` frames.

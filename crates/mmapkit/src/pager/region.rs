@@ -34,15 +34,6 @@ impl std::fmt::Debug for PagedRegion {
     }
 }
 
-/// Which way a guarded copy goes, with the other side's pointer.
-#[derive(Clone, Copy)]
-enum Side {
-    /// From the region into a buffer.
-    OutOf(*mut u8),
-    /// From a buffer into the region.
-    Into(*const u8),
-}
-
 /// How many times an accessor retries a page that faulted without a recorded store error
 /// (another accessor took the error first, and the page is being read again).
 const RETRIES: usize = 8;
@@ -126,21 +117,61 @@ impl PagedRegion {
         unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
     }
 
-    /// Copies the bytes at `offset` into `buf`, faulting pages in as needed.
+    /// Copies the bytes at `offset` into `buf`, faulting pages in as needed (read-ahead
+    /// and all). Each page's bytes are copied whole from one version of it: a copy that an
+    /// exclusive pin's writer (or [`write_at`](Self::write_at)) changed meanwhile is made
+    /// again; a page this thread pins exclusively fails with `WouldBlock`.
     ///
     /// Errors: `OutOfBounds`; `Store` when the store failed to read a page (with
     /// [`OnStoreError::Report`](super::OnStoreError) or `Signal`); the error's offset is where
     /// the copy stopped.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
         self.check("read_at", offset, buf.len())?;
-        // SAFETY: the range lies in the region (checked), which stays mapped while `self`
-        // lives; `buf` is a unique borrow, so it does not overlap the region.
-        unsafe { self.guarded("read_at", offset, buf.len(), Side::OutOf(buf.as_mut_ptr())) }
+        let page_size = self.page_size();
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done;
+            let len = (page_size - at % page_size).min(buf.len() - done);
+            self.read_in_page(at, &mut buf[done..done + len])?;
+            done += len;
+        }
+        Ok(())
     }
 
-    /// Copies `data` into the region at `offset`; the pages become dirty.
+    /// `read_at` within one page: a guarded copy through the view, kept if the page's version
+    /// held; after a few misses (a page evicted again before it could be read twice, or a
+    /// stream of writers), a copy under a shared pin.
+    fn read_in_page(&self, at: usize, buf: &mut [u8]) -> Result<()> {
+        let engine = &self.engine;
+        let page = engine.page_of(at);
+        let mut backoff = super::explicit::Backoff::default();
+        for _ in 0..super::explicit::OPTIMISTIC_RETRIES {
+            let look = engine.pages.look(page);
+            if look.before.is_exclusive() {
+                super::held::check_self_wait("read_at", engine.id, page, false)?;
+                backoff.wait();
+                continue;
+            }
+            // SAFETY: the range lies in the region (checked by the caller), which stays
+            // mapped while `self` lives; `buf` is a unique borrow, so it does not overlap.
+            unsafe { self.guarded_read(at, buf) }?;
+            if look.before.is_stable() && look.held() {
+                return Ok(());
+            }
+        }
+        let pinned = self.pin_shared(page)?;
+        let start = at - page * self.page_size();
+        buf.copy_from_slice(&pinned[start..start + buf.len()]);
+        Ok(())
+    }
+
+    /// Copies `data` into the region at `offset`; the pages become dirty. Each page is
+    /// written under its exclusive pin, so readers never see half a write as a page's
+    /// bytes; a page this thread has pinned fails with `WouldBlock`. A page written whole
+    /// is not read from the store first.
     ///
-    /// Errors as for [`read_at`](Self::read_at), and `PermissionDenied` on a read-only region.
+    /// Errors as for [`read_at`](Self::read_at), `PermissionDenied` on a read-only region,
+    /// and `OutOfMemory` when the whole budget is pinned.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
         self.check("write_at", offset, data.len())?;
         if !self.is_writable() {
@@ -150,9 +181,26 @@ impl PagedRegion {
                 "the region is read-only (its store is, or the pager was built read-only)",
             ));
         }
-        // SAFETY: the target lies in the writable region (checked); no Rust reference covers
-        // region memory (`as_slice` forbids writes while a slice lives).
-        unsafe { self.guarded("write_at", offset, data.len(), Side::Into(data.as_ptr())) }
+        let page_size = self.page_size();
+        let mut done = 0;
+        while done < data.len() {
+            let at = offset + done;
+            let page = self.engine.page_of(at);
+            let start = at - page * page_size;
+            let len = (page_size - start).min(data.len() - done);
+            let part = &data[done..done + len];
+            if start == 0
+                && len == self.engine.page_len(page)
+                && self.engine.fill_with(page, part)?
+            {
+                self.engine.pages.reference(page);
+            } else {
+                let mut guard = self.pin_exclusive_for("write_at", page)?;
+                guard[start..start + len].copy_from_slice(part);
+            }
+            done += len;
+        }
+        Ok(())
     }
 
     /// Reads a plain-old-data value at `offset` (any alignment).
@@ -167,36 +215,27 @@ impl PagedRegion {
         self.write_at(offset, bytemuck::bytes_of(value))
     }
 
-    /// A copy through the fault guard: a page whose store read failed raises SIGBUS, which
-    /// the guard turns into an early stop; the failure recorded for that page becomes the
-    /// error.
+    /// A copy out of the view through the fault guard: a page whose store read failed raises
+    /// SIGBUS, which the guard turns into an early stop; the failure recorded for that page
+    /// becomes the error.
     ///
     /// # Safety
-    /// `offset..offset + len` lies in the region (and it is writable for `Side::Into`); the
-    /// other side is valid for `len` bytes and does not overlap the region.
-    unsafe fn guarded(
-        &self,
-        operation: &'static str,
-        offset: usize,
-        len: usize,
-        side: Side,
-    ) -> Result<()> {
-        let region = self.as_mut_ptr();
+    /// `offset..offset + buf.len()` lies in the region.
+    unsafe fn guarded_read(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
+        let operation = "read_at";
+        let len = buf.len();
+        let region = self.as_ptr();
         let mut done = 0;
         let mut retries = 0;
         let mut since = self.engine.failure_time();
         while done < len {
             let at = offset + done;
             // SAFETY: both pointers stay within their ranges, by the contract.
-            let (to, from) = unsafe {
-                match side {
-                    Side::OutOf(buf) => (buf.add(done), region.add(at).cast_const()),
-                    Side::Into(data) => (region.add(at), data.add(done)),
-                }
-            };
+            let (to, from) = unsafe { (buf.as_mut_ptr().add(done), region.add(at)) };
             // A failed page raises SIGBUS by design: copies here can always fault.
             let faults = crate::fault::Faults::Possible;
-            // SAFETY: forwarded from this function's contract.
+            // SAFETY: forwarded from this function's contract; `buf` is a unique borrow, so
+            // it does not overlap the region.
             match unsafe { crate::fault::copy_shared(operation, to, from, len - done, faults) } {
                 Ok(()) => done = len,
                 Err(stopped) => {
@@ -296,8 +335,13 @@ impl PagedRegion {
     /// Writes every dirty page back to the store and flushes the store (fsync for a file):
     /// the pager's msync. Also returns a write-back error an eviction met since the last
     /// flush; pages whose write-back failed stay dirty.
+    ///
+    /// Waits for other threads' exclusive pins on dirty pages (their writes are part of
+    /// what the flush promises; a guard forgotten with `mem::forget` is waited for for ever,
+    /// as a forgotten lock guard would be); fails with `WouldBlock` on a thread that holds an
+    /// exclusive pin of this region itself.
     pub fn flush(&self) -> Result<()> {
-        if super::explicit::holds_exclusive() {
+        if super::held::holds_exclusive(self.engine.id) {
             return Err(Error::new(
                 ErrorKind::WouldBlock,
                 "flush",
@@ -380,6 +424,9 @@ impl PagedRegion {
 impl Drop for PagedRegion {
     fn drop(&mut self) {
         self.stop();
+        // No guard outlives the region: pins left now were forgotten, and must not keep the
+        // last write-back waiting.
+        self.engine.pages.drop_leaked_pins();
         if !self.closed {
             let _ = self.engine.flush();
         }

@@ -9,8 +9,8 @@
 //!
 //! With asynchronous write tracking (UFFD_FEATURE_WP_ASYNC) a first write does not fault:
 //! the kernel lifts the protection itself, and the pager asks PAGEMAP_SCAN which pages were
-//! written. A flush scans and re-protects in one step (a write after it is seen by the next
-//! flush); an eviction first unmaps its victims from the view — an access then is a minor
+//! written. A flush scans, marks the written clean pages dirty, and protects them again as
+//! it writes them back (a write after that is seen by the next flush); an eviction first unmaps its victims from the view — an access then is a minor
 //! fault that waits for the eviction — and then scans them: a written page's protection is
 //! gone with its mapping, a clean one leaves the kernel's write-protect marker behind.
 
@@ -185,31 +185,72 @@ impl Engine {
     fn write_back(&self, run: &Range<usize>) -> io::Result<()> {
         let start = run.start * self.layout.page_size;
         let end = (run.end * self.layout.page_size).min(self.layout.len);
+        if self.layout.async_writes {
+            return self.write_back_copied(start, end, run.len());
+        }
         // SAFETY: the pages are resident and write-protected, and we own them (Evicting or
-        // Cleaning, never under an exclusive pin): writers through the view fault and wait
-        // (with asynchronous tracking a raw write goes through, and is found by the next
-        // scan), nothing installs or discards them, so the bytes do not change while the
-        // slice lives. The range lies inside the region.
+        // Cleaning, never under an exclusive pin): writers through the view fault and wait,
+        // nothing installs or discards them, so the bytes do not change while the slice
+        // lives. The range lies inside the region.
         let bytes = unsafe {
             std::slice::from_raw_parts(self.alias_ptr(run.start).cast_const(), end - start)
         };
         self.store.write_at(start as u64, bytes)?;
-        Counters::add(&self.counters.writebacks, run.len() as u64);
-        Counters::add(&self.counters.bytes_written, bytes.len() as u64);
+        self.count_written(run.len(), bytes.len());
         Ok(())
+    }
+
+    /// The write-back of asynchronous tracking, where protection does not stop a writer
+    /// (the kernel lifts it and marks the page, for the next scan): the store gets a copy,
+    /// so that the slice it is given never changes under it.
+    fn write_back_copied(&self, start: usize, end: usize, pages: usize) -> io::Result<()> {
+        let mut buffer = vec![0u8; (end - start).min(WRITE_BACK_CHUNK)];
+        let mut at = start;
+        while at < end {
+            let chunk = &mut buffer[..(end - at).min(WRITE_BACK_CHUNK)];
+            let from = self.alias.as_ptr().wrapping_add(at).cast::<u8>();
+            // SAFETY: the range lies in the alias, whose pages are resident and ours (they
+            // cannot be discarded meanwhile), so the copy cannot fault; writers may change
+            // the bytes while they are copied, which a shared-memory copy allows.
+            unsafe {
+                crate::fault::copy_shared(
+                    "write back",
+                    chunk.as_mut_ptr(),
+                    from,
+                    chunk.len(),
+                    crate::fault::Faults::Impossible,
+                )
+            }
+            .map_err(io::Error::other)?;
+            self.store.write_at(at as u64, chunk)?;
+            at += chunk.len();
+        }
+        self.count_written(pages, end - start);
+        Ok(())
+    }
+
+    fn count_written(&self, pages: usize, bytes: usize) {
+        Counters::add(&self.counters.writebacks, pages as u64);
+        Counters::add(&self.counters.bytes_written, bytes as u64);
     }
 }
 
+/// The most bytes an asynchronous-tracking write-back copies before handing them to the
+/// store.
+const WRITE_BACK_CHUNK: usize = 256 << 10;
+
 impl Engine {
     /// Asynchronous tracking: marks dirty the clean pages written through the view since
-    /// they were last protected, and protects them again in the same step.
+    /// they were last protected. The scan leaves the marks alone (their write-back protects
+    /// the pages again): a page another thread is evicting or writing back meanwhile keeps
+    /// its mark for that thread's own scan, or for the next flush.
     fn find_written_pages(&self) {
         let Some(pagemap) = &self.pagemap else {
             return;
         };
         let mut written = Vec::new();
         let end = self.base + self.pages.len() * self.layout.page_size;
-        if uffd::written_pages(pagemap.as_fd(), self.base, end, true, true, &mut written).is_err() {
+        if uffd::written_pages(pagemap.as_fd(), self.base, end, true, &mut written).is_err() {
             // Unknown: every clean page the view maps is written back rather than lose a
             // write.
             written.push(self.base..end);
@@ -251,15 +292,8 @@ impl Engine {
         for run in &mapped {
             self.discard_view(run);
             let (address, len) = self.span(run);
-            if uffd::written_pages(
-                pagemap.as_fd(),
-                address,
-                address + len,
-                false,
-                false,
-                &mut written,
-            )
-            .is_err()
+            if uffd::written_pages(pagemap.as_fd(), address, address + len, false, &mut written)
+                .is_err()
             {
                 // Unknown: write the run back rather than lose a write.
                 written.push(address..address + len);

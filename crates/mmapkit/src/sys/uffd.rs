@@ -240,8 +240,7 @@ pub unsafe fn continue_pages(
 
 /// The runs of pages in `[start, end)` written since they were last write-protected (the
 /// `PAGE_IS_WRITTEN` category of PAGEMAP_SCAN, Linux 6.7), appended to `out` as address
-/// ranges; with `protect`, the pages found are write-protected again in the same step, so
-/// that no write between the look and the protection is missed. Needs a userfaultfd with
+/// ranges; the look changes nothing (the pages stay marked written). Needs a userfaultfd with
 /// `UFFD_FEATURE_WP_ASYNC` registered over the range. Pages with nothing mapped count as
 /// written (a write-protected page that is unmapped leaves a marker, and does not), unless
 /// `present_only` asks for mapped pages alone.
@@ -249,7 +248,6 @@ pub fn written_pages(
     pagemap: BorrowedFd<'_>,
     start: usize,
     end: usize,
-    protect: bool,
     present_only: bool,
     out: &mut Vec<std::ops::Range<usize>>,
 ) -> SysResult<()> {
@@ -264,10 +262,7 @@ pub fn written_pages(
     }; 256];
     let mut from = start;
     while from < end {
-        let mut flags = u64::from(uapi::PM_SCAN_CHECK_WPASYNC);
-        if protect {
-            flags |= u64::from(uapi::PM_SCAN_WP_MATCHING);
-        }
+        let flags = u64::from(uapi::PM_SCAN_CHECK_WPASYNC);
         let mut request = uapi::pm_scan_arg {
             size: std::mem::size_of::<uapi::pm_scan_arg>() as u64,
             flags,
@@ -283,8 +278,7 @@ pub fn written_pages(
             return_mask: u64::from(uapi::PAGE_IS_WRITTEN),
         };
         // SAFETY: PAGEMAP_SCAN reads a pm_scan_arg and writes up to `vec_len` page_regions
-        // into `vec`, which is `regions`; it changes no memory of ours otherwise (WP_MATCHING
-        // only sets write protection on our own registered pages).
+        // into `vec`, which is `regions`, and changes nothing else.
         let found =
             unsafe { rustix::ioctl::ioctl(pagemap, Updater::<PAGEMAP_SCAN, _>::new(&mut request)) };
         found?;
