@@ -107,6 +107,8 @@ pub(crate) struct Engine {
     pub(super) evictor: super::evictor::Doorbell,
     /// The next page `allocate_page` hands out.
     pub(super) allocated: std::sync::atomic::AtomicUsize,
+    /// Pages `allocate_page` took but could not hand out (no frame): handed out first.
+    pub(super) returned_pages: Mutex<Vec<usize>>,
     /// Counts failures, to tell an accessor's own from older ones.
     pub(super) failure_clock: AtomicU64,
     /// The first write-back error since the last `flush`, which returns it.
@@ -175,6 +177,7 @@ impl Engine {
             failures: Mutex::new(HashMap::new()),
             failure_clock: AtomicU64::new(0),
             allocated: std::sync::atomic::AtomicUsize::new(allocated),
+            returned_pages: Mutex::new(Vec::new()),
             evictor: super::evictor::Doorbell::default(),
             write_error: Mutex::new(None),
             zero_fill_error: Mutex::new(None),

@@ -28,19 +28,23 @@
 //!
 //! # Waiting and limits
 //! A page someone else is filling, writing back or evicting, or that is pinned the other way,
-//! is waited for (spinning, then yielding, then sleeping briefly). Pins are never evicted: a
-//! miss when every page of the budget is pinned fails with [`ErrorKind::OutOfMemory`] after
-//! a short wait, instead of waiting for ever. Otherwise a miss is held to the budget as a
-//! fault is: when nothing can be evicted (other threads' fills, write-backs and evictions
-//! hold the rest, or the store refuses write-backs), it takes its frame beyond the budget. A guard kept
-//! for ever (`mem::forget`) pins its page for ever, as a forgotten lock guard would.
-//! [`PagedRegion::flush`] waits for other threads' exclusive pins and refuses, with
-//! `WouldBlock`, to run on a thread that holds one itself. Raw pointers into the view see the
-//! same bytes, but writes through them are not versioned: optimistic readers do not notice
-//! them.
+//! is waited for (spinning, then yielding, then sleeping briefly). A call that would wait for
+//! a pin of the calling thread itself — an exclusive pin on a page it pins, a read of a page
+//! it pins exclusively, a flush of a region where it pins a page exclusively — fails with
+//! `WouldBlock` instead (guards stay on the thread that took them, so it knows its own). Pins
+//! are never evicted: a miss when every page of the budget is pinned fails with
+//! [`ErrorKind::OutOfMemory`] after a short wait, instead of waiting for ever. Otherwise a
+//! miss is held to the budget as a fault is: when nothing can be evicted (other threads'
+//! fills, write-backs and evictions hold the rest, or the store refuses write-backs), it
+//! takes its frame beyond the budget. A page holds at most 65,535 shared pins; one more fails
+//! with `WouldBlock`. A guard kept for ever (`mem::forget`) pins its page for ever, as a
+//! forgotten lock guard would; dropping the region writes the page back all the same.
+//!
+//! The safe accessors keep the same rules: [`PagedRegion::write_at`] writes each page under
+//! its exclusive pin (a new version for optimistic readers), and [`PagedRegion::read_at`]
+//! keeps a page's copy only if its version held. Raw pointers into the view see the same
+//! bytes, but writes through them are not versioned: optimistic readers do not notice them.
 
-use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{Ordering, fence};
 use std::time::Duration;
 
@@ -51,6 +55,8 @@ use super::pages::{Pin, State};
 use super::region::PagedRegion;
 use super::stats::Counters;
 use crate::{Error, ErrorKind, Result};
+
+pub use super::guards::{ExclusivePage, OptimisticPage, SharedPage};
 
 /// Failed validations after which an optimistic read takes a shared pin instead.
 pub const OPTIMISTIC_RETRIES: usize = 16;
@@ -187,6 +193,13 @@ impl Engine {
         Err("every page of the budget is pinned")
     }
 
+    /// The pages `allocate_page` took and could not hand out.
+    fn returned(&self) -> std::sync::MutexGuard<'_, Vec<usize>> {
+        self.returned_pages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
     /// An optimistic read that raced an eviction may have read the page's hole through the
     /// alias, which gives the memfd a page of zeros that no budget counts: if the page is
     /// absent, claim it and punch that page out again.
@@ -275,22 +288,19 @@ impl PagedRegion {
     /// eviction) while the guard lives. Reads the store in this thread on a miss.
     ///
     /// Errors: `OutOfBounds`; `Store` (the page is tried again next time, or stays failed
-    /// with [`OnStoreError::Signal`]); `OutOfMemory` when the whole budget is pinned.
+    /// with [`OnStoreError::Signal`]); `OutOfMemory` when the whole budget is pinned;
+    /// `WouldBlock` when this thread pins the page exclusively, or it has 65,535 shared pins.
     pub fn pin_shared(&self, page: usize) -> Result<SharedPage<'_>> {
         self.check_page("pin_shared", page)?;
         self.engine().pin_page("pin_shared", page, false)?;
-        Ok(SharedPage {
-            region: self,
-            page,
-            bytes: self.page_bytes(page),
-        })
+        Ok(SharedPage::new(self, page, self.page_bytes(page)))
     }
 
     /// Pins page `page` exclusively: nobody else pins it or reads it optimistically to the
     /// end while the guard lives. A mutable borrow of the guard marks the page dirty.
     ///
-    /// Errors as for [`pin_shared`](Self::pin_shared), and `PermissionDenied` on a read-only
-    /// region.
+    /// Errors as for [`pin_shared`](Self::pin_shared) (`WouldBlock` when this thread pins
+    /// the page in any way), and `PermissionDenied` on a read-only region.
     pub fn pin_exclusive(&self, page: usize) -> Result<ExclusivePage<'_>> {
         self.check_page("pin_exclusive", page)?;
         self.check_writable("pin_exclusive")?;
@@ -316,31 +326,48 @@ impl PagedRegion {
     pub fn allocate_page(&self) -> Result<ExclusivePage<'_>> {
         self.check_writable("allocate_page")?;
         let engine = self.engine();
-        let page = engine
-            .allocated
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |next| {
-                (next < engine.pages.len()).then_some(next + 1)
-            })
-            .map_err(|full| {
-                Error::new(
-                    ErrorKind::OutOfBounds,
-                    "allocate_page",
-                    format!("all {full} pages of the store are in use"),
-                )
-                .with_hint("grow the store (set_len on its file) and build a larger region")
-            })?;
-        engine.fill_zeroed(page)?;
-        let mut guard = self.pin_exclusive(page)?;
-        // A page that was resident already (pinned, read, written through a pointer) holds
-        // other bytes: a new page is zeros.
-        guard.fill(0);
-        Ok(guard)
+        let returned = engine.returned().pop();
+        let page = match returned {
+            Some(page) => page,
+            None => engine
+                .allocated
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |next| {
+                    (next < engine.pages.len()).then_some(next + 1)
+                })
+                .map_err(|full| {
+                    Error::new(
+                        ErrorKind::OutOfBounds,
+                        "allocate_page",
+                        format!("all {full} pages of the store are in use"),
+                    )
+                    .with_hint("grow the store (set_len on its file) and build a larger region")
+                })?,
+        };
+        let pinned = engine
+            .fill_zeroed(page)
+            .and_then(|()| self.pin_exclusive(page));
+        match pinned {
+            Ok(mut guard) => {
+                // A page that was resident already (pinned, read, written through a
+                // pointer) holds other bytes: a new page is zeros.
+                guard.fill(0);
+                Ok(guard)
+            }
+            Err(error) => {
+                // Not handed out: the next allocation takes it.
+                engine.returned().push(page);
+                Err(error)
+            }
+        }
     }
 
     /// How many pages are in use: [`Pager::allocated`](super::Pager::allocated) plus those
-    /// [`allocate_page`](Self::allocate_page) handed out.
+    /// [`allocate_page`](Self::allocate_page) handed out (a page whose allocation failed is
+    /// not, and is the next one handed out).
     pub fn allocated_pages(&self) -> usize {
-        self.engine().allocated.load(Ordering::SeqCst)
+        let engine = self.engine();
+        let returned = engine.returned();
+        engine.allocated.load(Ordering::SeqCst) - returned.len()
     }
 
     /// Runs `read` on page `page` without pinning it, and returns its result once the
@@ -357,11 +384,7 @@ impl PagedRegion {
     ) -> Result<R> {
         self.check_page("read_optimistic", page)?;
         let engine = self.engine();
-        let view = OptimisticPage {
-            start: engine.alias_ptr(page).cast_const(),
-            len: engine.page_len(page),
-            lifetime: PhantomData,
-        };
+        let view = OptimisticPage::new(engine.alias_ptr(page).cast_const(), engine.page_len(page));
         // The hit, kept short so that many can be in flight at once.
         let look = engine.pages.look(page);
         if look.before.is_stable() {
@@ -422,13 +445,7 @@ impl PagedRegion {
         // The pin's acquiring update happens before the writes through the guard, for the
         // optimistic readers' fence.
         fence(Ordering::Release);
-        ExclusivePage {
-            region: self,
-            page,
-            bytes: self.page_bytes(page),
-            dirty: false,
-            not_send: PhantomData,
-        }
+        ExclusivePage::new(self, page, self.page_bytes(page))
     }
 
     fn check_writable(&self, operation: &'static str) -> Result<()> {
@@ -440,187 +457,5 @@ impl PagedRegion {
             operation,
             "the region is read-only (its store is, or the pager was built read-only)",
         ))
-    }
-}
-
-/// A page pinned shared: its bytes, still, for as long as the guard lives. From
-/// [`PagedRegion::pin_shared`]. Other threads may borrow it (it is `Sync`); it stays on the
-/// thread that took it, which knows its own pins (see [`PagedRegion::pin_exclusive`]).
-pub struct SharedPage<'a> {
-    region: &'a PagedRegion,
-    page: usize,
-    bytes: *mut u8,
-}
-
-// SAFETY: the guard only lends shared access to bytes that its pin keeps still.
-unsafe impl Sync for SharedPage<'_> {}
-
-impl SharedPage<'_> {
-    /// The page's number.
-    pub fn page(&self) -> usize {
-        self.page
-    }
-}
-
-impl Deref for SharedPage<'_> {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        let len = self.region.engine().page_len(self.page);
-        // SAFETY: the page is resident in the memfd (pinned: never evicted) and its bytes do
-        // not change while the pin lives (no exclusive pin can be taken; fills only happen to
-        // absent pages; raw writes are excluded by `as_mut_ptr`'s contract). The alias is
-        // ours and never truncated, so reading cannot fault.
-        unsafe { std::slice::from_raw_parts(self.bytes, len) }
-    }
-}
-
-impl Drop for SharedPage<'_> {
-    fn drop(&mut self) {
-        let engine = self.region.engine();
-        engine.pages.unpin_shared(self.page);
-        held::release(engine.id, self.page, false);
-    }
-}
-
-impl std::fmt::Debug for SharedPage<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedPage")
-            .field("page", &self.page)
-            .finish_non_exhaustive()
-    }
-}
-
-/// A page pinned exclusively: its bytes, to change. A mutable borrow marks the page dirty;
-/// dropping the guard publishes the change to optimistic readers. From
-/// [`PagedRegion::pin_exclusive`] and [`PagedRegion::allocate_page`]. Stays on the thread
-/// that took it (so that `flush` can tell when a thread would wait for itself).
-pub struct ExclusivePage<'a> {
-    region: &'a PagedRegion,
-    page: usize,
-    bytes: *mut u8,
-    dirty: bool,
-    not_send: PhantomData<*const ()>,
-}
-
-impl ExclusivePage<'_> {
-    /// The page's number.
-    pub fn page(&self) -> usize {
-        self.page
-    }
-
-    /// Marks the page dirty without borrowing it mutably (a change made through a raw
-    /// pointer, say).
-    pub fn mark_dirty(&mut self) {
-        self.dirty = true;
-    }
-}
-
-impl Deref for ExclusivePage<'_> {
-    type Target = [u8];
-
-    fn deref(&self) -> &[u8] {
-        let len = self.region.engine().page_len(self.page);
-        // SAFETY: as for `SharedPage`; the exclusive pin also keeps every other pin away.
-        unsafe { std::slice::from_raw_parts(self.bytes, len) }
-    }
-}
-
-impl DerefMut for ExclusivePage<'_> {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        self.dirty = true;
-        let len = self.region.engine().page_len(self.page);
-        // SAFETY: the exclusive pin makes this guard the page's only user: no other pin, no
-        // write-back or eviction (they refuse exclusively pinned pages), no fill (the page is
-        // resident). Optimistic readers may read meanwhile; they copy, and their version
-        // check throws away what they read.
-        unsafe { std::slice::from_raw_parts_mut(self.bytes, len) }
-    }
-}
-
-impl Drop for ExclusivePage<'_> {
-    fn drop(&mut self) {
-        let engine = self.region.engine();
-        if engine.pages.unpin_exclusive(self.page, self.dirty) {
-            engine.pages.add_dirty(1);
-        }
-        held::release(engine.id, self.page, true);
-    }
-}
-
-impl std::fmt::Debug for ExclusivePage<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExclusivePage")
-            .field("page", &self.page)
-            .field("dirty", &self.dirty)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The bytes of a page as an optimistic reader sees them: copies only, every bound checked.
-/// What it returns may be torn if a writer was busy; [`PagedRegion::read_optimistic`] keeps
-/// the closure's result only when the page's version shows it was not.
-pub struct OptimisticPage<'a> {
-    start: *const u8,
-    len: usize,
-    lifetime: PhantomData<&'a PagedRegion>,
-}
-
-/// `T` read at any alignment.
-#[repr(C, packed)]
-#[derive(Clone, Copy)]
-struct Unaligned<T: Copy>(T);
-
-impl OptimisticPage<'_> {
-    /// The page's length in bytes.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the page is empty (never: a page holds at least one byte of the region).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The value at `offset` (any alignment), or `None` if it does not fit in the page.
-    #[inline]
-    pub fn read<T: bytemuck::Pod>(&self, offset: usize) -> Option<T> {
-        let end = offset.checked_add(std::mem::size_of::<T>())?;
-        if end > self.len {
-            return None;
-        }
-        // SAFETY: the range lies in the page, which stays mapped while the region lives (the
-        // alias is never unmapped or truncated before it, and an evicted page reads as
-        // zeros). A concurrent writer may make the value torn; any bit pattern is a valid
-        // `T` (Pod), and the caller's version check discards it.
-        let value =
-            unsafe { std::ptr::read_volatile(self.start.add(offset).cast::<Unaligned<T>>()) };
-        Some(value.0)
-    }
-
-    /// Copies the bytes at `offset` into `buf`; false (and nothing copied) if they do not
-    /// fit in the page.
-    #[inline]
-    pub fn read_into(&self, offset: usize, buf: &mut [u8]) -> bool {
-        let Some(end) = offset.checked_add(buf.len()) else {
-            return false;
-        };
-        if end > self.len {
-            return false;
-        }
-        // SAFETY: as in `read`; `buf` is a unique borrow, so it cannot overlap the alias
-        // (nobody lends references into it that outlive a pin).
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.start.add(offset), buf.as_mut_ptr(), buf.len())
-        };
-        true
-    }
-}
-
-impl std::fmt::Debug for OptimisticPage<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OptimisticPage")
-            .field("len", &self.len)
-            .finish_non_exhaustive()
     }
 }

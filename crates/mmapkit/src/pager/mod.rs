@@ -72,10 +72,12 @@
 //! # Access
 //! The region is memory that the pager changes behind the program's back (it discards
 //! evicted pages and refills them from a store someone else may write), and an access to a
-//! failed page raises SIGBUS. So the safe accessors copy ([`PagedRegion::read_at`],
-//! [`PagedRegion::write_at`]) through the fault guard, which turns that SIGBUS into the
-//! store's error, or lend memory only under a pin ([`SharedPage`], [`ExclusivePage`]); raw
-//! access is through [`PagedRegion::as_ptr`] and the `unsafe` [`PagedRegion::as_slice`].
+//! failed page raises SIGBUS. So the safe accessors copy — [`PagedRegion::read_at`] through
+//! the fault guard, which turns that SIGBUS into the store's error, [`PagedRegion::write_at`]
+//! under each page's exclusive pin — or lend memory only under a pin ([`SharedPage`],
+//! [`ExclusivePage`]), and none of them ever hands out bytes that a pin's holder or another
+//! accessor is changing; raw access is through [`PagedRegion::as_ptr`] and the `unsafe`
+//! [`PagedRegion::as_slice`].
 //!
 //! # Limits
 //! * Linux only, and userfaultfd must be allowed: as root (CAP_SYS_PTRACE), with
@@ -95,6 +97,7 @@ mod engine;
 mod evictor;
 pub mod explicit;
 mod failure;
+mod guards;
 mod handler;
 mod held;
 mod pages;

@@ -393,10 +393,20 @@ impl PageTable {
     }
 
     /// Drops every pin: for a region going away, whose guards are all gone (those forgotten
-    /// with `mem::forget` leave their pins behind, and nobody can use them any more).
+    /// with `mem::forget` leave their pins behind, and nobody can use them any more). A page
+    /// whose exclusive pin was forgotten may have been written: it becomes dirty.
     pub(crate) fn drop_leaked_pins(&self) {
         for slot in &self.words {
-            slot.fetch_and(!(PIN_MASK | EXCLUSIVE), Ordering::SeqCst);
+            let before = slot.fetch_and(!(PIN_MASK | EXCLUSIVE), Ordering::SeqCst);
+            if before & EXCLUSIVE != 0 {
+                let cleaned = slot.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |bits| {
+                    (Word(bits).state() == State::Clean)
+                        .then_some((bits & !STATE_MASK) | State::Dirty as u64)
+                });
+                if cleaned.is_ok() {
+                    self.add_dirty(1);
+                }
+            }
         }
     }
 
