@@ -271,3 +271,32 @@ fn a_failed_allocation_hands_its_page_to_the_next_one() {
     assert_eq!(third.page(), 2, "page 2 was not lost to the failure");
     assert!(third.iter().all(|&b| b == 0));
 }
+
+#[test]
+fn a_raw_write_right_after_its_fault_is_in_the_next_flush() {
+    for tracking in [WriteTracking::Faults, WriteTracking::Async] {
+        let store = Arc::new(MemoryStore::new(vec![0; 64 * PAGE]));
+        let region = Pager::from_arc(store.clone())
+            .write_tracking(tracking)
+            .build()
+            .unwrap();
+        for round in 0..2_000usize {
+            let page = round % 64;
+            let value = (round % 251) as u8 + 1;
+            // Filled by the explicit path: in memory, but not mapped in the view.
+            region.write_at(page * PAGE + 1, &[value]).unwrap();
+            region.flush().unwrap();
+            // SAFETY: the byte lies in the writable region and no reference covers it; the
+            // write faults the page into the view, and the flush after it must see it.
+            unsafe { region.as_mut_ptr().add(page * PAGE).write_volatile(value) };
+            region.flush().unwrap();
+            let bytes = store.snapshot();
+            assert_eq!(
+                bytes[page * PAGE..page * PAGE + 2],
+                [value, value],
+                "{tracking:?}: round {round}"
+            );
+            region.evict(page * PAGE..(page + 1) * PAGE).unwrap();
+        }
+    }
+}

@@ -294,13 +294,12 @@ impl Engine {
     fn map_resident(&self, page: usize, clean: bool) {
         let (address, len) = self.span(&(page..page + 1));
         let protect = clean && self.layout.dirty_tracking;
+        // Marked before it is mapped: once mapped, the woken thread may write at once, and a
+        // flush must then look at the page.
+        self.pages.set_mapped(page);
         // SAFETY: the page is in the memfd with the bytes of the store (or newer ones);
         // mapping it into the view only lets the faulting thread see them.
-        let mapped =
-            unsafe { uffd::continue_pages(self.uffd.as_fd(), address, len, protect, true) };
-        if mapped.is_ok() {
-            self.pages.set_mapped(page);
-        }
+        let _ = unsafe { uffd::continue_pages(self.uffd.as_fd(), address, len, protect, true) };
         self.wake(&(page..page + 1));
     }
 
@@ -421,6 +420,11 @@ impl Engine {
     /// state. The caller wakes their waiters.
     pub(super) fn install(&self, run: &Range<usize>, write: bool, map: bool) -> Result<(), Errno> {
         if map {
+            // Marked before they are mapped: other threads may write them as soon as they
+            // are, and a flush must then look at them.
+            for page in run.clone() {
+                self.pages.set_mapped(page);
+            }
             let (address, len) = self.span(run);
             let protect = self.layout.dirty_tracking && !write;
             let mut done = 0;
@@ -459,9 +463,6 @@ impl Engine {
         let state = if write { State::Dirty } else { State::Clean };
         for page in run.clone() {
             self.pages.transition(page, State::Filling, state);
-            if map {
-                self.pages.set_mapped(page);
-            }
         }
         Ok(())
     }
