@@ -69,6 +69,15 @@
 //! zeroing and filling fresh pages (perf: `clear_page_erms` alone is over half of the time
 //! of a populate), where kernel mmap of cached pages allocates nothing.
 //!
+//! What makes fresh pages dear here is the machine: a Firecracker guest with nested paging
+//! and free page reporting, whose freed memory goes back to the host, so that the next use
+//! of a page costs a host fault. Probes outside the tree, one run each: touching fresh
+//! anonymous memory runs at 1.2–1.4 GB/s (about 3 µs a 4 KiB page, MADV_POPULATE_WRITE no
+//! faster), a memfd page allocated by a pread into the alias costs about 5 µs, while a pread
+//! into memory already mapped runs at 4.6 GB/s and memset at 17 GB/s. Huge pages recycled
+//! through a hugetlbfs pool (never freed to the guest, so never reported) fill at 3.4 GB/s
+//! against 0.45 on their first use. A system call costs 0.28 µs.
+//!
 //! # Access
 //! The region is memory that the pager changes behind the program's back (it discards
 //! evicted pages and refills them from a store someone else may write), and an access to a
