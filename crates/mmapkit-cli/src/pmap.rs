@@ -143,7 +143,7 @@ pub fn device(pid: u32, command: &str, entries: &[&MapsEntry], style: Style) -> 
 /// The smaps lines in the kernel's order; those marked `true` are shown by `-X` as well as
 /// `-XX` (pmap keeps the page sizes, the shared/private split, AnonHugePages and VmFlags for
 /// `-XX`). Lines this kernel prints that are not listed follow, with `-XX`.
-const SMAPS_LINES: [(&str, bool); 23] = [
+const SMAPS_LINES: [(&str, bool); 24] = [
     ("Size", true),
     ("KernelPageSize", false),
     ("MMUPageSize", false),
@@ -167,6 +167,8 @@ const SMAPS_LINES: [(&str, bool); 23] = [
     ("SwapPss", true),
     ("Locked", true),
     ("THPeligible", true),
+    // Only where the CPU and kernel have memory protection keys.
+    ("ProtectionKey", true),
 ];
 
 /// Lines that are counts or flags, not kB.

@@ -11,7 +11,7 @@ struct Target(Child);
 
 impl Target {
     fn sleeper() -> Target {
-        Target::settled(Command::new("sleep").arg("60").spawn().unwrap())
+        Target::settled(Command::new("sleep").arg("60").spawn().unwrap(), 1)
     }
 
     /// A Python interpreter with a second thread, for thread ids.
@@ -23,19 +23,22 @@ impl Target {
                 .args(["-c", script])
                 .spawn()
                 .unwrap(),
+            2,
         )
     }
 
-    /// Waits until the process has finished starting (its threads exist, its libraries are
-    /// mapped): two listings a moment apart agree.
-    fn settled(child: Child) -> Target {
+    /// Waits until the process has finished starting (its `threads` threads exist, its
+    /// libraries are mapped): two listings a moment apart agree.
+    fn settled(child: Child, threads: usize) -> Target {
         let target = Target(child);
         let maps = format!("/proc/{}/maps", target.pid());
+        let tasks = format!("/proc/{}/task", target.pid());
         let mut before = String::new();
         for _ in 0..100 {
             std::thread::sleep(std::time::Duration::from_millis(50));
             let now = std::fs::read_to_string(&maps).unwrap_or_default();
-            if now == before && !now.is_empty() {
+            let running = std::fs::read_dir(&tasks).map_or(0, |tasks| tasks.count());
+            if now == before && !now.is_empty() && running == threads {
                 return target;
             }
             before = now;
@@ -255,4 +258,52 @@ fn a_thread_id_lists_its_process() {
     let command = listed[0]["command"].as_array().unwrap();
     assert_eq!(command[1], "-c");
     assert!(command[2].as_str().unwrap().ends_with("time.sleep(60)"));
+}
+
+/// A kernel on a CPU with memory protection keys adds a `ProtectionKey:` line to every smaps
+/// entry, and pmap shows it with `-X`. This machine may lack them: in a mount namespace of its
+/// own, a copy of a real smaps with the line added (one mapping with key 5) is bound over the
+/// process's smaps, and both tools read that same, unchanging text.
+#[test]
+fn protection_keys_are_a_column_as_in_pmap() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("(skipped: needs root for a mount namespace)");
+        return;
+    }
+    let target = Target::sleeper();
+    let pid = target.pid();
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let mut with_keys = String::new();
+    let mut entry = 0;
+    for line in smaps.lines() {
+        if line.starts_with("VmFlags:") && !smaps.contains("ProtectionKey:") {
+            entry += 1;
+            let key = if entry == 2 { 5 } else { 0 };
+            with_keys += &format!("ProtectionKey:  {key:8}\n");
+        }
+        with_keys += line;
+        with_keys += "\n";
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("smaps");
+    std::fs::write(&fake, with_keys).unwrap();
+    for flags in ["-X", "-XX", "-p -X", "-q -X"] {
+        let script = format!(
+            "mount --bind {fake} /proc/{pid}/smaps && pmap {flags} {pid} && echo ---- && {ours} maps {flags} {pid}",
+            fake = fake.display(),
+            ours = env!("CARGO_BIN_EXE_mmapkit"),
+        );
+        let output = Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        let text = String::from_utf8(output.stdout).unwrap();
+        let (pmap, mmapkit) = text.split_once("----\n").unwrap();
+        assert_eq!(mmapkit, pmap, "{flags}");
+        if !flags.contains("-q") {
+            assert!(pmap.contains("ProtectionKey"), "{pmap}");
+        }
+    }
 }
