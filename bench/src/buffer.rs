@@ -60,66 +60,79 @@ pub fn hot_lookup(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
     region.populate(..)?;
     let mut copy = vec![0u8; file.size];
     region.read_at(0, &mut copy)?;
-    let pages = region.page_count();
-    let words_per_page = region.page_size() / 8;
-    let page_size = region.page_size();
-    for chained in [false, true] {
-        let next_pick = |random: &mut Random, last: u64| {
-            let pick = random.next();
-            (if chained { pick ^ last } else { pick }) as usize
-        };
-        let mut contenders = [
-            Contender::new("read_optimistic, resident pages", || {
-                let mut random = Random(0x2545_f491_4f6c_dd1d);
-                let (mut sum, mut last) = (0u64, 0u64);
-                let seconds = harness::seconds(|| {
-                    for _ in 0..LOOKUPS {
-                        let pick = next_pick(&mut random, last);
-                        let page = pick % pages;
-                        let at = (pick >> 32) % words_per_page * 8;
-                        last = region
-                            .read_optimistic(page, |view| view.read::<u64>(at))
-                            .expect("resident")
-                            .unwrap_or(0);
-                        sum = sum.wrapping_add(last);
-                    }
-                });
-                black_box(sum);
-                LOOKUPS as f64 / 1e6 / seconds
-            }),
-            Contender::new("Vec<u8> of the same bytes", || {
-                let mut random = Random(0x2545_f491_4f6c_dd1d);
-                let (mut sum, mut last) = (0u64, 0u64);
-                let seconds = harness::seconds(|| {
-                    for _ in 0..LOOKUPS {
-                        let pick = next_pick(&mut random, last);
-                        let page = pick % pages;
-                        let at = page * page_size + (pick >> 32) % words_per_page * 8;
-                        last = u64::from_ne_bytes(copy[at..at + 8].try_into().unwrap_or([0; 8]));
-                        sum = sum.wrapping_add(last);
-                    }
-                });
-                black_box(sum);
-                LOOKUPS as f64 / 1e6 / seconds
-            }),
-        ];
-        let samples = harness::alternate(rounds, &mut contenders);
-        let (kind, bench) = if chained {
-            (
-                "chained (each lookup's place depends on the value before, as in a tree descent)",
-                "pager-hot-lookup-chained",
-            )
-        } else {
-            ("independent", "pager-hot-lookup")
-        };
-        let title = format!(
-            "{bench}: {LOOKUPS} random 8-byte lookups, {kind}, in {} MiB of resident pages",
-            file.size >> 20
-        );
-        harness::print_table(&title, Unit::MillionsPerSecond, &samples);
-        harness::print_json(bench, &samples[0], &samples[1], Unit::MillionsPerSecond);
-    }
+    lookup_table::<false>(file, &region, &copy, rounds);
+    lookup_table::<true>(file, &region, &copy, rounds);
     Ok(())
+}
+
+/// The next lookup's random bits. A constant, not a run-time flag, decides whether they
+/// depend on the value read before: with a flag the compiler may select with a conditional
+/// move, which chains the "independent" lookups too.
+fn next_pick<const CHAINED: bool>(random: &mut Random, last: u64) -> usize {
+    let pick = random.next();
+    (if CHAINED { pick ^ last } else { pick }) as usize
+}
+
+/// One `pager-hot-lookup` table: `read_optimistic` against the `Vec`, lookups chained or not.
+fn lookup_table<const CHAINED: bool>(
+    file: &BenchFile,
+    region: &mmapkit::pager::PagedRegion,
+    copy: &[u8],
+    rounds: usize,
+) {
+    let pages = region.page_count();
+    let page_size = region.page_size();
+    let words_per_page = page_size / 8;
+    let mut contenders = [
+        Contender::new("read_optimistic, resident pages", || {
+            let mut random = Random(0x2545_f491_4f6c_dd1d);
+            let (mut sum, mut last) = (0u64, 0u64);
+            let seconds = harness::seconds(|| {
+                for _ in 0..LOOKUPS {
+                    let pick = next_pick::<CHAINED>(&mut random, last);
+                    let page = pick % pages;
+                    let at = (pick >> 32) % words_per_page * 8;
+                    last = region
+                        .read_optimistic(page, |view| view.read::<u64>(at))
+                        .expect("resident")
+                        .unwrap_or(0);
+                    sum = sum.wrapping_add(last);
+                }
+            });
+            black_box(sum);
+            LOOKUPS as f64 / 1e6 / seconds
+        }),
+        Contender::new("Vec<u8> of the same bytes", || {
+            let mut random = Random(0x2545_f491_4f6c_dd1d);
+            let (mut sum, mut last) = (0u64, 0u64);
+            let seconds = harness::seconds(|| {
+                for _ in 0..LOOKUPS {
+                    let pick = next_pick::<CHAINED>(&mut random, last);
+                    let page = pick % pages;
+                    let at = page * page_size + (pick >> 32) % words_per_page * 8;
+                    last = u64::from_ne_bytes(copy[at..at + 8].try_into().unwrap_or([0; 8]));
+                    sum = sum.wrapping_add(last);
+                }
+            });
+            black_box(sum);
+            LOOKUPS as f64 / 1e6 / seconds
+        }),
+    ];
+    let samples = harness::alternate(rounds, &mut contenders);
+    let (kind, bench) = if CHAINED {
+        (
+            "chained (each lookup's place depends on the value before, as in a tree descent)",
+            "pager-hot-lookup-chained",
+        )
+    } else {
+        ("independent", "pager-hot-lookup")
+    };
+    let title = format!(
+        "{bench}: {LOOKUPS} random 8-byte lookups, {kind}, in {} MiB of resident pages",
+        file.size >> 20
+    );
+    harness::print_table(&title, Unit::MillionsPerSecond, &samples);
+    harness::print_json(bench, &samples[0], &samples[1], Unit::MillionsPerSecond);
 }
 
 pub fn random_explicit(file: &BenchFile, rounds: usize) -> mmapkit::Result<()> {
