@@ -1,0 +1,81 @@
+"""mmapkit: memory-mapped I/O and shared memory for Python, over the Rust library of that name.
+
+What it fixes in `mmap`: a file truncated under a mapping raises `TruncatedError` instead of
+killing the interpreter with SIGBUS; buffer views are lent only for memory nobody else can
+change (`memoryview(m)` of a shared file mapping raises `BufferError`; copy with `read_at` or
+`read_into`); `lock`, `residency` (mincore), `protect` and `advise` on any mapping.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from ._errors import (
+    AlreadyExistsError,
+    CorruptError,
+    DisconnectedError,
+    Error,
+    IncompatibleError,
+    InvalidInputError,
+    IoError,
+    NoSpaceError,
+    NotExclusiveError,
+    NotFoundError,
+    OutOfBoundsError,
+    OutOfMemoryError,
+    OwnerDiedError,
+    PermissionDeniedError,
+    StoreError,
+    TimeoutError,
+    TruncatedError,
+    UnsupportedError,
+    WouldBlockError,
+)
+from ._mmapkit import Mapping, Residency, map_anonymous, map_file
+
+
+class Advice(str, enum.Enum):
+    """Advice for `Mapping.advise`; each member equals its name as a string."""
+
+    NORMAL = "normal"
+    SEQUENTIAL = "sequential"
+    RANDOM = "random"
+    WILLNEED = "willneed"
+    HUGEPAGE = "hugepage"
+    NOHUGEPAGE = "nohugepage"
+    POPULATE_READ = "populate_read"
+    POPULATE_WRITE = "populate_write"
+    COLD = "cold"
+    PAGEOUT = "pageout"
+    DONTDUMP = "dontdump"
+    DODUMP = "dodump"
+    MERGEABLE = "mergeable"
+    UNMERGEABLE = "unmergeable"
+
+
+__all__ = [
+    "Advice",
+    "AlreadyExistsError",
+    "CorruptError",
+    "DisconnectedError",
+    "Error",
+    "IncompatibleError",
+    "InvalidInputError",
+    "IoError",
+    "Mapping",
+    "NoSpaceError",
+    "NotExclusiveError",
+    "NotFoundError",
+    "OutOfBoundsError",
+    "OutOfMemoryError",
+    "OwnerDiedError",
+    "PermissionDeniedError",
+    "Residency",
+    "StoreError",
+    "TimeoutError",
+    "TruncatedError",
+    "UnsupportedError",
+    "WouldBlockError",
+    "map_anonymous",
+    "map_file",
+]

@@ -1,0 +1,22 @@
+//! The extension module `mmapkit._mmapkit`, which the Python package `mmapkit` re-exports.
+//!
+//! It wraps the Rust library and reimplements nothing: every mapping, copy and check is the
+//! library's. What is Python's lives here: the exception classes of `_errors.py`, the buffer
+//! protocol (offered only for exclusive memory), and the GIL (released around copies and
+//! system calls that cannot touch memory Python holds).
+
+use pyo3::prelude::*;
+
+mod buffers;
+mod errors;
+mod mapping;
+mod residency;
+
+#[pymodule]
+fn _mmapkit(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add_class::<mapping::PyMapping>()?;
+    module.add_class::<residency::PyResidency>()?;
+    module.add_function(wrap_pyfunction!(mapping::map_file, module)?)?;
+    module.add_function(wrap_pyfunction!(mapping::map_anonymous, module)?)?;
+    Ok(())
+}
