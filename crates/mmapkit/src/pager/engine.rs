@@ -240,9 +240,9 @@ impl Engine {
                 // Given back or cleared between the claim and the look: claim again.
                 State::Absent => continue,
                 // In memory: map it into the view (a no-op if it is mapped already).
-                state @ (State::Clean | State::Dirty) => {
+                State::Clean | State::Dirty => {
                     self.pages.reference(page);
-                    self.map_resident(page, state == State::Clean);
+                    self.map_resident(page);
                 }
                 // Someone else fills, writes back or evicts it and wakes us when done.
                 _ => {}
@@ -290,10 +290,13 @@ impl Engine {
 
     /// Maps a resident page into the view for a thread that faulted on it, and wakes it.
     /// The page is not owned: if it is evicted meanwhile, the continue finds nothing in the
-    /// memfd and the thread, woken, faults again.
-    fn map_resident(&self, page: usize, clean: bool) {
+    /// memfd and the thread, woken, faults again. It is mapped write-protected even when it
+    /// was dirty a moment ago: a flush may have written it back and made it clean since, and
+    /// a writable mapping of a clean page would lose the writes through it. A write to a
+    /// dirty page costs one more fault, which finds it dirty and lifts the protection.
+    fn map_resident(&self, page: usize) {
         let (address, len) = self.span(&(page..page + 1));
-        let protect = clean && self.layout.dirty_tracking;
+        let protect = self.layout.dirty_tracking;
         // Marked before it is mapped: once mapped, the woken thread may write at once, and a
         // flush must then look at the page.
         self.pages.set_mapped(page);

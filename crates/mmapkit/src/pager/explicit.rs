@@ -85,9 +85,10 @@ impl Engine {
             return Ok(());
         }
         let run = page..page + 1;
-        Counters::add(&self.counters.explicit_fills, 1);
         match self.fill(&run, false, false) {
             Ok(()) => {
+                // Counted once filled, as `pages_filled` is: explicit fills are a share of it.
+                Counters::add(&self.counters.explicit_fills, 1);
                 self.wake(&run);
                 Ok(())
             }
@@ -415,7 +416,10 @@ impl PagedRegion {
                     State::Absent => engine.fill_explicit("read_optimistic", page)?,
                     State::Failed => engine.pin_page("read_optimistic", page, false).map(
                         // Not failed any more: refilled by someone meanwhile.
-                        |()| engine.pages.unpin_shared(page),
+                        |()| {
+                            held::release(engine.id, page, false);
+                            engine.pages.unpin_shared(page);
+                        },
                     )?,
                     _ => {
                         held::check_self_wait("read_optimistic", engine.id, page, false)?;

@@ -18,14 +18,22 @@ thread_local! {
     static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Notes a pin this thread took.
+/// Notes a pin this thread took. During the thread's teardown (a guard kept in another
+/// thread-local) the record is gone and nothing is noted: no self-wait can follow.
 pub(super) fn note(region: u64, page: usize, exclusive: bool) {
-    HELD.with(|held| held.borrow_mut().push((region, page, exclusive)));
+    let _ = HELD.try_with(|held| held.borrow_mut().push((region, page, exclusive)));
 }
 
-/// Forgets one pin this thread is dropping.
+/// Forgets the pins this thread noted in `region`, which has ended (its forgotten guards'
+/// pins were dropped with it).
+pub(super) fn forget_region(region: u64) {
+    let _ = HELD.try_with(|held| held.borrow_mut().retain(|entry| entry.0 != region));
+}
+
+/// Forgets one pin this thread is dropping (also during the thread's teardown, when the
+/// record may already be gone).
 pub(super) fn release(region: u64, page: usize, exclusive: bool) {
-    HELD.with(|held| {
+    let _ = HELD.try_with(|held| {
         let mut held = held.borrow_mut();
         if let Some(at) = held
             .iter()
@@ -39,22 +47,25 @@ pub(super) fn release(region: u64, page: usize, exclusive: bool) {
 /// The strongest pin this thread holds on `page`: `Some(true)` exclusive, `Some(false)`
 /// shared.
 fn pinned_here(region: u64, page: usize) -> Option<bool> {
-    HELD.with(|held| {
+    HELD.try_with(|held| {
         held.borrow()
             .iter()
             .filter(|entry| entry.0 == region && entry.1 == page)
             .map(|entry| entry.2)
             .max()
     })
+    .ok()
+    .flatten()
 }
 
 /// Whether this thread holds an exclusive pin in the region.
 pub(super) fn holds_exclusive(region: u64) -> bool {
-    HELD.with(|held| {
+    HELD.try_with(|held| {
         held.borrow()
             .iter()
             .any(|entry| entry.0 == region && entry.2)
     })
+    .unwrap_or(false)
 }
 
 /// Fails if taking `page` (`exclusive`ly, or to read it) would wait for a pin of this

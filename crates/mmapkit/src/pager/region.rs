@@ -408,7 +408,12 @@ impl PagedRegion {
     pub fn close(mut self) -> Result<Stats> {
         self.stop();
         self.closed = true;
-        self.flush()?;
+        // As in drop: no guard outlives the region, so the pins left were forgotten.
+        self.engine.pages.drop_leaked_pins();
+        super::held::forget_region(self.engine.id);
+        self.engine
+            .flush()
+            .map_err(|error| Error::store("close", &error))?;
         Ok(self.stats())
     }
 
@@ -427,6 +432,7 @@ impl Drop for PagedRegion {
         // No guard outlives the region: pins left now were forgotten, and must not keep the
         // last write-back waiting.
         self.engine.pages.drop_leaked_pins();
+        super::held::forget_region(self.engine.id);
         if !self.closed {
             let _ = self.engine.flush();
         }

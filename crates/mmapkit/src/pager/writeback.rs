@@ -122,39 +122,21 @@ impl Engine {
             self.find_written_pages();
         }
         if self.pages.dirty() > 0 {
-            let claimed = (0..self.pages.len()).filter(|&page| {
-                // Exclusive pins of other threads too: their writes are waited for.
-                while matches!(
-                    self.pages.state(page),
-                    State::Unprotecting | State::Evicting | State::Cleaning
-                ) || (self.pages.state(page) == State::Dirty
-                    && self.pages.word(page).is_exclusive())
-                {
-                    std::thread::yield_now();
-                }
-                self.pages.transition(page, State::Dirty, State::Cleaning)
-            });
-            for run in runs_of(claimed) {
-                let written = match self.protect(&run) {
-                    Ok(()) => self.write_back(&run),
-                    Err(error) => Err(error),
-                };
-                let (next, written) = match written {
-                    Ok(()) => (State::Clean, true),
-                    Err(error) => {
-                        Counters::add(&self.counters.store_errors, 1);
-                        first_error.get_or_insert(error);
-                        (State::Dirty, false)
+            let mut claimed = Vec::new();
+            for page in 0..self.pages.len() {
+                if self.flush_waits_for(page) {
+                    // Nothing is held while waiting: a thread holding the pin may need one of
+                    // the pages claimed so far (lock coupling) before it lets this one go.
+                    self.write_back_claimed(&mut claimed, &mut first_error);
+                    while self.flush_waits_for(page) {
+                        std::thread::yield_now();
                     }
-                };
-                for page in run.clone() {
-                    self.pages.transition(page, State::Cleaning, next);
                 }
-                if written {
-                    self.pages.sub_dirty(run.len());
+                if self.pages.transition(page, State::Dirty, State::Cleaning) {
+                    claimed.push(page);
                 }
-                self.wake(&run);
             }
+            self.write_back_claimed(&mut claimed, &mut first_error);
         }
         let eviction_error = self
             .write_error
@@ -168,6 +150,42 @@ impl Engine {
             first_error.get_or_insert(error);
         }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether a flush must wait before it looks at `page`: another thread writes it back,
+    /// evicts it or lifts its protection, or holds its exclusive pin (whose writes the flush
+    /// must include).
+    fn flush_waits_for(&self, page: usize) -> bool {
+        let state = self.pages.state(page);
+        matches!(
+            state,
+            State::Unprotecting | State::Evicting | State::Cleaning
+        ) || (state == State::Dirty && self.pages.word(page).is_exclusive())
+    }
+
+    /// Writes back the pages a flush claimed (`Cleaning`), run by run, and empties the list.
+    fn write_back_claimed(&self, claimed: &mut Vec<usize>, first_error: &mut Option<io::Error>) {
+        for run in runs_of(claimed.drain(..)) {
+            let written = match self.protect(&run) {
+                Ok(()) => self.write_back(&run),
+                Err(error) => Err(error),
+            };
+            let (next, written) = match written {
+                Ok(()) => (State::Clean, true),
+                Err(error) => {
+                    Counters::add(&self.counters.store_errors, 1);
+                    first_error.get_or_insert(error);
+                    (State::Dirty, false)
+                }
+            };
+            for page in run.clone() {
+                self.pages.transition(page, State::Cleaning, next);
+            }
+            if written {
+                self.pages.sub_dirty(run.len());
+            }
+            self.wake(&run);
+        }
     }
 
     /// Write-protects a run before its write-back. If that fails, the bytes could change
@@ -257,19 +275,27 @@ impl Engine {
         }
         for range in written {
             for page in self.pages_of(&range) {
-                if self.pages.word(page).is_mapped()
-                    && self.pages.transition(page, State::Clean, State::Dirty)
-                {
-                    self.pages.add_dirty(1);
-                    Counters::add(&self.counters.write_faults, 1);
+                // A page another thread writes back or evicts meanwhile is waited for: its
+                // mark may come from a write after that thread's copy, which this flush
+                // must store (an eviction unmaps and scans the page itself).
+                while self.pages.word(page).is_mapped() {
+                    if self.pages.transition(page, State::Clean, State::Dirty) {
+                        self.pages.add_dirty(1);
+                        Counters::add(&self.counters.write_faults, 1);
+                        break;
+                    }
+                    if !matches!(
+                        self.pages.state(page),
+                        State::Cleaning | State::Evicting | State::Unprotecting
+                    ) {
+                        break;
+                    }
+                    std::thread::yield_now();
                 }
             }
         }
     }
 
-    /// Asynchronous tracking: unmaps the victims the view maps — an access now waits for the
-    /// eviction, where a write-protected page would not stop a writer — and marks those
-    /// written since their last protection dirty.
     /// The pager pages an address range of the view touches.
     fn pages_of(&self, range: &Range<usize>) -> Range<usize> {
         if range.is_empty() {
@@ -278,6 +304,9 @@ impl Engine {
         self.page_of(range.start - self.base)..self.page_of(range.end - 1 - self.base) + 1
     }
 
+    /// Asynchronous tracking: unmaps the victims the view maps — an access now waits for the
+    /// eviction, where a write-protected page would not stop a writer — and marks those
+    /// written since their last protection dirty.
     fn find_written_victims(&self, victims: &mut [Victim]) {
         let Some(pagemap) = &self.pagemap else {
             return;
