@@ -11,6 +11,8 @@ mod buffers;
 mod errors;
 mod mapping;
 mod residency;
+mod segment;
+mod stale;
 
 #[pymodule]
 fn _mmapkit(module: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -18,5 +20,12 @@ fn _mmapkit(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<residency::PyResidency>()?;
     module.add_function(wrap_pyfunction!(mapping::map_file, module)?)?;
     module.add_function(wrap_pyfunction!(mapping::map_anonymous, module)?)?;
+    module.add_class::<segment::PySegment>()?;
+    module.add_function(wrap_pyfunction!(segment::create_segment, module)?)?;
+    module.add_function(wrap_pyfunction!(segment::open_segment, module)?)?;
+    module.add_function(wrap_pyfunction!(segment::create_memfd, module)?)?;
+    module.add_function(wrap_pyfunction!(segment::unlink_segment, module)?)?;
+    module.add_function(wrap_pyfunction!(stale::list_segments, module)?)?;
+    module.add_function(wrap_pyfunction!(stale::cleanup_segments, module)?)?;
     Ok(())
 }

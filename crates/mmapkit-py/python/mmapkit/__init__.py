@@ -4,6 +4,11 @@ What it fixes in `mmap`: a file truncated under a mapping raises `TruncatedError
 killing the interpreter with SIGBUS; buffer views are lent only for memory nobody else can
 change (`memoryview(m)` of a shared file mapping raises `BufferError`; copy with `read_at` or
 `read_into`); `lock`, `residency` (mincore), `protect` and `advise` on any mapping.
+
+Segments (`create_segment`, `open_segment`, `create_memfd`) are shared memory with a header
+that names their type and creator; they live until `unlink()`, whoever created them, and a
+named one pickles as its name. `mmapkit.shm.list()` and `cleanup()` find and remove the
+stale ones.
 """
 
 from __future__ import annotations
@@ -31,7 +36,23 @@ from ._errors import (
     UnsupportedError,
     WouldBlockError,
 )
-from ._mmapkit import Mapping, Residency, map_anonymous, map_file
+from . import shm
+from ._mmapkit import (
+    Mapping,
+    Residency,
+    Segment,
+    create_memfd,
+    create_segment,
+    map_anonymous,
+    map_file,
+    open_segment,
+    unlink_segment,
+)
+
+
+def _reopen_segment(name: str, size: int, type_tag: str, read_only: bool) -> Segment:
+    """How a pickled named segment comes back: opened again by name."""
+    return open_segment(name, size=size, type_tag=type_tag, read_only=read_only)
 
 
 class Advice(str, enum.Enum):
@@ -71,11 +92,17 @@ __all__ = [
     "OwnerDiedError",
     "PermissionDeniedError",
     "Residency",
+    "Segment",
     "StoreError",
     "TimeoutError",
     "TruncatedError",
     "UnsupportedError",
     "WouldBlockError",
+    "create_memfd",
+    "create_segment",
     "map_anonymous",
     "map_file",
+    "open_segment",
+    "shm",
+    "unlink_segment",
 ]

@@ -1,0 +1,281 @@
+//! `mmapkit.Segment`: named and memfd shared-memory segments with mmapkit's header.
+//!
+//! A segment lives until `unlink()`: no resource tracker removes it behind its users' backs
+//! (CPython gh-82300). Its memory is shared, so it is never lent out as a buffer; every read
+//! and write is a copy, and a peer's truncation raises `TruncatedError`. A named segment
+//! pickles as its name, so a `spawn`ed child reopens the same segment.
+
+use std::time::Duration;
+
+use mmapkit::shm::Location;
+use mmapkit::{Segment, SegmentOptions};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use crate::buffers::Foreign;
+use crate::errors::IntoPy;
+
+/// The type tag of segments that hold plain bytes.
+const BYTES: &str = "mmapkit/bytes";
+
+/// Copies at least this long release the GIL.
+const DETACH_FROM: usize = 64 << 10;
+
+/// A shared-memory segment: a header, then `len(segment)` bytes of payload.
+#[pyclass(name = "Segment", module = "mmapkit")]
+#[derive(Debug)]
+pub struct PySegment {
+    inner: Option<Segment>,
+}
+
+fn options(type_tag: &str, size: usize, mode: u32, wait: f64) -> PyResult<SegmentOptions> {
+    if !wait.is_finite() || wait < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "wait must be a number of seconds >= 0, not {wait}"
+        )));
+    }
+    let mut options = SegmentOptions::new(type_tag, size).py()?;
+    options.mode(mode).wait(Duration::from_secs_f64(wait));
+    Ok(options)
+}
+
+/// `create_segment(name, size, *, type_tag="mmapkit/bytes", mode=0o600)`: a new named
+/// segment in /dev/shm; `AlreadyExistsError` if the name is taken.
+#[pyfunction]
+#[pyo3(signature = (name, size, *, type_tag = BYTES, mode = 0o600))]
+pub fn create_segment(
+    py: Python<'_>,
+    name: &str,
+    size: usize,
+    type_tag: &str,
+    mode: u32,
+) -> PyResult<PySegment> {
+    let options = options(type_tag, size, mode, 0.0)?;
+    let segment = py.detach(|| options.create(name)).py()?;
+    Ok(PySegment {
+        inner: Some(segment),
+    })
+}
+
+/// `open_segment(name, *, size=0, type_tag="mmapkit/bytes", read_only=False, wait=2.0)`:
+/// an existing named segment (size 0 accepts any size); waits up to `wait` seconds for a
+/// creator still initialising it.
+#[pyfunction]
+#[pyo3(signature = (name, *, size = 0, type_tag = BYTES, read_only = false, wait = 2.0))]
+pub fn open_segment(
+    py: Python<'_>,
+    name: &str,
+    size: usize,
+    type_tag: &str,
+    read_only: bool,
+    wait: f64,
+) -> PyResult<PySegment> {
+    let options = options(type_tag, size, 0o600, wait)?;
+    let segment = py
+        .detach(|| {
+            if read_only {
+                options.open_read_only(name)
+            } else {
+                options.open(name)
+            }
+        })
+        .py()?;
+    Ok(PySegment {
+        inner: Some(segment),
+    })
+}
+
+/// `create_memfd(size, *, type_tag="mmapkit/bytes", debug_name="mmapkit")`: an anonymous
+/// segment, shared with children across fork (and passed by descriptor).
+#[pyfunction]
+#[pyo3(signature = (size, *, type_tag = BYTES, debug_name = "mmapkit"))]
+pub fn create_memfd(size: usize, type_tag: &str, debug_name: &str) -> PyResult<PySegment> {
+    let segment = options(type_tag, size, 0o600, 0.0)?
+        .create_memfd(debug_name)
+        .py()?;
+    Ok(PySegment {
+        inner: Some(segment),
+    })
+}
+
+/// `unlink_segment(name)`: removes a named segment's name; its users keep their mappings.
+#[pyfunction]
+pub fn unlink_segment(name: &str) -> PyResult<()> {
+    mmapkit::shm::unlink(name).py()
+}
+
+impl PySegment {
+    fn segment(&self) -> PyResult<&Segment> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| PyValueError::new_err("the segment is closed"))
+    }
+}
+
+#[pymethods]
+impl PySegment {
+    /// Bytes of payload.
+    fn __len__(&self) -> PyResult<usize> {
+        Ok(self.segment()?.payload_len())
+    }
+
+    fn __repr__(&self) -> String {
+        let Some(segment) = &self.inner else {
+            return "<mmapkit.Segment closed>".to_owned();
+        };
+        let header = segment.header();
+        format!(
+            "<mmapkit.Segment {} {} bytes type={:?} creator={}{}>",
+            match segment.location() {
+                Location::Named(name) => format!("{name:?}"),
+                Location::Memfd => "memfd".to_owned(),
+                Location::File(path) => format!("{:?}", path.display().to_string()),
+                Location::Received => "received".to_owned(),
+            },
+            segment.payload_len(),
+            header.type_tag.as_str(),
+            header.creator.pid,
+            if segment.is_writable() {
+                ""
+            } else {
+                " read-only"
+            }
+        )
+    }
+
+    /// The name in /dev/shm, or None for a memfd.
+    #[getter]
+    fn name(&self) -> PyResult<Option<String>> {
+        Ok(match self.segment()?.location() {
+            Location::Named(name) => Some(name.clone()),
+            _ => None,
+        })
+    }
+
+    /// What the payload holds, as its creator said.
+    #[getter]
+    fn type_tag(&self) -> PyResult<String> {
+        Ok(self.segment()?.header().type_tag.as_str().into_owned())
+    }
+
+    /// The process id of the segment's creator.
+    #[getter]
+    fn creator_pid(&self) -> PyResult<u32> {
+        Ok(self.segment()?.header().creator.pid)
+    }
+
+    /// Whether this handle may write.
+    #[getter]
+    fn writable(&self) -> PyResult<bool> {
+        Ok(self.segment()?.is_writable())
+    }
+
+    /// True once `close()` has run.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    /// `read_at(offset, length)`: payload bytes, as `bytes`.
+    fn read_at<'py>(
+        &self,
+        py: Python<'py>,
+        offset: usize,
+        length: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let segment = self.segment()?;
+        PyBytes::new_with(py, length, |buffer| {
+            // The bytes object is new: nothing else can see it until it is returned.
+            let mut copy = move || segment.read_at(offset, buffer);
+            if length >= DETACH_FROM {
+                py.detach(copy)
+            } else {
+                copy()
+            }
+            .py()
+        })
+    }
+
+    /// `read_into(buffer, offset)`: fills a writable buffer from the payload at `offset`.
+    fn read_into(
+        &self,
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        offset: usize,
+    ) -> PyResult<usize> {
+        let segment = self.segment()?;
+        let target = Foreign::get(buffer, true)?;
+        let len = target.len();
+        target
+            .with_bytes_mut(py, |bytes| segment.read_at(offset, bytes))
+            .py()?;
+        Ok(len)
+    }
+
+    /// `write_at(offset, data)`: copies a bytes-like object into the payload at `offset`.
+    fn write_at(&self, py: Python<'_>, offset: usize, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let segment = self.segment()?;
+        let source = Foreign::get(data, false)?;
+        source
+            .with_bytes(py, |bytes| segment.write_at(offset, bytes))
+            .py()?;
+        Ok(source.len())
+    }
+
+    /// The segment's descriptor (owned by the segment: do not close it).
+    fn fileno(&self) -> PyResult<i32> {
+        use std::os::fd::AsRawFd;
+        Ok(self.segment()?.fd().as_raw_fd())
+    }
+
+    /// Removes the segment's name (named segments); users keep their mappings.
+    fn unlink(&self) -> PyResult<()> {
+        match self.segment()?.location() {
+            Location::Named(name) => mmapkit::shm::unlink(name).py(),
+            _ => Err(PyTypeError::new_err(
+                "only a named segment has a name to unlink",
+            )),
+        }
+    }
+
+    /// Unmaps the segment here; it lives on for its other users until unlinked.
+    fn close(&mut self) {
+        self.inner = None;
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &mut self,
+        _kind: Option<&Bound<'_, PyAny>>,
+        _value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> bool {
+        self.close();
+        false
+    }
+
+    /// A named segment pickles as its name, size, type and access: unpickling opens it.
+    fn __reduce__<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let segment = self.segment()?;
+        let Location::Named(name) = segment.location() else {
+            return Err(PyTypeError::new_err(
+                "only a named segment can be pickled; pass a memfd segment's descriptor instead",
+            ));
+        };
+        let reopen = py.import("mmapkit")?.getattr("_reopen_segment")?;
+        let arguments = (
+            name.clone(),
+            segment.payload_len(),
+            segment.header().type_tag.as_str().into_owned(),
+            !segment.is_writable(),
+        );
+        Ok((reopen, arguments.into_pyobject(py)?))
+    }
+}
