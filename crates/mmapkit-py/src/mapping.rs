@@ -90,7 +90,7 @@ pub fn map_anonymous(length: i64, shared: bool, populate: bool) -> PyResult<PyMa
 }
 
 /// A non-negative Python integer, or `OutOfBoundsError`.
-fn unsigned(operation: &'static str, what: &str, value: i64) -> PyResult<usize> {
+pub(crate) fn unsigned(operation: &'static str, what: &str, value: i64) -> PyResult<usize> {
     usize::try_from(value)
         .map_err(|_| {
             mmapkit::Error::new(
@@ -100,6 +100,20 @@ fn unsigned(operation: &'static str, what: &str, value: i64) -> PyResult<usize> 
             )
         })
         .py()
+}
+
+/// `OutOfBoundsError` for `len` bytes at `offset` of `size`.
+pub(crate) fn out_of_bounds(
+    operation: &'static str,
+    offset: usize,
+    len: usize,
+    size: usize,
+) -> PyErr {
+    crate::errors::to_py(mmapkit::Error::new(
+        ErrorKind::OutOfBounds,
+        operation,
+        format!("{len} bytes at offset {offset} leave the {size} bytes there are"),
+    ))
 }
 
 impl PyMapping {
@@ -152,6 +166,12 @@ impl PyMapping {
         len: usize,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let mapping = self.mapping()?;
+        // Checked before the bytes object is allocated: a huge length is out of bounds, not
+        // out of memory.
+        mapping.read_at(offset, &mut []).py()?;
+        if len > mapping.len() - offset {
+            return Err(out_of_bounds("read_at", offset, len, mapping.len()));
+        }
         let detach = len >= DETACH_FROM && !Self::lendable(mapping);
         PyBytes::new_with(py, len, |buffer| {
             // The bytes object is new: nothing else can see it until it is returned.

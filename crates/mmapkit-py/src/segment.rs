@@ -15,6 +15,7 @@ use pyo3::types::{PyBytes, PyTuple};
 
 use crate::buffers::Foreign;
 use crate::errors::IntoPy;
+use crate::mapping::{out_of_bounds, unsigned};
 
 /// The type tag of segments that hold plain bytes.
 const BYTES: &str = "mmapkit/bytes";
@@ -181,10 +182,16 @@ impl PySegment {
     fn read_at<'py>(
         &self,
         py: Python<'py>,
-        offset: usize,
-        length: usize,
+        offset: i64,
+        length: i64,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let segment = self.segment()?;
+        let offset = unsigned("read_at", "offset", offset)?;
+        let length = unsigned("read_at", "length", length)?;
+        let size = segment.payload_len();
+        if offset > size || length > size - offset {
+            return Err(out_of_bounds("read_at", offset, length, size));
+        }
         PyBytes::new_with(py, length, |buffer| {
             // The bytes object is new: nothing else can see it until it is returned.
             let mut copy = move || segment.read_at(offset, buffer);
@@ -197,25 +204,27 @@ impl PySegment {
         })
     }
 
-    /// `read_into(buffer, offset)`: fills a writable buffer from the payload at `offset`.
-    fn read_into(
-        &self,
-        py: Python<'_>,
-        buffer: &Bound<'_, PyAny>,
-        offset: usize,
-    ) -> PyResult<usize> {
+    /// `read_into(buffer, offset)`: fills a writable buffer from the payload at `offset`;
+    /// returns the bytes copied (fewer at the end of the payload).
+    fn read_into(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, offset: i64) -> PyResult<usize> {
         let segment = self.segment()?;
+        let offset = unsigned("read_into", "offset", offset)?;
+        let size = segment.payload_len();
+        if offset > size {
+            return Err(out_of_bounds("read_into", offset, 0, size));
+        }
         let target = Foreign::get(buffer, true)?;
-        let len = target.len();
+        let len = target.len().min(size - offset);
         target
-            .with_bytes_mut(py, |bytes| segment.read_at(offset, bytes))
+            .with_bytes_mut(py, |bytes| segment.read_at(offset, &mut bytes[..len]))
             .py()?;
         Ok(len)
     }
 
     /// `write_at(offset, data)`: copies a bytes-like object into the payload at `offset`.
-    fn write_at(&self, py: Python<'_>, offset: usize, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+    fn write_at(&self, py: Python<'_>, offset: i64, data: &Bound<'_, PyAny>) -> PyResult<usize> {
         let segment = self.segment()?;
+        let offset = unsigned("write_at", "offset", offset)?;
         let source = Foreign::get(data, false)?;
         source
             .with_bytes(py, |bytes| segment.write_at(offset, bytes))

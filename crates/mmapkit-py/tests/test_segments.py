@@ -123,3 +123,19 @@ def test_names_sizes_and_types_are_checked(name):
             mmapkit.create_segment("a/b", 4096)
     with pytest.raises(ValueError):
         segment.read_at(0, 1)
+
+
+def test_hostile_offsets_and_lengths_are_out_of_bounds_not_out_of_memory():
+    segment = mmapkit.create_memfd(4096)
+    mapping = mmapkit.map_anonymous(4096)
+    for target in (segment, mapping):
+        with pytest.raises(mmapkit.OutOfBoundsError):
+            target.read_at(0, 2**62)
+        with pytest.raises(IndexError):
+            target.read_at(-1, 1)
+        with pytest.raises(IndexError):
+            target.write_at(-5, b"x")
+        with pytest.raises(mmapkit.OutOfBoundsError):
+            target.read_into(bytearray(1), len(target) + 1)
+        big = bytearray(len(target) + 100)
+        assert target.read_into(big, 10) == len(target) - 10
