@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 mod buffers;
 mod errors;
+mod inspect;
 mod mapping;
 mod residency;
 mod segment;
@@ -27,5 +28,9 @@ fn _mmapkit(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(segment::unlink_segment, module)?)?;
     module.add_function(wrap_pyfunction!(stale::list_segments, module)?)?;
     module.add_function(wrap_pyfunction!(stale::cleanup_segments, module)?)?;
+    module.add_function(wrap_pyfunction!(inspect::residency_of, module)?)?;
+    module.add_function(wrap_pyfunction!(inspect::touch, module)?)?;
+    module.add_function(wrap_pyfunction!(inspect::evict, module)?)?;
+    module.add_function(wrap_pyfunction!(inspect::maps, module)?)?;
     Ok(())
 }

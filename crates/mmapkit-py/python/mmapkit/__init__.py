@@ -9,6 +9,8 @@ Segments (`create_segment`, `open_segment`, `create_memfd`) are shared memory wi
 that names their type and creator; they live until `unlink()`, whoever created them, and a
 named one pickles as its name. `mmapkit.shm.list()` and `cleanup()` find and remove the
 stale ones.
+
+`residency`, `touch`, `evict` and `maps` inspect the page cache and processes' mappings.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ._errors import (
     WouldBlockError,
 )
 from . import shm
+from ._inspect import FileResidency, MapEntry, evict, maps, residency, touch
 from ._mmapkit import (
     Mapping,
     Residency,
@@ -80,9 +83,11 @@ __all__ = [
     "CorruptError",
     "DisconnectedError",
     "Error",
+    "FileResidency",
     "IncompatibleError",
     "InvalidInputError",
     "IoError",
+    "MapEntry",
     "Mapping",
     "NoSpaceError",
     "NotExclusiveError",
@@ -100,9 +105,13 @@ __all__ = [
     "WouldBlockError",
     "create_memfd",
     "create_segment",
+    "evict",
     "map_anonymous",
     "map_file",
+    "maps",
     "open_segment",
+    "residency",
     "shm",
+    "touch",
     "unlink_segment",
 ]
