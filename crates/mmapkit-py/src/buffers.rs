@@ -1,17 +1,17 @@
 //! Python buffers that mmapkit copies into or out of (`bytes`, `bytearray`, `memoryview`,
 //! numpy arrays).
 //!
-//! Such a buffer may be a view of the very mapping it is copied to or from (an exclusive
-//! mapping lends its memory out), so the library's copies, which take a Rust slice, are given
-//! one only when the two do not overlap; an overlapping copy goes through a bounce buffer. The
-//! slices exist only while the GIL is held: Python code cannot write the buffer meanwhile
-//! (C code that releases the GIL and writes a buffer others use is racing by its own doing).
+//! Such a buffer may be memory that someone else writes at the same time (a numpy array over
+//! memory shared with other processes), or a view of the very mapping it is copied to or
+//! from (an exclusive mapping lends its memory out). So no Rust reference to it is ever made:
+//! the library copies through its pointer (`read_to_ptr`, `write_from_ptr`), and a copy whose
+//! two sides overlap goes through a bounce buffer.
 
 use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 
-/// A C-contiguous buffer of another object, held for one call.
+/// A C-contiguous buffer of another object, held (exported) for one call.
 pub struct Foreign(PyUntypedBuffer);
 
 impl Foreign {
@@ -32,38 +32,34 @@ impl Foreign {
         self.0.len_bytes()
     }
 
-    fn span(&self) -> std::ops::Range<usize> {
-        let start = self.0.buf_ptr() as usize;
-        start..start + self.len()
+    /// Its first byte: valid for `len()` bytes while `self` holds the export (for writes
+    /// too, if it was got writable).
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.0.buf_ptr().cast()
     }
 
     /// True when its bytes and `memory` share any byte.
     pub fn overlaps(&self, memory: std::ops::Range<usize>) -> bool {
-        let span = self.span();
-        span.start < memory.end && memory.start < span.end
+        let start = self.as_ptr() as usize;
+        start < memory.end && memory.start < start + self.len()
     }
 
-    /// Runs `copy` with the buffer as a slice. The GIL is held (`_py`) and the caller has
-    /// checked that no slice of the mapping's memory is taken while this one lives.
-    pub fn with_bytes<T>(&self, _py: Python<'_>, copy: impl FnOnce(&[u8]) -> T) -> T {
-        if self.len() == 0 {
-            return copy(&[]);
-        }
-        // SAFETY: the buffer is held (PyObject_GetBuffer), C-contiguous and `len` bytes long;
-        // with the GIL held no Python code writes it while the slice lives, and the caller's
-        // copies never take a mutable slice of the same memory (overlaps are bounced).
-        copy(unsafe { std::slice::from_raw_parts(self.0.buf_ptr().cast::<u8>(), self.len()) })
+    /// A copy of its first `len` bytes (at most `len()`).
+    pub fn to_vec(&self, len: usize) -> Vec<u8> {
+        let len = len.min(self.len());
+        let mut copy = vec![0; len];
+        // SAFETY: the buffer is valid for reads of `len()` bytes while held, and the new
+        // vector cannot overlap it; a raw copy makes no reference to bytes others may write.
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr(), copy.as_mut_ptr(), len) };
+        copy
     }
 
-    /// Runs `copy` with the buffer as a mutable slice; as [`with_bytes`](Self::with_bytes),
-    /// for a writable buffer.
-    pub fn with_bytes_mut<T>(&self, _py: Python<'_>, copy: impl FnOnce(&mut [u8]) -> T) -> T {
-        if self.len() == 0 {
-            return copy(&mut []);
-        }
+    /// Copies `bytes` to its start (at most `len()` of them); it must have been got writable.
+    pub fn fill_from(&self, bytes: &[u8]) {
+        let len = bytes.len().min(self.len());
         debug_assert!(!self.0.readonly());
-        // SAFETY: as in `with_bytes`; the buffer is writable (checked in `get`), and with the
-        // GIL held nothing else reads or writes it while this slice is the only one made.
-        copy(unsafe { std::slice::from_raw_parts_mut(self.0.buf_ptr().cast::<u8>(), self.len()) })
+        // SAFETY: the buffer is writable (checked in `get`) and valid for `len()` bytes while
+        // held; `bytes` is our own memory, which cannot overlap it.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.as_ptr(), len) };
     }
 }

@@ -180,44 +180,66 @@ impl PyMapping {
         })
     }
 
-    fn copy_into(
-        &self,
-        py: Python<'_>,
-        buffer: &Bound<'_, PyAny>,
-        offset: usize,
-    ) -> PyResult<usize> {
+    fn copy_into(&self, buffer: &Bound<'_, PyAny>, offset: usize) -> PyResult<usize> {
         let mapping = self.mapping()?;
-        let target = Foreign::get(buffer, true)?;
-        let len = target.len().min(mapping.len().saturating_sub(offset));
         if offset > mapping.len() {
             return mapping.read_at(offset, &mut []).py().map(|()| 0);
         }
-        let memory = mapping.as_ptr() as usize..mapping.as_ptr() as usize + mapping.len();
-        if target.overlaps(memory) {
+        let target = Foreign::get(buffer, true)?;
+        let len = target.len().min(mapping.len() - offset);
+        if target.overlaps(Self::memory(mapping)) {
             let mut bounce = vec![0; len];
             mapping.read_at(offset, &mut bounce).py()?;
-            target.with_bytes_mut(py, |bytes| bytes[..len].copy_from_slice(&bounce));
+            target.fill_from(&bounce);
         } else {
-            target
-                .with_bytes_mut(py, |bytes| mapping.read_at(offset, &mut bytes[..len]))
-                .py()?;
+            // SAFETY: the target is held writable for `len` bytes or more, no Rust reference
+            // to it exists, and it does not overlap the mapping (checked).
+            unsafe { mapping.read_to_ptr(offset, target.as_ptr(), len) }.py()?;
         }
         Ok(len)
     }
 
-    fn copy_from(&self, py: Python<'_>, data: &Bound<'_, PyAny>, offset: usize) -> PyResult<usize> {
+    fn copy_from(&self, data: &Bound<'_, PyAny>, offset: usize) -> PyResult<usize> {
         let mapping = self.mapping()?;
         let source = Foreign::get(data, false)?;
-        let memory = mapping.as_ptr() as usize..mapping.as_ptr() as usize + mapping.len();
-        if source.overlaps(memory) {
-            let bounce = source.with_bytes(py, <[u8]>::to_vec);
-            mapping.write_at(offset, &bounce).py()?;
-        } else {
-            source
-                .with_bytes(py, |bytes| mapping.write_at(offset, bytes))
+        if source.overlaps(Self::memory(mapping)) {
+            mapping
+                .write_at(offset, &source.to_vec(source.len()))
                 .py()?;
+        } else {
+            // SAFETY: the source is held for its `len()` bytes and does not overlap the
+            // mapping (checked).
+            unsafe { mapping.write_from_ptr(offset, source.as_ptr(), source.len()) }.py()?;
         }
         Ok(source.len())
+    }
+
+    /// The addresses of the mapping's bytes.
+    fn memory(mapping: &Mapping) -> Range<usize> {
+        let start = mapping.as_ptr() as usize;
+        start..start + mapping.len()
+    }
+
+    /// `find` (`reverse` false) or `rfind` (true): an offset of `sub` in `[start, end)`, or -1.
+    fn search(
+        &self,
+        operation: &'static str,
+        sub: &Bound<'_, PyAny>,
+        start: i64,
+        end: Option<i64>,
+        reverse: bool,
+    ) -> PyResult<i64> {
+        let range = self.range(operation, start, end)?;
+        let needle = Foreign::get(sub, false)?;
+        let needle = needle.to_vec(needle.len());
+        let mapping = self.mapping()?;
+        let found = if reverse {
+            mapping.rfind(&needle, range)
+        } else {
+            mapping.find(&needle, range)
+        }
+        .py()?;
+        Ok(found.map_or(-1, |offset| offset as i64))
     }
 }
 
@@ -289,13 +311,13 @@ impl PyMapping {
 
     /// `read_into(buffer, offset)`: fills a writable buffer (a `bytearray`, a numpy array…)
     /// from `offset`, without allocating; returns the bytes copied (fewer at the end).
-    fn read_into(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, offset: i64) -> PyResult<usize> {
-        self.copy_into(py, buffer, unsigned("read_into", "offset", offset)?)
+    fn read_into(&self, buffer: &Bound<'_, PyAny>, offset: i64) -> PyResult<usize> {
+        self.copy_into(buffer, unsigned("read_into", "offset", offset)?)
     }
 
     /// `write_at(offset, data)`: copies a bytes-like object to `offset`; returns its length.
-    fn write_at(&self, py: Python<'_>, offset: i64, data: &Bound<'_, PyAny>) -> PyResult<usize> {
-        self.copy_from(py, data, unsigned("write_at", "offset", offset)?)
+    fn write_at(&self, offset: i64, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        self.copy_from(data, unsigned("write_at", "offset", offset)?)
     }
 
     /// `read(n=-1)`: up to `n` bytes from the position (all that is left if `n` < 0).
@@ -312,16 +334,16 @@ impl PyMapping {
     }
 
     /// `readinto(buffer)`: fills `buffer` from the position; returns the bytes copied.
-    fn readinto(&mut self, py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let copied = self.copy_into(py, buffer, self.position)?;
+    fn readinto(&mut self, buffer: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let copied = self.copy_into(buffer, self.position)?;
         self.position += copied;
         Ok(copied)
     }
 
     /// `write(data)`: writes at the position and moves it; data past the end is an error and
     /// nothing is written.
-    fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let written = self.copy_from(py, data, self.position)?;
+    fn write(&mut self, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let written = self.copy_from(data, self.position)?;
         self.position += written;
         Ok(written)
     }
@@ -365,32 +387,14 @@ impl PyMapping {
 
     /// `find(sub, start=0, end=None)`: the lowest offset of `sub` in `[start, end)`, or -1.
     #[pyo3(signature = (sub, start = 0, end = None))]
-    fn find(
-        &self,
-        py: Python<'_>,
-        sub: &Bound<'_, PyAny>,
-        start: i64,
-        end: Option<i64>,
-    ) -> PyResult<i64> {
-        let range = self.range("find", start, end)?;
-        let needle = Foreign::get(sub, false)?.with_bytes(py, <[u8]>::to_vec);
-        let found = self.mapping()?.find(&needle, range).py()?;
-        Ok(found.map_or(-1, |offset| offset as i64))
+    fn find(&self, sub: &Bound<'_, PyAny>, start: i64, end: Option<i64>) -> PyResult<i64> {
+        self.search("find", sub, start, end, false)
     }
 
     /// `rfind(sub, start=0, end=None)`: the highest offset of `sub` in `[start, end)`, or -1.
     #[pyo3(signature = (sub, start = 0, end = None))]
-    fn rfind(
-        &self,
-        py: Python<'_>,
-        sub: &Bound<'_, PyAny>,
-        start: i64,
-        end: Option<i64>,
-    ) -> PyResult<i64> {
-        let range = self.range("rfind", start, end)?;
-        let needle = Foreign::get(sub, false)?.with_bytes(py, <[u8]>::to_vec);
-        let found = self.mapping()?.rfind(&needle, range).py()?;
-        Ok(found.map_or(-1, |offset| offset as i64))
+    fn rfind(&self, sub: &Bound<'_, PyAny>, start: i64, end: Option<i64>) -> PyResult<i64> {
+        self.search("rfind", sub, start, end, true)
     }
 
     /// `flush(start=0, end=None)`: writes the range's dirty pages to the file and waits (msync).

@@ -206,7 +206,7 @@ impl PySegment {
 
     /// `read_into(buffer, offset)`: fills a writable buffer from the payload at `offset`;
     /// returns the bytes copied (fewer at the end of the payload).
-    fn read_into(&self, py: Python<'_>, buffer: &Bound<'_, PyAny>, offset: i64) -> PyResult<usize> {
+    fn read_into(&self, buffer: &Bound<'_, PyAny>, offset: i64) -> PyResult<usize> {
         let segment = self.segment()?;
         let offset = unsigned("read_into", "offset", offset)?;
         let size = segment.payload_len();
@@ -215,20 +215,20 @@ impl PySegment {
         }
         let target = Foreign::get(buffer, true)?;
         let len = target.len().min(size - offset);
-        target
-            .with_bytes_mut(py, |bytes| segment.read_at(offset, &mut bytes[..len]))
-            .py()?;
+        // SAFETY: the target is held writable for `len` bytes or more and no Rust reference
+        // to it exists; it cannot overlap the segment, whose memory is never lent out.
+        unsafe { segment.read_to_ptr(offset, target.as_ptr(), len) }.py()?;
         Ok(len)
     }
 
     /// `write_at(offset, data)`: copies a bytes-like object into the payload at `offset`.
-    fn write_at(&self, py: Python<'_>, offset: i64, data: &Bound<'_, PyAny>) -> PyResult<usize> {
+    fn write_at(&self, offset: i64, data: &Bound<'_, PyAny>) -> PyResult<usize> {
         let segment = self.segment()?;
         let offset = unsigned("write_at", "offset", offset)?;
         let source = Foreign::get(data, false)?;
-        source
-            .with_bytes(py, |bytes| segment.write_at(offset, bytes))
-            .py()?;
+        // SAFETY: the source is held for its `len()` bytes; it cannot overlap the segment,
+        // whose memory is never lent out.
+        unsafe { segment.write_from_ptr(offset, source.as_ptr(), source.len()) }.py()?;
         Ok(source.len())
     }
 

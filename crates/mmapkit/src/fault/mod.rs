@@ -94,38 +94,62 @@ impl Mapping {
     /// readable, `Truncated` when the file no longer covers it (then `buf` holds the bytes
     /// before the missing page; [`Error::offset`] says where the copy stopped).
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        let range = self.byte_span("read_at", offset, buf.len())?;
-        self.require("read_at", &range, Protection::READ)?;
-        // SAFETY: the source lies in the view and is readable (checked above), `buf` is valid
-        // for writes of its length, and the two cannot overlap: `buf` is a unique borrow and
-        // the view is never borrowed mutably while `&self` is.
-        unsafe {
-            self.guarded_copy(
-                "read_at",
-                offset,
-                buf.as_mut_ptr(),
-                self.as_ptr().add(offset),
-                buf.len(),
-            )
-        }
+        // SAFETY: `buf` is valid for writes of its length, no other reference covers it (a
+        // unique borrow), and it cannot overlap the view: the view is never borrowed mutably
+        // while `&self` is.
+        unsafe { self.read_to_ptr(offset, buf.as_mut_ptr(), buf.len()) }
     }
 
     /// Copies `data` into the view at `offset`.
     ///
     /// Errors as for [`read_at`](Self::read_at), with write access needed.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
-        let range = self.byte_span("write_at", offset, data.len())?;
+        // SAFETY: `data` is valid for reads of its length and cannot overlap the writable
+        // bytes of the view: safe `&self` slices exist only for memory with no write access,
+        // which the copy refuses.
+        unsafe { self.write_from_ptr(offset, data.as_ptr(), data.len()) }
+    }
+
+    /// [`read_at`](Self::read_at) into memory given by a pointer instead of a slice: for
+    /// targets no Rust reference may cover, because someone else may write them too (a
+    /// buffer of another language, memory shared with other processes).
+    ///
+    /// # Safety
+    /// `target` is valid for writes of `len` bytes for the whole call, no Rust reference to
+    /// it is alive, and it does not overlap the view's bytes `offset..offset + len`.
+    pub unsafe fn read_to_ptr(&self, offset: usize, target: *mut u8, len: usize) -> Result<()> {
+        let range = self.byte_span("read_at", offset, len)?;
+        self.require("read_at", &range, Protection::READ)?;
+        // SAFETY: the source lies in the view and is readable (checked above); the caller
+        // vouches for the target and for their not overlapping.
+        unsafe { self.guarded_copy("read_at", offset, target, self.as_ptr().add(offset), len) }
+    }
+
+    /// [`write_at`](Self::write_at) from memory given by a pointer instead of a slice: for
+    /// sources no Rust reference may cover (see [`read_to_ptr`](Self::read_to_ptr)).
+    ///
+    /// # Safety
+    /// `source` is valid for reads of `len` bytes for the whole call and does not overlap
+    /// the view's bytes `offset..offset + len`.
+    pub unsafe fn write_from_ptr(
+        &self,
+        offset: usize,
+        source: *const u8,
+        len: usize,
+    ) -> Result<()> {
+        let range = self.byte_span("write_at", offset, len)?;
         self.require("write_at", &range, Protection::WRITE)?;
         // SAFETY: the target lies in the view and is writable (checked above). No Rust
         // reference covers it: safe slices of writable memory need `&mut self`, and safe
-        // `&self` slices exist only for memory with no write access.
+        // `&self` slices exist only for memory with no write access. The caller vouches for
+        // the source.
         unsafe {
             self.guarded_copy(
                 "write_at",
                 offset,
                 self.as_mut_ptr().add(offset),
-                data.as_ptr(),
-                data.len(),
+                source,
+                len,
             )
         }
     }

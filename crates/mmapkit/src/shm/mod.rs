@@ -142,6 +142,41 @@ impl Segment {
         self.check()
     }
 
+    /// [`read_at`](Self::read_at) into memory given by a pointer (see
+    /// [`Mapping::read_to_ptr`]).
+    ///
+    /// # Safety
+    /// As for [`Mapping::read_to_ptr`]: `target` is valid for writes of `len` bytes, no Rust
+    /// reference to it is alive, and it does not overlap the payload bytes copied.
+    pub unsafe fn read_to_ptr(&self, offset: usize, target: *mut u8, len: usize) -> Result<()> {
+        // SAFETY: the caller's promises are the mapping's.
+        unsafe {
+            self.mapping
+                .read_to_ptr(payload_offset(offset)?, target, len)
+        }?;
+        self.check()
+    }
+
+    /// [`write_at`](Self::write_at) from memory given by a pointer (see
+    /// [`Mapping::write_from_ptr`]).
+    ///
+    /// # Safety
+    /// As for [`Mapping::write_from_ptr`]: `source` is valid for reads of `len` bytes and
+    /// does not overlap the payload bytes written.
+    pub unsafe fn write_from_ptr(
+        &self,
+        offset: usize,
+        source: *const u8,
+        len: usize,
+    ) -> Result<()> {
+        // SAFETY: the caller's promises are the mapping's.
+        unsafe {
+            self.mapping
+                .write_from_ptr(payload_offset(offset)?, source, len)
+        }?;
+        self.check()
+    }
+
     /// Reads a plain-old-data value from the payload at `offset`.
     pub fn read_pod<T: bytemuck::Pod>(&self, offset: usize) -> Result<T> {
         let value = self.mapping.read_pod(payload_offset(offset)?)?;
