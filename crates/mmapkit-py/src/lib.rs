@@ -9,11 +9,13 @@ use pyo3::prelude::*;
 
 mod buffers;
 mod errors;
+mod events;
 mod inspect;
 mod mapping;
 mod residency;
 mod segment;
 mod stale;
+mod sync;
 
 #[pymodule]
 fn _mmapkit(module: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -26,6 +28,12 @@ fn _mmapkit(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_function(wrap_pyfunction!(segment::open_segment, module)?)?;
     module.add_function(wrap_pyfunction!(segment::create_memfd, module)?)?;
     module.add_function(wrap_pyfunction!(segment::unlink_segment, module)?)?;
+    module.add_function(wrap_pyfunction!(segment::segment_from_fd, module)?)?;
+    module.add_class::<sync::PyMutex>()?;
+    module.add_class::<sync::PyMutexGuard>()?;
+    module.add_class::<sync::PyCondvar>()?;
+    module.add_class::<events::PySemaphore>()?;
+    module.add_class::<events::PyEvent>()?;
     module.add_function(wrap_pyfunction!(stale::list_segments, module)?)?;
     module.add_function(wrap_pyfunction!(stale::cleanup_segments, module)?)?;
     module.add_function(wrap_pyfunction!(inspect::residency_of, module)?)?;

@@ -5,11 +5,13 @@
 //! and write is a copy, and a peer's truncation raises `TruncatedError`. A named segment
 //! pickles as its name, so a `spawn`ed child reopens the same segment.
 
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mmapkit::shm::Location;
 use mmapkit::{Segment, SegmentOptions};
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
@@ -27,7 +29,7 @@ const DETACH_FROM: usize = 64 << 10;
 #[pyclass(name = "Segment", module = "mmapkit")]
 #[derive(Debug)]
 pub struct PySegment {
-    inner: Option<Segment>,
+    inner: Option<Arc<Segment>>,
 }
 
 fn options(type_tag: &str, size: usize, mode: u32, wait: f64) -> PyResult<SegmentOptions> {
@@ -54,9 +56,7 @@ pub fn create_segment(
 ) -> PyResult<PySegment> {
     let options = options(type_tag, size, mode, 0.0)?;
     let segment = py.detach(|| options.create(name)).py()?;
-    Ok(PySegment {
-        inner: Some(segment),
-    })
+    Ok(PySegment::new(segment))
 }
 
 /// `open_segment(name, *, size=0, type_tag="mmapkit/bytes", read_only=False, wait=2.0)`:
@@ -82,9 +82,7 @@ pub fn open_segment(
             }
         })
         .py()?;
-    Ok(PySegment {
-        inner: Some(segment),
-    })
+    Ok(PySegment::new(segment))
 }
 
 /// `create_memfd(size, *, type_tag="mmapkit/bytes", debug_name="mmapkit")`: an anonymous
@@ -95,9 +93,34 @@ pub fn create_memfd(size: usize, type_tag: &str, debug_name: &str) -> PyResult<P
     let segment = options(type_tag, size, 0o600, 0.0)?
         .create_memfd(debug_name)
         .py()?;
-    Ok(PySegment {
-        inner: Some(segment),
-    })
+    Ok(PySegment::new(segment))
+}
+
+/// `segment_from_fd(fd, *, type_tag="mmapkit/bytes")`: the segment behind a descriptor
+/// received from another process (`socket.recv_fds`, a pickled memfd segment). The
+/// descriptor is duplicated: the caller still owns `fd` and closes it when it likes.
+#[pyfunction]
+#[pyo3(signature = (fd, *, type_tag = BYTES))]
+pub fn segment_from_fd(fd: i32, type_tag: &str) -> PyResult<PySegment> {
+    let options = options(type_tag, 0, 0o600, 0.0)?;
+    let duplicate = duplicate_fd(fd)?;
+    Ok(PySegment::new(options.from_fd(duplicate).py()?))
+}
+
+/// A close-on-exec duplicate of the caller's descriptor `fd`, which stays the caller's.
+pub(crate) fn duplicate_fd(fd: i32) -> PyResult<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC only reads the descriptor table; a number that is not open
+    // fails with EBADF and touches nothing.
+    let duplicate = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if duplicate < 0 {
+        let error = std::io::Error::last_os_error();
+        return Err(PyOSError::new_err((
+            error.raw_os_error().unwrap_or(0),
+            format!("descriptor {fd}: {error}"),
+        )));
+    }
+    // SAFETY: fcntl just returned this new descriptor, which nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
 }
 
 /// `unlink_segment(name)`: removes a named segment's name; its users keep their mappings.
@@ -107,9 +130,23 @@ pub fn unlink_segment(name: &str) -> PyResult<()> {
 }
 
 impl PySegment {
+    fn new(segment: Segment) -> PySegment {
+        PySegment {
+            inner: Some(Arc::new(segment)),
+        }
+    }
+
     fn segment(&self) -> PyResult<&Segment> {
         self.inner
-            .as_ref()
+            .as_deref()
+            .ok_or_else(|| PyValueError::new_err("the segment is closed"))
+    }
+
+    /// The segment, shared with the locks and events placed in it: they keep it mapped
+    /// after this handle is closed.
+    pub(crate) fn shared(&self) -> PyResult<Arc<Segment>> {
+        self.inner
+            .clone()
             .ok_or_else(|| PyValueError::new_err("the segment is closed"))
     }
 }
@@ -267,24 +304,36 @@ impl PySegment {
         false
     }
 
-    /// A named segment pickles as its name, size, type and access: unpickling opens it.
+    /// A named segment pickles as its name, size, type and access: unpickling opens it. A
+    /// memfd segment pickles as its descriptor (`multiprocessing.reduction.DupFd`), so it
+    /// reaches `spawn`ed children and processes on the other end of a multiprocessing pipe.
     fn __reduce__<'py>(
         &self,
         py: Python<'py>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        use std::os::fd::AsRawFd;
         let segment = self.segment()?;
-        let Location::Named(name) = segment.location() else {
-            return Err(PyTypeError::new_err(
-                "only a named segment can be pickled; pass a memfd segment's descriptor instead",
+        let type_tag = segment.header().type_tag.as_str().into_owned();
+        let package = py.import("mmapkit")?;
+        if let Location::Named(name) = segment.location() {
+            let arguments = (
+                name.clone(),
+                segment.payload_len(),
+                type_tag,
+                !segment.is_writable(),
+            );
+            return Ok((
+                package.getattr("_reopen_segment")?,
+                arguments.into_pyobject(py)?,
             ));
-        };
-        let reopen = py.import("mmapkit")?.getattr("_reopen_segment")?;
-        let arguments = (
-            name.clone(),
-            segment.payload_len(),
-            segment.header().type_tag.as_str().into_owned(),
-            !segment.is_writable(),
-        );
-        Ok((reopen, arguments.into_pyobject(py)?))
+        }
+        let passed = py
+            .import("multiprocessing.reduction")?
+            .getattr("DupFd")?
+            .call1((segment.fd().as_raw_fd(),))?;
+        Ok((
+            package.getattr("_adopt_segment")?,
+            (passed, type_tag).into_pyobject(py)?,
+        ))
     }
 }

@@ -10,12 +10,17 @@ that names their type and creator; they live until `unlink()`, whoever created t
 named one pickles as its name. `mmapkit.shm.list()` and `cleanup()` find and remove the
 stale ones.
 
+`Mutex` (robust: a holder's death is `OwnerDiedError`, with the lock), `Condvar`,
+`Semaphore` and `Event` live at offsets of a segment and work between any processes.
+
 `residency`, `touch`, `evict` and `maps` inspect the page cache and processes' mappings.
 """
 
 from __future__ import annotations
 
 import enum
+import os
+from typing import Any
 
 from ._errors import (
     AlreadyExistsError,
@@ -41,14 +46,20 @@ from ._errors import (
 from . import shm
 from ._inspect import FileResidency, MapEntry, evict, maps, residency, touch
 from ._mmapkit import (
+    Condvar,
+    Event,
     Mapping,
+    Mutex,
+    MutexGuard,
     Residency,
     Segment,
+    Semaphore,
     create_memfd,
     create_segment,
     map_anonymous,
     map_file,
     open_segment,
+    segment_from_fd,
     unlink_segment,
 )
 
@@ -56,6 +67,15 @@ from ._mmapkit import (
 def _reopen_segment(name: str, size: int, type_tag: str, read_only: bool) -> Segment:
     """How a pickled named segment comes back: opened again by name."""
     return open_segment(name, size=size, type_tag=type_tag, read_only=read_only)
+
+
+def _adopt_segment(passed: Any, type_tag: str) -> Segment:
+    """How a pickled memfd segment comes back: from the descriptor multiprocessing passed."""
+    fd = passed.detach()
+    try:
+        return segment_from_fd(fd, type_tag=type_tag)
+    finally:
+        os.close(fd)
 
 
 class Advice(str, enum.Enum):
@@ -80,15 +100,19 @@ class Advice(str, enum.Enum):
 __all__ = [
     "Advice",
     "AlreadyExistsError",
+    "Condvar",
     "CorruptError",
     "DisconnectedError",
     "Error",
+    "Event",
     "FileResidency",
     "IncompatibleError",
     "InvalidInputError",
     "IoError",
     "MapEntry",
     "Mapping",
+    "Mutex",
+    "MutexGuard",
     "NoSpaceError",
     "NotExclusiveError",
     "NotFoundError",
@@ -98,6 +122,7 @@ __all__ = [
     "PermissionDeniedError",
     "Residency",
     "Segment",
+    "Semaphore",
     "StoreError",
     "TimeoutError",
     "TruncatedError",
@@ -111,6 +136,7 @@ __all__ = [
     "maps",
     "open_segment",
     "residency",
+    "segment_from_fd",
     "shm",
     "touch",
     "unlink_segment",

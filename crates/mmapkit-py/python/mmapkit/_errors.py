@@ -10,6 +10,8 @@ the same thing the class derives from it too, so `except FileNotFoundError` or
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class Error(OSError):
     """Any error of mmapkit."""
@@ -98,9 +100,15 @@ class TimeoutError(Error, TimeoutError):  # noqa: A001 - deliberately catches as
 
 
 class OwnerDiedError(Error):
-    """The owner of a lock died holding it; the data it protects may be inconsistent."""
+    """The owner of a lock died holding it; the data it protects may be inconsistent.
+
+    Raised by `Mutex.lock()` (and `with mutex:`) with the lock *held*: `guard` is its
+    `MutexGuard`. Repair the data, call `guard.mark_consistent()`, then `guard.release()`
+    (or use `with error.guard:`). Until someone marks it consistent, every locker is told.
+    """
 
     kind = "OwnerDied"
+    guard: Any = None
 
 
 class DisconnectedError(Error, ConnectionError):

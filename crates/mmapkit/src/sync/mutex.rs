@@ -247,6 +247,33 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
         )))
     }
 
+    /// Whether the calling thread holds the lock (its thread id is in the lock word).
+    pub fn is_held_by_current_thread(&self) -> bool {
+        self.word.load(Ordering::Relaxed) & OWNER == ThreadIdentity::current().tid
+    }
+
+    /// A guard for a lock the calling thread holds through a guard it has forgotten
+    /// (`std::mem::forget`): for bindings that keep a lock held across calls into them and
+    /// cannot keep the guard, which borrows the mutex. An error of kind `InvalidInput` if the
+    /// calling thread does not hold the lock.
+    ///
+    /// # Safety
+    /// No other guard of this lock exists (the one forgotten is gone for good), so that the
+    /// lock is released once, by the guard returned.
+    pub unsafe fn assume_locked(&self) -> Result<MutexGuard<'_, T>> {
+        if !self.is_held_by_current_thread() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "unlock",
+                "this thread does not hold the lock",
+            ));
+        }
+        Ok(MutexGuard {
+            mutex: self,
+            _not_send: PhantomData,
+        })
+    }
+
     fn acquire(&self, deadline: Option<std::time::Instant>) -> LockResult<'_, T> {
         let me = ThreadIdentity::current();
         let take = || {
