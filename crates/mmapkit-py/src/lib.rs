@@ -8,6 +8,7 @@
 use pyo3::prelude::*;
 
 mod buffers;
+mod channel;
 mod errors;
 mod events;
 mod inspect;
@@ -34,6 +35,11 @@ fn _mmapkit(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<sync::PyCondvar>()?;
     module.add_class::<events::PySemaphore>()?;
     module.add_class::<events::PyEvent>()?;
+    module.add_class::<channel::PyByteChannel>()?;
+    module.add_class::<channel::PyByteSender>()?;
+    module.add_class::<channel::PyByteReceiver>()?;
+    module.add_function(wrap_pyfunction!(channel::channel_from_fds, module)?)?;
+    module.add("PEER_GRACE", mmapkit::channel::PEER_GRACE.as_secs_f64())?;
     module.add_function(wrap_pyfunction!(stale::list_segments, module)?)?;
     module.add_function(wrap_pyfunction!(stale::cleanup_segments, module)?)?;
     module.add_function(wrap_pyfunction!(inspect::residency_of, module)?)?;

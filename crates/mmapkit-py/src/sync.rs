@@ -28,7 +28,7 @@ use crate::segment::PySegment;
 const SLICE: Duration = Duration::from_millis(100);
 
 /// When a wait given `timeout` seconds (None: never) ends.
-fn deadline_of(timeout: Option<f64>) -> PyResult<Option<Instant>> {
+pub(crate) fn deadline_of(timeout: Option<f64>) -> PyResult<Option<Instant>> {
     let Some(seconds) = timeout else {
         return Ok(None);
     };
@@ -43,7 +43,7 @@ fn deadline_of(timeout: Option<f64>) -> PyResult<Option<Instant>> {
 }
 
 /// The next slice of a wait, or None once `deadline` has passed.
-fn next_slice(deadline: Option<Instant>) -> Option<Duration> {
+pub(crate) fn next_slice(deadline: Option<Instant>) -> Option<Duration> {
     match deadline {
         None => Some(SLICE),
         Some(deadline) => {

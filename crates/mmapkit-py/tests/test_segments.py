@@ -92,11 +92,9 @@ def test_a_pickled_segment_is_the_same_segment_in_a_spawned_child(name):
         read_only.write_at(0, b"x")
 
 
-def test_memfd_segments_are_shared_across_fork_and_refuse_pickling():
+def test_memfd_segments_are_shared_across_fork_and_pickle_by_descriptor_to_spawn_children():
     segment = mmapkit.create_memfd(4096)
     assert segment.name is None
-    with pytest.raises(TypeError):
-        pickle.dumps(segment)
     child = os.fork()
     if child == 0:
         segment.write_at(0, b"forked")
@@ -104,8 +102,21 @@ def test_memfd_segments_are_shared_across_fork_and_refuse_pickling():
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert segment.read_at(0, 6) == b"forked"
+    context = multiprocessing.get_context("spawn")
+    spawned = context.Process(target=write_through_pickled, args=(segment,))
+    spawned.start()
+    spawned.join(timeout=60)
+    assert spawned.exitcode == 0
+    assert segment.read_at(0, 6 + len(str(spawned.pid))) == f"child {spawned.pid}".encode()
+    descriptors = len(os.listdir("/proc/self/fd"))
+    adopted = mmapkit.segment_from_fd(segment.fileno())
+    assert adopted.read_at(0, 5) == b"child" and len(adopted) == len(segment)
+    adopted.close()
+    assert len(os.listdir("/proc/self/fd")) == descriptors
+    with pytest.raises(OSError):
+        mmapkit.segment_from_fd(987654)
     buffer = bytearray(6)
-    assert segment.read_into(buffer, 0) == 6 and buffer == b"forked"
+    assert segment.read_into(buffer, 0) == 6 and buffer == b"child "
     # Shared memory is never lent out as a buffer: segments do not offer the protocol.
     with pytest.raises(TypeError):
         memoryview(segment)

@@ -13,6 +13,9 @@ stale ones.
 `Mutex` (robust: a holder's death is `OwnerDiedError`, with the lock), `Condvar`,
 `Semaphore` and `Event` live at offsets of a segment and work between any processes.
 
+`ByteChannel` (and `RecordChannel`, for numpy records) carries messages from one process to
+another; a dead peer is `DisconnectedError`, and a pollable one works with asyncio.
+
 `residency`, `touch`, `evict` and `maps` inspect the page cache and processes' mappings.
 """
 
@@ -45,7 +48,12 @@ from ._errors import (
 )
 from . import shm
 from ._inspect import FileResidency, MapEntry, evict, maps, residency, touch
+from ._channel import RecordChannel, RecordReceiver, RecordSender
 from ._mmapkit import (
+    PEER_GRACE,
+    ByteChannel,
+    ByteReceiver,
+    ByteSender,
     Condvar,
     Event,
     Mapping,
@@ -54,6 +62,7 @@ from ._mmapkit import (
     Residency,
     Segment,
     Semaphore,
+    channel_from_fds,
     create_memfd,
     create_segment,
     map_anonymous,
@@ -62,6 +71,21 @@ from ._mmapkit import (
     segment_from_fd,
     unlink_segment,
 )
+
+
+def _open_channel(name: str) -> ByteChannel:
+    """How a pickled named channel comes back: opened again by name."""
+    return ByteChannel.open(name)
+
+
+def _adopt_channel(segment: Any, doorbell: Any, type_tag: str) -> ByteChannel:
+    """How a pickled memfd channel comes back: from the descriptors multiprocessing passed."""
+    fds = [segment.detach()] + ([doorbell.detach()] if doorbell is not None else [])
+    try:
+        return channel_from_fds(fds[0], fds[1] if len(fds) > 1 else None, type_tag)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _reopen_segment(name: str, size: int, type_tag: str, read_only: bool) -> Segment:
@@ -98,8 +122,12 @@ class Advice(str, enum.Enum):
 
 
 __all__ = [
+    "PEER_GRACE",
     "Advice",
     "AlreadyExistsError",
+    "ByteChannel",
+    "ByteReceiver",
+    "ByteSender",
     "Condvar",
     "CorruptError",
     "DisconnectedError",
@@ -120,6 +148,9 @@ __all__ = [
     "OutOfMemoryError",
     "OwnerDiedError",
     "PermissionDeniedError",
+    "RecordChannel",
+    "RecordReceiver",
+    "RecordSender",
     "Residency",
     "Segment",
     "Semaphore",
@@ -128,6 +159,7 @@ __all__ = [
     "TruncatedError",
     "UnsupportedError",
     "WouldBlockError",
+    "channel_from_fds",
     "create_memfd",
     "create_segment",
     "evict",

@@ -96,6 +96,13 @@ impl ByteChannel {
         &self.handle.segment
     }
 
+    /// The doorbell eventfd of a pollable channel, for handing it to another process with
+    /// the segment (the library's own passing does so already).
+    pub fn doorbell(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.handle.doorbell.as_ref().map(AsFd::as_fd)
+    }
+
     /// The longest message the channel carries: half its capacity, less a record header.
     pub fn max_message(&self) -> usize {
         self.control()

@@ -179,26 +179,51 @@ impl<'c> ByteReceiver<'c> {
     /// Receives the next message if one is there; `Ok(None)` if not, `Disconnected` when
     /// there is none and the sender is gone.
     pub fn try_recv(&mut self) -> Result<Option<Vec<u8>>> {
-        let message = match self.next_message()? {
-            Some(message) => message,
-            None if self.endpoint.peer_gone()? => self
-                .next_message()?
-                .ok_or_else(|| endpoints::disconnected("try_recv", &self.endpoint))?,
-            None => return Ok(None),
+        let Some(message) = self.try_next("try_recv")? else {
+            return Ok(None);
         };
         let mut buf = Vec::new();
         self.copy_out(message, &mut buf)?;
         Ok(Some(buf))
     }
 
+    /// The next message if one is there, as [`try_recv`](Self::try_recv) decides.
+    fn try_next(&mut self, operation: &'static str) -> Result<Option<(usize, usize)>> {
+        match self.next_message()? {
+            Some(message) => Ok(Some(message)),
+            None if self.endpoint.peer_gone()? => self
+                .next_message()?
+                .ok_or_else(|| endpoints::disconnected(operation, &self.endpoint))
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Waits for the next message and lends it in place; released when dropped.
     pub fn receive_in_place(&mut self) -> Result<ReceivedBytes<'_, 'c>> {
-        let (offset, len) = self.wait_for_message(None, "receive_in_place")?;
-        Ok(ReceivedBytes {
+        let message = self.wait_for_message(None, "receive_in_place")?;
+        Ok(self.lend(message))
+    }
+
+    /// As [`receive_in_place`](Self::receive_in_place), waiting at most `timeout`.
+    pub fn receive_in_place_timeout(&mut self, timeout: Duration) -> Result<ReceivedBytes<'_, 'c>> {
+        let message = self.wait_for_message(Some(deadline(timeout)), "receive_in_place")?;
+        Ok(self.lend(message))
+    }
+
+    /// Lends the next message in place if one is there, as [`try_recv`](Self::try_recv)
+    /// decides.
+    pub fn try_receive_in_place(&mut self) -> Result<Option<ReceivedBytes<'_, 'c>>> {
+        let message = self.try_next("try_receive_in_place")?;
+        Ok(message.map(|message| self.lend(message)))
+    }
+
+    fn lend(&mut self, (offset, len): (usize, usize)) -> ReceivedBytes<'_, 'c> {
+        ReceivedBytes {
             receiver: self,
             offset,
             len,
-        })
+        }
     }
 
     /// The doorbell to poll, for a pollable channel.

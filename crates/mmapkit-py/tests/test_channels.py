@@ -1,0 +1,235 @@
+"""Byte and record channels between real processes: spawn, kill -9, asyncio, selectors."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import pickle
+import selectors
+import signal
+import struct
+import time
+import uuid
+
+import pytest
+
+import mmapkit
+
+SPAWN = multiprocessing.get_context("spawn")
+COUNT = 100_000
+
+
+def send_numbered(channel: mmapkit.ByteChannel, count: int) -> None:
+    with channel.sender() as sender:
+        batch = []
+        for number in range(count):
+            # Lengths vary, so that records wrap around the ring at every offset.
+            batch.append(struct.pack("<Q", number) + b"x" * (number % 61))
+            if len(batch) == 100:
+                sender.send_many(batch)
+                batch.clear()
+        sender.send_many(batch)
+
+
+def send_forever(channel: mmapkit.ByteChannel) -> None:
+    sender = channel.sender()
+    number = 0
+    while True:
+        sender.send(struct.pack("<Q", number))
+        number += 1
+
+
+def test_a_spawned_child_sends_100000_messages_received_once_in_order():
+    channel = mmapkit.ByteChannel.create(capacity=64 << 10)
+    receiver = channel.receiver()
+    child = SPAWN.Process(target=send_numbered, args=(channel, COUNT))
+    child.start()
+    expected = 0
+    while expected < COUNT:
+        for message in receiver.recv_many(512, timeout=60):
+            (number,) = struct.unpack_from("<Q", message)
+            assert number == expected
+            assert message[8:] == b"x" * (number % 61)
+            expected += 1
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    with pytest.raises(mmapkit.DisconnectedError):
+        receiver.recv(timeout=10)
+    with pytest.raises(mmapkit.DisconnectedError, match="try_recv"):
+        receiver.try_recv()
+
+
+def test_a_sender_killed_mid_stream_is_disconnected_after_its_messages():
+    channel = mmapkit.ByteChannel.create(capacity=4096)
+    receiver = channel.receiver()
+    child = SPAWN.Process(target=send_forever, args=(channel,))
+    child.start()
+    for expected in range(1000):
+        assert struct.unpack("<Q", receiver.recv(timeout=60)) == (expected,)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=60)
+    assert child.exitcode == -signal.SIGKILL
+    after = 1000
+    started = time.monotonic()
+    with pytest.raises(mmapkit.DisconnectedError) as gone:
+        while True:
+            assert struct.unpack("<Q", receiver.recv()) == (after,)
+            after += 1
+    assert isinstance(gone.value, ConnectionError)
+    assert time.monotonic() - started < 10
+    assert after > 1000
+
+
+def test_a_receiver_killed_leaves_the_sender_disconnected_not_hanging():
+    name = f"pytest-{uuid.uuid4().hex[:12]}"
+    channel = mmapkit.ByteChannel.create(name, capacity=4096)
+    try:
+        sender = channel.sender()
+        child = os.fork()
+        if child == 0:
+            receiver = mmapkit.ByteChannel.open(name).receiver()
+            receiver.recv(timeout=30)
+            time.sleep(60)
+            os._exit(0)
+        sender.send(b"first", timeout=30)
+        time.sleep(0.2)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        with pytest.raises(mmapkit.DisconnectedError):
+            for _ in range(10_000):
+                sender.send(b"y" * 1000)
+    finally:
+        mmapkit.unlink_segment(name)
+
+
+def test_non_blocking_timeouts_and_a_peer_that_never_comes():
+    channel = mmapkit.ByteChannel.create(capacity=1024)
+    receiver = channel.receiver()
+    assert receiver.try_recv() is None
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        receiver.recv(timeout=0.2)
+    assert time.monotonic() - started >= 0.2
+    started = time.monotonic()
+    with pytest.raises(mmapkit.DisconnectedError, match="no peer attached"):
+        receiver.recv()
+    assert mmapkit.PEER_GRACE <= time.monotonic() - started < mmapkit.PEER_GRACE + 5
+    sender = channel.sender()
+    with pytest.raises(mmapkit.AlreadyExistsError):
+        channel.sender()
+    sent = 0
+    while sender.try_send(b"z" * 100):
+        sent += 1
+    assert 0 < sent < 10
+    with pytest.raises(TimeoutError):
+        sender.send(b"z" * 100, timeout=0.1)
+    with pytest.raises(mmapkit.InvalidInputError):
+        sender.send(b"too long" * 1000)
+    assert [receiver.recv() for _ in range(sent)] == [b"z" * 100] * sent
+    sender.send(bytearray(b"a bytearray"))
+    sender.send(memoryview(b"a memoryview"))
+    assert receiver.recv_many() == [b"a bytearray", b"a memoryview"]
+    sender.close()
+    assert sender.closed
+    with pytest.raises(ValueError):
+        sender.send(b"closed")
+    with pytest.raises(mmapkit.DisconnectedError):
+        receiver.recv(timeout=5)
+    assert list(receiver) == []
+
+
+def send_slowly(channel: mmapkit.ByteChannel) -> None:
+    sender = channel.sender()
+    for number in range(5):
+        time.sleep(0.05)
+        sender.send(str(number).encode())
+
+
+def test_a_pollable_channel_wakes_selectors_and_asyncio():
+    channel = mmapkit.ByteChannel.create(capacity=4096, pollable=True)
+    assert channel.pollable
+    receiver = channel.receiver()
+    child = SPAWN.Process(target=send_slowly, args=(channel,))
+    child.start()
+    with selectors.DefaultSelector() as selector:
+        selector.register(receiver.fileno(), selectors.EVENT_READ)
+        if not receiver.arm():
+            assert selector.select(timeout=30)
+        assert receiver.recv(timeout=30) == b"0"
+
+    async def both() -> tuple[list[bytes], int]:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.005)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        received = [await receiver.recv_async() for _ in range(4)]
+        ticker.cancel()
+        return received, ticks
+
+    received, ticks = asyncio.run(both())
+    assert received == [b"1", b"2", b"3", b"4"]
+    assert ticks >= 10, "recv_async blocked the event loop"
+    child.join(timeout=60)
+    assert child.exitcode == 0
+
+    async def after_the_sender() -> bytes:
+        return await receiver.recv_async()
+
+    with pytest.raises(mmapkit.DisconnectedError):
+        asyncio.run(after_the_sender())
+    with pytest.raises(mmapkit.UnsupportedError):
+        mmapkit.ByteChannel.create(capacity=4096).receiver().fileno()
+
+
+def send_records(channel: mmapkit.RecordChannel, count: int) -> None:
+    import numpy
+
+    records = numpy.zeros(count, dtype=channel.dtype)
+    records["id"] = numpy.arange(count)
+    records["value"] = numpy.arange(count) * 0.5
+    with channel.sender() as sender:
+        assert sender.send(records) == count
+
+
+def test_records_of_a_numpy_dtype_cross_processes_as_arrays():
+    numpy = pytest.importorskip("numpy")
+    dtype = numpy.dtype([("id", "<u4"), ("value", "<f8"), ("tag", "S4")])
+    channel = mmapkit.RecordChannel.create(dtype, capacity=64 << 10)
+    receiver = channel.receiver()
+    child = SPAWN.Process(target=send_records, args=(channel, 10_000))
+    child.start()
+    received = []
+    total = 0
+    while total < 10_000:
+        records = receiver.recv(timeout=60)
+        assert records.dtype == dtype
+        received.append(records)
+        total += len(records)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    records = numpy.concatenate(received)
+    assert (records["id"] == numpy.arange(10_000)).all()
+    assert (records["value"] == numpy.arange(10_000) * 0.5).all()
+    with pytest.raises(mmapkit.InvalidInputError):
+        mmapkit.RecordChannel.create(dtype, capacity=64).sender().send(b"\0" * 7)
+
+
+def test_a_named_channel_pickles_as_its_name():
+    name = f"pytest-{uuid.uuid4().hex[:12]}"
+    channel = mmapkit.ByteChannel.create(name, capacity=4096)
+    try:
+        again = pickle.loads(pickle.dumps(channel))
+        assert again.name == name and again.max_message == channel.max_message
+        sender = again.sender()
+        receiver = channel.receiver()
+        sender.send(b"by name")
+        assert receiver.recv(timeout=5) == b"by name"
+        assert repr(channel).startswith("<mmapkit.ByteChannel ")
+    finally:
+        channel.unlink()
