@@ -432,11 +432,15 @@ impl PyByteReceiver {
     }
 
     /// The next message if one is there, copied once into a new `bytes`.
-    fn take<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    fn take<'py>(
+        &mut self,
+        py: Python<'py>,
+        operation: &'static str,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         self.cell()?.with_dependent_mut(|_, receiver| {
             let received = receiver.try_receive_in_place();
             let Some(message) = received
-                .map_err(|error| error.with_operation("try_recv"))
+                .map_err(|error| error.with_operation(operation))
                 .py()?
             else {
                 return Ok(None);
@@ -450,7 +454,7 @@ impl PyByteReceiver {
         py: Python<'py>,
         timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyBytes>> {
-        if let Some(message) = self.take(py)? {
+        if let Some(message) = self.take(py, "recv")? {
             return Ok(message);
         }
         let deadline = deadline_of(timeout)?;
@@ -502,7 +506,7 @@ impl PyByteReceiver {
 
     /// `try_recv()`: the next message if one is there, else None.
     fn try_recv<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        self.take(py)
+        self.take(py, "try_recv")
     }
 
     /// `recv_many(max=1024, timeout=None)`: waits for one message as `recv` does, then takes
@@ -520,7 +524,7 @@ impl PyByteReceiver {
         }
         messages.append(self.receive(py, timeout)?)?;
         while messages.len() < max {
-            match self.take(py) {
+            match self.take(py, "recv_many") {
                 Ok(Some(message)) => messages.append(message)?,
                 Ok(None) => break,
                 // What was taken is returned; the next call reports the disconnection.

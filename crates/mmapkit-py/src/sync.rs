@@ -93,8 +93,6 @@ struct LockState {
     holder: AtomicU64,
     /// The last guard number handed out.
     issued: AtomicU64,
-    /// The guard of a `with mutex:` block, kept here because the block may not keep it.
-    entered: std::sync::Mutex<Option<Py<PyMutexGuard>>>,
 }
 
 impl LockState {
@@ -105,7 +103,7 @@ impl LockState {
     /// Releases the lock that guard `number` holds, if it still holds it.
     fn release(&self, number: u64) -> PyResult<bool> {
         let mutex = self.mutex()?;
-        if self.holder.load(Ordering::Acquire) != number {
+        if number == 0 || self.holder.load(Ordering::Acquire) != number {
             return Ok(false);
         }
         // SAFETY: guard `number` holds the lock and its Rust guard was forgotten when the
@@ -119,7 +117,8 @@ impl LockState {
 
 /// A robust process-shared lock at an offset of a segment (`Mutex.SIZE` bytes, 8-aligned).
 ///
-/// `with mutex:` locks and unlocks. When the previous holder died holding the lock, the
+/// `with mutex:` locks and unlocks; `lock()` locks until `guard.release()` or `unlock()`.
+/// When the previous holder died holding the lock, the
 /// next locker gets `OwnerDiedError` with the lock held by `error.guard`: repair the data,
 /// call `guard.mark_consistent()`, then `guard.release()`.
 #[pyclass(name = "Mutex", module = "mmapkit", frozen)]
@@ -192,11 +191,23 @@ impl PyMutex {
         Ok(self.state.mutex()?.is_held_by_current_thread())
     }
 
+    /// `unlock()`: releases the lock this thread took through this object (any of its
+    /// guards); an error if it holds none.
+    fn unlock(&self) -> PyResult<()> {
+        if !self
+            .state
+            .release(self.state.holder.load(Ordering::Acquire))?
+        {
+            return Err(PyRuntimeError::new_err(
+                "unlock: the lock is not held through this Mutex object",
+            ));
+        }
+        Ok(())
+    }
+
     /// Locks (as `lock()`) for a `with` block; the guard is `as`'s target.
-    fn __enter__(&self, py: Python<'_>) -> PyResult<Py<PyMutexGuard>> {
-        let guard = Py::new(py, self.lock(py, None)?)?;
-        *self.entered() = Some(guard.clone_ref(py));
-        Ok(guard)
+    fn __enter__(&self, py: Python<'_>) -> PyResult<PyMutexGuard> {
+        self.lock(py, None)
     }
 
     /// Releases the lock the `with` block took (unless it was released inside).
@@ -206,13 +217,8 @@ impl PyMutex {
         _value: Option<&Bound<'_, PyAny>>,
         _traceback: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let entered = self.entered().take();
-        if let Some(guard) = entered {
-            let guard = guard.get();
-            if guard.holds() {
-                self.state.release(guard.number)?;
-            }
-        }
+        self.state
+            .release(self.state.holder.load(Ordering::Acquire))?;
         Ok(false)
     }
 
@@ -237,16 +243,8 @@ impl PyMutex {
                 offset,
                 holder: AtomicU64::new(0),
                 issued: AtomicU64::new(0),
-                entered: std::sync::Mutex::new(None),
             }),
         }
-    }
-
-    fn entered(&self) -> std::sync::MutexGuard<'_, Option<Py<PyMutexGuard>>> {
-        self.state
-            .entered
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Locks with `acquire` and hands out the guard (inside `OwnerDiedError` when due).
@@ -310,7 +308,10 @@ fn unreachable_timeout(operation: &'static str) -> PyErr {
     PyRuntimeError::new_err(format!("{operation}: a wait without time ran out of time"))
 }
 
-/// The lock of a `Mutex`, held until `release()` (or the end of a `with` block).
+/// The lock of a `Mutex`, held until `release()`, `mutex.unlock()` or the end of a `with`
+/// block — not until the guard object goes away: like `threading.Lock.acquire()`,
+/// `mutex.lock()` holds the lock whether or not its guard is kept. A lock its thread never
+/// releases is taken over when the thread ends, and the next locker gets `OwnerDiedError`.
 #[pyclass(name = "MutexGuard", module = "mmapkit", frozen)]
 #[derive(Debug)]
 pub struct PyMutexGuard {
@@ -394,17 +395,6 @@ impl PyMutexGuard {
             "<mmapkit.MutexGuard {}>",
             if self.holds() { "held" } else { "released" }
         )
-    }
-}
-
-impl Drop for PyMutexGuard {
-    /// A guard dropped while it holds the lock releases it when dropped on the thread that
-    /// locked (elsewhere the lock stays held until that thread ends, and the next locker
-    /// gets `OwnerDiedError`). The guard of a `with mutex:` block lives until the block ends.
-    fn drop(&mut self) {
-        if self.holds() {
-            let _ = self.state.release(self.number);
-        }
     }
 }
 

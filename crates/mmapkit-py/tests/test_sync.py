@@ -145,6 +145,17 @@ def test_misuse_is_an_error_not_a_deadlock(segment):
         stale.mark_consistent()
     assert fresh.held
     fresh.release()
+    # Like threading.Lock.acquire(), lock() holds the lock whether or not the guard is kept.
+    mutex.lock()
+    assert mutex.held() and mutex.locked()
+    mutex.unlock()
+    assert not mutex.locked()
+    with pytest.raises(RuntimeError):
+        mutex.unlock()
+    with mutex:
+        with pytest.raises(RuntimeError):
+            mmapkit.Mutex.open(segment, MUTEX).unlock()
+    assert not mutex.locked()
     with pytest.raises(mmapkit.CorruptError):
         mmapkit.Mutex.open(segment, CONDVAR)
     with pytest.raises(mmapkit.OutOfBoundsError):
