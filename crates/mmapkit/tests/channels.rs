@@ -409,3 +409,42 @@ fn hostile_positions_and_records_are_errors() {
     bytes.segment().write_pod(1024, &[100_000u32, 1]).unwrap();
     assert_eq!(receiver.try_recv().unwrap_err().kind(), ErrorKind::Corrupt);
 }
+
+#[test]
+fn byte_messages_lent_without_waiting_or_with_a_deadline() {
+    let mut options = ChannelOptions::new(4096);
+    let channel = ByteChannel::create_memfd(&options).unwrap();
+    assert!(channel.doorbell().is_none());
+    let mut receiver = channel.receiver().unwrap();
+    assert!(receiver.try_receive_in_place().unwrap().is_none());
+    let started = Instant::now();
+    let waited = receiver
+        .receive_in_place_timeout(Duration::from_millis(50))
+        .unwrap_err();
+    assert_eq!(waited.kind(), ErrorKind::Timeout);
+    assert!(started.elapsed() >= Duration::from_millis(50));
+    let mut sender = channel.sender().unwrap();
+    sender.send(b"first").unwrap();
+    sender.send(b"second").unwrap();
+    {
+        let first = receiver.try_receive_in_place().unwrap().unwrap();
+        assert_eq!(first.to_vec().unwrap(), b"first");
+    }
+    let second = receiver
+        .receive_in_place_timeout(Duration::from_secs(5))
+        .unwrap();
+    assert_eq!(second.to_vec().unwrap(), b"second");
+    drop(second);
+    drop(sender);
+    let gone = receiver.try_receive_in_place().map(|_| ()).unwrap_err();
+    assert_eq!(gone.kind(), ErrorKind::Disconnected);
+    let pollable = ByteChannel::create_memfd(options.pollable(true)).unwrap();
+    let doorbell = pollable
+        .doorbell()
+        .expect("a pollable channel has a doorbell");
+    let receiver = pollable.receiver().unwrap();
+    assert_eq!(
+        std::os::fd::AsRawFd::as_raw_fd(&doorbell),
+        std::os::fd::AsRawFd::as_raw_fd(&receiver.pollable_fd().unwrap())
+    );
+}

@@ -265,3 +265,35 @@ fn placement_is_checked() {
     );
     assert_eq!(kind(Event::open(&segment, 0).map(drop)), ErrorKind::Corrupt);
 }
+
+#[test]
+fn a_forgotten_guard_is_taken_back_only_by_its_thread() {
+    let segment = segment();
+    let mutex = Mutex::init(&segment, 0, 7u64).unwrap();
+    assert!(!mutex.is_held_by_current_thread());
+    // SAFETY: no guard exists; the call must refuse, since this thread holds nothing.
+    let refused = unsafe { mutex.assume_locked() }.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::InvalidInput);
+    std::mem::forget(mutex.lock().unwrap());
+    assert!(mutex.is_held_by_current_thread());
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            assert!(!mutex.is_held_by_current_thread());
+            // SAFETY: the forgotten guard is this test thread's, not this one's: refused.
+            let elsewhere = unsafe { mutex.assume_locked() }.unwrap_err();
+            assert_eq!(elsewhere.kind(), ErrorKind::InvalidInput);
+            assert_eq!(
+                mutex.try_lock().map(drop).unwrap_err().kind(),
+                ErrorKind::WouldBlock
+            );
+        });
+    });
+    // SAFETY: this thread holds the lock through the guard forgotten above, and only it.
+    let guard = unsafe { mutex.assume_locked() }.unwrap();
+    assert_eq!(guard.get().unwrap(), 7);
+    drop(guard);
+    assert!(!mutex.is_held_by_current_thread());
+    std::thread::scope(|scope| {
+        scope.spawn(|| assert!(mutex.try_lock().is_ok()));
+    });
+}
