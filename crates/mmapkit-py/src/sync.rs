@@ -37,9 +37,10 @@ pub(crate) fn deadline_of(timeout: Option<f64>) -> PyResult<Option<Instant>> {
             "timeout must be None or a number of seconds >= 0, not {seconds}"
         )));
     }
-    Ok(Some(
-        Instant::now() + Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX / 2),
-    ))
+    // A timeout too long to represent waits as long as no timeout does.
+    Ok(Duration::try_from_secs_f64(seconds)
+        .ok()
+        .and_then(|timeout| Instant::now().checked_add(timeout)))
 }
 
 /// The next slice of a wait, or None once `deadline` has passed.
@@ -444,6 +445,13 @@ impl PyCondvar {
         let holder = guard.get();
         let condvar = Condvar::open(&self.segment, self.offset).py()?;
         let mutex = holder.held_mutex("wait")?;
+        if !mutex.is_held_by_current_thread() {
+            return Err(to_py(Error::new(
+                ErrorKind::InvalidInput,
+                "wait",
+                "this thread does not hold the guard's lock",
+            )));
+        }
         loop {
             let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
             let waited = py.detach(|| {

@@ -144,7 +144,25 @@ def test_misuse_is_an_error_not_a_deadlock(segment):
     with pytest.raises(RuntimeError):
         stale.mark_consistent()
     assert fresh.held
+    condvar = mmapkit.Condvar.init(segment, CONDVAR)
+    waits = []
+
+    def wait_elsewhere() -> None:
+        try:
+            condvar.wait(fresh, timeout=0.01)
+        except mmapkit.Error as error:
+            waits.append(error)
+
+    thread = threading.Thread(target=wait_elsewhere)
+    thread.start()
+    thread.join()
+    assert len(waits) == 1 and isinstance(waits[0], mmapkit.InvalidInputError)
+    assert fresh.held and mutex.held()
     fresh.release()
+    with pytest.raises(RuntimeError):
+        condvar.wait(fresh, timeout=0.01)
+    with mutex.lock(timeout=1e300):  # a timeout too long to represent waits as None does
+        pass
     # Like threading.Lock.acquire(), lock() holds the lock whether or not the guard is kept.
     mutex.lock()
     assert mutex.held() and mutex.locked()
@@ -157,7 +175,7 @@ def test_misuse_is_an_error_not_a_deadlock(segment):
             mmapkit.Mutex.open(segment, MUTEX).unlock()
     assert not mutex.locked()
     with pytest.raises(mmapkit.CorruptError):
-        mmapkit.Mutex.open(segment, CONDVAR)
+        mmapkit.Mutex.open(segment, SEMAPHORE)
     with pytest.raises(mmapkit.OutOfBoundsError):
         mmapkit.Mutex.open(segment, -8)
     with pytest.raises(mmapkit.InvalidInputError):
