@@ -278,19 +278,23 @@ impl Engine {
                 // A page another thread writes back or evicts meanwhile is waited for: its
                 // mark may come from a write after that thread's copy, which this flush
                 // must store (an eviction unmaps and scans the page itself).
+                // The state is read once per round: a failed move from Clean followed by a
+                // second look would miss the owner finishing in between (Cleaning → Clean)
+                // and drop the mark.
                 while self.pages.word(page).is_mapped() {
-                    if self.pages.transition(page, State::Clean, State::Dirty) {
-                        self.pages.add_dirty(1);
-                        Counters::add(&self.counters.write_faults, 1);
-                        break;
+                    match self.pages.state(page) {
+                        State::Clean => {
+                            if self.pages.transition(page, State::Clean, State::Dirty) {
+                                self.pages.add_dirty(1);
+                                Counters::add(&self.counters.write_faults, 1);
+                                break;
+                            }
+                        }
+                        State::Cleaning | State::Evicting | State::Unprotecting => {
+                            std::thread::yield_now();
+                        }
+                        _ => break,
                     }
-                    if !matches!(
-                        self.pages.state(page),
-                        State::Cleaning | State::Evicting | State::Unprotecting
-                    ) {
-                        break;
-                    }
-                    std::thread::yield_now();
                 }
             }
         }
