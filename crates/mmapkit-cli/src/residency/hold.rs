@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use mmapkit::inspect::LockedRange;
 
 /// Waits for a termination signal, then releases the locks. Call
-/// [`block_termination_signals`] first, before anything is printed: a signal that arrives
-/// meanwhile then waits for us instead of ending the process.
+/// [`block_termination_signals`] first, before the pid is written or anything is printed: a
+/// signal that arrives meanwhile then waits for us instead of ending the process.
 pub fn until_interrupted(locks: Vec<LockedRange>, pidfile: Option<Pidfile>) {
     errln!(
         "mmapkit: holding {} locked file(s); interrupt (Ctrl-C) or SIGTERM to release",
@@ -168,11 +168,12 @@ fn termination_signals() -> libc::sigset_t {
 /// report and pid (not the pid when `quiet` with a pidfile, which holds it). Returns whether
 /// the child's work succeeded.
 ///
-/// The child dies with the parent (PR_SET_PDEATHSIG) until the parent has printed its pid, so
-/// no holder is ever left that nobody heard of. A handshake over a socket pair orders the
-/// steps: report, the pid printed on stderr, "printed", then the child drops the death signal
-/// and answers "detached" before the parent may exit (exiting earlier would deliver that
-/// very signal).
+/// The child dies with the parent (PR_SET_PDEATHSIG while it locks; once it holds locks the
+/// termination signals wait, and the parent's end of the socket closing ends it) until the
+/// parent has printed its pid, so no holder is ever left that nobody heard of. A handshake
+/// over a socket pair orders the steps: report, the pid printed on stderr, "printed", then the
+/// child drops the death signal and answers "detached" before the parent may exit (exiting
+/// earlier would deliver that very signal, and the child would release at once).
 pub fn in_background(
     pidfile: Option<Pidfile>,
     quiet: bool,
@@ -213,6 +214,12 @@ pub fn in_background(
             libc::setsid();
         }
         let (mut worked, text, mut errors, mut locks) = lock_all();
+        if !locks.is_empty() {
+            // Before the pid is out (in the pidfile, or printed by the parent): a signal sent
+            // at once waits for the release instead of ending us with the pidfile left
+            // behind. The parent's death is still noticed: its end of the socket closes.
+            block_termination_signals();
+        }
         // The pid is in the pidfile before the parent returns; a pid that cannot be written
         // leaves nothing held (nobody could find the holder by it).
         let pidfile = match pidfile {

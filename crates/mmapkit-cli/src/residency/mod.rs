@@ -50,6 +50,11 @@ pub fn run(args: &ResidencyArgs) -> bool {
         });
     }
     let (mut report, mut locks) = collect(args, &paths);
+    if args.lock && !locks.is_empty() {
+        // Before the pid is out: whoever reads it may signal at once, and the signal must
+        // wait for the release (and the pidfile's removal) rather than end the process.
+        hold::block_termination_signals();
+    }
     let mut pidfile = pidfile;
     if let (Some(file), false) = (pidfile.as_mut(), locks.is_empty()) {
         // A holder nobody can find by its pid holds nothing.
@@ -61,9 +66,6 @@ pub fn run(args: &ResidencyArgs) -> bool {
         }
     }
     let holding = args.lock && !locks.is_empty();
-    if holding {
-        hold::block_termination_signals();
-    }
     out!("{}", report.render(args));
     if !args.quiet {
         for warning in report.warnings() {
