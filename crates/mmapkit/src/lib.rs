@@ -100,3 +100,11 @@ pub use map::{
     Residency, Sharing, UncheckedAdvice,
 };
 pub use shm::{Segment, SegmentOptions};
+
+/// The instant `timeout` from now; a timeout too long to represent (`Duration::MAX`) ends a
+/// century from now, which no wait outlives, instead of overflowing.
+pub(crate) fn deadline_after(timeout: std::time::Duration) -> std::time::Instant {
+    const CENTURY: std::time::Duration = std::time::Duration::from_secs(100 * 365 * 86_400);
+    let now = std::time::Instant::now();
+    now.checked_add(timeout.min(CENTURY)).unwrap_or(now)
+}

@@ -93,6 +93,21 @@ fn try_variants_report_full_and_empty() {
 }
 
 #[test]
+fn timeouts_too_long_to_represent_wait_as_long_as_needed() {
+    let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(4)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    sender.send_timeout(&7, Duration::MAX).unwrap();
+    assert_eq!(receiver.recv_timeout(Duration::MAX).unwrap(), 7);
+    let bytes = ByteChannel::create_memfd(&ChannelOptions::new(256)).unwrap();
+    let mut sender = bytes.sender().unwrap();
+    let mut receiver = bytes.receiver().unwrap();
+    sender.send_timeout(b"far", Duration::MAX).unwrap();
+    assert_eq!(receiver.recv_timeout(Duration::MAX).unwrap(), b"far");
+    receiver.wait_for_peer(Duration::MAX).unwrap();
+}
+
+#[test]
 fn loans_write_in_place_and_uncommitted_loans_send_nothing() {
     let channel = Channel::<[u64; 4]>::create_memfd(&ChannelOptions::new(4)).unwrap();
     let mut sender = channel.sender().unwrap();

@@ -55,6 +55,34 @@ fn try_lock_and_timeouts() {
 }
 
 #[test]
+fn timeouts_too_long_to_represent_wait_as_long_as_needed() {
+    let segment = segment();
+    let mutex = Mutex::init(&segment, 64, 0u64).unwrap();
+    let semaphore = Semaphore::init(&segment, 256, 1).unwrap();
+    let event = Event::init(&segment, 512, EventMode::ManualReset).unwrap();
+    event.set().unwrap();
+    // Instant + Duration::MAX overflowed (a panic) before these waits began.
+    drop(mutex.lock_timeout(Duration::MAX).unwrap());
+    semaphore.wait_timeout(Duration::MAX).unwrap();
+    event.wait_timeout(Duration::MAX).unwrap();
+    let condvar = Condvar::init(&segment, 1024).unwrap();
+    let mut guard = mutex.lock().unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let other = Mutex::<u64>::open(&segment, 64).unwrap();
+            let mut guard = other.lock().unwrap();
+            guard.set(&1).unwrap();
+            Condvar::open(&segment, 1024).unwrap().notify_all();
+        });
+        while guard.get().unwrap() == 0 {
+            let (relocked, timed_out) = condvar.wait_timeout(guard, Duration::MAX);
+            assert!(!timed_out);
+            guard = relocked.unwrap();
+        }
+    });
+}
+
+#[test]
 fn a_thread_that_ends_holding_the_lock_is_reported_and_recoverable() {
     let segment = segment();
     let mutex = Mutex::init(&segment, 0, 41u32).unwrap();

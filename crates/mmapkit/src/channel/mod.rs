@@ -527,7 +527,7 @@ async fn recv_async<'c, R: Polled<'c>>(receiver: &mut R) -> Result<R::Message> {
 
 /// The deadline `timeout` from now.
 fn deadline(timeout: Duration) -> Instant {
-    Instant::now() + timeout
+    crate::deadline_after(timeout)
 }
 
 fn timed_out(operation: &'static str) -> Error {

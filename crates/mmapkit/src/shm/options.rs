@@ -246,7 +246,7 @@ impl SegmentOptions {
     /// header and waits until its creator has marked it ready. Nothing is closed or changed,
     /// whatever the outcome.
     pub(super) fn validate(&self, fd: BorrowedFd<'_>, writable: bool) -> Result<Mapped> {
-        let deadline = Instant::now() + self.wait;
+        let deadline = crate::deadline_after(self.wait);
         let stat = sys::fstat(fd).map_err(|errno| Error::os("open segment", errno))?;
         if !is_regular(&stat) {
             return Err(Error::new(

@@ -53,7 +53,7 @@ impl<'s> Condvar<'s> {
         guard: MutexGuard<'a, T>,
         timeout: Duration,
     ) -> (LockResult<'a, T>, bool) {
-        self.wait_until(guard, Some(Instant::now() + timeout))
+        self.wait_until(guard, Some(crate::deadline_after(timeout)))
     }
 
     fn wait_until<'a, T: bytemuck::Pod>(

@@ -145,7 +145,7 @@ impl<'s> Event<'s> {
 
     /// Waits at most `timeout` for the event (then `Timeout`).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {
-        self.wait_until(Some(Instant::now() + timeout))
+        self.wait_until(Some(crate::deadline_after(timeout)))
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<()> {

@@ -223,7 +223,7 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
 
     /// Locks, waiting at most `timeout` (then `Failed` with kind `Timeout`).
     pub fn lock_timeout(&self, timeout: Duration) -> LockResult<'_, T> {
-        self.acquire(Some(std::time::Instant::now() + timeout))
+        self.acquire(Some(crate::deadline_after(timeout)))
     }
 
     /// Locks if nobody holds the lock (or its holder is dead); otherwise `WouldBlock`.

@@ -77,7 +77,7 @@ impl<'s> Semaphore<'s> {
 
     /// Takes one unit, waiting at most `timeout` (then `Timeout`).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<()> {
-        self.wait_until(Some(Instant::now() + timeout))
+        self.wait_until(Some(crate::deadline_after(timeout)))
     }
 
     fn wait_until(&self, deadline: Option<Instant>) -> Result<()> {
