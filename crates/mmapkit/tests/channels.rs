@@ -441,6 +441,12 @@ fn byte_messages_lent_without_waiting_or_with_a_deadline() {
     let mut sender = channel.sender().unwrap();
     sender.send(b"first").unwrap();
     sender.send(b"second").unwrap();
+    // Put back, a message is received again, and nothing after it is skipped.
+    receiver.try_receive_in_place().unwrap().unwrap().put_back();
+    receiver
+        .receive_in_place_timeout(Duration::from_secs(5))
+        .unwrap()
+        .put_back();
     {
         let first = receiver.try_receive_in_place().unwrap().unwrap();
         assert_eq!(first.to_vec().unwrap(), b"first");

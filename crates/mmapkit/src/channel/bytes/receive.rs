@@ -302,6 +302,12 @@ impl ReceivedBytes<'_, '_> {
         self.receiver.control.data().wrapping_add(self.offset)
     }
 
+    /// Leaves the message in the channel, unreceived: the next receive gets it again (for a
+    /// caller whose buffer turned out too small).
+    pub fn put_back(self) {
+        std::mem::forget(self);
+    }
+
     /// Borrows the message in place.
     ///
     /// # Safety
