@@ -229,6 +229,11 @@ impl PyMapping {
         end: Option<i64>,
         reverse: bool,
     ) -> PyResult<i64> {
+        // As bytes.find: a start past the end finds nothing.
+        if usize::try_from(start).is_ok_and(|start| start > self.mapping().map_or(0, Mapping::len))
+        {
+            return Ok(-1);
+        }
         let range = self.range(operation, start, end)?;
         let needle = Foreign::get(sub, false)?;
         let needle = needle.to_vec(needle.len());

@@ -33,13 +33,16 @@ pub struct PySegment {
 }
 
 fn options(type_tag: &str, size: usize, mode: u32, wait: f64) -> PyResult<SegmentOptions> {
-    if !wait.is_finite() || wait < 0.0 {
+    if wait.is_nan() || wait < 0.0 {
         return Err(PyValueError::new_err(format!(
             "wait must be a number of seconds >= 0, not {wait}"
         )));
     }
     let mut options = SegmentOptions::new(type_tag, size).py()?;
-    options.mode(mode).wait(Duration::from_secs_f64(wait));
+    // A wait too long to represent waits as long as it takes.
+    options
+        .mode(mode)
+        .wait(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX));
     Ok(options)
 }
 
@@ -72,17 +75,31 @@ pub fn open_segment(
     read_only: bool,
     wait: f64,
 ) -> PyResult<PySegment> {
-    let options = options(type_tag, size, 0o600, wait)?;
-    let segment = py
-        .detach(|| {
+    let mut options = options(type_tag, size, 0o600, wait)?;
+    // The wait for a creator still setting the segment up goes in slices, with a look for
+    // signals between them, so that Ctrl-C ends it.
+    let deadline = if wait.is_infinite() {
+        None
+    } else {
+        crate::sync::deadline_of(Some(wait))?
+    };
+    loop {
+        let slice = crate::sync::next_slice(deadline).unwrap_or(Duration::ZERO);
+        options.wait(slice);
+        let opened = py.detach(|| {
             if read_only {
                 options.open_read_only(name)
             } else {
                 options.open(name)
             }
-        })
-        .py()?;
-    Ok(PySegment::new(segment))
+        });
+        match opened {
+            Err(error) if error.kind() == mmapkit::ErrorKind::Timeout && !slice.is_zero() => {
+                py.check_signals()?;
+            }
+            opened => return Ok(PySegment::new(opened.py()?)),
+        }
+    }
 }
 
 /// `create_memfd(size, *, type_tag="mmapkit/bytes", debug_name="mmapkit")`: an anonymous

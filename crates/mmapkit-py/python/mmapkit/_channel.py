@@ -3,8 +3,8 @@
 `recv_async` waits for a pollable channel's doorbell with the running event loop's
 `add_reader`, re-checking every `POLL_SLICE` seconds so that a sender that died is noticed
 as `recv()` would notice it. `RecordChannel` carries fixed-size records (a numpy structured
-dtype, or a plain record size) over a `ByteChannel`: each message holds whole records, so a
-numpy array goes in one message and comes out as one array.
+dtype, or a plain record size) over a `ByteChannel`: each message holds whole records, so an
+array that fits in one message comes out as one array (a larger one, in several).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._errors import CorruptError, InvalidInputError
+from ._errors import CorruptError, Error, InvalidInputError
 from ._mmapkit import ByteChannel, ByteReceiver, ByteSender
 
 if TYPE_CHECKING:
@@ -48,6 +48,9 @@ async def recv_async(receiver: ByteReceiver) -> bytes:
 
 
 def _record_size(dtype: Any) -> int:
+    if getattr(dtype, "hasobject", False):
+        # Object fields hold this process's pointers: meaningless, and unsafe, elsewhere.
+        raise InvalidInputError(f"records cannot hold Python objects ({dtype!r})")
     size = dtype if isinstance(dtype, int) else getattr(dtype, "itemsize", None)
     if not isinstance(size, int) or size <= 0:
         raise InvalidInputError(f"a record needs a positive size or a numpy dtype, not {dtype!r}")
@@ -112,14 +115,23 @@ class RecordSender:
         self.chunk = per_message * self.record_size
 
     def send(self, records: Buffer, timeout: float | None = None) -> int:
-        """Sends the records, as few messages as fit; returns how many records were sent."""
+        """Sends the records, as few messages as fit; returns how many records were sent.
+
+        An array larger than one message goes in several. If a wait fails part-way (a
+        timeout, a receiver gone), the exception's `records_sent` says how many records
+        went before it, so that a retry can resume instead of sending them twice.
+        """
         view = memoryview(records).cast("B")
         if len(view) % self.record_size:
             raise InvalidInputError(
                 f"{len(view)} bytes are not whole records of {self.record_size} bytes"
             )
         for start in range(0, len(view), self.chunk):
-            self.sender.send(view[start : start + self.chunk], timeout)
+            try:
+                self.sender.send(view[start : start + self.chunk], timeout)
+            except Error as error:
+                error.records_sent = start // self.record_size  # type: ignore[attr-defined]
+                raise
         return len(view) // self.record_size
 
     def close(self) -> None:
