@@ -1,0 +1,387 @@
+//! `mmapkit_channel_t` and its two ends: a channel of byte messages from one sender to one
+//! receiver, in a segment of its own, between threads or processes.
+//!
+//! An end borrows its channel, so its handle keeps the channel (an `Arc`) next to it
+//! (`self_cell`), behind a lock: an end is one party, and two threads calling on it take
+//! turns.
+
+use std::ffi::{c_char, c_int, c_void};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use mmapkit::channel::{ByteChannel, ByteReceiver, ByteSender, ChannelOptions};
+use mmapkit::{Error, ErrorKind, Result};
+use self_cell::self_cell;
+
+use crate::handles::{self, Wait, wait_of};
+use crate::segment::lent_stream;
+use crate::status::{MMAPKIT_OK, call, invalid};
+
+/// A byte channel (named, or a memfd passed to other processes). Safe to use from several
+/// threads at once.
+#[allow(non_camel_case_types)]
+#[derive(Debug)]
+pub struct mmapkit_channel_t {
+    _opaque: [u8; 0],
+}
+
+/// The sending end of a channel (one per channel at a time). Threads sharing it take turns.
+#[allow(non_camel_case_types)]
+#[derive(Debug)]
+pub struct mmapkit_sender_t {
+    _opaque: [u8; 0],
+}
+
+/// The receiving end of a channel (one per channel at a time). Threads sharing it take turns.
+#[allow(non_camel_case_types)]
+#[derive(Debug)]
+pub struct mmapkit_receiver_t {
+    _opaque: [u8; 0],
+}
+
+/// The channel has a doorbell descriptor for poll/epoll (`mmapkit_channel_doorbell_fd`).
+pub const MMAPKIT_CHANNEL_POLLABLE: u32 = 1;
+
+const CHANNEL: &str = "mmapkit_channel_t";
+const SENDER: &str = "mmapkit_sender_t";
+const RECEIVER: &str = "mmapkit_receiver_t";
+
+self_cell!(
+    struct SenderCell {
+        owner: Arc<ByteChannel>,
+        #[covariant]
+        dependent: ByteSender,
+    }
+);
+
+self_cell!(
+    struct ReceiverCell {
+        owner: Arc<ByteChannel>,
+        #[covariant]
+        dependent: ByteReceiver,
+    }
+);
+
+struct SenderObject(Mutex<SenderCell>);
+struct ReceiverObject(Mutex<ReceiverCell>);
+
+fn channel(handle: *const mmapkit_channel_t) -> Result<Arc<ByteChannel>> {
+    handles::get::<ByteChannel, _>(handle, CHANNEL)
+}
+
+fn options(capacity: usize, flags: u32) -> Result<ChannelOptions> {
+    handles::check_flags("create channel", flags, MMAPKIT_CHANNEL_POLLABLE)?;
+    let mut options = ChannelOptions::new(capacity);
+    options.pollable(flags & MMAPKIT_CHANNEL_POLLABLE != 0);
+    Ok(options)
+}
+
+/// Creates the named channel `name` with `capacity` bytes of ring. `MMAPKIT_EEXIST` if the
+/// name is taken.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_create(
+    name: *const c_char,
+    capacity: usize,
+    flags: u32,
+    out: *mut *mut mmapkit_channel_t,
+) -> c_int {
+    call(|| {
+        handles::clear_out(out)?;
+        // SAFETY: the caller passes NULL or a NUL-terminated string.
+        let name = unsafe { handles::text(name, "name") }?;
+        handles::hand_out(ByteChannel::create(name, &options(capacity, flags)?)?, out)
+    })
+}
+
+/// Creates an anonymous channel (a memfd): shared with children forked later, or passed
+/// with `mmapkit_channel_send_over`.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_create_memfd(
+    capacity: usize,
+    flags: u32,
+    out: *mut *mut mmapkit_channel_t,
+) -> c_int {
+    call(|| {
+        handles::clear_out(out)?;
+        handles::hand_out(ByteChannel::create_memfd(&options(capacity, flags)?)?, out)
+    })
+}
+
+/// Opens the named channel `name`.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string; `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_open(
+    name: *const c_char,
+    out: *mut *mut mmapkit_channel_t,
+) -> c_int {
+    call(|| {
+        handles::clear_out(out)?;
+        // SAFETY: the caller passes NULL or a NUL-terminated string.
+        let name = unsafe { handles::text(name, "name") }?;
+        handles::hand_out(ByteChannel::open(name)?, out)
+    })
+}
+
+/// Sends the channel (its segment and doorbell) over the connected Unix socket `socket`.
+///
+/// # Safety
+/// None beyond the C rules.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_send_over(
+    channel: *const mmapkit_channel_t,
+    socket: c_int,
+) -> c_int {
+    call(|| {
+        self::channel(channel)?.send_over(&*lent_stream(socket)?)?;
+        Ok(MMAPKIT_OK)
+    })
+}
+
+/// Receives a channel sent with `mmapkit_channel_send_over` on `socket`.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_receive_from(
+    socket: c_int,
+    out: *mut *mut mmapkit_channel_t,
+) -> c_int {
+    call(|| {
+        handles::clear_out(out)?;
+        handles::hand_out(ByteChannel::receive_from(&*lent_stream(socket)?)?, out)
+    })
+}
+
+/// Removes a named channel's name; processes that have it open keep it.
+///
+/// # Safety
+/// `name` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_unlink(name: *const c_char) -> c_int {
+    call(|| {
+        // SAFETY: the caller passes NULL or a NUL-terminated string.
+        let name = unsafe { handles::text(name, "name") }?;
+        mmapkit::shm::unlink(name)?;
+        Ok(MMAPKIT_OK)
+    })
+}
+
+/// The longest message the channel carries, in bytes.
+///
+/// # Safety
+/// `len` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_max_message(
+    channel: *const mmapkit_channel_t,
+    len: *mut usize,
+) -> c_int {
+    call(|| {
+        let max = self::channel(channel)?.max_message();
+        handles::put(len, max)
+    })
+}
+
+/// The doorbell descriptor of a pollable channel, readable when messages may be waiting:
+/// poll it after `mmapkit_receiver_arm` answers 0. Owned by the handle (never close it).
+/// `MMAPKIT_EUNSUPPORTED` for a channel created without `MMAPKIT_CHANNEL_POLLABLE`.
+///
+/// # Safety
+/// `fd` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_doorbell_fd(
+    channel: *const mmapkit_channel_t,
+    fd: *mut c_int,
+) -> c_int {
+    call(|| {
+        let channel = self::channel(channel)?;
+        let doorbell = channel.doorbell().map(|fd| fd.as_raw_fd()).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                "doorbell",
+                "the channel was created without MMAPKIT_CHANNEL_POLLABLE",
+            )
+        })?;
+        handles::put(fd, doorbell)
+    })
+}
+
+/// Closes the handle; its sender and receiver keep the channel until they are closed. NULL
+/// does nothing.
+///
+/// # Safety
+/// None beyond the C rules.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_close(channel: *mut mmapkit_channel_t) -> c_int {
+    call(|| handles::destroy::<ByteChannel, _>(channel, CHANNEL))
+}
+
+/// Attaches this process as the channel's sender. `MMAPKIT_EEXIST` if a live sender is
+/// attached already.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_sender(
+    channel: *const mmapkit_channel_t,
+    out: *mut *mut mmapkit_sender_t,
+) -> c_int {
+    call(|| {
+        handles::clear_out(out)?;
+        let cell = SenderCell::try_new(self::channel(channel)?, |channel| channel.sender())?;
+        handles::hand_out(SenderObject(Mutex::new(cell)), out)
+    })
+}
+
+/// Sends the `len` bytes at `data` as one message, waiting up to `timeout_ms` for room
+/// (negative: as long as a receiver is attached; 0: `MMAPKIT_EWOULDBLOCK` if full).
+/// `MMAPKIT_EDISCONNECTED` once the receiver is gone.
+///
+/// # Safety
+/// `data` is NULL or valid for `len` bytes (checked against the largest message first).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_sender_send(
+    sender: *const mmapkit_sender_t,
+    data: *const c_void,
+    len: usize,
+    timeout_ms: i64,
+) -> c_int {
+    call(|| {
+        let object = handles::get::<SenderObject, _>(sender, SENDER)?;
+        let mut cell = object.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let max = cell.borrow_owner().max_message();
+        if len > max {
+            return Err(invalid(
+                "send",
+                format!("the message is {len} bytes and the channel carries at most {max}"),
+            ));
+        }
+        // SAFETY: the length is a message's; the caller's data holds `len` bytes.
+        let data = unsafe { handles::bytes(data, len) }?;
+        cell.with_dependent_mut(|_, sender| match wait_of(timeout_ms) {
+            Wait::Forever => sender.send(data),
+            Wait::Try => sender.try_send(data),
+            Wait::For(timeout) => sender.send_timeout(data, timeout),
+        })?;
+        Ok(MMAPKIT_OK)
+    })
+}
+
+/// Detaches the sender (the receiver then gets `MMAPKIT_EDISCONNECTED` after the last
+/// message). NULL does nothing.
+///
+/// # Safety
+/// None beyond the C rules.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_sender_close(sender: *mut mmapkit_sender_t) -> c_int {
+    call(|| handles::destroy::<SenderObject, _>(sender, SENDER))
+}
+
+/// Attaches this process as the channel's receiver. `MMAPKIT_EEXIST` if a live receiver is
+/// attached already.
+///
+/// # Safety
+/// `out` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_channel_receiver(
+    channel: *const mmapkit_channel_t,
+    out: *mut *mut mmapkit_receiver_t,
+) -> c_int {
+    call(|| {
+        handles::clear_out(out)?;
+        let cell = ReceiverCell::try_new(self::channel(channel)?, |channel| channel.receiver())?;
+        handles::hand_out(ReceiverObject(Mutex::new(cell)), out)
+    })
+}
+
+/// Receives the next message into `buf` (`capacity` bytes), waiting up to `timeout_ms`
+/// (negative: as long as a sender is attached; 0: `MMAPKIT_EWOULDBLOCK` if none is there).
+/// `*len` is the message's length. A message longer than `capacity` is not received:
+/// `MMAPKIT_EOUTOFBOUNDS`, with `*len` its length, and the next call gets it again.
+/// `MMAPKIT_EDISCONNECTED` once the sender is gone and every message was received.
+///
+/// # Safety
+/// `buf` is NULL or valid for `capacity` bytes; `len` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_receiver_recv(
+    receiver: *const mmapkit_receiver_t,
+    buf: *mut c_void,
+    capacity: usize,
+    len: *mut usize,
+    timeout_ms: i64,
+) -> c_int {
+    call(|| {
+        handles::nonnull(len, "len")?;
+        let object = handles::get::<ReceiverObject, _>(receiver, RECEIVER)?;
+        let mut cell = object.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let max = cell.borrow_owner().max_message();
+        // SAFETY: the caller's buffer holds `capacity` bytes; no more than a message's
+        // length of it is ever written.
+        let buf = unsafe { handles::bytes_mut(buf, capacity.min(max)) }?;
+        let received = cell.with_dependent_mut(|_, receiver| {
+            let message = match wait_of(timeout_ms) {
+                Wait::Forever => receiver.receive_in_place()?,
+                Wait::Try => receiver.try_receive_in_place()?.ok_or_else(|| {
+                    Error::new(ErrorKind::WouldBlock, "recv", "no message is waiting")
+                })?,
+                Wait::For(timeout) => receiver.receive_in_place_timeout(timeout)?,
+            };
+            let size = message.len();
+            if size > buf.len() {
+                message.put_back();
+                return Ok(Err(size));
+            }
+            message.copy_to(&mut buf[..size])?;
+            Ok::<_, Error>(Ok(size))
+        })?;
+        match received {
+            Ok(size) => handles::put(len, size),
+            Err(size) => {
+                handles::put(len, size)?;
+                Err(Error::new(
+                    ErrorKind::OutOfBounds,
+                    "recv",
+                    format!(
+                        "the message is {size} bytes and the buffer {capacity}; it stays for \
+                         the next call"
+                    ),
+                ))
+            }
+        }
+    })
+}
+
+/// Prepares to poll the doorbell: `*waiting` is 1 if messages already wait (receive them
+/// first), 0 once the doorbell is armed (poll it, then receive).
+///
+/// # Safety
+/// `waiting` is NULL or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_receiver_arm(
+    receiver: *const mmapkit_receiver_t,
+    waiting: *mut c_int,
+) -> c_int {
+    call(|| {
+        handles::nonnull(waiting, "waiting")?;
+        let object = handles::get::<ReceiverObject, _>(receiver, RECEIVER)?;
+        let mut cell = object.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let ready = cell.with_dependent_mut(|_, receiver| receiver.arm())?;
+        handles::put(waiting, c_int::from(ready))
+    })
+}
+
+/// Detaches the receiver (the sender then gets `MMAPKIT_EDISCONNECTED`). NULL does nothing.
+///
+/// # Safety
+/// None beyond the C rules.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn mmapkit_receiver_close(receiver: *mut mmapkit_receiver_t) -> c_int {
+    call(|| handles::destroy::<ReceiverObject, _>(receiver, RECEIVER))
+}

@@ -1,0 +1,227 @@
+//! Handles and arguments: everything a C caller passes is checked before it is used.
+//!
+//! A handle is the address of a library object the registry holds (an `Arc`). Every call
+//! looks its handle up first, so a NULL, a garbage pointer, a handle of another type or one
+//! already destroyed is `MMAPKIT_EINVAL`, never a dereference. The call then works on its
+//! own reference to the object: a thread destroying the handle meanwhile only removes it
+//! from the registry, and the object lives until the calls using it return.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use mmapkit::{Error, ErrorKind, Result};
+
+use crate::status::invalid;
+
+type Object = Arc<dyn Any + Send + Sync>;
+
+/// The live handles of the process, by address.
+static LIVE: Mutex<Option<HashMap<usize, Object>>> = Mutex::new(None);
+
+fn with_live<R>(use_them: impl FnOnce(&mut HashMap<usize, Object>) -> R) -> R {
+    let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
+    use_them(live.get_or_insert_with(HashMap::new))
+}
+
+/// Registers `object` and returns its handle.
+pub(crate) fn register<T: Any + Send + Sync>(object: T) -> *mut c_void {
+    let object = Arc::new(object);
+    let address = Arc::as_ptr(&object) as *mut c_void;
+    with_live(|live| live.insert(address as usize, object));
+    address
+}
+
+/// Registers `object` and stores its handle in `*out`.
+pub(crate) fn hand_out<T: Any + Send + Sync, H>(object: T, out: *mut *mut H) -> Result<c_int> {
+    let handle = register(object).cast::<H>();
+    // SAFETY: `out` was checked to be non-NULL by `clear_out` at the start of the call, and
+    // points to where the caller wants the handle.
+    unsafe { out.write(handle) };
+    Ok(crate::status::MMAPKIT_OK)
+}
+
+/// The object behind `handle`, if it is a live handle of type `T`.
+pub(crate) fn get<T: Any + Send + Sync, H>(handle: *const H, kind: &str) -> Result<Arc<T>> {
+    if handle.is_null() {
+        return Err(invalid("handle", format!("the {kind} handle is NULL")));
+    }
+    let object = with_live(|live| live.get(&(handle as usize)).cloned());
+    object
+        .and_then(|object| object.downcast::<T>().ok())
+        .ok_or_else(|| {
+            invalid(
+                "handle",
+                format!("{handle:p} is not a live {kind} handle (destroyed, or never made)"),
+            )
+        })
+}
+
+/// Removes `handle` from the registry (the object goes once no call uses it). NULL is
+/// accepted and does nothing, as `free(NULL)` does.
+pub(crate) fn destroy<T: Any + Send + Sync, H>(handle: *mut H, kind: &str) -> Result<c_int> {
+    if handle.is_null() {
+        return Ok(crate::status::MMAPKIT_OK);
+    }
+    get::<T, H>(handle, kind)?;
+    let object = with_live(|live| live.remove(&(handle as usize)));
+    // Dropped outside the registry's lock: unmapping or closing takes a system call.
+    drop(object);
+    Ok(crate::status::MMAPKIT_OK)
+}
+
+/// Checks an out-pointer and sets it to NULL, so that a failed call leaves no stale handle.
+pub(crate) fn clear_out<H>(out: *mut *mut H) -> Result<()> {
+    let out = nonnull(out, "out")?;
+    // SAFETY: non-NULL, and the caller passes where it wants the handle.
+    unsafe { out.write(std::ptr::null_mut()) };
+    Ok(())
+}
+
+/// Writes a value through an out-pointer that was checked by [`nonnull`].
+pub(crate) fn put<T>(out: *mut T, value: T) -> Result<c_int> {
+    let out = nonnull(out, "out")?;
+    // SAFETY: non-NULL, and the caller passes where it wants the value.
+    unsafe { out.write(value) };
+    Ok(crate::status::MMAPKIT_OK)
+}
+
+/// `pointer`, or an error naming the argument if it is NULL.
+pub(crate) fn nonnull<T>(pointer: *mut T, what: &str) -> Result<*mut T> {
+    if pointer.is_null() {
+        return Err(invalid("argument", format!("{what} is NULL")));
+    }
+    Ok(pointer)
+}
+
+/// A C string argument as text.
+///
+/// # Safety
+/// `text` is NULL or a NUL-terminated string.
+pub(crate) unsafe fn text<'a>(text: *const c_char, what: &str) -> Result<&'a str> {
+    nonnull(text.cast_mut(), what)?;
+    // SAFETY: non-NULL and NUL-terminated, as the caller promises.
+    let text = unsafe { CStr::from_ptr(text) };
+    text.to_str()
+        .map_err(|_| invalid("argument", format!("{what} is not UTF-8")))
+}
+
+/// A C string argument as a path (any bytes but NUL).
+///
+/// # Safety
+/// `path` is NULL or a NUL-terminated string.
+pub(crate) unsafe fn path<'a>(path: *const c_char) -> Result<&'a std::path::Path> {
+    use std::os::unix::ffi::OsStrExt;
+    nonnull(path.cast_mut(), "path")?;
+    // SAFETY: non-NULL and NUL-terminated, as the caller promises.
+    let bytes = unsafe { CStr::from_ptr(path) }.to_bytes();
+    Ok(std::path::Path::new(std::ffi::OsStr::from_bytes(bytes)))
+}
+
+/// A caller's buffer of `len` bytes. `len` is checked against `limit` (what the call may
+/// touch) before any slice is made, so an absurd length is an error, not a wild access.
+///
+/// # Safety
+/// When `len` is within `limit`, `buf` is NULL or valid for `len` bytes.
+pub(crate) unsafe fn bytes<'a>(buf: *const c_void, len: usize) -> Result<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    nonnull(buf.cast_mut(), "the buffer")?;
+    // SAFETY: non-NULL and valid for `len` bytes, as the caller promises; the callers check
+    // `len` against the object first, which keeps it under isize::MAX.
+    Ok(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) })
+}
+
+/// As [`bytes`], writable.
+///
+/// # Safety
+/// As [`bytes`], and nothing else uses the buffer during the call.
+pub(crate) unsafe fn bytes_mut<'a>(buf: *mut c_void, len: usize) -> Result<&'a mut [u8]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    nonnull(buf, "the buffer")?;
+    // SAFETY: as in `bytes`; the caller does not use the buffer meanwhile.
+    Ok(unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) })
+}
+
+/// `offset..offset + len` within an object of `size` bytes; `len` [`MMAPKIT_TO_END`] means
+/// to the end.
+pub(crate) fn range(
+    operation: &'static str,
+    offset: usize,
+    len: usize,
+    size: usize,
+) -> Result<std::ops::Range<usize>> {
+    let end = if len == crate::MMAPKIT_TO_END {
+        Some(size)
+    } else {
+        offset.checked_add(len)
+    };
+    match end {
+        Some(end) if offset <= end && end <= size => Ok(offset..end),
+        _ => Err(Error::new(
+            ErrorKind::OutOfBounds,
+            operation,
+            format!("the range lies outside the {size} bytes"),
+        )
+        .with_range(offset as u64, len as u64)),
+    }
+}
+
+/// Checks that exactly `len` bytes at `offset` lie within an object of `size` bytes (for
+/// copies, where the length is the caller's buffer's and `MMAPKIT_TO_END` is not special).
+pub(crate) fn fits(operation: &'static str, offset: usize, len: usize, size: usize) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::OutOfBounds,
+            operation,
+            format!("the range lies outside the {size} bytes"),
+        )
+        .with_range(offset as u64, len as u64)),
+    }
+}
+
+/// A C timeout in milliseconds: negative waits without one, 0 does not wait.
+pub(crate) enum Wait {
+    Forever,
+    Try,
+    For(Duration),
+}
+
+pub(crate) fn wait_of(timeout_ms: i64) -> Wait {
+    match u64::try_from(timeout_ms) {
+        Err(_) => Wait::Forever,
+        Ok(0) => Wait::Try,
+        Ok(ms) => Wait::For(Duration::from_millis(ms)),
+    }
+}
+
+/// A descriptor the caller lends for the call: it must be open.
+pub(crate) fn borrowed_fd<'a>(fd: c_int, what: &str) -> Result<BorrowedFd<'a>> {
+    // SAFETY: F_GETFD only reads the descriptor table.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(invalid(
+            "argument",
+            format!("{what} {fd} is not an open descriptor"),
+        ));
+    }
+    // SAFETY: the descriptor is open; the caller keeps it open for the call (it is theirs).
+    Ok(unsafe { BorrowedFd::borrow_raw(fd) })
+}
+
+/// Flags outside `known` are refused (a newer caller's flag must not be ignored).
+pub(crate) fn check_flags(operation: &'static str, flags: u32, known: u32) -> Result<()> {
+    if flags & !known != 0 {
+        return Err(invalid(
+            operation,
+            format!("unknown flags {:#x}", flags & !known),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! Status codes, the thread's last error, and the wrapper every exported function runs in.
+//!
+//! A call returns `MMAPKIT_OK` (0) or a negative code, one per [`ErrorKind`], so C can
+//! `switch` on what went wrong; the sentence that says why (operation, path, offset, OS
+//! error, hint) and the OS errno wait in thread-local storage for
+//! `mmapkit_last_error_message` and `mmapkit_last_error_errno`. No panic crosses the
+//! boundary: [`call`] catches it and answers `MMAPKIT_EINTERNAL`.
+
+use std::cell::RefCell;
+use std::ffi::{CString, c_char, c_int};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use mmapkit::{Error, ErrorKind};
+
+/// Success.
+pub const MMAPKIT_OK: c_int = 0;
+/// The file, device or segment does not exist.
+pub const MMAPKIT_ENOTFOUND: c_int = -1;
+/// The OS refused: file modes, read-only descriptors, sealed mappings, resource limits.
+pub const MMAPKIT_EPERMISSION: c_int = -2;
+/// An argument is wrong in itself: NULL, zero length, unknown flags, a handle that is not a
+/// live handle of the right type.
+pub const MMAPKIT_EINVAL: c_int = -3;
+/// An offset or range lies outside the mapping, segment or file.
+pub const MMAPKIT_EOUTOFBOUNDS: c_int = -4;
+/// The memory can be changed by someone else and cannot be lent.
+pub const MMAPKIT_ENOTEXCLUSIVE: c_int = -5;
+/// The file behind a mapping no longer covers the bytes accessed (it was truncated): what a
+/// plain mmap reports by killing the process with SIGBUS.
+pub const MMAPKIT_ETRUNCATED: c_int = -6;
+/// Something already occupies the requested name or address.
+pub const MMAPKIT_EEXIST: c_int = -7;
+/// Out of memory, address space or lockable memory.
+pub const MMAPKIT_ENOMEM: c_int = -8;
+/// The file system (for shared memory, /dev/shm) is full.
+pub const MMAPKIT_ENOSPC: c_int = -9;
+/// Bytes from outside (another process's header or index) failed validation.
+pub const MMAPKIT_ECORRUPT: c_int = -10;
+/// A valid object of another layout version, type or size than the one asked for.
+pub const MMAPKIT_EINCOMPATIBLE: c_int = -11;
+/// A wait ran out of time.
+pub const MMAPKIT_ETIMEDOUT: c_int = -12;
+/// The previous holder of a lock died holding it. The lock is now held by the caller: repair
+/// the data, call `mmapkit_mutex_mark_consistent`, then `mmapkit_mutex_unlock`.
+pub const MMAPKIT_EOWNERDIED: c_int = -13;
+/// The other end of a channel is gone (closed, or its process died), or none attached.
+pub const MMAPKIT_EDISCONNECTED: c_int = -14;
+/// The call would have to wait (a timeout of 0 on a full channel or a held lock).
+pub const MMAPKIT_EWOULDBLOCK: c_int = -15;
+/// The kernel or file system does not offer the operation.
+pub const MMAPKIT_EUNSUPPORTED: c_int = -16;
+/// Any other OS error (see `mmapkit_last_error_errno`).
+pub const MMAPKIT_EIO: c_int = -17;
+/// A bug in mmapkit (a Rust panic, caught at the boundary); the message says where.
+pub const MMAPKIT_EINTERNAL: c_int = -18;
+/// The name the issue tracker and other bindings use for [`MMAPKIT_EOWNERDIED`].
+pub const MMAPKIT_OWNER_DIED: c_int = MMAPKIT_EOWNERDIED;
+
+/// Every status with its name, for `mmapkit_status_name`.
+const NAMES: [(c_int, &std::ffi::CStr); 20] = [
+    (MMAPKIT_OK, c"MMAPKIT_OK"),
+    (MMAPKIT_ENOTFOUND, c"MMAPKIT_ENOTFOUND"),
+    (MMAPKIT_EPERMISSION, c"MMAPKIT_EPERMISSION"),
+    (MMAPKIT_EINVAL, c"MMAPKIT_EINVAL"),
+    (MMAPKIT_EOUTOFBOUNDS, c"MMAPKIT_EOUTOFBOUNDS"),
+    (MMAPKIT_ENOTEXCLUSIVE, c"MMAPKIT_ENOTEXCLUSIVE"),
+    (MMAPKIT_ETRUNCATED, c"MMAPKIT_ETRUNCATED"),
+    (MMAPKIT_EEXIST, c"MMAPKIT_EEXIST"),
+    (MMAPKIT_ENOMEM, c"MMAPKIT_ENOMEM"),
+    (MMAPKIT_ENOSPC, c"MMAPKIT_ENOSPC"),
+    (MMAPKIT_ECORRUPT, c"MMAPKIT_ECORRUPT"),
+    (MMAPKIT_EINCOMPATIBLE, c"MMAPKIT_EINCOMPATIBLE"),
+    (MMAPKIT_ETIMEDOUT, c"MMAPKIT_ETIMEDOUT"),
+    (MMAPKIT_EOWNERDIED, c"MMAPKIT_EOWNERDIED"),
+    (MMAPKIT_EDISCONNECTED, c"MMAPKIT_EDISCONNECTED"),
+    (MMAPKIT_EWOULDBLOCK, c"MMAPKIT_EWOULDBLOCK"),
+    (MMAPKIT_EUNSUPPORTED, c"MMAPKIT_EUNSUPPORTED"),
+    (MMAPKIT_EIO, c"MMAPKIT_EIO"),
+    (MMAPKIT_EINTERNAL, c"MMAPKIT_EINTERNAL"),
+    (1, c"unknown status"),
+];
+
+/// The status of an error kind.
+pub(crate) fn status_of(kind: ErrorKind) -> c_int {
+    match kind {
+        ErrorKind::NotFound => MMAPKIT_ENOTFOUND,
+        ErrorKind::PermissionDenied => MMAPKIT_EPERMISSION,
+        ErrorKind::InvalidInput => MMAPKIT_EINVAL,
+        ErrorKind::OutOfBounds => MMAPKIT_EOUTOFBOUNDS,
+        ErrorKind::NotExclusive => MMAPKIT_ENOTEXCLUSIVE,
+        ErrorKind::Truncated => MMAPKIT_ETRUNCATED,
+        ErrorKind::AlreadyExists => MMAPKIT_EEXIST,
+        ErrorKind::OutOfMemory => MMAPKIT_ENOMEM,
+        ErrorKind::NoSpace => MMAPKIT_ENOSPC,
+        ErrorKind::Corrupt => MMAPKIT_ECORRUPT,
+        ErrorKind::Incompatible => MMAPKIT_EINCOMPATIBLE,
+        ErrorKind::Timeout => MMAPKIT_ETIMEDOUT,
+        ErrorKind::OwnerDied => MMAPKIT_EOWNERDIED,
+        ErrorKind::Disconnected => MMAPKIT_EDISCONNECTED,
+        ErrorKind::WouldBlock => MMAPKIT_EWOULDBLOCK,
+        ErrorKind::Unsupported => MMAPKIT_EUNSUPPORTED,
+        _ => MMAPKIT_EIO,
+    }
+}
+
+/// The name of a status code.
+pub(crate) fn name_of(status: c_int) -> *const c_char {
+    let (_, unknown) = NAMES[NAMES.len() - 1];
+    NAMES
+        .iter()
+        .find(|(code, _)| *code == status)
+        .map_or(unknown, |(_, name)| name)
+        .as_ptr()
+}
+
+/// The last error of this thread: its sentence and its OS errno (0 when none).
+struct LastError {
+    message: CString,
+    errno: c_int,
+}
+
+thread_local! {
+    static LAST: RefCell<LastError> = RefCell::new(LastError {
+        message: CString::default(),
+        errno: 0,
+    });
+}
+
+fn remember(message: String, errno: c_int) {
+    // A message cannot hold NUL bytes (a path could): they are shown as spaces.
+    let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    LAST.with(|last| *last.borrow_mut() = LastError { message, errno });
+}
+
+/// This thread's last error message; empty after a call that succeeded.
+pub(crate) fn last_message() -> *const c_char {
+    LAST.with(|last| last.borrow().message.as_ptr())
+}
+
+/// This thread's last OS errno; 0 when the last call succeeded or the OS gave none.
+pub(crate) fn last_errno() -> c_int {
+    LAST.with(|last| last.borrow().errno)
+}
+
+/// Runs an exported function's body: its error becomes a status and the thread's last
+/// error, a panic becomes `MMAPKIT_EINTERNAL`, and success clears the last error.
+pub(crate) fn call(body: impl FnOnce() -> Result<c_int, Error>) -> c_int {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(status)) => {
+            if status == MMAPKIT_OK {
+                remember(String::new(), 0);
+            }
+            status
+        }
+        Ok(Err(error)) => {
+            remember(error.to_string(), error.raw_os_error().unwrap_or(0));
+            status_of(error.kind())
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|text| (*text).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_owned());
+            remember(
+                format!("internal error in mmapkit (please report): {what}"),
+                0,
+            );
+            MMAPKIT_EINTERNAL
+        }
+    }
+}
+
+/// A status that is not OK, with its message, for results the library reports as a value
+/// (a lock taken from a dead owner is held, and still reported).
+pub(crate) fn with_message(status: c_int, message: String) -> Result<c_int, Error> {
+    remember(message, 0);
+    Ok(status)
+}
+
+/// An `InvalidInput` error of `operation`.
+pub(crate) fn invalid(operation: &'static str, why: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidInput, operation, why.into())
+}

@@ -1,0 +1,155 @@
+//! The C ABI from C: the examples compiled with the system `cc` against libmmapkit and run,
+//! a garbage-argument program under AddressSanitizer, the exported symbols, and Python's
+//! ctypes as a consumer that is not C.
+//!
+//! The libraries come from `cargo build -p mmapkit-c` (scripts/test runs it first): cargo
+//! builds a cdylib or staticlib for `cargo build`, not for the tests of its own crate.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// target/debug (or CARGO_TARGET_DIR's), where `cargo build -p mmapkit-c` leaves the
+/// libraries.
+fn library(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"));
+    let path = target.join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p mmapkit-c` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command.output().expect("the command starts");
+    assert!(
+        output.status.success(),
+        "{command:?} failed: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// Compiles `source` against the static library (with `extra` flags) into `dir`.
+fn compile(source: &Path, dir: &Path, extra: &[&str]) -> PathBuf {
+    let binary = dir.join(source.file_stem().unwrap());
+    run(Command::new("cc")
+        .args(extra)
+        .arg("-Wall")
+        .arg("-Werror")
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(source)
+        .arg(library("libmmapkit.a"))
+        .args(["-lpthread", "-ldl", "-lm", "-o"])
+        .arg(&binary));
+    binary
+}
+
+#[test]
+fn the_seed_program_prints_its_four_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = compile(&root().join("examples/c/seed.c"), dir.path(), &[]);
+    let output = run(&mut Command::new(seed));
+    let text = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    let body = |line: &str| line.split_once(":\t").unwrap().1.to_owned();
+    let pid = |line: &str| line.split_once(":\t").unwrap().0.to_owned();
+    assert_eq!(body(lines[0]), "anonymous string 1, zero-backed string 1");
+    assert_eq!(body(lines[1]), "anonymous string 1, zero-backed string 1");
+    assert_eq!(body(lines[2]), "anonymous string 2, zero-backed string 2");
+    // The child, after the parent's second write, sees it through both shared mappings.
+    assert_eq!(body(lines[3]), "anonymous string 2, zero-backed string 2");
+    assert_eq!(pid(lines[0]), pid(lines[2]));
+    assert_eq!(pid(lines[1]), pid(lines[3]));
+    assert_ne!(pid(lines[0]), pid(lines[1]));
+}
+
+#[test]
+fn a_truncated_file_is_an_error_code_not_sigbus() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = compile(&root().join("examples/c/truncate.c"), dir.path(), &[]);
+    let output = run(Command::new(program).arg(dir.path().join("data")));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        text.starts_with("read_at(4096) after truncation: MMAPKIT_ETRUNCATED\n"),
+        "{text}"
+    );
+    assert!(text.contains("truncated"), "{text}");
+}
+
+#[test]
+fn garbage_handles_and_absurd_lengths_are_errors_under_asan() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/garbage.c");
+    let program = compile(&source, dir.path(), &["-fsanitize=address", "-g"]);
+    let output = run(Command::new(program).env("ASAN_OPTIONS", "detect_leaks=0"));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.ends_with("0 failures\n"), "{text}");
+}
+
+#[test]
+fn only_mmapkit_symbols_are_exported() {
+    let output = run(Command::new("nm")
+        .args(["-D", "--defined-only", "--format=posix"])
+        .arg(library("libmmapkit.so")));
+    let symbols: Vec<String> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+        .collect();
+    assert!(
+        symbols.iter().any(|name| name == "mmapkit_map_path"),
+        "{symbols:?}"
+    );
+    let foreign: Vec<&String> = symbols
+        .iter()
+        .filter(|name| !name.starts_with("mmapkit_"))
+        .collect();
+    assert!(foreign.is_empty(), "exported beyond mmapkit_*: {foreign:?}");
+}
+
+#[test]
+fn python_ctypes_maps_a_file_through_the_c_abi() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("greeting");
+    std::fs::write(&file, b"hello from a file, read through libmmapkit").unwrap();
+    let script = r#"
+import ctypes, sys
+lib = ctypes.CDLL(sys.argv[1])
+lib.mmapkit_last_error_message.restype = ctypes.c_char_p
+lib.mmapkit_status_name.restype = ctypes.c_char_p
+handle = ctypes.c_void_p()
+status = lib.mmapkit_map_path(sys.argv[2].encode(), 0, ctypes.c_uint64(0), ctypes.c_size_t(0), ctypes.byref(handle))
+assert status == 0, lib.mmapkit_last_error_message()
+length = ctypes.c_size_t()
+assert lib.mmapkit_mapping_len(handle, ctypes.byref(length)) == 0
+buf = ctypes.create_string_buffer(length.value)
+assert lib.mmapkit_mapping_read_at(handle, ctypes.c_size_t(0), buf, length) == 0
+print(buf.raw.decode())
+status = lib.mmapkit_mapping_read_at(handle, ctypes.c_size_t(length.value), buf, ctypes.c_size_t(1))
+print(lib.mmapkit_status_name(status).decode())
+assert lib.mmapkit_mapping_unmap(handle) == 0
+status = lib.mmapkit_mapping_len(handle, ctypes.byref(length))
+print(lib.mmapkit_status_name(status).decode())
+"#;
+    let output = run(Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(library("libmmapkit.so"))
+        .arg(&file));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "hello from a file, read through libmmapkit\nMMAPKIT_EOUTOFBOUNDS\nMMAPKIT_EINVAL\n"
+    );
+}
