@@ -89,6 +89,20 @@ fn a_truncated_file_is_an_error_code_not_sigbus() {
 }
 
 #[test]
+fn a_killed_sender_is_disconnected_for_the_receiver() {
+    let dir = tempfile::tempdir().unwrap();
+    let program = compile(&root().join("examples/c/channel.c"), dir.path(), &[]);
+    let name = format!("mmapkit-c-channel-{}", std::process::id());
+    let output = run(Command::new(program).arg(&name));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "received: one\nreceived: two\nreceived: three\n\
+         after kill -9 of the sender: MMAPKIT_EDISCONNECTED\n"
+    );
+    assert!(!Path::new("/dev/shm").join(&name).exists());
+}
+
+#[test]
 fn garbage_handles_and_absurd_lengths_are_errors_under_asan() {
     let dir = tempfile::tempdir().unwrap();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/garbage.c");
