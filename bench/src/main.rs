@@ -2,6 +2,7 @@
 //! One subcommand per scenario; each prints a table and one JSON line per comparison.
 
 mod buffer;
+mod cabi;
 mod cgroup;
 mod files;
 mod guard;
@@ -53,6 +54,9 @@ enum Scenario {
     /// Ping-pong latency between two processes: 64 B, 4 KiB, 1 MiB (iceoryx2 with the
     /// `iceoryx2` feature).
     IpcLatency,
+    /// 64-byte ping-pong from C through libmmapkit against the Rust API (builds
+    /// mmapkit-c and compiles bench/c/pingpong.c with `cc`).
+    CAbiLatency,
     /// 64-byte messages streamed between two processes, messages per second.
     IpcThroughput,
     /// Wake-up latency of a sleeping receiver.
@@ -118,6 +122,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
     let file = || files::prepare(&cli.dir, "data.bin", cli.size_mib << 20);
     match &cli.scenario {
         Scenario::IpcLatency => ipc::latency(cli.rounds),
+        Scenario::CAbiLatency => cabi::latency(cli.rounds),
         Scenario::IpcThroughput => ipc::throughput(cli.rounds),
         Scenario::IpcWake => ipc::wake(cli.rounds),
         Scenario::Scan => scan::run(&file()?, cli.rounds)?,
@@ -147,6 +152,7 @@ fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
             guard::run(&file, cli.rounds)?;
             mapcost::run(&file, cli.rounds)?;
             ipc::latency(cli.rounds);
+            cabi::latency(cli.rounds);
             ipc::throughput(cli.rounds);
             ipc::wake(cli.rounds);
             pager::sequential(&file, cli.rounds)?;

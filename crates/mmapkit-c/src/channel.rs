@@ -62,8 +62,9 @@ self_cell!(
     }
 );
 
-struct SenderObject(Mutex<SenderCell>);
-struct ReceiverObject(Mutex<ReceiverCell>);
+/// An end, and the channel's largest message (looked up once: it reads the header).
+struct SenderObject(Mutex<SenderCell>, usize);
+struct ReceiverObject(Mutex<ReceiverCell>, usize);
 
 fn channel(handle: *const mmapkit_channel_t) -> Result<Arc<ByteChannel>> {
     handles::get::<ByteChannel, _>(handle, CHANNEL)
@@ -235,8 +236,10 @@ pub unsafe extern "C" fn mmapkit_channel_sender(
 ) -> c_int {
     call(|| {
         handles::clear_out(out)?;
-        let cell = SenderCell::try_new(self::channel(channel)?, |channel| channel.sender())?;
-        handles::hand_out(SenderObject(Mutex::new(cell)), out)
+        let channel = self::channel(channel)?;
+        let max = channel.max_message();
+        let cell = SenderCell::try_new(channel, |channel| channel.sender())?;
+        handles::hand_out(SenderObject(Mutex::new(cell), max), out)
     })
 }
 
@@ -255,8 +258,7 @@ pub unsafe extern "C" fn mmapkit_sender_send(
 ) -> c_int {
     call(|| {
         let object = handles::get::<SenderObject, _>(sender, SENDER)?;
-        let mut cell = object.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let max = cell.borrow_owner().max_message();
+        let max = object.1;
         if len > max {
             return Err(invalid(
                 "send",
@@ -265,6 +267,7 @@ pub unsafe extern "C" fn mmapkit_sender_send(
         }
         // SAFETY: the length is a message's; the caller's data holds `len` bytes.
         let data = unsafe { handles::bytes(data, len) }?;
+        let mut cell = object.0.lock().unwrap_or_else(PoisonError::into_inner);
         cell.with_dependent_mut(|_, sender| match wait_of(timeout_ms) {
             Wait::Forever => sender.send(data),
             Wait::Try => sender.try_send(data),
@@ -296,8 +299,10 @@ pub unsafe extern "C" fn mmapkit_channel_receiver(
 ) -> c_int {
     call(|| {
         handles::clear_out(out)?;
-        let cell = ReceiverCell::try_new(self::channel(channel)?, |channel| channel.receiver())?;
-        handles::hand_out(ReceiverObject(Mutex::new(cell)), out)
+        let channel = self::channel(channel)?;
+        let max = channel.max_message();
+        let cell = ReceiverCell::try_new(channel, |channel| channel.receiver())?;
+        handles::hand_out(ReceiverObject(Mutex::new(cell), max), out)
     })
 }
 
@@ -321,7 +326,7 @@ pub unsafe extern "C" fn mmapkit_receiver_recv(
         handles::nonnull(len, "len")?;
         let object = handles::get::<ReceiverObject, _>(receiver, RECEIVER)?;
         let mut cell = object.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let max = cell.borrow_owner().max_message();
+        let max = object.1;
         // SAFETY: the caller's buffer holds `capacity` bytes; no more than a message's
         // length of it is ever written.
         let buf = unsafe { handles::bytes_mut(buf, capacity.min(max)) }?;

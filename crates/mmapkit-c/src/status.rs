@@ -132,6 +132,19 @@ fn remember(message: String, errno: c_int) {
     LAST.with(|last| *last.borrow_mut() = LastError { message, errno });
 }
 
+/// Clears the last error without allocating (the hot path of every successful call).
+fn forget_last_error() {
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.errno != 0 || !last.message.is_empty() {
+            *last = LastError {
+                message: CString::default(),
+                errno: 0,
+            };
+        }
+    });
+}
+
 /// This thread's last error message; empty after a call that succeeded.
 pub(crate) fn last_message() -> *const c_char {
     LAST.with(|last| last.borrow().message.as_ptr())
@@ -148,7 +161,7 @@ pub(crate) fn call(body: impl FnOnce() -> Result<c_int, Error>) -> c_int {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(status)) => {
             if status == MMAPKIT_OK {
-                remember(String::new(), 0);
+                forget_last_error();
             }
             status
         }
