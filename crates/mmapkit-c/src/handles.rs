@@ -37,11 +37,8 @@ pub(crate) fn register<T: Any + Send + Sync>(object: T) -> *mut c_void {
 
 /// Registers `object` and stores its handle in `*out`.
 pub(crate) fn hand_out<T: Any + Send + Sync, H>(object: T, out: *mut *mut H) -> Result<c_int> {
-    let handle = register(object).cast::<H>();
-    // SAFETY: `out` was checked to be non-NULL by `clear_out` at the start of the call, and
-    // points to where the caller wants the handle.
-    unsafe { out.write(handle) };
-    Ok(crate::status::MMAPKIT_OK)
+    // `out` was checked by `clear_out` at the start of the call, so the handle is not lost.
+    put(out, register(object).cast::<H>())
 }
 
 /// The object behind `handle`, if it is a live handle of type `T`.
@@ -164,12 +161,7 @@ pub(crate) fn range(
     };
     match end {
         Some(end) if offset <= end && end <= size => Ok(offset..end),
-        _ => Err(Error::new(
-            ErrorKind::OutOfBounds,
-            operation,
-            format!("the range lies outside the {size} bytes"),
-        )
-        .with_range(offset as u64, len as u64)),
+        _ => Err(outside(operation, offset, len, size)),
     }
 }
 
@@ -178,13 +170,17 @@ pub(crate) fn range(
 pub(crate) fn fits(operation: &'static str, offset: usize, len: usize, size: usize) -> Result<()> {
     match offset.checked_add(len) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(Error::new(
-            ErrorKind::OutOfBounds,
-            operation,
-            format!("the range lies outside the {size} bytes"),
-        )
-        .with_range(offset as u64, len as u64)),
+        _ => Err(outside(operation, offset, len, size)),
     }
+}
+
+fn outside(operation: &'static str, offset: usize, len: usize, size: usize) -> Error {
+    Error::new(
+        ErrorKind::OutOfBounds,
+        operation,
+        format!("the range lies outside the {size} bytes"),
+    )
+    .with_range(offset as u64, len as u64)
 }
 
 /// A C timeout in milliseconds: negative waits without one, 0 does not wait.

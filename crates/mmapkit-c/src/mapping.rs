@@ -86,6 +86,22 @@ impl MappingObject {
     }
 }
 
+/// Shared or private from the flags; `default` (one of the two flags) when neither is given.
+fn set_sharing(options: &mut MapOptions, flags: u32, default: u32) -> Result<()> {
+    let wanted = flags & (MMAPKIT_MAP_PRIVATE | MMAPKIT_MAP_SHARED);
+    match if wanted == 0 { default } else { wanted } {
+        MMAPKIT_MAP_PRIVATE => options.private(),
+        MMAPKIT_MAP_SHARED => options.shared(),
+        _ => {
+            return Err(invalid(
+                "map",
+                "MMAPKIT_MAP_PRIVATE and MMAPKIT_MAP_SHARED together",
+            ));
+        }
+    };
+    Ok(())
+}
+
 /// The options of a file or descriptor mapping.
 fn file_options(flags: u32, offset: u64, length: usize) -> Result<MapOptions> {
     handles::check_flags("map", flags, MAP_FLAGS)?;
@@ -94,23 +110,7 @@ fn file_options(flags: u32, offset: u64, length: usize) -> Result<MapOptions> {
         .offset(offset)
         .write(flags & MMAPKIT_MAP_WRITE != 0)
         .populate(flags & MMAPKIT_MAP_POPULATE != 0);
-    match (
-        flags & MMAPKIT_MAP_PRIVATE != 0,
-        flags & MMAPKIT_MAP_SHARED != 0,
-    ) {
-        (true, true) => {
-            return Err(invalid(
-                "map",
-                "MMAPKIT_MAP_PRIVATE and MMAPKIT_MAP_SHARED together",
-            ));
-        }
-        (true, false) => {
-            options.private();
-        }
-        _ => {
-            options.shared();
-        }
-    }
+    set_sharing(&mut options, flags, MMAPKIT_MAP_SHARED)?;
     if length != 0 {
         options.len(length);
     }
@@ -181,23 +181,7 @@ pub unsafe extern "C" fn mmapkit_map_anonymous(
         options
             .len(length)
             .populate(flags & MMAPKIT_MAP_POPULATE != 0);
-        match (
-            flags & MMAPKIT_MAP_PRIVATE != 0,
-            flags & MMAPKIT_MAP_SHARED != 0,
-        ) {
-            (true, true) => {
-                return Err(invalid(
-                    "map",
-                    "MMAPKIT_MAP_PRIVATE and MMAPKIT_MAP_SHARED together",
-                ));
-            }
-            (false, true) => {
-                options.shared();
-            }
-            _ => {
-                options.private();
-            }
-        }
+        set_sharing(&mut options, flags, MMAPKIT_MAP_PRIVATE)?;
         let mapping = options.map_anonymous()?;
         handles::hand_out(MappingObject(RwLock::new(mapping)), out)
     })

@@ -57,7 +57,7 @@ pub const MMAPKIT_EINTERNAL: c_int = -18;
 pub const MMAPKIT_OWNER_DIED: c_int = MMAPKIT_EOWNERDIED;
 
 /// Every status with its name, for `mmapkit_status_name`.
-const NAMES: [(c_int, &std::ffi::CStr); 20] = [
+const NAMES: [(c_int, &std::ffi::CStr); 19] = [
     (MMAPKIT_OK, c"MMAPKIT_OK"),
     (MMAPKIT_ENOTFOUND, c"MMAPKIT_ENOTFOUND"),
     (MMAPKIT_EPERMISSION, c"MMAPKIT_EPERMISSION"),
@@ -77,7 +77,6 @@ const NAMES: [(c_int, &std::ffi::CStr); 20] = [
     (MMAPKIT_EUNSUPPORTED, c"MMAPKIT_EUNSUPPORTED"),
     (MMAPKIT_EIO, c"MMAPKIT_EIO"),
     (MMAPKIT_EINTERNAL, c"MMAPKIT_EINTERNAL"),
-    (1, c"unknown status"),
 ];
 
 /// The status of an error kind.
@@ -105,11 +104,10 @@ pub(crate) fn status_of(kind: ErrorKind) -> c_int {
 
 /// The name of a status code.
 pub(crate) fn name_of(status: c_int) -> *const c_char {
-    let (_, unknown) = NAMES[NAMES.len() - 1];
     NAMES
         .iter()
         .find(|(code, _)| *code == status)
-        .map_or(unknown, |(_, name)| name)
+        .map_or(c"unknown status", |(_, name)| name)
         .as_ptr()
 }
 
