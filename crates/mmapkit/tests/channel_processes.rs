@@ -42,6 +42,10 @@ fn main() {
             a_child_dropping_an_inherited_endpoint_leaves_the_parent_attached,
         ),
         (
+            "endpoints_inherited_across_fork_refuse_to_work_in_the_child",
+            endpoints_inherited_across_fork_refuse_to_work_in_the_child,
+        ),
+        (
             "sender_killed_mid_send_disconnects",
             sender_killed_mid_send_disconnects,
         ),
@@ -119,6 +123,51 @@ fn a_child_dropping_an_inherited_endpoint_leaves_the_parent_attached() {
     let mut receiver = channel.receiver().unwrap();
     sender.send(&1).unwrap();
     assert_eq!(receiver.recv().unwrap(), 1);
+}
+
+/// A child that used its parent's endpoints would race the parent for the same ring
+/// positions: every call refuses, and the parent's endpoints go on as before.
+fn endpoints_inherited_across_fork_refuse_to_work_in_the_child() {
+    let refused = |result: mmapkit::Result<()>| {
+        result.is_err_and(|error| {
+            error.kind() == ErrorKind::InvalidInput && error.to_string().contains("fork")
+        })
+    };
+    let bytes = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
+    let typed = Channel::<u64>::create_memfd(&ChannelOptions::new(16)).unwrap();
+    let shared = MpmcChannel::<u64>::create_memfd(&ChannelOptions::new(16)).unwrap();
+    let (mut byte_tx, mut byte_rx) = (bytes.sender().unwrap(), bytes.receiver().unwrap());
+    let (mut typed_tx, mut typed_rx) = (typed.sender().unwrap(), typed.receiver().unwrap());
+    let (mut shared_tx, mut shared_rx) = (shared.sender().unwrap(), shared.receiver().unwrap());
+    byte_tx.send(b"before").unwrap();
+    typed_tx.send(&1).unwrap();
+    shared_tx.send(&1).unwrap();
+    let child = fork(|| {
+        let second = Duration::from_secs(1);
+        let checks = [
+            refused(byte_tx.send(b"child")),
+            refused(byte_tx.try_loan(4).map(drop)),
+            refused(byte_rx.try_recv().map(drop)),
+            refused(byte_rx.recv_timeout(second).map(drop)),
+            refused(byte_rx.wait_for_peer(second)),
+            refused(typed_tx.try_send(&2)),
+            refused(typed_tx.send_batch(&[2, 3])),
+            refused(typed_rx.try_recv().map(drop)),
+            refused(typed_rx.recv_timeout(second).map(drop)),
+            refused(shared_tx.try_send(&2)),
+            refused(shared_rx.try_recv().map(drop)),
+        ];
+        checks.iter().position(|refused| !refused).map_or(0, |index| 10 + index as i32)
+    });
+    assert_eq!(wait(child), Ended::Exited(0));
+    assert_eq!(byte_rx.try_recv().unwrap().unwrap(), b"before");
+    assert_eq!(byte_rx.try_recv().unwrap(), None, "the child sent nothing");
+    assert_eq!(typed_rx.try_recv().unwrap(), Some(1));
+    assert_eq!(typed_rx.try_recv().unwrap(), None);
+    assert_eq!(shared_rx.try_recv().unwrap(), Some(1));
+    assert_eq!(shared_rx.try_recv().unwrap(), None);
+    byte_tx.send(b"after").unwrap();
+    assert_eq!(byte_rx.recv().unwrap(), b"after");
 }
 
 fn sender_killed_mid_send_disconnects() {

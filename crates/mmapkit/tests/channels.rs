@@ -469,3 +469,48 @@ fn byte_messages_lent_without_waiting_or_with_a_deadline() {
         std::os::fd::AsRawFd::as_raw_fd(&receiver.pollable_fd().unwrap())
     );
 }
+
+/// Truncates the named segment behind a channel, as a hostile peer would.
+fn truncate_segment(name: &str) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/dev/shm/{name}"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+}
+
+#[test]
+fn a_truncated_channel_neither_publishes_nor_hands_out_a_message() {
+    let truncated = |error: mmapkit::Error| error.kind() == ErrorKind::Truncated;
+    let name = SegmentName::new("truncated-bytes");
+    let bytes = ByteChannel::create(&name, &ChannelOptions::new(4096)).unwrap();
+    let (mut sender, mut receiver) = (bytes.sender().unwrap(), bytes.receiver().unwrap());
+    sender.send(b"before").unwrap();
+    truncate_segment(&name);
+    // The receiver's look at the ring faults on the vanished pages: the shield notices.
+    assert!(receiver.try_recv().is_err_and(truncated));
+    assert!(sender.send(b"after").is_err_and(truncated));
+    assert!(sender.try_loan(8).map(drop).is_err_and(truncated));
+    assert!(receiver.try_recv().is_err_and(truncated), "nothing was published");
+
+    let name = SegmentName::new("truncated-typed");
+    let typed = Channel::<u64>::create(&name, &ChannelOptions::new(16)).unwrap();
+    let (mut sender, mut receiver) = (typed.sender().unwrap(), typed.receiver().unwrap());
+    sender.send(&1).unwrap();
+    truncate_segment(&name);
+    let mut taken = Vec::new();
+    assert!(receiver.recv_batch(&mut taken, 8).is_err_and(truncated));
+    assert!(taken.is_empty(), "a failed batch hands out nothing: {taken:?}");
+    assert!(sender.try_send(&2).is_err_and(truncated));
+    assert!(receiver.try_recv().is_err_and(truncated));
+
+    let name = SegmentName::new("truncated-mpmc");
+    let shared = MpmcChannel::<u64>::create(&name, &ChannelOptions::new(16)).unwrap();
+    let (mut sender, mut receiver) = (shared.sender().unwrap(), shared.receiver().unwrap());
+    sender.send(&1).unwrap();
+    truncate_segment(&name);
+    assert!(receiver.try_recv().is_err_and(truncated));
+    assert!(sender.try_send(&2).is_err_and(truncated));
+    assert!(receiver.try_recv().is_err_and(truncated));
+}

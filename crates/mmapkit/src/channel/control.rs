@@ -206,6 +206,7 @@ impl<'c> Control<'c> {
     pub(super) fn positions(&self) -> Result<(u64, u64)> {
         let tail = self.tail.load(Ordering::SeqCst);
         let head = self.head.load(Ordering::SeqCst);
+        self.segment.check()?;
         match head.checked_sub(tail) {
             Some(used) if used <= self.shape.capacity && head < MAX_POSITION => Ok((head, tail)),
             _ => Err(Error::new(

@@ -432,6 +432,26 @@ impl Endpoint<'_> {
         Ok(())
     }
 
+    /// Fails unless the calling process attached this endpoint: a child that inherited it
+    /// across fork would race its parent for the same ring positions and corrupt the channel.
+    pub(super) fn attached_here(&self, operation: &'static str) -> Result<()> {
+        let me = ProcessIdentity::current().pid;
+        let owner = pid_of(self.claimed);
+        if owner == me {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::InvalidInput,
+            operation,
+            format!(
+                "this {} belongs to process {owner}, which attached it; this process ({me}) \
+                 inherited it across fork",
+                self.role.name()
+            ),
+        )
+        .with_hint("attach an endpoint of this process's own (the channel's sender() or receiver())"))
+    }
+
     /// Where this endpoint stands with its peers. Looks again at most every 10 ms, or at
     /// once when the table says a pinned peer left or a peer attached.
     pub(super) fn peer(&mut self) -> Result<Peer> {
@@ -492,6 +512,7 @@ impl Endpoint<'_> {
     ) -> Result<()> {
         // A peer that attaches during the wait counts even if it is gone again by the time
         // this endpoint looks (it may have sent and left): what it left is in the queue.
+        self.attached_here(operation)?;
         let attaches_before = self.peer_attaches.load(Ordering::Acquire);
         loop {
             self.refresh()?;

@@ -170,6 +170,7 @@ pub struct MpmcSender<'c, T> {
 impl<T: bytemuck::Pod> MpmcSender<'_, T> {
     /// Sends `value` if there is room, under the producers' lock; returns whether it did.
     fn try_push(&mut self, value: &T, wait: Wait) -> Result<bool> {
+        self.endpoint.attached_here("send")?;
         let Some(guard) = lock(&self.lock, wait)? else {
             return Ok(false);
         };
@@ -180,9 +181,10 @@ impl<T: bytemuck::Pod> MpmcSender<'_, T> {
         // SAFETY: the slot lies in the data area and is aligned for T; consumers do not read
         // it until the head moves past it, and the producers' lock makes it ours.
         unsafe { self.ring.slot::<T>(head).write_volatile(*value) };
+        self.ring.control.segment.check()?;
         self.ring.control.publish_head(head + 1, self.doorbell);
         drop(guard);
-        self.ring.control.segment.check().map(|()| true)
+        Ok(true)
     }
 
     fn send_until(
@@ -264,6 +266,7 @@ pub struct MpmcReceiver<'c, T> {
 impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
     /// Takes a message if there is one, under the consumers' lock.
     fn try_pop(&mut self, wait: Wait) -> Result<Option<T>> {
+        self.endpoint.attached_here("receive")?;
         let Some(guard) = lock(&self.lock, wait)? else {
             return Ok(None);
         };
@@ -274,9 +277,10 @@ impl<T: bytemuck::Pod> MpmcReceiver<'_, T> {
         // SAFETY: the slot lies in the data area and is aligned for T; it was published (head
         // read with Acquire) and the consumers' lock makes it ours to take.
         let value = unsafe { self.ring.slot::<T>(tail).read_volatile() };
+        self.ring.control.segment.check()?;
         self.ring.control.publish_tail(tail + 1);
         drop(guard);
-        self.ring.control.segment.check().map(|()| Some(value))
+        Ok(Some(value))
     }
 
     fn recv_until(&mut self, deadline: Option<Instant>, operation: &'static str) -> Result<T> {

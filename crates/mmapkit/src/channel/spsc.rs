@@ -170,6 +170,7 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
             return Ok(true);
         }
         let tail = self.ring.control.tail.load(Ordering::SeqCst);
+        self.ring.control.segment.check()?;
         match self.head.checked_sub(tail) {
             Some(used) if used <= self.ring.capacity() => {
                 self.tail_seen = tail;
@@ -197,9 +198,10 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
 
     /// Publishes the next `count` slots, written already, at once.
     fn publish_many(&mut self, count: u64) -> Result<()> {
+        self.ring.control.segment.check()?;
         self.head += count;
         self.ring.control.publish_head(self.head, self.doorbell);
-        self.ring.control.segment.check()
+        Ok(())
     }
 
     fn write_slot(&mut self, value: &T) {
@@ -213,7 +215,11 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
         unsafe { self.ring.slot::<T>(position).write_volatile(*value) };
     }
 
-    fn check_receiver(&mut self, operation: &'static str) -> Result<()> {
+    /// Fails unless this process attached the sender, the segment is whole and a receiver
+    /// has not detached.
+    fn check_can_send(&mut self, operation: &'static str) -> Result<()> {
+        self.endpoint.attached_here(operation)?;
+        self.ring.control.segment.check()?;
         match self.endpoint.peer_detached()? {
             true => Err(endpoints::disconnected(operation, &self.endpoint)),
             false => Ok(()),
@@ -230,7 +236,7 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
 
     /// Sends `value`, waiting while the channel is full — as long as a receiver is attached.
     pub fn send(&mut self, value: &T) -> Result<()> {
-        self.check_receiver("send")?;
+        self.check_can_send("send")?;
         self.wait_for_room(None, "send")?;
         self.write_slot(value);
         self.publish()
@@ -238,7 +244,7 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
 
     /// Sends `value`, waiting at most `timeout` for room.
     pub fn send_timeout(&mut self, value: &T, timeout: Duration) -> Result<()> {
-        self.check_receiver("send")?;
+        self.check_can_send("send")?;
         self.wait_for_room(Some(deadline(timeout)), "send")?;
         self.write_slot(value);
         self.publish()
@@ -248,7 +254,7 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
     /// in as few steps as the room allows: one shared-position update per batch instead of
     /// one per message, for streaming.
     pub fn send_batch(&mut self, values: &[T]) -> Result<()> {
-        self.check_receiver("send_batch")?;
+        self.check_can_send("send_batch")?;
         let mut rest = values;
         while !rest.is_empty() {
             self.wait_for_room(None, "send_batch")?;
@@ -267,7 +273,7 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
     /// receiver has detached; a receiver whose process was killed is noticed when the ring
     /// fills (a full ring checks whether the receiver's process is alive).
     pub fn try_send(&mut self, value: &T) -> Result<()> {
-        self.check_receiver("try_send")?;
+        self.check_can_send("try_send")?;
         if !self.has_room()? {
             return Err(self.full_error("try_send")?);
         }
@@ -289,14 +295,14 @@ impl<'c, T: bytemuck::Pod> Sender<'c, T> {
     /// Reserves the next slot, waiting for room: write the message in place, then
     /// [`commit`](Loan::commit). Dropping the loan uncommitted sends nothing.
     pub fn loan(&mut self) -> Result<Loan<'_, 'c, T>> {
-        self.check_receiver("loan")?;
+        self.check_can_send("loan")?;
         self.wait_for_room(None, "loan")?;
         Ok(Loan { sender: self })
     }
 
     /// Reserves the next slot if there is room now; otherwise `WouldBlock`.
     pub fn try_loan(&mut self) -> Result<Loan<'_, 'c, T>> {
-        self.check_receiver("try_loan")?;
+        self.check_can_send("try_loan")?;
         if !self.has_room()? {
             return Err(self.full_error("try_loan")?);
         }
@@ -353,10 +359,12 @@ pub struct Receiver<'c, T> {
 impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
     /// Whether a message waits, reading the sender's position only when needed.
     fn available(&mut self) -> Result<bool> {
+        self.endpoint.attached_here("receive")?;
         if self.head_seen > self.tail {
             return Ok(true);
         }
         let head = self.ring.control.head.load(Ordering::SeqCst);
+        self.ring.control.segment.check()?;
         match head.checked_sub(self.tail) {
             Some(used) if used <= self.ring.capacity() => {
                 self.head_seen = head;
@@ -379,9 +387,10 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
 
     /// Gives the next `count` slots, read already, back to the sender at once.
     fn release_many(&mut self, count: u64) -> Result<()> {
+        self.ring.control.segment.check()?;
         self.tail += count;
         self.ring.control.publish_tail(self.tail);
-        self.ring.control.segment.check()
+        Ok(())
     }
 
     fn take(&mut self) -> Result<T> {
@@ -438,13 +447,17 @@ impl<'c, T: bytemuck::Pod> Receiver<'c, T> {
     pub fn recv_batch(&mut self, out: &mut Vec<T>, max: usize) -> Result<usize> {
         self.wait_for_message(None, "recv_batch")?;
         let count = (self.head_seen - self.tail).min(max as u64);
+        let before = out.len();
         out.reserve(count as usize);
         for index in 0..count {
             // SAFETY: as in `take`: these slots were published (the head was read with
             // SeqCst ordering) and stay ours until `release_many`.
             out.push(unsafe { self.ring.slot::<T>(self.tail + index).read_volatile() });
         }
-        self.release_many(count)?;
+        if let Err(error) = self.release_many(count) {
+            out.truncate(before);
+            return Err(error);
+        }
         Ok(count as usize)
     }
 

@@ -43,10 +43,12 @@ impl<'c> ByteReceiver<'c> {
     }
 
     fn published(&mut self) -> Result<u64> {
+        self.endpoint.attached_here("receive")?;
         if self.head_seen > self.tail {
             return Ok(self.head_seen - self.tail);
         }
         let head = self.control.head.load(Ordering::SeqCst);
+        self.control.segment.check()?;
         match head.checked_sub(self.tail) {
             Some(used) if used <= self.capacity() && head.is_multiple_of(8) => {
                 self.head_seen = head;
@@ -81,6 +83,7 @@ impl<'c> ByteReceiver<'c> {
                     .cast::<[u32; 2]>()
                     .read_volatile()
             };
+            self.control.segment.check()?;
             let len = u64::from(len);
             match kind {
                 SKIP if len == to_end && len <= published => {
@@ -107,9 +110,10 @@ impl<'c> ByteReceiver<'c> {
     }
 
     fn advance(&mut self, bytes: u64) -> Result<()> {
+        self.control.segment.check()?;
         self.tail += bytes;
         self.control.publish_tail(self.tail);
-        self.control.segment.check()
+        Ok(())
     }
 
     fn copy_out(&mut self, (offset, len): (usize, usize), buf: &mut Vec<u8>) -> Result<()> {

@@ -48,6 +48,7 @@ impl<'c> ByteSender<'c> {
             return Ok(true);
         }
         let tail = self.control.tail.load(Ordering::SeqCst);
+        self.control.segment.check()?;
         match self.head.checked_sub(tail) {
             Some(used) if used <= self.capacity() && tail.is_multiple_of(8) => {
                 self.tail_seen = tail;
@@ -146,9 +147,10 @@ impl<'c> ByteSender<'c> {
     }
 
     fn publish(&mut self, bytes: u64) -> Result<()> {
+        self.control.segment.check()?;
         self.head += bytes;
         self.control.publish_head(self.head, self.doorbell);
-        self.control.segment.check()
+        Ok(())
     }
 
     fn payload_at(&self, position: u64) -> *mut u8 {
@@ -173,6 +175,8 @@ impl<'c> ByteSender<'c> {
         wait: bool,
         operation: &'static str,
     ) -> Result<()> {
+        self.endpoint.attached_here(operation)?;
+        self.control.segment.check()?;
         if self.endpoint.peer_detached()? {
             return Err(endpoints::disconnected(operation, &self.endpoint));
         }
@@ -232,6 +236,8 @@ impl<'c> ByteSender<'c> {
         wait: bool,
         operation: &'static str,
     ) -> Result<LoanBytes<'_, 'c>> {
+        self.endpoint.attached_here(operation)?;
+        self.control.segment.check()?;
         if self.endpoint.peer_detached()? {
             return Err(endpoints::disconnected(operation, &self.endpoint));
         }
