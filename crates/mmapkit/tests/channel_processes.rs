@@ -157,7 +157,10 @@ fn endpoints_inherited_across_fork_refuse_to_work_in_the_child() {
             refused(shared_tx.try_send(&2)),
             refused(shared_rx.try_recv().map(drop)),
         ];
-        checks.iter().position(|refused| !refused).map_or(0, |index| 10 + index as i32)
+        checks
+            .iter()
+            .position(|refused| !refused)
+            .map_or(0, |index| 10 + index as i32)
     });
     assert_eq!(wait(child), Ended::Exited(0));
     assert_eq!(byte_rx.try_recv().unwrap().unwrap(), b"before");

@@ -492,7 +492,10 @@ fn a_truncated_channel_neither_publishes_nor_hands_out_a_message() {
     assert!(receiver.try_recv().is_err_and(truncated));
     assert!(sender.send(b"after").is_err_and(truncated));
     assert!(sender.try_loan(8).map(drop).is_err_and(truncated));
-    assert!(receiver.try_recv().is_err_and(truncated), "nothing was published");
+    assert!(
+        receiver.try_recv().is_err_and(truncated),
+        "nothing was published"
+    );
 
     let name = SegmentName::new("truncated-typed");
     let typed = Channel::<u64>::create(&name, &ChannelOptions::new(16)).unwrap();
@@ -501,7 +504,10 @@ fn a_truncated_channel_neither_publishes_nor_hands_out_a_message() {
     truncate_segment(&name);
     let mut taken = Vec::new();
     assert!(receiver.recv_batch(&mut taken, 8).is_err_and(truncated));
-    assert!(taken.is_empty(), "a failed batch hands out nothing: {taken:?}");
+    assert!(
+        taken.is_empty(),
+        "a failed batch hands out nothing: {taken:?}"
+    );
     assert!(sender.try_send(&2).is_err_and(truncated));
     assert!(receiver.try_recv().is_err_and(truncated));
 

@@ -449,7 +449,9 @@ impl Endpoint<'_> {
                 self.role.name()
             ),
         )
-        .with_hint("attach an endpoint of this process's own (the channel's sender() or receiver())"))
+        .with_hint(
+            "attach an endpoint of this process's own (the channel's sender() or receiver())",
+        ))
     }
 
     /// Where this endpoint stands with its peers. Looks again at most every 10 ms, or at
