@@ -9,6 +9,8 @@ use pyo3::prelude::*;
 
 mod buffers;
 mod channel;
+mod closable;
+mod endpoints;
 mod errors;
 mod events;
 mod inspect;
@@ -36,8 +38,8 @@ fn _mmapkit(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<events::PySemaphore>()?;
     module.add_class::<events::PyEvent>()?;
     module.add_class::<channel::PyByteChannel>()?;
-    module.add_class::<channel::PyByteSender>()?;
-    module.add_class::<channel::PyByteReceiver>()?;
+    module.add_class::<endpoints::PyByteSender>()?;
+    module.add_class::<endpoints::PyByteReceiver>()?;
     module.add_function(wrap_pyfunction!(channel::channel_from_fds, module)?)?;
     module.add("PEER_GRACE", mmapkit::channel::PEER_GRACE.as_secs_f64())?;
     module.add_function(wrap_pyfunction!(stale::list_segments, module)?)?;

@@ -26,10 +26,14 @@ const BYTES: &str = "mmapkit/bytes";
 const DETACH_FROM: usize = 64 << 10;
 
 /// A shared-memory segment: a header, then `len(segment)` bytes of payload.
-#[pyclass(name = "Segment", module = "mmapkit")]
+///
+/// Each call takes its own share of the segment, so `close()` from another thread while a
+/// long copy runs neither fails nor unmaps the memory under the copy: the mapping goes when
+/// the last share does.
+#[pyclass(name = "Segment", module = "mmapkit", frozen)]
 #[derive(Debug)]
 pub struct PySegment {
-    inner: Option<Arc<Segment>>,
+    inner: std::sync::Mutex<Option<Arc<Segment>>>,
 }
 
 fn options(type_tag: &str, size: usize, mode: u32, wait: f64) -> PyResult<SegmentOptions> {
@@ -149,20 +153,25 @@ pub fn unlink_segment(name: &str) -> PyResult<()> {
 impl PySegment {
     fn new(segment: Segment) -> PySegment {
         PySegment {
-            inner: Some(Arc::new(segment)),
+            inner: std::sync::Mutex::new(Some(Arc::new(segment))),
         }
     }
 
-    fn segment(&self) -> PyResult<&Segment> {
+    /// The state, whose lock is only held to clone or drop the share (never while waiting).
+    fn state(&self) -> std::sync::MutexGuard<'_, Option<Arc<Segment>>> {
         self.inner
-            .as_deref()
-            .ok_or_else(|| PyValueError::new_err("the segment is closed"))
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn segment(&self) -> PyResult<Arc<Segment>> {
+        self.shared()
     }
 
     /// The segment, shared with the locks and events placed in it: they keep it mapped
     /// after this handle is closed.
     pub(crate) fn shared(&self) -> PyResult<Arc<Segment>> {
-        self.inner
+        self.state()
             .clone()
             .ok_or_else(|| PyValueError::new_err("the segment is closed"))
     }
@@ -176,7 +185,7 @@ impl PySegment {
     }
 
     fn __repr__(&self) -> String {
-        let Some(segment) = &self.inner else {
+        let Ok(segment) = self.segment() else {
             return "<mmapkit.Segment closed>".to_owned();
         };
         let header = segment.header();
@@ -229,7 +238,7 @@ impl PySegment {
     /// True once `close()` has run.
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.is_none()
+        self.state().is_none()
     }
 
     /// `read_at(offset, length)`: payload bytes, as `bytes`.
@@ -303,8 +312,9 @@ impl PySegment {
     }
 
     /// Unmaps the segment here; it lives on for its other users until unlinked.
-    fn close(&mut self) {
-        self.inner = None;
+    fn close(&self) {
+        let share = self.state().take();
+        drop(share);
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -312,7 +322,7 @@ impl PySegment {
     }
 
     fn __exit__(
-        &mut self,
+        &self,
         _kind: Option<&Bound<'_, PyAny>>,
         _value: Option<&Bound<'_, PyAny>>,
         _traceback: Option<&Bound<'_, PyAny>>,

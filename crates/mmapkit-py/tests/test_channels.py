@@ -9,6 +9,7 @@ import pickle
 import selectors
 import signal
 import struct
+import threading
 import time
 import uuid
 
@@ -233,3 +234,80 @@ def test_a_named_channel_pickles_as_its_name():
         assert repr(channel).startswith("<mmapkit.ByteChannel ")
     finally:
         channel.unlink()
+
+
+def send_one_through_the_doorbell_channel(channel: mmapkit.ByteChannel) -> None:
+    channel.sender().send(b"rang", timeout=30)
+
+
+def test_a_pickled_pollable_named_channel_keeps_its_doorbell_in_a_spawned_child():
+    name = f"pytest-{uuid.uuid4().hex[:12]}"
+    channel = mmapkit.ByteChannel.create(name, capacity=4096, pollable=True)
+    try:
+        receiver = channel.receiver()
+        child = SPAWN.Process(target=send_one_through_the_doorbell_channel, args=(channel,))
+        child.start()
+        with selectors.DefaultSelector() as selector:
+            selector.register(receiver.fileno(), selectors.EVENT_READ)
+            if not receiver.arm():
+                assert selector.select(timeout=30), "the child's send never rang the doorbell"
+        assert receiver.recv(timeout=30) == b"rang"
+        child.join(timeout=30)
+        assert child.exitcode == 0
+    finally:
+        channel.unlink()
+
+
+def test_close_from_another_thread_stops_a_blocked_recv_and_a_blocked_send():
+    channel = mmapkit.ByteChannel.create(capacity=4096)
+    sender, receiver = channel.sender(), channel.receiver()
+    outcome: dict[str, BaseException | bytes | None] = {}
+
+    def wait_in(name, call):
+        try:
+            outcome[name] = call()
+        except BaseException as error:  # noqa: BLE001 - the outcome is the point
+            outcome[name] = error
+
+    reader = threading.Thread(target=wait_in, args=("recv", lambda: receiver.recv(timeout=60)))
+    reader.start()
+    time.sleep(0.3)
+    receiver.close()
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "close() left recv() blocked"
+    assert isinstance(outcome["recv"], ValueError) and "closed" in str(outcome["recv"])
+    assert receiver.closed and repr(receiver) == "<mmapkit.ByteReceiver closed>"
+
+    _still_attached = channel.receiver()
+    while sender.try_send(b"x" * 1000):
+        pass
+    writer = threading.Thread(
+        target=wait_in, args=("send", lambda: sender.send(b"y" * 1000, timeout=60))
+    )
+    writer.start()
+    time.sleep(0.3)
+    sender.close()
+    writer.join(timeout=30)
+    assert not writer.is_alive(), "close() left send() blocked"
+    assert isinstance(outcome["send"], ValueError) and "closed" in str(outcome["send"])
+
+
+def test_an_endpoint_inherited_across_fork_refuses_to_work_in_the_child():
+    channel = mmapkit.ByteChannel.create(capacity=4096)
+    sender, receiver = channel.sender(), channel.receiver()
+    sender.send(b"before")
+    pid = os.fork()
+    if pid == 0:
+        refused = 0
+        for call in (receiver.try_recv, lambda: sender.send(b"from the child")):
+            try:
+                call()
+            except mmapkit.InvalidInputError as error:
+                refused += "fork" in str(error)
+            except BaseException:  # noqa: BLE001 - anything else is a failure
+                pass
+        os._exit(0 if refused == 2 else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "the child used the parent's endpoints"
+    assert receiver.try_recv() == b"before"
+    assert receiver.try_recv() is None, "the child sent through the parent's sender"

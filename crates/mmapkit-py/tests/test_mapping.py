@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -196,3 +198,30 @@ def test_residency_lock_and_advice_agree_with_the_kernel(data_file):
     with mmapkit.map_file(data_file) as mapping:
         mapping.advise("willneed")
         assert len(mapping.residency(PAGE, 3 * PAGE)) == 2
+
+
+def test_close_from_another_thread_waits_for_a_copy_in_progress(tmp_path):
+    path = tmp_path / "big"
+    with open(path, "wb") as file:
+        file.truncate(64 << 20)
+    mapping = mmapkit.map_file(path)
+    outcome = {}
+
+    def read_again_and_again():
+        try:
+            for _ in range(50):
+                assert len(mapping.read_at(0, 64 << 20)) == 64 << 20
+            outcome["reader"] = "finished"
+        except ValueError as error:
+            outcome["reader"] = str(error)
+
+    reader = threading.Thread(target=read_again_and_again)
+    reader.start()
+    time.sleep(0.1)
+    mapping.close()
+    assert mapping.closed and repr(mapping).endswith("closed>")
+    reader.join(timeout=60)
+    assert outcome["reader"] in ("finished", "the mapping is closed")
+    with pytest.raises(ValueError, match="closed"):
+        with mapping:
+            pass

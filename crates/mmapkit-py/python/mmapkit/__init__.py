@@ -79,7 +79,7 @@ def _open_channel(name: str) -> ByteChannel:
 
 
 def _adopt_channel(segment: Any, doorbell: Any, type_tag: str) -> ByteChannel:
-    """How a pickled memfd channel comes back: from the descriptors multiprocessing passed."""
+    """How a pickled memfd or pollable channel comes back: from the descriptors multiprocessing passed."""
     fds = [segment.detach()] + ([doorbell.detach()] if doorbell is not None else [])
     try:
         return channel_from_fds(fds[0], fds[1] if len(fds) > 1 else None, type_tag)
