@@ -434,8 +434,9 @@ impl PyByteReceiver {
     /// `arm()`: prepares a wait on `fileno()`; True if messages (or the sender's departure)
     /// are already there and there is no need to wait.
     fn arm(&self, py: Python<'_>) -> PyResult<bool> {
-        self.cell
-            .with_mut(py, |cell| cell.with_dependent_mut(|_, receiver| receiver.arm()).py())
+        self.cell.with_mut(py, |cell| {
+            cell.with_dependent_mut(|_, receiver| receiver.arm()).py()
+        })
     }
 
     /// `await recv_async()`: the next message, waiting on asyncio's event loop for the

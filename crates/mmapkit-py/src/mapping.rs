@@ -204,7 +204,12 @@ impl PyMapping {
         offset: usize,
     ) -> PyResult<usize> {
         if offset > mapping.len() {
-            return Err(out_of_bounds(operation, offset, target.len(), mapping.len()));
+            return Err(out_of_bounds(
+                operation,
+                offset,
+                target.len(),
+                mapping.len(),
+            ));
         }
         let len = target.len().min(mapping.len() - offset);
         if target.overlaps(Self::memory(mapping)) {
@@ -271,8 +276,7 @@ impl PyMapping {
                 mapping.rfind(&needle, range)
             } else {
                 mapping.find(&needle, range)
-            }
-            ;
+            };
             let found = named(operation, found)?;
             Ok(found.map_or(-1, |offset| offset as i64))
         })
