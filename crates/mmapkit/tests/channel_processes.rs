@@ -54,6 +54,10 @@ fn main() {
             receiver_killed_unblocks_a_full_sender,
         ),
         (
+            "a_receiver_killed_after_the_sender_attached_disconnects_it",
+            a_receiver_killed_after_the_sender_attached_disconnects_it,
+        ),
+        (
             "mpmc_processes_deliver_exactly_once",
             mpmc_processes_deliver_exactly_once,
         ),
@@ -238,6 +242,47 @@ fn receiver_killed_unblocks_a_full_sender() {
     );
     println!("(the receiver's death was noticed {noticed:?} after SIGKILL)");
     wait(child);
+}
+
+fn a_receiver_killed_after_the_sender_attached_disconnects_it() {
+    let channel = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    sender.send(b"first").unwrap();
+    let signals = SegmentOptions::new("test/signals", 64)
+        .unwrap()
+        .create_memfd("signals")
+        .unwrap();
+    let received = Semaphore::init(&signals, 0, 0).unwrap();
+    let child = fork(|| {
+        let mut receiver = channel.receiver().unwrap();
+        let mut buf = Vec::new();
+        receiver.recv_into(&mut buf).unwrap();
+        assert_eq!(buf, b"first");
+        received.post().unwrap();
+        std::thread::sleep(Duration::from_secs(60));
+        0
+    });
+    received.wait_timeout(Duration::from_secs(10)).unwrap();
+    sender.send(b"second").unwrap();
+    kill(child);
+    wait(child);
+    // The channel has room: the sender learns of the death at its next look at the peers,
+    // within milliseconds, not when the ring fills.
+    let killed = Instant::now();
+    let error = loop {
+        match sender.send(b"after the death") {
+            Ok(()) => std::thread::sleep(Duration::from_millis(1)),
+            Err(error) => break error,
+        }
+        assert!(killed.elapsed() < Duration::from_secs(5), "never noticed");
+    };
+    assert_eq!(error.kind(), ErrorKind::Disconnected);
+    let noticed = killed.elapsed();
+    assert!(
+        noticed < Duration::from_millis(500),
+        "the death was noticed after {noticed:?}"
+    );
+    println!("(a receiver's death with room in the ring was noticed after {noticed:?})");
 }
 
 fn mpmc_processes_deliver_exactly_once() {

@@ -170,6 +170,33 @@ fn dropping_the_sender_disconnects_after_the_queue_drains() {
 }
 
 #[test]
+fn a_sender_attached_first_sees_a_later_receiver_leave() {
+    let channel = Channel::<u32>::create_memfd(&ChannelOptions::new(16)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    sender.send(&1).unwrap();
+    let mut receiver = channel.receiver().unwrap();
+    assert_eq!(receiver.recv().unwrap(), 1);
+    drop(receiver);
+    assert_eq!(sender.send(&2).unwrap_err().kind(), ErrorKind::Disconnected);
+    assert_eq!(
+        sender.try_send(&2).unwrap_err().kind(),
+        ErrorKind::Disconnected
+    );
+
+    // A receiver that attaches and leaves between two messages, reading nothing.
+    let bytes = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
+    let mut sender = bytes.sender().unwrap();
+    sender.send(b"before").unwrap();
+    drop(bytes.receiver().unwrap());
+    let error = sender.send(b"after").unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Disconnected);
+    assert_eq!(
+        sender.try_send(b"after").unwrap_err().kind(),
+        ErrorKind::Disconnected
+    );
+}
+
+#[test]
 fn a_blocked_receiver_wakes_when_the_sender_leaves() {
     let channel = Channel::<u32>::create_memfd(&ChannelOptions::new(16)).unwrap();
     let sender = channel.sender().unwrap();

@@ -175,7 +175,8 @@ pub(super) struct Endpoint<'c> {
     baseline: u32,
     /// The peer side's attach counter at the last look.
     attaches_seen: u32,
-    next_check: Instant,
+    /// When to look again, on the coarse monotonic clock (see [`coarse_now`]).
+    next_check: Duration,
     control: Control<'c>,
     doorbell: Option<&'c OwnedFd>,
 }
@@ -346,7 +347,7 @@ pub(super) fn attach<'c>(
             peer_attaches,
             baseline,
             attaches_seen: baseline,
-            next_check: Instant::now(),
+            next_check: coarse_now(),
             control: *control,
             doorbell,
         };
@@ -457,7 +458,7 @@ impl Endpoint<'_> {
     /// Where this endpoint stands with its peers. Looks again at most every 10 ms, or at
     /// once when the table says a pinned peer left or a peer attached.
     pub(super) fn peer(&mut self) -> Result<Peer> {
-        let now = Instant::now();
+        let now = coarse_now();
         let attached = self.peer_attaches.load(Ordering::Acquire) != self.attaches_seen;
         let peer = self.role.other();
         let left = attached
@@ -489,17 +490,28 @@ impl Endpoint<'_> {
         Ok(self.peer()? == Peer::Gone)
     }
 
-    /// For the per-message check of a sender: one load while the pinned peer's entry still
-    /// names it, a full look when it does not. Every 256th call also takes this endpoint's
-    /// lock again, in case a close elsewhere in the process dropped it.
+    /// For the per-message check of a sender: a load and a read of the coarse clock while a
+    /// pinned peer's entry still names it (a peer that died without leaving is noticed at the
+    /// next look, at most [`CHECK_INTERVAL`] later), or while no peer was ever seen and none
+    /// has attached since; otherwise the look of [`peer`](Self::peer), which also notices a
+    /// peer that attached and left between two messages. Every 256th call also takes this
+    /// endpoint's lock again, in case a close elsewhere in the process dropped it.
     pub(super) fn peer_detached(&mut self) -> Result<bool> {
         self.looks = self.looks.wrapping_add(1);
         if self.looks.is_multiple_of(256) {
             self.lock.retake(self.witness.fd);
         }
         let peer = self.role.other();
-        let still_named = |pinned: &Pinned<'_>| !pinned.named_when_pinned || pinned.named(peer);
-        if self.pinned.iter().any(still_named) || self.standing() == Peer::Absent {
+        if self
+            .pinned
+            .iter()
+            .any(|pinned| pinned.named_when_pinned && pinned.named(peer))
+            && coarse_now() < self.next_check
+        {
+            return Ok(false);
+        }
+        let attached = self.peer_attaches.load(Ordering::Acquire) != self.attaches_seen;
+        if !attached && self.standing() == Peer::Absent {
             return Ok(false);
         }
         self.peer_gone()
@@ -574,4 +586,12 @@ pub(super) fn disconnected(operation: &'static str, endpoint: &Endpoint<'_>) -> 
             format!("every {peer} of this channel is gone"),
         ),
     }
+}
+
+/// The coarse monotonic clock: a read of the vDSO's last tick (a few nanoseconds, resolution
+/// of a scheduler tick), cheap enough for the per-message look and fine enough for
+/// [`CHECK_INTERVAL`].
+fn coarse_now() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(now.tv_sec.unsigned_abs(), now.tv_nsec as u32)
 }
