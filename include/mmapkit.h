@@ -24,9 +24,22 @@
  * - Threads: mapping, segment, channel, semaphore and event handles may be used by several
  *   threads at once; a sender or receiver is one party (threads sharing one take turns); a
  *   mutex's lock belongs to the thread that took it.
+ * - Waits: a call that waits on a sender or receiver holds it for 50 ms at a time, so
+ *   mmapkit_sender_close / mmapkit_receiver_close from another thread ends the wait within
+ *   one slice (the wait returns MMAPKIT_EINVAL, "closed") and detaches the end before it
+ *   returns. A sender killed with SIGKILL does not ring a pollable channel's doorbell: poll
+ *   the doorbell with a timeout, and call mmapkit_receiver_recv with a timeout of 0 when it
+ *   expires, which reports MMAPKIT_EDISCONNECTED once the sender is gone.
+ * - fork: handles stay valid in the child for mappings and segments; a sender or receiver
+ *   belongs to the process that attached it, and the child's calls on an inherited one are
+ *   MMAPKIT_EINVAL (attach the child's own). Handles are numbers that are never reused, so a
+ *   handle used after it was destroyed is MMAPKIT_EINVAL even when a new object exists.
  * - Guarded access: mmapkit_mapping_read_at/write_at and segment reads report a truncated
  *   file as MMAPKIT_ETRUNCATED instead of dying of SIGBUS. A thread that blocks SIGBUS, or a
  *   program that installs its own SIGBUS handler after mmapkit's first use, loses that.
+ *   Each segment and channel takes one of 1024 shield slots of the process while it is
+ *   open: the 1025th at once is MMAPKIT_ENOMEM.
+ * - The header needs C99 (stdint.h, // comments) or C++.
  */
 
 #ifndef MMAPKIT_H

@@ -7,12 +7,14 @@
 
 use std::ffi::{c_char, c_int, c_void};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::time::Duration;
 
-use mmapkit::channel::{ByteChannel, ByteReceiver, ByteSender, ChannelOptions};
+use mmapkit::channel::{ByteChannel, ByteReceiver, ByteSender, ChannelOptions, ReceivedBytes};
 use mmapkit::{Error, ErrorKind, Result};
 use self_cell::self_cell;
 
+use crate::closable::{Attempt, Closable, sliced, unless_timeout};
 use crate::handles::{self, Wait, wait_of};
 use crate::segment::lent_stream;
 use crate::status::{MMAPKIT_OK, call, invalid};
@@ -63,8 +65,8 @@ self_cell!(
 );
 
 /// An end, and the channel's largest message (looked up once: it reads the header).
-struct SenderObject(Mutex<SenderCell>, usize);
-struct ReceiverObject(Mutex<ReceiverCell>, usize);
+struct SenderObject(Closable<SenderCell>, usize);
+struct ReceiverObject(Closable<ReceiverCell>, usize);
 
 fn channel(handle: *const mmapkit_channel_t) -> Result<Arc<ByteChannel>> {
     handles::get::<ByteChannel, _>(handle, CHANNEL)
@@ -72,6 +74,12 @@ fn channel(handle: *const mmapkit_channel_t) -> Result<Arc<ByteChannel>> {
 
 fn options(capacity: usize, flags: u32) -> Result<ChannelOptions> {
     handles::check_flags("create channel", flags, MMAPKIT_CHANNEL_POLLABLE)?;
+    if capacity == 0 {
+        return Err(invalid(
+            "create channel",
+            "a channel of capacity 0 carries nothing",
+        ));
+    }
     let mut options = ChannelOptions::new(capacity);
     options.pollable(flags & MMAPKIT_CHANNEL_POLLABLE != 0);
     Ok(options)
@@ -89,7 +97,7 @@ pub unsafe extern "C" fn mmapkit_channel_create(
     flags: u32,
     out: *mut *mut mmapkit_channel_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_channel_create", || {
         handles::clear_out(out)?;
         // SAFETY: the caller passes NULL or a NUL-terminated string.
         let name = unsafe { handles::text(name, "name") }?;
@@ -108,7 +116,7 @@ pub unsafe extern "C" fn mmapkit_channel_create_memfd(
     flags: u32,
     out: *mut *mut mmapkit_channel_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_channel_create_memfd", || {
         handles::clear_out(out)?;
         handles::hand_out(ByteChannel::create_memfd(&options(capacity, flags)?)?, out)
     })
@@ -123,7 +131,7 @@ pub unsafe extern "C" fn mmapkit_channel_open(
     name: *const c_char,
     out: *mut *mut mmapkit_channel_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_channel_open", || {
         handles::clear_out(out)?;
         // SAFETY: the caller passes NULL or a NUL-terminated string.
         let name = unsafe { handles::text(name, "name") }?;
@@ -140,7 +148,7 @@ pub unsafe extern "C" fn mmapkit_channel_send_over(
     channel: *const mmapkit_channel_t,
     socket: c_int,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_channel_send_over", || {
         self::channel(channel)?.send_over(&*lent_stream(socket)?)?;
         Ok(MMAPKIT_OK)
     })
@@ -155,7 +163,7 @@ pub unsafe extern "C" fn mmapkit_channel_receive_from(
     socket: c_int,
     out: *mut *mut mmapkit_channel_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_channel_receive_from", || {
         handles::clear_out(out)?;
         handles::hand_out(ByteChannel::receive_from(&*lent_stream(socket)?)?, out)
     })
@@ -167,7 +175,7 @@ pub unsafe extern "C" fn mmapkit_channel_receive_from(
 /// `name` is NULL or a NUL-terminated string.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_channel_unlink(name: *const c_char) -> c_int {
-    call(|| {
+    call("mmapkit_channel_unlink", || {
         // SAFETY: the caller passes NULL or a NUL-terminated string.
         let name = unsafe { handles::text(name, "name") }?;
         mmapkit::shm::unlink(name)?;
@@ -184,8 +192,8 @@ pub unsafe extern "C" fn mmapkit_channel_max_message(
     channel: *const mmapkit_channel_t,
     len: *mut usize,
 ) -> c_int {
-    call(|| {
-        let max = self::channel(channel)?.max_message();
+    call("mmapkit_channel_max_message", || {
+        let max = self::channel(channel)?.max_message()?;
         handles::put(len, max)
     })
 }
@@ -201,7 +209,7 @@ pub unsafe extern "C" fn mmapkit_channel_doorbell_fd(
     channel: *const mmapkit_channel_t,
     fd: *mut c_int,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_channel_doorbell_fd", || {
         let channel = self::channel(channel)?;
         let doorbell = channel.doorbell().map(|fd| fd.as_raw_fd()).ok_or_else(|| {
             Error::new(
@@ -221,7 +229,9 @@ pub unsafe extern "C" fn mmapkit_channel_doorbell_fd(
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_channel_close(channel: *mut mmapkit_channel_t) -> c_int {
-    call(|| handles::destroy::<ByteChannel, _>(channel, CHANNEL))
+    call("mmapkit_channel_close", || {
+        handles::destroy::<ByteChannel, _>(channel, CHANNEL)
+    })
 }
 
 /// Attaches this process as the channel's sender. `MMAPKIT_EEXIST` if a live sender is
@@ -234,12 +244,12 @@ pub unsafe extern "C" fn mmapkit_channel_sender(
     channel: *const mmapkit_channel_t,
     out: *mut *mut mmapkit_sender_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_channel_sender", || {
         handles::clear_out(out)?;
         let channel = self::channel(channel)?;
-        let max = channel.max_message();
+        let max = channel.max_message()?;
         let cell = SenderCell::try_new(channel, |channel| channel.sender())?;
-        handles::hand_out(SenderObject(Mutex::new(cell), max), out)
+        handles::hand_out(SenderObject(Closable::new(cell, SENDER), max), out)
     })
 }
 
@@ -256,7 +266,7 @@ pub unsafe extern "C" fn mmapkit_sender_send(
     len: usize,
     timeout_ms: i64,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_sender_send", || {
         let object = handles::get::<SenderObject, _>(sender, SENDER)?;
         let max = object.1;
         if len > max {
@@ -267,12 +277,26 @@ pub unsafe extern "C" fn mmapkit_sender_send(
         }
         // SAFETY: the length is a message's; the caller's data holds `len` bytes.
         let data = unsafe { handles::bytes(data, len) }?;
-        let mut cell = object.0.lock().unwrap_or_else(PoisonError::into_inner);
-        cell.with_dependent_mut(|_, sender| match wait_of(timeout_ms) {
-            Wait::Forever => sender.send(data),
-            Wait::Try => sender.try_send(data),
-            Wait::For(timeout) => sender.send_timeout(data, timeout),
-        })?;
+        let wait = wait_of(timeout_ms);
+        if let Wait::Try = wait {
+            object.0.step("send", |cell| {
+                cell.with_dependent_mut(|_, sender| sender.try_send(data))
+            })?;
+            return Ok(MMAPKIT_OK);
+        }
+        sliced(
+            &object.0,
+            "send",
+            wait,
+            |cell, slice| {
+                cell.with_dependent_mut(|_, sender| {
+                    unless_timeout(sender.send_timeout(data, slice))
+                })
+            },
+            |cell| {
+                cell.with_dependent_mut(|_, sender| attached(sender.wait_for_peer(Duration::ZERO)))
+            },
+        )?;
         Ok(MMAPKIT_OK)
     })
 }
@@ -284,7 +308,9 @@ pub unsafe extern "C" fn mmapkit_sender_send(
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_sender_close(sender: *mut mmapkit_sender_t) -> c_int {
-    call(|| handles::destroy::<SenderObject, _>(sender, SENDER))
+    call("mmapkit_sender_close", || {
+        handles::destroy_with(sender, SENDER, |object: &SenderObject| object.0.close())
+    })
 }
 
 /// Attaches this process as the channel's receiver. `MMAPKIT_EEXIST` if a live receiver is
@@ -297,12 +323,12 @@ pub unsafe extern "C" fn mmapkit_channel_receiver(
     channel: *const mmapkit_channel_t,
     out: *mut *mut mmapkit_receiver_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_channel_receiver", || {
         handles::clear_out(out)?;
         let channel = self::channel(channel)?;
-        let max = channel.max_message();
+        let max = channel.max_message()?;
         let cell = ReceiverCell::try_new(channel, |channel| channel.receiver())?;
-        handles::hand_out(ReceiverObject(Mutex::new(cell), max), out)
+        handles::hand_out(ReceiverObject(Closable::new(cell, RECEIVER), max), out)
     })
 }
 
@@ -322,30 +348,55 @@ pub unsafe extern "C" fn mmapkit_receiver_recv(
     len: *mut usize,
     timeout_ms: i64,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_receiver_recv", || {
         handles::nonnull(len, "len")?;
         let object = handles::get::<ReceiverObject, _>(receiver, RECEIVER)?;
-        let mut cell = object.0.lock().unwrap_or_else(PoisonError::into_inner);
         let max = object.1;
         // SAFETY: the caller's buffer holds `capacity` bytes; no more than a message's
         // length of it is ever written.
         let buf = unsafe { handles::bytes_mut(buf, capacity.min(max)) }?;
-        let received = cell.with_dependent_mut(|_, receiver| {
-            let message = match wait_of(timeout_ms) {
-                Wait::Forever => receiver.receive_in_place()?,
-                Wait::Try => receiver.try_receive_in_place()?.ok_or_else(|| {
-                    Error::new(ErrorKind::WouldBlock, "recv", "no message is waiting")
-                })?,
-                Wait::For(timeout) => receiver.receive_in_place_timeout(timeout)?,
+        // A message that fits is copied out; one that does not stays, its size reported.
+        let mut take =
+            |message: ReceivedBytes<'_, '_>| -> Result<std::result::Result<usize, usize>> {
+                let size = message.len();
+                if size > buf.len() {
+                    message.put_back();
+                    return Ok(Err(size));
+                }
+                message.copy_to(&mut buf[..size])?;
+                Ok(Ok(size))
             };
-            let size = message.len();
-            if size > buf.len() {
-                message.put_back();
-                return Ok(Err(size));
-            }
-            message.copy_to(&mut buf[..size])?;
-            Ok::<_, Error>(Ok(size))
-        })?;
+        let wait = wait_of(timeout_ms);
+        let received = match wait {
+            Wait::Try => object.0.step("recv", |cell| {
+                cell.with_dependent_mut(|_, receiver| match receiver.try_receive_in_place()? {
+                    Some(message) => take(message),
+                    None => Err(Error::new(
+                        ErrorKind::WouldBlock,
+                        "recv",
+                        "no message is waiting",
+                    )),
+                })
+            })?,
+            _ => sliced(
+                &object.0,
+                "recv",
+                wait,
+                |cell, slice| {
+                    cell.with_dependent_mut(|_, receiver| {
+                        match unless_timeout(receiver.receive_in_place_timeout(slice))? {
+                            Attempt::Done(message) => take(message).map(Attempt::Done),
+                            Attempt::NotYet => Ok(Attempt::NotYet),
+                        }
+                    })
+                },
+                |cell| {
+                    cell.with_dependent_mut(|_, receiver| {
+                        attached(receiver.wait_for_peer(Duration::ZERO))
+                    })
+                },
+            )?,
+        };
         match received {
             Ok(size) => handles::put(len, size),
             Err(size) => {
@@ -373,11 +424,12 @@ pub unsafe extern "C" fn mmapkit_receiver_arm(
     receiver: *const mmapkit_receiver_t,
     waiting: *mut c_int,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_receiver_arm", || {
         handles::nonnull(waiting, "waiting")?;
         let object = handles::get::<ReceiverObject, _>(receiver, RECEIVER)?;
-        let mut cell = object.0.lock().unwrap_or_else(PoisonError::into_inner);
-        let ready = cell.with_dependent_mut(|_, receiver| receiver.arm())?;
+        let ready = object.0.step("arm", |cell| {
+            cell.with_dependent_mut(|_, receiver| receiver.arm())
+        })?;
         handles::put(waiting, c_int::from(ready))
     })
 }
@@ -388,5 +440,18 @@ pub unsafe extern "C" fn mmapkit_receiver_arm(
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_receiver_close(receiver: *mut mmapkit_receiver_t) -> c_int {
-    call(|| handles::destroy::<ReceiverObject, _>(receiver, RECEIVER))
+    call("mmapkit_receiver_close", || {
+        handles::destroy_with(receiver, RECEIVER, |object: &ReceiverObject| {
+            object.0.close()
+        })
+    })
+}
+
+/// Whether a look for a peer without waiting found one.
+fn attached(looked: Result<()>) -> Result<bool> {
+    match looked {
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == ErrorKind::Timeout => Ok(false),
+        Err(error) => Err(error),
+    }
 }

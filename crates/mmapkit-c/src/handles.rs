@@ -1,16 +1,25 @@
 //! Handles and arguments: everything a C caller passes is checked before it is used.
 //!
-//! A handle is the address of a library object the registry holds (an `Arc`). Every call
-//! looks its handle up first, so a NULL, a garbage pointer, a handle of another type or one
-//! already destroyed is `MMAPKIT_EINVAL`, never a dereference. The call then works on its
+//! A handle is a number the registry gave out for a library object it holds (an `Arc`),
+//! never an address: numbers are not reused, so a handle kept after it was destroyed stays
+//! invalid even when a new object takes its place, and a garbage value is looked up, never
+//! dereferenced. Every call looks its handle up first, so a NULL, a garbage pointer, a handle
+//! of another type or one already destroyed is `MMAPKIT_EINVAL`. The call then works on its
 //! own reference to the object: a thread destroying the handle meanwhile only removes it
 //! from the registry, and the object lives until the calls using it return.
+//!
+//! The registry's lock is held across `fork` (taken in a `pthread_atfork` prepare handler
+//! and let go in both processes), so a child never inherits it locked by a thread it does
+//! not have.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::ffi::{CStr, c_char, c_int, c_void};
+use std::hash::BuildHasher;
 use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
 use std::time::Duration;
 
 use mmapkit::{Error, ErrorKind, Result};
@@ -19,20 +28,57 @@ use crate::status::invalid;
 
 type Object = Arc<dyn Any + Send + Sync>;
 
-/// The live handles of the process, by address.
-static LIVE: Mutex<Option<HashMap<usize, Object>>> = Mutex::new(None);
+/// The live handles of the process, by number, and the next number to give out.
+struct Registry {
+    live: HashMap<usize, Object>,
+    next: usize,
+}
 
-fn with_live<R>(use_them: impl FnOnce(&mut HashMap<usize, Object>) -> R) -> R {
-    let mut live = LIVE.lock().unwrap_or_else(PoisonError::into_inner);
-    use_them(live.get_or_insert_with(HashMap::new))
+static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
+
+thread_local! {
+    /// The registry's lock, held by the thread that forks from prepare to parent/child.
+    static HELD_ACROSS_FORK: RefCell<Option<MutexGuard<'static, Option<Registry>>>> =
+        const { RefCell::new(None) };
+}
+
+extern "C" fn before_fork() {
+    let guard = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    HELD_ACROSS_FORK.with(|held| *held.borrow_mut() = Some(guard));
+}
+
+extern "C" fn after_fork() {
+    HELD_ACROSS_FORK.with(|held| drop(held.borrow_mut().take()));
+}
+
+fn with_registry<R>(use_it: impl FnOnce(&mut Registry) -> R) -> R {
+    static AT_FORK: Once = Once::new();
+    AT_FORK.call_once(|| {
+        // SAFETY: the handlers are plain functions that only take and drop the registry's
+        // lock on the forking thread; registering cannot fail but for ENOMEM, and then
+        // fork safety is lost, not memory safety.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+    });
+    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    use_it(registry.get_or_insert_with(|| Registry {
+        live: HashMap::new(),
+        // A random start, so that small integers and stray pointers name no handle.
+        next: (RandomState::new().hash_one(std::process::id()) as usize | 1 << 12) & !0xF,
+    }))
 }
 
 /// Registers `object` and returns its handle.
 pub(crate) fn register<T: Any + Send + Sync>(object: T) -> *mut c_void {
-    let object = Arc::new(object);
-    let address = Arc::as_ptr(&object) as *mut c_void;
-    with_live(|live| live.insert(address as usize, object));
-    address
+    let object: Object = Arc::new(object);
+    with_registry(|registry| {
+        let mut number = registry.next;
+        while number == 0 || registry.live.contains_key(&number) {
+            number = number.wrapping_add(16);
+        }
+        registry.next = number.wrapping_add(16);
+        registry.live.insert(number, object);
+        std::ptr::without_provenance_mut(number)
+    })
 }
 
 /// Registers `object` and stores its handle in `*out`.
@@ -46,7 +92,7 @@ pub(crate) fn get<T: Any + Send + Sync, H>(handle: *const H, kind: &str) -> Resu
     if handle.is_null() {
         return Err(invalid("handle", format!("the {kind} handle is NULL")));
     }
-    let object = with_live(|live| live.get(&(handle as usize)).cloned());
+    let object = with_registry(|registry| registry.live.get(&handle.addr()).cloned());
     object
         .and_then(|object| object.downcast::<T>().ok())
         .ok_or_else(|| {
@@ -60,13 +106,26 @@ pub(crate) fn get<T: Any + Send + Sync, H>(handle: *const H, kind: &str) -> Resu
 /// Removes `handle` from the registry (the object goes once no call uses it). NULL is
 /// accepted and does nothing, as `free(NULL)` does.
 pub(crate) fn destroy<T: Any + Send + Sync, H>(handle: *mut H, kind: &str) -> Result<c_int> {
+    destroy_with::<T, H>(handle, kind, |_| ())
+}
+
+/// As [`destroy`], running `closing` on the object once it is out of the registry (and
+/// before this call's reference goes), for objects that must stop calls in progress.
+pub(crate) fn destroy_with<T: Any + Send + Sync, H>(
+    handle: *mut H,
+    kind: &str,
+    closing: impl FnOnce(&T),
+) -> Result<c_int> {
     if handle.is_null() {
         return Ok(crate::status::MMAPKIT_OK);
     }
-    get::<T, H>(handle, kind)?;
-    let object = with_live(|live| live.remove(&(handle as usize)));
+    let object = get::<T, H>(handle, kind)?;
+    let removed = with_registry(|registry| registry.live.remove(&handle.addr()));
+    if removed.is_some() {
+        closing(&object);
+    }
     // Dropped outside the registry's lock: unmapping or closing takes a system call.
-    drop(object);
+    drop((removed, object));
     Ok(crate::status::MMAPKIT_OK)
 }
 

@@ -14,6 +14,7 @@
 use std::ffi::{c_char, c_int};
 
 mod channel;
+mod closable;
 mod handles;
 mod mapping;
 mod residency;

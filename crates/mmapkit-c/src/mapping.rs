@@ -132,7 +132,7 @@ pub unsafe extern "C" fn mmapkit_map_path(
     length: usize,
     out: *mut *mut mmapkit_mapping_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_map_path", || {
         handles::clear_out(out)?;
         // SAFETY: the caller passes NULL or a NUL-terminated string.
         let path = unsafe { handles::path(path) }?;
@@ -155,7 +155,7 @@ pub unsafe extern "C" fn mmapkit_map_fd(
     length: usize,
     out: *mut *mut mmapkit_mapping_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_map_fd", || {
         handles::clear_out(out)?;
         let fd = handles::borrowed_fd(fd, "fd")?;
         let mapping = file_options(flags, offset, length)?.map_fd(fd)?;
@@ -174,7 +174,7 @@ pub unsafe extern "C" fn mmapkit_map_anonymous(
     flags: u32,
     out: *mut *mut mmapkit_mapping_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_map_anonymous", || {
         handles::clear_out(out)?;
         handles::check_flags("map", flags, MAP_FLAGS)?;
         let mut options = MapOptions::new();
@@ -194,7 +194,9 @@ pub unsafe extern "C" fn mmapkit_map_anonymous(
 /// None beyond the C rules: any pointer value is checked.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_mapping_unmap(mapping: *mut mmapkit_mapping_t) -> c_int {
-    call(|| handles::destroy::<MappingObject, _>(mapping, KIND))
+    call("mmapkit_mapping_unmap", || {
+        handles::destroy::<MappingObject, _>(mapping, KIND)
+    })
 }
 
 /// The mapping's length in bytes.
@@ -206,7 +208,7 @@ pub unsafe extern "C" fn mmapkit_mapping_len(
     mapping: *const mmapkit_mapping_t,
     len: *mut usize,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_len", || {
         let length = self::mapping(mapping)?.read().len();
         handles::put(len, length)
     })
@@ -223,7 +225,7 @@ pub unsafe extern "C" fn mmapkit_mapping_data(
     mapping: *const mmapkit_mapping_t,
     data: *mut *mut c_void,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_data", || {
         let address = self::mapping(mapping)?.read().as_mut_ptr();
         handles::put(data, address.cast())
     })
@@ -241,7 +243,7 @@ pub unsafe extern "C" fn mmapkit_mapping_read_at(
     buf: *mut c_void,
     len: usize,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_read_at", || {
         let object = self::mapping(mapping)?;
         let mapping = object.read();
         handles::fits("read_at", offset, len, mapping.len())?;
@@ -263,7 +265,7 @@ pub unsafe extern "C" fn mmapkit_mapping_write_at(
     data: *const c_void,
     len: usize,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_write_at", || {
         let object = self::mapping(mapping)?;
         let mapping = object.read();
         handles::fits("write_at", offset, len, mapping.len())?;
@@ -286,7 +288,7 @@ pub unsafe extern "C" fn mmapkit_mapping_flush(
     len: usize,
     flags: u32,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_flush", || {
         handles::check_flags(
             "flush",
             flags,
@@ -343,7 +345,7 @@ pub unsafe extern "C" fn mmapkit_mapping_advise(
     len: usize,
     advice: c_int,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_advise", || {
         let advice = advice_of(advice)?;
         let object = self::mapping(mapping)?;
         let mapping = object.read();
@@ -365,7 +367,7 @@ pub unsafe extern "C" fn mmapkit_mapping_protect(
     len: usize,
     protection: u32,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_protect", || {
         handles::check_flags(
             "protect",
             protection,
@@ -390,7 +392,7 @@ pub unsafe extern "C" fn mmapkit_mapping_lock(
     offset: usize,
     len: usize,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_lock", || {
         let object = self::mapping(mapping)?;
         let mapping = object.read();
         let range = handles::range("lock", offset, len, mapping.len())?;
@@ -409,7 +411,7 @@ pub unsafe extern "C" fn mmapkit_mapping_unlock(
     offset: usize,
     len: usize,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_unlock", || {
         let object = self::mapping(mapping)?;
         let mapping = object.read();
         let range = handles::range("unlock", offset, len, mapping.len())?;
@@ -435,7 +437,7 @@ pub unsafe extern "C" fn mmapkit_mapping_residency(
     page_map: *mut u8,
     page_map_len: usize,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mapping_residency", || {
         handles::nonnull(resident, "resident")?;
         handles::nonnull(pages, "pages")?;
         let object = self::mapping(mapping)?;

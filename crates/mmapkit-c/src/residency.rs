@@ -41,7 +41,7 @@ pub unsafe extern "C" fn mmapkit_residency_path(
     path: *const c_char,
     out: *mut mmapkit_file_residency_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_residency_path", || {
         handles::nonnull(out, "out")?;
         // SAFETY: the caller passes NULL or a NUL-terminated string.
         let path = unsafe { handles::path(path) }?;

@@ -36,6 +36,12 @@ pub(crate) fn segment(handle: *const mmapkit_segment_t) -> Result<Arc<Segment>> 
 unsafe fn options(type_tag: *const c_char, size: usize, mode: u32) -> Result<SegmentOptions> {
     // SAFETY: the caller passes NULL or a NUL-terminated string.
     let type_tag = unsafe { handles::text(type_tag, "type_tag") }?;
+    if mode & !0o777 != 0 {
+        return Err(invalid(
+            "create segment",
+            format!("mode {mode:#o} has bits beyond the permission bits (0777)"),
+        ));
+    }
     let mut options = SegmentOptions::new(type_tag, size)?;
     if mode != 0 {
         options.mode(mode);
@@ -57,7 +63,7 @@ pub unsafe extern "C" fn mmapkit_segment_create(
     mode: u32,
     out: *mut *mut mmapkit_segment_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_create", || {
         handles::clear_out(out)?;
         // SAFETY: the caller passes NULL or NUL-terminated strings.
         let (name, options) =
@@ -79,7 +85,7 @@ pub unsafe extern "C" fn mmapkit_segment_open(
     wait_ms: u32,
     out: *mut *mut mmapkit_segment_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_open", || {
         handles::clear_out(out)?;
         // SAFETY: the caller passes NULL or NUL-terminated strings.
         let (name, mut options) =
@@ -103,7 +109,7 @@ pub unsafe extern "C" fn mmapkit_segment_create_memfd(
     debug_name: *const c_char,
     out: *mut *mut mmapkit_segment_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_create_memfd", || {
         handles::clear_out(out)?;
         // SAFETY: the caller passes NULL or NUL-terminated strings.
         let (options, debug_name) = unsafe {
@@ -127,7 +133,7 @@ pub unsafe extern "C" fn mmapkit_segment_from_fd(
     type_tag: *const c_char,
     out: *mut *mut mmapkit_segment_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_from_fd", || {
         handles::clear_out(out)?;
         // SAFETY: the caller passes NULL or a NUL-terminated string.
         let options = unsafe { options(type_tag, 0, 0) }?;
@@ -148,7 +154,7 @@ pub unsafe extern "C" fn mmapkit_segment_fd(
     segment: *const mmapkit_segment_t,
     fd: *mut c_int,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_fd", || {
         let raw = self::segment(segment)?.fd().as_raw_fd();
         handles::put(fd, raw)
     })
@@ -163,7 +169,7 @@ pub unsafe extern "C" fn mmapkit_segment_len(
     segment: *const mmapkit_segment_t,
     len: *mut usize,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_len", || {
         let payload = self::segment(segment)?.payload_len();
         handles::put(len, payload)
     })
@@ -181,7 +187,7 @@ pub unsafe extern "C" fn mmapkit_segment_read_at(
     buf: *mut c_void,
     len: usize,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_read_at", || {
         let segment = self::segment(segment)?;
         handles::fits("read_at", offset, len, segment.payload_len())?;
         // SAFETY: the length fits the payload; the caller's buffer holds `len` bytes.
@@ -202,7 +208,7 @@ pub unsafe extern "C" fn mmapkit_segment_write_at(
     data: *const c_void,
     len: usize,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_write_at", || {
         let segment = self::segment(segment)?;
         handles::fits("write_at", offset, len, segment.payload_len())?;
         // SAFETY: the length fits the payload; the caller's data holds `len` bytes.
@@ -237,7 +243,7 @@ pub unsafe extern "C" fn mmapkit_segment_send(
     segment: *const mmapkit_segment_t,
     socket: c_int,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_send", || {
         let segment = self::segment(segment)?;
         segment.send(&*lent_stream(socket)?, &[])?;
         Ok(MMAPKIT_OK)
@@ -254,7 +260,7 @@ pub unsafe extern "C" fn mmapkit_segment_receive(
     type_tag: *const c_char,
     out: *mut *mut mmapkit_segment_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_segment_receive", || {
         handles::clear_out(out)?;
         // SAFETY: the caller passes NULL or a NUL-terminated string.
         let options = unsafe { options(type_tag, 0, 0) }?;
@@ -270,7 +276,7 @@ pub unsafe extern "C" fn mmapkit_segment_receive(
 /// `name` is NULL or a NUL-terminated string.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_segment_unlink(name: *const c_char) -> c_int {
-    call(|| {
+    call("mmapkit_segment_unlink", || {
         // SAFETY: the caller passes NULL or a NUL-terminated string.
         let name = unsafe { handles::text(name, "name") }?;
         mmapkit::shm::unlink(name)?;
@@ -285,5 +291,7 @@ pub unsafe extern "C" fn mmapkit_segment_unlink(name: *const c_char) -> c_int {
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_segment_close(segment: *mut mmapkit_segment_t) -> c_int {
-    call(|| handles::destroy::<Segment, _>(segment, KIND))
+    call("mmapkit_segment_close", || {
+        handles::destroy::<Segment, _>(segment, KIND)
+    })
 }

@@ -153,9 +153,10 @@ pub(crate) fn last_errno() -> c_int {
     LAST.with(|last| last.borrow().errno)
 }
 
-/// Runs an exported function's body: its error becomes a status and the thread's last
-/// error, a panic becomes `MMAPKIT_EINTERNAL`, and success clears the last error.
-pub(crate) fn call(body: impl FnOnce() -> Result<c_int, Error>) -> c_int {
+/// Runs the body of the exported function `function`: its error becomes a status and the
+/// thread's last error (named after `function`, the name the C caller knows), a panic
+/// becomes `MMAPKIT_EINTERNAL`, and success clears the last error.
+pub(crate) fn call(function: &'static str, body: impl FnOnce() -> Result<c_int, Error>) -> c_int {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(status)) => {
             if status == MMAPKIT_OK {
@@ -164,8 +165,9 @@ pub(crate) fn call(body: impl FnOnce() -> Result<c_int, Error>) -> c_int {
             status
         }
         Ok(Err(error)) => {
-            remember(error.to_string(), error.raw_os_error().unwrap_or(0));
-            status_of(error.kind())
+            let (status, errno) = (status_of(error.kind()), error.raw_os_error().unwrap_or(0));
+            remember(message_for_c(function, error), errno);
+            status
         }
         Err(panic) => {
             let what = panic
@@ -180,6 +182,68 @@ pub(crate) fn call(body: impl FnOnce() -> Result<c_int, Error>) -> c_int {
             MMAPKIT_EINTERNAL
         }
     }
+}
+
+/// Hints of the Rust library that name Rust calls, and what a C caller does instead.
+const C_HINTS: [(&str, &str); 7] = [
+    (
+        "sender() or receiver()",
+        "attach this process's own end with mmapkit_channel_sender or mmapkit_channel_receiver",
+    ),
+    (
+        "wait_for_peer(timeout)",
+        "a call with a timeout (timeout_ms > 0) waits for a peer to attach until then",
+    ),
+    (
+        "ChannelOptions::pollable(true)",
+        "create the channel with MMAPKIT_CHANNEL_POLLABLE",
+    ),
+    (
+        "receive_from",
+        "get the channel from its creator (fork, or mmapkit_channel_receive_from) instead of \
+         by name",
+    ),
+    (
+        "Mapping::protect",
+        "change it with mmapkit_mapping_protect, or map with the access you need",
+    ),
+    (
+        "mmapkit::shm::unlink",
+        "remove it (mmapkit_segment_unlink) and create it again",
+    ),
+    (
+        "LockError::OwnerDied",
+        "the lock is held: repair the data, call mmapkit_mutex_mark_consistent, then \
+         mmapkit_mutex_unlock",
+    ),
+];
+
+/// The sentence a C caller reads: the error as the library words it, named after the C
+/// function, with a hint that names Rust calls put in C terms (or left out when C has no
+/// counterpart).
+fn message_for_c(function: &'static str, error: Error) -> String {
+    let hint = error.hint().map(str::to_owned);
+    let mut message = error.with_operation(function).to_string();
+    if let Some(hint) = hint {
+        message.truncate(message.len().saturating_sub(hint.len() + 2));
+        let translated = C_HINTS
+            .iter()
+            .find(|(rust, _)| hint.contains(rust))
+            .map(|(_, c)| (*c).to_owned());
+        if let Some(hint) = translated.or((!names_rust(&hint)).then_some(hint)) {
+            message.push_str("; ");
+            message.push_str(&hint);
+        }
+    }
+    message
+}
+
+/// Whether a hint names a Rust item: a path, a call, or a snake_case method.
+fn names_rust(hint: &str) -> bool {
+    let snake_case = hint
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .any(|word| word.contains('_') && word.chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+    hint.contains("::") || hint.contains("()") || snake_case
 }
 
 /// A status that is not OK, with its message, for results the library reports as a value

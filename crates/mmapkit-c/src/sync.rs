@@ -83,7 +83,7 @@ pub unsafe extern "C" fn mmapkit_mutex_init(
     offset: usize,
     out: *mut *mut mmapkit_mutex_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mutex_init", || {
         handles::clear_out(out)?;
         let object = MutexObject(placed(segment, offset)?);
         Mutex::init(&object.0.segment, offset, ())?;
@@ -101,7 +101,7 @@ pub unsafe extern "C" fn mmapkit_mutex_open(
     offset: usize,
     out: *mut *mut mmapkit_mutex_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mutex_open", || {
         handles::clear_out(out)?;
         let object = MutexObject(placed(segment, offset)?);
         object.mutex()?;
@@ -122,7 +122,7 @@ pub unsafe extern "C" fn mmapkit_mutex_lock(
     mutex: *const mmapkit_mutex_t,
     timeout_ms: i64,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_mutex_lock", || {
         let object = handles::get::<MutexObject, _>(mutex, MUTEX)?;
         let mutex = object.mutex()?;
         if mutex.is_held_by_current_thread() {
@@ -159,7 +159,7 @@ pub unsafe extern "C" fn mmapkit_mutex_lock(
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_mutex_unlock(mutex: *const mmapkit_mutex_t) -> c_int {
-    call(|| {
+    call("mmapkit_mutex_unlock", || {
         let object = handles::get::<MutexObject, _>(mutex, MUTEX)?;
         let mutex = object.mutex()?;
         // SAFETY: the guard of this lock was forgotten when this thread took it through the
@@ -178,7 +178,7 @@ pub unsafe extern "C" fn mmapkit_mutex_unlock(mutex: *const mmapkit_mutex_t) -> 
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_mutex_mark_consistent(mutex: *const mmapkit_mutex_t) -> c_int {
-    call(|| {
+    call("mmapkit_mutex_mark_consistent", || {
         let object = handles::get::<MutexObject, _>(mutex, MUTEX)?;
         let mutex = object.mutex()?;
         // SAFETY: as in mmapkit_mutex_unlock; the guard is forgotten again, so the lock stays
@@ -197,7 +197,9 @@ pub unsafe extern "C" fn mmapkit_mutex_mark_consistent(mutex: *const mmapkit_mut
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_mutex_close(mutex: *mut mmapkit_mutex_t) -> c_int {
-    call(|| handles::destroy::<MutexObject, _>(mutex, MUTEX))
+    call("mmapkit_mutex_close", || {
+        handles::destroy::<MutexObject, _>(mutex, MUTEX)
+    })
 }
 
 impl SemaphoreObject {
@@ -217,7 +219,7 @@ pub unsafe extern "C" fn mmapkit_semaphore_init(
     initial: u32,
     out: *mut *mut mmapkit_semaphore_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_semaphore_init", || {
         handles::clear_out(out)?;
         let object = SemaphoreObject(placed(segment, offset)?);
         Semaphore::init(&object.0.segment, offset, initial)?;
@@ -235,7 +237,7 @@ pub unsafe extern "C" fn mmapkit_semaphore_open(
     offset: usize,
     out: *mut *mut mmapkit_semaphore_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_semaphore_open", || {
         handles::clear_out(out)?;
         let object = SemaphoreObject(placed(segment, offset)?);
         object.semaphore()?;
@@ -249,7 +251,7 @@ pub unsafe extern "C" fn mmapkit_semaphore_open(
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_semaphore_post(semaphore: *const mmapkit_semaphore_t) -> c_int {
-    call(|| {
+    call("mmapkit_semaphore_post", || {
         let object = handles::get::<SemaphoreObject, _>(semaphore, SEMAPHORE)?;
         object.semaphore()?.post()?;
         Ok(MMAPKIT_OK)
@@ -266,7 +268,7 @@ pub unsafe extern "C" fn mmapkit_semaphore_wait(
     semaphore: *const mmapkit_semaphore_t,
     timeout_ms: i64,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_semaphore_wait", || {
         let object = handles::get::<SemaphoreObject, _>(semaphore, SEMAPHORE)?;
         let semaphore = object.semaphore()?;
         match wait_of(timeout_ms) {
@@ -291,7 +293,7 @@ pub unsafe extern "C" fn mmapkit_semaphore_value(
     semaphore: *const mmapkit_semaphore_t,
     value: *mut u32,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_semaphore_value", || {
         let object = handles::get::<SemaphoreObject, _>(semaphore, SEMAPHORE)?;
         let count = object.semaphore()?.value();
         handles::put(value, count)
@@ -304,7 +306,9 @@ pub unsafe extern "C" fn mmapkit_semaphore_value(
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_semaphore_close(semaphore: *mut mmapkit_semaphore_t) -> c_int {
-    call(|| handles::destroy::<SemaphoreObject, _>(semaphore, SEMAPHORE))
+    call("mmapkit_semaphore_close", || {
+        handles::destroy::<SemaphoreObject, _>(semaphore, SEMAPHORE)
+    })
 }
 
 impl EventObject {
@@ -325,7 +329,7 @@ pub unsafe extern "C" fn mmapkit_event_init(
     auto_reset: c_int,
     out: *mut *mut mmapkit_event_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_event_init", || {
         handles::clear_out(out)?;
         let object = EventObject(placed(segment, offset)?);
         let mode = if auto_reset != 0 {
@@ -348,7 +352,7 @@ pub unsafe extern "C" fn mmapkit_event_open(
     offset: usize,
     out: *mut *mut mmapkit_event_t,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_event_open", || {
         handles::clear_out(out)?;
         let object = EventObject(placed(segment, offset)?);
         object.event()?;
@@ -362,7 +366,7 @@ pub unsafe extern "C" fn mmapkit_event_open(
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_event_set(event: *const mmapkit_event_t) -> c_int {
-    call(|| {
+    call("mmapkit_event_set", || {
         handles::get::<EventObject, _>(event, EVENT)?
             .event()?
             .set()?;
@@ -376,7 +380,7 @@ pub unsafe extern "C" fn mmapkit_event_set(event: *const mmapkit_event_t) -> c_i
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_event_reset(event: *const mmapkit_event_t) -> c_int {
-    call(|| {
+    call("mmapkit_event_reset", || {
         handles::get::<EventObject, _>(event, EVENT)?
             .event()?
             .reset()?;
@@ -393,7 +397,7 @@ pub unsafe extern "C" fn mmapkit_event_is_set(
     event: *const mmapkit_event_t,
     set: *mut c_int,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_event_is_set", || {
         let now = handles::get::<EventObject, _>(event, EVENT)?
             .event()?
             .is_set();
@@ -411,7 +415,7 @@ pub unsafe extern "C" fn mmapkit_event_wait(
     event: *const mmapkit_event_t,
     timeout_ms: i64,
 ) -> c_int {
-    call(|| {
+    call("mmapkit_event_wait", || {
         let object = handles::get::<EventObject, _>(event, EVENT)?;
         let event = object.event()?;
         match wait_of(timeout_ms) {
@@ -433,7 +437,9 @@ pub unsafe extern "C" fn mmapkit_event_wait(
 /// None beyond the C rules.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_event_close(event: *mut mmapkit_event_t) -> c_int {
-    call(|| handles::destroy::<EventObject, _>(event, EVENT))
+    call("mmapkit_event_close", || {
+        handles::destroy::<EventObject, _>(event, EVENT)
+    })
 }
 
 fn would_block(operation: &'static str, why: &'static str) -> Error {

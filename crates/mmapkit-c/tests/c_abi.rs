@@ -113,6 +113,32 @@ fn garbage_handles_and_absurd_lengths_are_errors_under_asan() {
 }
 
 #[test]
+fn handles_threads_and_fork_under_asan() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lifecycle.c");
+    let program = compile(&source, dir.path(), &["-fsanitize=address", "-g"]);
+    let output = run(Command::new(program).env("ASAN_OPTIONS", "detect_leaks=0"));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.ends_with("0 failures\n"), "{text}");
+}
+
+#[test]
+fn the_header_compiles_as_strict_c99() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("strict.c");
+    std::fs::write(
+        &source,
+        "#include \"mmapkit.h\"\nint main(void) { return MMAPKIT_OK; }\n",
+    )
+    .unwrap();
+    run(Command::new("cc")
+        .args(["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-I"])
+        .arg(root().join("include"))
+        .arg(&source)
+        .arg("-fsyntax-only"));
+}
+
+#[test]
 fn only_mmapkit_symbols_are_exported() {
     let output = run(Command::new("nm")
         .args(["-D", "--defined-only", "--format=posix"])

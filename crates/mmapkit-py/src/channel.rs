@@ -78,8 +78,8 @@ impl PyByteChannel {
 
     /// The longest message the channel carries (half its capacity, less 8 bytes).
     #[getter]
-    fn max_message(&self) -> usize {
-        self.channel.max_message()
+    fn max_message(&self) -> PyResult<usize> {
+        self.channel.max_message().py()
     }
 
     /// The name in /dev/shm, or None for a memfd channel.
@@ -112,7 +112,7 @@ impl PyByteChannel {
             "<mmapkit.ByteChannel {} max_message={}{}>",
             self.name()
                 .map_or_else(|| "memfd".to_owned(), |name| format!("{name:?}")),
-            self.max_message(),
+            self.max_message().unwrap_or(0),
             if self.pollable() { " pollable" } else { "" }
         )
     }

@@ -251,7 +251,7 @@ fn named_channels_check_the_element_type() {
 #[test]
 fn byte_messages_of_every_length_survive_wrap_around() {
     let channel = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
-    assert_eq!(channel.max_message(), 2040);
+    assert_eq!(channel.max_message().unwrap(), 2040);
     let lengths: Vec<usize> = (0..3000).map(|i| (i * 7919) % 2041).collect();
     std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -281,7 +281,7 @@ fn byte_loans_and_limits() {
     let mut sender = channel.sender().unwrap();
     let mut receiver = channel.receiver().unwrap();
     let error = sender
-        .send(&vec![0; channel.max_message() + 1])
+        .send(&vec![0; channel.max_message().unwrap() + 1])
         .unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidInput);
     let mut loan = sender.loan(11).unwrap();

@@ -70,7 +70,11 @@ def map_file(
 def map_anonymous(length: int, *, shared: bool = False, populate: bool = False) -> Mapping: ...
 
 class Segment:
-    """A shared-memory segment: a header, then `len(segment)` bytes of payload."""
+    """A shared-memory segment: a header, then `len(segment)` bytes of payload.
+
+    A process holds at most 1024 segments (channels included) open at once: each is
+    shielded against truncation by a slot of a fixed table; the next one raises
+    OutOfMemoryError until one is closed."""
 
     @property
     def name(self) -> str | None: ...

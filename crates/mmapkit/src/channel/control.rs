@@ -128,7 +128,18 @@ impl<'c> Control<'c> {
     }
 
     /// Validates the control block of an existing channel against what the opener expects.
+    /// A segment truncated under us reads as zeros: that is `Truncated`, not a bad header.
     pub(super) fn open(
+        segment: &'c Segment,
+        expected: Kind,
+        element_size: u32,
+        element_align: u32,
+    ) -> Result<Self> {
+        Self::validate(segment, expected, element_size, element_align)
+            .map_err(|error| segment.check().err().unwrap_or(error))
+    }
+
+    fn validate(
         segment: &'c Segment,
         expected: Kind,
         element_size: u32,

@@ -246,7 +246,17 @@ impl Mapping {
         unsafe { sys::madvise(address, len, advice) }.map_err(|errno| {
             let error =
                 Error::os("advise", errno).with_range(range.start as u64, range.len() as u64);
+            let populating_writes = advice == MemoryAdvice::LinuxPopulateWrite;
             match errno {
+                Errno::INVAL | Errno::FAULT | Errno::PERM
+                    if populating_writes
+                        && !self.protection_floor(&range).contains(Protection::WRITE) =>
+                {
+                    error.with_hint(
+                        "populating for writing needs write access, and this range is not \
+                         writable: map it writable (or protect it read-write) first",
+                    )
+                }
                 Errno::INVAL => error.with_hint(format!(
                     "this advice does not apply to a {:?} {:?} mapping on this kernel",
                     self.sharing, self.backing

@@ -21,7 +21,10 @@
 //! segment, where [`Mapping::atomic`] would refuse a truncatable file. The shield needs SIGBUS
 //! deliverable: a thread that blocks it and works in place (atomics, locks, channel indices)
 //! on a named or file segment dies if a peer truncates it; copies are safe whatever the mask,
-//! and memfd segments never fault at all (see "Signal masks" in [`crate::fault`]).
+//! and memfd segments never fault at all (see "Signal masks" in [`crate::fault`]). Shields
+//! live in a fixed table: a process holds at most 1024 segments (channels included) open at
+//! once; the next one fails with `OutOfMemory` ("all 1024 shield slots of this process are
+//! in use") until one is dropped.
 //!
 //! Names are 1 to 250 bytes, without '/' or NUL. Segments are created with mode 0600 (owner
 //! only) unless [`SegmentOptions::mode`] says otherwise.
@@ -132,13 +135,17 @@ impl Segment {
 
     /// Copies payload bytes at `offset` into `buf`.
     pub fn read_at(&self, offset: usize, buf: &mut [u8]) -> Result<()> {
-        self.mapping.read_at(payload_offset(offset)?, buf)?;
+        self.mapping
+            .read_at(payload_offset(offset)?, buf)
+            .map_err(in_payload_terms)?;
         self.check()
     }
 
     /// Copies `data` into the payload at `offset`.
     pub fn write_at(&self, offset: usize, data: &[u8]) -> Result<()> {
-        self.mapping.write_at(payload_offset(offset)?, data)?;
+        self.mapping
+            .write_at(payload_offset(offset)?, data)
+            .map_err(in_payload_terms)?;
         self.check()
     }
 
@@ -153,7 +160,8 @@ impl Segment {
         unsafe {
             self.mapping
                 .read_to_ptr(payload_offset(offset)?, target, len)
-        }?;
+        }
+        .map_err(in_payload_terms)?;
         self.check()
     }
 
@@ -173,7 +181,8 @@ impl Segment {
         unsafe {
             self.mapping
                 .write_from_ptr(payload_offset(offset)?, source, len)
-        }?;
+        }
+        .map_err(in_payload_terms)?;
         self.check()
     }
 
@@ -297,6 +306,15 @@ fn poisoned_error(shield: &Shield) -> Result<()> {
         .with_hint("the segment can no longer be trusted: drop it and open it again"));
     }
     Ok(())
+}
+
+/// A mapping's error about header-inclusive offsets, restated in the payload offsets the
+/// caller passed.
+fn in_payload_terms(error: Error) -> Error {
+    match error.offset() {
+        Some(offset) => error.with_offset(offset.saturating_sub(HEADER_SIZE as u64)),
+        None => error,
+    }
 }
 
 fn payload_offset(offset: usize) -> Result<usize> {

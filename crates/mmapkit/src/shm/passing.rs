@@ -100,7 +100,7 @@ impl SegmentOptions {
     pub fn receive(&self, stream: &UnixStream) -> Result<(Segment, Vec<OwnedFd>)> {
         let mut buf = [0u8; 64];
         let (len, mut fds) = sys::recv_with_fds(stream.as_fd(), &mut buf, MAX_FDS)
-            .map_err(|errno| Error::os("receive segment", errno))?;
+            .map_err(|errno| socket_error("receive segment", errno))?;
         if &buf[..len] != GREETING || fds.is_empty() {
             return Err(Error::new(
                 ErrorKind::Corrupt,
@@ -209,5 +209,15 @@ fn send_fds(stream: &UnixStream, fd: BorrowedFd<'_>, extra: &[BorrowedFd<'_>]) -
     fds.extend_from_slice(extra);
     sys::send_with_fds(stream.as_fd(), GREETING, &fds)
         .map(drop)
-        .map_err(|errno| Error::os("send segment", errno))
+        .map_err(|errno| socket_error("send segment", errno))
+}
+
+/// An error of a socket call: on a non-blocking socket `EAGAIN` means "nothing yet" (or
+/// "no room yet"), `WouldBlock`, not the `OutOfMemory` it means for memory calls.
+fn socket_error(operation: &'static str, errno: rustix::io::Errno) -> Error {
+    let error = Error::os(operation, errno);
+    match errno {
+        rustix::io::Errno::AGAIN => error.with_kind(ErrorKind::WouldBlock),
+        _ => error,
+    }
 }

@@ -73,6 +73,7 @@ impl<'s> Event<'s> {
             0 => EventMode::ManualReset,
             1 => EventMode::AutoReset,
             other => {
+                segment.check()?;
                 return Err(Error::new(
                     ErrorKind::Corrupt,
                     "open",
@@ -122,6 +123,7 @@ impl<'s> Event<'s> {
     pub fn try_wait(&self) -> Result<bool> {
         let state = self.state.load(Ordering::Acquire);
         if state > SET {
+            self.segment.check()?;
             return Err(Error::new(
                 ErrorKind::Corrupt,
                 "wait",

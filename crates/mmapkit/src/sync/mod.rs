@@ -78,6 +78,8 @@ fn expect_magic<'s>(
     let word: &AtomicU32 = segment.atomic(offset)?;
     let found = word.load(std::sync::atomic::Ordering::Acquire);
     if found != magic {
+        // A segment truncated under us reads as zeros: that is `Truncated`, not corruption.
+        segment.check()?;
         return Err(Error::new(
             ErrorKind::Corrupt,
             "open",

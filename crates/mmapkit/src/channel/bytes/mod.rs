@@ -104,9 +104,9 @@ impl ByteChannel {
     }
 
     /// The longest message the channel carries: half its capacity, less a record header.
-    pub fn max_message(&self) -> usize {
-        self.control()
-            .map_or(0, |control| max_message(control.shape.capacity) as usize)
+    /// Fails (`Truncated`, `Corrupt`) when the segment no longer holds a byte channel.
+    pub fn max_message(&self) -> Result<usize> {
+        Ok(max_message(self.control()?.shape.capacity) as usize)
     }
 
     /// Attaches the sending side.

@@ -1,0 +1,295 @@
+/* Handles over their lifetime, threads and fork: stale handles stay invalid, a close from
+ * another thread ends a blocked receive, a late receiver that leaves disconnects its sender,
+ * a child never hangs on what its parent's threads held, and errors name the C call and
+ * the caller's offsets. Built with -fsanitize=address against libmmapkit.a by
+ * tests/c_abi.rs. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mmapkit.h"
+
+static int failures = 0;
+
+#define EXPECT(call, want)                                                                    \
+    do {                                                                                      \
+        int got_ = (call);                                                                    \
+        if (got_ != (want)) {                                                                 \
+            printf("%s:%d %s = %s, want %s (%s)\n", __FILE__, __LINE__, #call,                \
+                   mmapkit_status_name(got_), mmapkit_status_name(want),                      \
+                   mmapkit_last_error_message());                                             \
+            failures++;                                                                       \
+        }                                                                                     \
+    } while (0)
+
+#define CHECK(condition, ...)                                                                 \
+    do {                                                                                      \
+        if (!(condition)) {                                                                   \
+            printf("%s:%d %s: ", __FILE__, __LINE__, #condition);                             \
+            printf(__VA_ARGS__);                                                              \
+            printf("\n");                                                                     \
+            failures++;                                                                       \
+        }                                                                                     \
+    } while (0)
+
+static double now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* A handle destroyed and a new object made: the old handle does not name the new one. */
+static void stale_handles_stay_invalid(void) {
+    size_t n;
+    for (int i = 0; i < 100; i++) {
+        mmapkit_mapping_t *old, *fresh;
+        EXPECT(mmapkit_map_anonymous(4096, 0, &old), MMAPKIT_OK);
+        EXPECT(mmapkit_mapping_unmap(old), MMAPKIT_OK);
+        EXPECT(mmapkit_map_anonymous(8192, 0, &fresh), MMAPKIT_OK);
+        CHECK(old != fresh, "a handle number was reused");
+        EXPECT(mmapkit_mapping_len(old, &n), MMAPKIT_EINVAL);
+        EXPECT(mmapkit_mapping_unmap(old), MMAPKIT_EINVAL);
+        EXPECT(mmapkit_mapping_len(fresh, &n), MMAPKIT_OK);
+        EXPECT(mmapkit_mapping_unmap(fresh), MMAPKIT_OK);
+    }
+    /* Small integers and stray pointers name no handle. */
+    for (uintptr_t value = 1; value < 4096; value++) {
+        if (mmapkit_mapping_len((mmapkit_mapping_t *)value, &n) != MMAPKIT_EINVAL) {
+            printf("the integer %lu passed for a mapping handle\n", (unsigned long)value);
+            failures++;
+            break;
+        }
+    }
+}
+
+struct blocked {
+    mmapkit_receiver_t *receiver;
+    int status;
+    double returned_at;
+};
+
+static void *receive_forever(void *argument) {
+    struct blocked *blocked = argument;
+    char buf[64];
+    size_t len;
+    blocked->status = mmapkit_receiver_recv(blocked->receiver, buf, sizeof buf, &len,
+                                            MMAPKIT_FOREVER);
+    blocked->returned_at = now();
+    return NULL;
+}
+
+/* mmapkit_receiver_close from another thread ends a receive that waits without a timeout,
+ * and the sender is disconnected when close returns. */
+static void closing_ends_a_blocked_receive(void) {
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    struct blocked blocked = {0};
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &blocked.receiver), MMAPKIT_OK);
+    pthread_t thread;
+    pthread_create(&thread, NULL, receive_forever, &blocked);
+    usleep(200 * 1000);
+    double closed_at = now();
+    EXPECT(mmapkit_receiver_close(blocked.receiver), MMAPKIT_OK);
+    double close_took = now() - closed_at;
+    EXPECT(mmapkit_sender_send(sender, "late", 4, 0), MMAPKIT_EDISCONNECTED);
+    pthread_join(thread, NULL);
+    EXPECT(blocked.status, MMAPKIT_EINVAL);
+    CHECK(blocked.returned_at - closed_at < 1.0, "the receive ended %.3f s after close",
+          blocked.returned_at - closed_at);
+    CHECK(close_took < 1.0, "close took %.3f s", close_took);
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+}
+
+/* A sender attached before its receiver learns that the receiver left. */
+static void a_late_receiver_that_leaves_disconnects_the_sender(void) {
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    mmapkit_receiver_t *receiver;
+    char buf[16];
+    size_t len;
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    EXPECT(mmapkit_sender_send(sender, "one", 3, 0), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 1000), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_sender_send(sender, "two", 3, 0), MMAPKIT_EDISCONNECTED);
+    EXPECT(mmapkit_sender_send(sender, "two", 3, MMAPKIT_FOREVER), MMAPKIT_EDISCONNECTED);
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+}
+
+static atomic_int stop_churning;
+
+static void *churn_handles(void *unused) {
+    (void)unused;
+    while (!atomic_load(&stop_churning)) {
+        mmapkit_mapping_t *map;
+        if (mmapkit_map_anonymous(4096, 0, &map) == MMAPKIT_OK) mmapkit_mapping_unmap(map);
+    }
+    return NULL;
+}
+
+/* Waits for `child`; a child still running after `seconds` is killed and counted as hung. */
+static int wait_for(pid_t child, int seconds) {
+    for (int waited = 0; waited < seconds * 100; waited++) {
+        int status;
+        if (waitpid(child, &status, WNOHANG) == child)
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        usleep(10 * 1000);
+    }
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+    return -1;
+}
+
+/* Forks while one thread waits in a receive (holding its end) and another creates and
+ * destroys handles (taking the registry): the child's calls return, they never hang. */
+static void fork_never_hangs_the_child(void) {
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    struct blocked blocked = {0};
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &blocked.receiver), MMAPKIT_OK);
+    pthread_t waiting, churning;
+    pthread_create(&waiting, NULL, receive_forever, &blocked);
+    pthread_create(&churning, NULL, churn_handles, NULL);
+    usleep(50 * 1000);
+    for (int round = 0; round < 30; round++) {
+        pid_t child = fork();
+        if (child == 0) {
+            char buf[16];
+            size_t len;
+            mmapkit_mapping_t *map;
+            int inherited = mmapkit_receiver_recv(blocked.receiver, buf, sizeof buf, &len, 0);
+            int sending = mmapkit_sender_send(sender, "x", 1, 0);
+            int mapped = mmapkit_map_anonymous(4096, 0, &map);
+            _exit(inherited == MMAPKIT_EINVAL && sending == MMAPKIT_EINVAL &&
+                          mapped == MMAPKIT_OK
+                      ? 0
+                      : 1);
+        }
+        int code = wait_for(child, 10);
+        CHECK(code == 0, "round %d: the child ended with %d (-1: it hung)", round, code);
+        if (code != 0) break;
+    }
+    atomic_store(&stop_churning, 1);
+    pthread_join(churning, NULL);
+    /* The parent's own ends still work. */
+    EXPECT(mmapkit_sender_send(sender, "after", 5, 1000), MMAPKIT_OK);
+    pthread_join(waiting, NULL);
+    EXPECT(blocked.status, MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_close(blocked.receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+}
+
+/* Errors name the C function, and offsets are the caller's. */
+static void errors_speak_c(void) {
+    mmapkit_segment_t *seg;
+    mmapkit_mutex_t *mutex;
+    char buf[8];
+    EXPECT(mmapkit_segment_create_memfd("test/lifecycle", 4096, "lifecycle", &seg), MMAPKIT_OK);
+    size_t payload;
+    EXPECT(mmapkit_segment_len(seg, &payload), MMAPKIT_OK);
+    EXPECT(mmapkit_segment_read_at(seg, payload - 2, buf, 8), MMAPKIT_EOUTOFBOUNDS);
+    const char *message = mmapkit_last_error_message();
+    char expected[64];
+    snprintf(expected, sizeof expected, "offset %zu", payload - 2);
+    CHECK(strncmp(message, "mmapkit_segment_read_at", 23) == 0, "%s", message);
+    CHECK(strstr(message, expected) != NULL, "%s", message);
+    EXPECT(mmapkit_mutex_init(seg, 0, &mutex), MMAPKIT_OK);
+    EXPECT(mmapkit_mutex_mark_consistent(mutex), MMAPKIT_EINVAL);
+    message = mmapkit_last_error_message();
+    CHECK(strncmp(message, "mmapkit_mutex_mark_consistent", 29) == 0, "%s", message);
+    EXPECT(mmapkit_mutex_close(mutex), MMAPKIT_OK);
+    EXPECT(mmapkit_segment_close(seg), MMAPKIT_OK);
+
+    mmapkit_channel_t *channel;
+    mmapkit_receiver_t *receiver;
+    size_t len;
+    EXPECT(mmapkit_channel_create_memfd(0, 0, &channel), MMAPKIT_EINVAL);
+    EXPECT(mmapkit_segment_create("mmapkit-c-bad-mode", "t", 64, 0x10000, &seg), MMAPKIT_EINVAL);
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_EWOULDBLOCK);
+    message = mmapkit_last_error_message();
+    CHECK(strncmp(message, "mmapkit_receiver_recv", 21) == 0, "%s", message);
+    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+
+    /* Nothing to receive on a non-blocking socket: would block, not out of memory. */
+    int pair[2];
+    socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, pair);
+    EXPECT(mmapkit_segment_receive(pair[0], "t", &seg), MMAPKIT_EWOULDBLOCK);
+    EXPECT(mmapkit_channel_receive_from(pair[0], &channel), MMAPKIT_EWOULDBLOCK);
+    message = mmapkit_last_error_message();
+    CHECK(strncmp(message, "mmapkit_channel_receive_from", 28) == 0, "%s", message);
+    close(pair[0]);
+    close(pair[1]);
+}
+
+/* A named segment truncated by someone else: every call says truncated, not corrupt. */
+static void truncation_is_reported_as_truncation(void) {
+    char name[64], path[80];
+    snprintf(name, sizeof name, "mmapkit-c-lifecycle-%d", (int)getpid());
+    snprintf(path, sizeof path, "/dev/shm/%s", name);
+    mmapkit_segment_t *seg;
+    mmapkit_mutex_t *mutex;
+    EXPECT(mmapkit_segment_create(name, "lifecycle", 4096, 0, &seg), MMAPKIT_OK);
+    EXPECT(mmapkit_mutex_init(seg, 0, &mutex), MMAPKIT_OK);
+    mmapkit_channel_t *channel;
+    char channel_name[64], channel_path[80];
+    snprintf(channel_name, sizeof channel_name, "mmapkit-c-lifecycle-ch-%d", (int)getpid());
+    snprintf(channel_path, sizeof channel_path, "/dev/shm/%s", channel_name);
+    EXPECT(mmapkit_channel_create(channel_name, 4096, 0, &channel), MMAPKIT_OK);
+
+    int fd = open(path, O_RDWR);
+    CHECK(fd >= 0 && ftruncate(fd, 0) == 0, "truncating %s", path);
+    close(fd);
+    fd = open(channel_path, O_RDWR);
+    CHECK(fd >= 0 && ftruncate(fd, 0) == 0, "truncating %s", channel_path);
+    close(fd);
+
+    char buf[8];
+    EXPECT(mmapkit_segment_read_at(seg, 1000, buf, 8), MMAPKIT_ETRUNCATED);
+    const char *message = mmapkit_last_error_message();
+    CHECK(strstr(message, "offset 1000") != NULL, "%s", message);
+    EXPECT(mmapkit_mutex_lock(mutex, 0), MMAPKIT_ETRUNCATED);
+    mmapkit_mutex_t *again;
+    EXPECT(mmapkit_mutex_open(seg, 0, &again), MMAPKIT_ETRUNCATED);
+    size_t max;
+    EXPECT(mmapkit_channel_max_message(channel, &max), MMAPKIT_ETRUNCATED);
+    mmapkit_sender_t *sender;
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_ETRUNCATED);
+    EXPECT(mmapkit_mutex_close(mutex), MMAPKIT_OK);
+    EXPECT(mmapkit_segment_close(seg), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+    EXPECT(mmapkit_segment_unlink(name), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_unlink(channel_name), MMAPKIT_OK);
+}
+
+int main(void) {
+    stale_handles_stay_invalid();
+    closing_ends_a_blocked_receive();
+    a_late_receiver_that_leaves_disconnects_the_sender();
+    fork_never_hangs_the_child();
+    errors_speak_c();
+    truncation_is_reported_as_truncation();
+    printf("%d failures\n", failures);
+    return failures != 0;
+}
