@@ -65,6 +65,11 @@ impl PySemaphore {
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: Option<f64>) -> PyResult<bool> {
         let semaphore = self.semaphore()?;
         if !blocking {
+            if timeout.is_some() {
+                return Err(pyo3::exceptions::PyValueError::new_err(
+                    "can't specify a timeout for a non-blocking acquire",
+                ));
+            }
             return semaphore.try_wait().py();
         }
         let taken = sliced(py, timeout, |slice| passed(semaphore.wait_timeout(slice)))?;

@@ -432,7 +432,11 @@ fn passing_the_segment_keeps_the_lock_another_user_verifies() {
         }
     });
     assert_eq!(wait(child), Ended::Exited(0));
-    sender.try_send(&1).unwrap();
+    // The receiver of the other user attached, verified this sender, and left.
+    assert_eq!(
+        sender.try_send(&1).unwrap_err().kind(),
+        ErrorKind::Disconnected
+    );
 }
 
 fn closing_another_handle_keeps_the_lock_another_user_verifies() {
@@ -466,7 +470,11 @@ fn closing_another_handle_keeps_the_lock_another_user_verifies() {
         }
     });
     assert_eq!(wait(child), Ended::Exited(0));
-    sender.try_send(&1).unwrap();
+    // The receiver of the other user attached, verified this sender, and left.
+    assert_eq!(
+        sender.try_send(&1).unwrap_err().kind(),
+        ErrorKind::Disconnected
+    );
 }
 
 fn racing_attachers_never_get_two_senders() {

@@ -64,7 +64,7 @@ def residency(
     paths: StrPath | Iterable[StrPath], start: int = 0, end: int | None = None
 ) -> FileResidency | list[FileResidency]:
     """The page-cache state of a file (one path) or of each file (an iterable of paths)."""
-    if isinstance(paths, (str, os.PathLike)):
+    if isinstance(paths, (str, bytes, os.PathLike)):
         return _measured(_mmapkit.residency_of(paths, start, end))
     return [_measured(_mmapkit.residency_of(path, start, end)) for path in paths]
 
