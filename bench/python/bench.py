@@ -3,7 +3,8 @@
     python bench/python/bench.py [throughput|latency|scan|all] [--messages N] [--scan-mib N]
 
 * throughput: one producer process and one consumer process, messages of 64 B and 4 KiB:
-  mmapkit's ByteChannel (one call per message, and batched with send_many/recv_many) vs
+  mmapkit's ByteChannel (one call per message, received as bytes or with recv_into a
+  reused bytearray, and batched with send_many/recv_many) vs
   multiprocessing.Queue, multiprocessing.Pipe and faster-fifo (one call per message, and
   its put_many/get_many batches).
 * latency: a 64-byte ping-pong between two processes, round trips per second and the
@@ -50,7 +51,7 @@ CAPACITY = 4 << 20
 def _produce(kind: str, endpoint: Any, count: int, size: int, ready: Any) -> None:
     message = b"m" * size
     ready.wait()
-    if kind == "mmapkit":
+    if kind in ("mmapkit", "mmapkit-into"):
         for _ in range(count):
             endpoint.send(message)
     elif kind == "mmapkit-batch":
@@ -72,11 +73,15 @@ def _produce(kind: str, endpoint: Any, count: int, size: int, ready: Any) -> Non
             endpoint.put(message)
 
 
-def _consume(kind: str, endpoint: Any, count: int) -> None:
+def _consume(kind: str, endpoint: Any, count: int, size: int) -> None:
     received = 0
     if kind == "mmapkit":
         for _ in range(count):
             endpoint.recv()
+    elif kind == "mmapkit-into":
+        buffer = bytearray(size)
+        for _ in range(count):
+            endpoint.recv_into(buffer)
     elif kind == "mmapkit-batch":
         while received < count:
             received += len(endpoint.recv_many(BATCH))
@@ -128,7 +133,7 @@ def throughput(kind: str, count: int, size: int) -> float:
         consumer_side.wait_for_peer(30)
     started = time.perf_counter()
     ready.set()
-    _consume(kind, consumer_side, count)
+    _consume(kind, consumer_side, count, size)
     elapsed = time.perf_counter() - started
     producer.join()
     cleanup()
@@ -136,7 +141,7 @@ def throughput(kind: str, count: int, size: int) -> float:
 
 
 def run_throughput(count: int, repeat: int) -> None:
-    kinds = ["mmapkit", "mmapkit-batch", "queue", "pipe"]
+    kinds = ["mmapkit", "mmapkit-into", "mmapkit-batch", "queue", "pipe"]
     if faster_fifo is not None:
         kinds += ["faster-fifo", "faster-fifo-batch"]
     for size in (64, 4096):
@@ -152,11 +157,12 @@ def run_throughput(count: int, repeat: int) -> None:
         print(f"  {'contender':<20}{'msg/s':>14}")
         for kind, rate in rates.items():
             print(f"  {kind:<20}{rate:>14,.0f}")
-        ours, batched = rates["mmapkit"], rates["mmapkit-batch"]
+        ours, into, batched = rates["mmapkit"], rates["mmapkit-into"], rates["mmapkit-batch"]
         for anchor in ("queue", "pipe", "faster-fifo", "faster-fifo-batch"):
             if anchor in rates:
                 print(
                     f"  mmapkit / {anchor:<18} {ours / rates[anchor]:7.1f}x"
+                    f"   recv_into: {into / rates[anchor]:7.1f}x"
                     f"   batched: {batched / rates[anchor]:7.1f}x"
                 )
 

@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mmapkit::channel::{ByteChannel, ByteReceiver, ByteSender, PEER_GRACE};
+use mmapkit::channel::{ByteChannel, ByteReceiver, ByteSender, PEER_GRACE, ReceivedBytes};
 use mmapkit::{Error, ErrorKind};
 use pyo3::exceptions::{PyConnectionError, PyStopIteration, PyValueError};
 use pyo3::prelude::*;
@@ -283,12 +283,12 @@ impl std::fmt::Debug for ReceiverCell {
     }
 }
 
-/// The next message if one is there, copied once into a new `bytes`.
-fn take<'py>(
-    py: Python<'py>,
+/// The next message if one is there, handed to `deliver`.
+fn take_with<T>(
     cell: &mut ReceiverCell,
     operation: &'static str,
-) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    deliver: impl FnOnce(ReceivedBytes<'_, '_>) -> PyResult<T>,
+) -> PyResult<Option<T>> {
     cell.with_dependent_mut(|_, receiver| {
         let received = receiver.try_receive_in_place();
         let Some(message) = received
@@ -297,8 +297,38 @@ fn take<'py>(
         else {
             return Ok(None);
         };
-        PyBytes::new_with(py, message.len(), |buffer| message.copy_to(buffer).py()).map(Some)
+        deliver(message).map(Some)
     })
+}
+
+/// The next message if one is there, copied once into a new `bytes`.
+fn take<'py>(
+    py: Python<'py>,
+    cell: &mut ReceiverCell,
+    operation: &'static str,
+) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    take_with(cell, operation, |message| {
+        PyBytes::new_with(py, message.len(), |buffer| message.copy_to(buffer).py())
+    })
+}
+
+/// Copies `message` to the `capacity` bytes at `address`: its length, or `Err(length)`
+/// when it does not fit (it then stays for the next receive).
+fn copy_out(
+    message: ReceivedBytes<'_, '_>,
+    address: usize,
+    capacity: usize,
+) -> mmapkit::Result<Result<usize, usize>> {
+    let len = message.len();
+    if len > capacity {
+        message.put_back();
+        return Ok(Err(len));
+    }
+    // SAFETY: `address` is a Python buffer held writable for `capacity` bytes for the whole
+    // call (see `recv_into`), no Rust reference to it exists, and it cannot overlap the
+    // channel's segment, whose mapping no Python object exports.
+    unsafe { message.copy_to_ptr(address as *mut u8) }?;
+    Ok(Ok(len))
 }
 
 impl PyByteReceiver {
@@ -308,13 +338,22 @@ impl PyByteReceiver {
         }
     }
 
-    fn receive<'py>(
+    /// Receives the next message, waiting as `timeout` says: handed to `now` when it is
+    /// there at once (the GIL held), else to `later` in a wait slice (the GIL released),
+    /// whose result `finish` turns into `now`'s.
+    fn receive<T, Later: Send>(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         operation: &'static str,
         timeout: Option<f64>,
-    ) -> PyResult<Bound<'py, PyBytes>> {
-        if let Some(message) = self.cell.with_mut(py, |cell| take(py, cell, operation))? {
+        now: impl FnOnce(ReceivedBytes<'_, '_>) -> PyResult<T>,
+        later: impl Fn(ReceivedBytes<'_, '_>) -> mmapkit::Result<Later> + Sync,
+        finish: impl FnOnce(Later) -> PyResult<T>,
+    ) -> PyResult<T> {
+        let taken = self
+            .cell
+            .with_mut(py, |cell| take_with(cell, operation, now))?;
+        if let Some(message) = taken {
             return Ok(message);
         }
         let deadline = deadline_of(timeout)?;
@@ -323,11 +362,8 @@ impl PyByteReceiver {
             let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
             let received = self.cell.detached_mut(py, |cell| {
                 cell.with_dependent_mut(|_, receiver| {
-                    let received = unless_timeout(
-                        receiver
-                            .receive_in_place_timeout(slice)
-                            .and_then(|message| message.to_vec()),
-                    )?;
+                    let received =
+                        unless_timeout(receiver.receive_in_place_timeout(slice).and_then(&later))?;
                     if received.is_none() {
                         patience(timeout, started, operation, |wait| {
                             receiver.wait_for_peer(wait)
@@ -336,17 +372,34 @@ impl PyByteReceiver {
                     Ok(received)
                 })
             })?;
-            let received: Option<Vec<u8>> = received
+            let received: Option<Later> = received
                 .map_err(|error: Error| error.with_operation(operation))
                 .py()?;
             if let Some(message) = received {
-                return Ok(PyBytes::new(py, &message));
+                return finish(message);
             }
             if slice.is_zero() {
                 return Err(timed_out(operation));
             }
             py.check_signals()?;
         }
+    }
+
+    /// Receives the next message as `bytes`.
+    fn receive_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        operation: &'static str,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        self.receive(
+            py,
+            operation,
+            timeout,
+            |message| PyBytes::new_with(py, message.len(), |buffer| message.copy_to(buffer).py()),
+            |message| message.to_vec(),
+            |message| Ok(PyBytes::new(py, &message)),
+        )
     }
 }
 
@@ -357,7 +410,37 @@ impl PyByteReceiver {
     /// everything it sent has been received.
     #[pyo3(signature = (timeout = None))]
     fn recv<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyBytes>> {
-        self.receive(py, "recv", timeout)
+        self.receive_bytes(py, "recv", timeout)
+    }
+
+    /// `recv_into(buffer, timeout=None)`: receives the next message into a writable buffer
+    /// (a `bytearray`, a numpy array…) without allocating, and returns its length; waits as
+    /// `recv` does. A message longer than the buffer is not received: `ValueError` names
+    /// its length, and the next call gets it again.
+    #[pyo3(signature = (buffer, timeout = None))]
+    fn recv_into(
+        &self,
+        py: Python<'_>,
+        buffer: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> PyResult<usize> {
+        let target = Foreign::get(buffer, true)?;
+        let (address, capacity) = (target.as_ptr() as usize, target.len());
+        let copied = self.receive(
+            py,
+            "recv_into",
+            timeout,
+            |message| copy_out(message, address, capacity).py(),
+            |message| copy_out(message, address, capacity),
+            Ok,
+        )?;
+        drop(target);
+        copied.map_err(|len| {
+            PyValueError::new_err(format!(
+                "recv_into: the message is {len} bytes and the buffer {capacity}; it stays \
+                 for the next call"
+            ))
+        })
     }
 
     /// `try_recv()`: the next message if one is there, else None.
@@ -378,7 +461,7 @@ impl PyByteReceiver {
         if max == 0 {
             return Ok(messages);
         }
-        messages.append(self.receive(py, "recv_many", timeout)?)?;
+        messages.append(self.receive_bytes(py, "recv_many", timeout)?)?;
         let mut messages_left = max - 1;
         let mut taken = Vec::new();
         self.cell.with_mut(py, |cell| {
@@ -482,7 +565,7 @@ impl PyByteReceiver {
     }
 
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
-        match self.receive(py, "recv", None) {
+        match self.receive_bytes(py, "recv", None) {
             Err(error) if error.is_instance_of::<PyConnectionError>(py) => {
                 Err(PyStopIteration::new_err(()))
             }

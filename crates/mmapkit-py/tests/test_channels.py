@@ -140,6 +140,36 @@ def test_non_blocking_timeouts_and_a_peer_that_never_comes():
     assert list(receiver) == []
 
 
+def test_recv_into_fills_a_buffer_and_keeps_a_message_too_long_for_it():
+    numpy = pytest.importorskip("numpy")
+    channel = mmapkit.ByteChannel.create(capacity=4096)
+    receiver = channel.receiver()
+    sender = channel.sender()
+    sender.send(b"0123456789")
+    sender.send(b"abc")
+    buffer = bytearray(4)
+    with pytest.raises(ValueError, match="10 bytes"):
+        receiver.recv_into(buffer)
+    array = numpy.zeros(16, dtype=numpy.uint8)
+    assert receiver.recv_into(array) == 10
+    assert array[:10].tobytes() == b"0123456789"
+    assert receiver.recv_into(buffer, timeout=1) == 3
+    assert bytes(buffer[:3]) == b"abc"
+    with pytest.raises(BufferError):
+        receiver.recv_into(b"read-only bytes")
+    with pytest.raises(TimeoutError):
+        receiver.recv_into(buffer, timeout=0.05)
+    # A message that arrives while recv_into waits (the GIL released) is copied in place.
+    later = threading.Timer(0.1, lambda: sender.send(b"late"))
+    later.start()
+    assert receiver.recv_into(buffer, timeout=5) == 4
+    assert bytes(buffer) == b"late"
+    later.join()
+    sender.close()
+    with pytest.raises(mmapkit.DisconnectedError):
+        receiver.recv_into(buffer, timeout=1)
+
+
 def send_slowly(channel: mmapkit.ByteChannel) -> None:
     sender = channel.sender()
     for number in range(5):

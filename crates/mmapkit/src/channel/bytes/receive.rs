@@ -294,6 +294,26 @@ impl ReceivedBytes<'_, '_> {
         }
     }
 
+    /// [`copy_to`](Self::copy_to) into memory given by a pointer: for targets no Rust
+    /// reference may be made to (a buffer of a foreign runtime that others may write).
+    ///
+    /// # Safety
+    /// `target` is valid for writes of [`len`](Self::len) bytes, no Rust reference to those
+    /// bytes is alive, and they do not overlap the channel's segment.
+    pub unsafe fn copy_to_ptr(&self, target: *mut u8) -> Result<()> {
+        // SAFETY: the message lies in the data area and stays ours until this value drops;
+        // the target is the caller's promise.
+        unsafe {
+            copy_shared(
+                "copy_to",
+                target,
+                self.as_ptr(),
+                self.len,
+                self.receiver.control.segment.faults(),
+            )
+        }
+    }
+
     /// A copy of the message.
     pub fn to_vec(&self) -> Result<Vec<u8>> {
         let mut buf = vec![0; self.len];
