@@ -24,13 +24,19 @@
  * - Threads: mapping, segment, channel, semaphore and event handles may be used by several
  *   threads at once; a sender or receiver is one party (threads sharing one take turns); a
  *   mutex's lock belongs to the thread that took it.
- * - Waits: a call that waits on a sender or receiver holds it for 50 ms at a time, so
+ * - Waits: a call that waits on a sender or receiver holds it for 10 ms at a time, so
  *   mmapkit_sender_close / mmapkit_receiver_close from another thread ends the wait within
  *   one slice (the wait returns MMAPKIT_EINVAL, "closed") and detaches the end before it
- *   returns. A sender killed with SIGKILL does not ring a pollable channel's doorbell: poll
- *   the doorbell with a timeout, and call mmapkit_receiver_recv with a timeout of 0 when it
- *   expires, which reports MMAPKIT_EDISCONNECTED once the sender is gone.
- * - fork: handles stay valid in the child for mappings and segments; a sender or receiver
+ *   returns. Threads sharing an end take turns; a timeout covers the wait for the end too
+ *   (a timeout of 0 on an end another thread is using is MMAPKIT_EWOULDBLOCK), so a call
+ *   returns within a few milliseconds of its deadline. A wait without a timeout for a peer
+ *   that never attached gives up after 2 s (MMAPKIT_EDISCONNECTED, "no peer attached"):
+ *   pass a timeout to wait longer for a peer that is slow to start. A sender killed with
+ *   SIGKILL does not ring a pollable channel's doorbell: poll the doorbell with a timeout,
+ *   and call mmapkit_receiver_recv with a timeout of 0 when it expires, which reports
+ *   MMAPKIT_EDISCONNECTED once the sender is gone.
+ * - fork: handles stay valid in the child for mappings and segments (a fork waits for
+ *   mapping calls in progress in other threads to end); a sender or receiver
  *   belongs to the process that attached it, and the child's calls on an inherited one are
  *   MMAPKIT_EINVAL (attach the child's own). Handles are numbers that are never reused, so a
  *   handle used after it was destroyed is MMAPKIT_EINVAL even when a new object exists.
@@ -646,7 +652,8 @@ int mmapkit_mutex_open(const struct mmapkit_segment_t *segment,
 // all, `MMAPKIT_EWOULDBLOCK` if held). `MMAPKIT_ETIMEDOUT` when time runs out.
 // `MMAPKIT_EOWNERDIED` means the lock **is held** by the caller, taken from a holder that
 // died: repair the data, `mmapkit_mutex_mark_consistent`, then unlock. Locking a mutex this
-// thread already holds is `MMAPKIT_EINVAL` (it would wait for itself).
+// thread already holds is `MMAPKIT_EINVAL` (it would wait for itself). A holder that
+// `exec`s another program keeps the lock until that program ends (its process lives on).
 //
 // # Safety
 // None beyond the C rules.

@@ -279,7 +279,7 @@ pub unsafe extern "C" fn mmapkit_sender_send(
         let data = unsafe { handles::bytes(data, len) }?;
         let wait = wait_of(timeout_ms);
         if let Wait::Try = wait {
-            object.0.step("send", |cell| {
+            object.0.try_step("send", |cell| {
                 cell.with_dependent_mut(|_, sender| sender.try_send(data))
             })?;
             return Ok(MMAPKIT_OK);
@@ -368,7 +368,7 @@ pub unsafe extern "C" fn mmapkit_receiver_recv(
             };
         let wait = wait_of(timeout_ms);
         let received = match wait {
-            Wait::Try => object.0.step("recv", |cell| {
+            Wait::Try => object.0.try_step("recv", |cell| {
                 cell.with_dependent_mut(|_, receiver| match receiver.try_receive_in_place()? {
                     Some(message) => take(message),
                     None => Err(Error::new(

@@ -5,14 +5,16 @@
 //! lock for one slice of its wait at a time ([`SLICE`]), so `mmapkit_receiver_close` from
 //! another thread raises a flag every later slice sees, waits for the slice in progress to
 //! end, and detaches the end before it returns: the peer learns of it at once, and the
-//! waiting call returns `MMAPKIT_EINVAL` ("closed").
+//! waiting call returns `MMAPKIT_EINVAL` ("closed"). A call's timeout covers its wait for
+//! the lock too: it polls for the lock until its deadline, and a waiter whose slice ran out
+//! lets a polling call in before it takes the lock again.
 //!
 //! A child process that inherited the handle across `fork` is refused before the lock is
 //! touched: the parent's threads may have held it at the fork, and the child would wait for
 //! it forever (the library refuses the inherited end itself too, for the same ring).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use mmapkit::channel::PEER_GRACE;
@@ -23,12 +25,16 @@ use crate::handles::Wait;
 use crate::status::invalid;
 
 /// The longest a waiting call holds an end's lock at a time.
-const SLICE: Duration = Duration::from_millis(50);
+const SLICE: Duration = Duration::from_millis(10);
+/// How often a call polls for an end another thread holds.
+const POLL: Duration = Duration::from_millis(1);
 
 /// An end (or any state) that calls use one at a time, until it is closed.
 pub(crate) struct Closable<T> {
     state: Mutex<Option<T>>,
     closing: AtomicBool,
+    /// Calls polling for the lock (see [`sliced`]).
+    polling: AtomicUsize,
     /// The process that made it; a child that inherited the handle has another identity.
     owner: ProcessIdentity,
     kind: &'static str,
@@ -40,6 +46,7 @@ impl<T> Closable<T> {
         Closable {
             state: Mutex::new(Some(value)),
             closing: AtomicBool::new(false),
+            polling: AtomicUsize::new(0),
             owner: ProcessIdentity::current(),
             kind,
         }
@@ -64,21 +71,69 @@ impl<T> Closable<T> {
         invalid(operation, format!("the {} was closed", self.kind))
     }
 
-    /// Runs `step` on the value alone: one call, or one slice of a wait.
+    /// Runs `step` on the value alone (one call, or one slice of a wait), waiting for the
+    /// value as long as another thread's step lasts.
     pub(crate) fn step<R>(
         &self,
         operation: &'static str,
+        step: impl FnOnce(&mut T) -> Result<R>,
+    ) -> Result<R> {
+        self.step_until(operation, None, step)
+    }
+
+    /// As [`step`](Self::step), without waiting for another thread's step
+    /// (`WouldBlock`): for calls with a timeout of 0.
+    pub(crate) fn try_step<R>(
+        &self,
+        operation: &'static str,
+        step: impl FnOnce(&mut T) -> Result<R>,
+    ) -> Result<R> {
+        self.step_until(operation, Some(Instant::now()), step)
+    }
+
+    /// As [`step`](Self::step), waiting for the value only until `deadline` (`Timeout`, or
+    /// `WouldBlock` for a deadline already passed when the call began).
+    fn step_until<R>(
+        &self,
+        operation: &'static str,
+        deadline: Option<Instant>,
         step: impl FnOnce(&mut T) -> Result<R>,
     ) -> Result<R> {
         self.refuse_inherited(operation)?;
         if self.closing.load(Ordering::Acquire) {
             return Err(self.closed(operation));
         }
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = match deadline {
+            None => self.state.lock().unwrap_or_else(PoisonError::into_inner),
+            Some(deadline) => self.poll_for_lock(operation, deadline)?,
+        };
         match state.as_mut() {
             Some(value) if !self.closing.load(Ordering::Acquire) => step(value),
             _ => Err(self.closed(operation)),
         }
+    }
+
+    fn poll_for_lock(
+        &self,
+        operation: &'static str,
+        deadline: Instant,
+    ) -> Result<MutexGuard<'_, Option<T>>> {
+        let started = Instant::now();
+        self.polling.fetch_add(1, Ordering::AcqRel);
+        let taken = loop {
+            match self.state.try_lock() {
+                Ok(guard) => break Ok(guard),
+                Err(TryLockError::Poisoned(poisoned)) => break Ok(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break Err(busy(operation, self.kind, deadline <= started));
+            }
+            std::thread::sleep(POLL.min(deadline - now));
+        };
+        self.polling.fetch_sub(1, Ordering::AcqRel);
+        taken
     }
 
     /// Closes: later steps fail at once, the step in progress ends first, and the value is
@@ -113,9 +168,22 @@ pub(crate) fn unless_timeout<T>(result: Result<T>) -> Result<Attempt<T>> {
     }
 }
 
-/// Waits as `wait` says (not [`Wait::Try`], which callers handle in one step), in slices on
-/// `end`: `attempt(value, slice)` waits at most `slice`. A wait without a timeout gives up
-/// as the library's does, with `MMAPKIT_EDISCONNECTED`, once no peer attached within
+/// The error of a call whose deadline passed while another thread used the end.
+fn busy(operation: &'static str, kind: &str, at_once: bool) -> Error {
+    let why = format!("another thread is using this {kind}");
+    match at_once {
+        true => Error::new(ErrorKind::WouldBlock, operation, why),
+        false => Error::new(
+            ErrorKind::Timeout,
+            operation,
+            format!("the wait timed out ({why})"),
+        ),
+    }
+}
+
+/// Waits as `wait` says, in slices on `end`: `attempt(value, slice)` waits at most `slice`.
+/// The deadline covers the wait for the end as well. A wait without a timeout gives up as
+/// the library's does, with `MMAPKIT_EDISCONNECTED`, once no peer attached within
 /// [`PEER_GRACE`] (`peer_attached(value)` answers whether one is attached now).
 pub(crate) fn sliced<T, R>(
     end: &Closable<T>,
@@ -127,19 +195,22 @@ pub(crate) fn sliced<T, R>(
     let started = Instant::now();
     let deadline = match wait {
         Wait::For(timeout) => started.checked_add(timeout),
-        Wait::Forever | Wait::Try => None,
+        Wait::Try => Some(started),
+        Wait::Forever => None,
     };
     let forever = matches!(wait, Wait::Forever);
     loop {
-        let slice = match deadline {
-            None => SLICE,
-            Some(deadline) => deadline
-                .saturating_duration_since(Instant::now())
-                .min(SLICE),
-        };
-        let outcome = end.step(operation, |value| {
+        let outcome = end.step_until(operation, deadline, |value| {
+            // The slice is measured once the end is ours; past the deadline it is zero, so a
+            // ready end is not reported as a timeout.
+            let slice = match deadline {
+                None => SLICE,
+                Some(deadline) => deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(SLICE),
+            };
             if let Attempt::Done(done) = attempt(value, slice)? {
-                return Ok(Some(done));
+                return Ok(Ok(done));
             }
             if forever && started.elapsed() >= PEER_GRACE && !peer_attached(value)? {
                 return Err(Error::new(
@@ -148,18 +219,22 @@ pub(crate) fn sliced<T, R>(
                     format!("no peer attached within {} s", PEER_GRACE.as_secs_f64()),
                 ));
             }
-            Ok(None)
+            Ok(Err(slice))
         })?;
-        if let Some(done) = outcome {
-            return Ok(done);
-        }
-        // Past the deadline the last attempt had a zero slice: a ready end was not missed.
-        if slice.is_zero() {
-            return Err(Error::new(
-                ErrorKind::Timeout,
-                operation,
-                "the wait timed out",
-            ));
+        match outcome {
+            Ok(done) => return Ok(done),
+            Err(slice) if slice.is_zero() => {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    operation,
+                    "the wait timed out",
+                ));
+            }
+            // Let a call polling for the end in before taking it again.
+            Err(_) if end.polling.load(Ordering::Acquire) > 0 => {
+                std::thread::sleep(POLL * 2);
+            }
+            Err(_) => {}
         }
     }
 }

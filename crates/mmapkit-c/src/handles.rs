@@ -10,7 +10,9 @@
 //!
 //! The registry's lock is held across `fork` (taken in a `pthread_atfork` prepare handler
 //! and let go in both processes), so a child never inherits it locked by a thread it does
-//! not have.
+//! not have. Objects with a lock of their own (a mapping's) are reached through the fork
+//! gate ([`through_fork_gate`]), which fork closes first: it waits for the calls inside,
+//! which never wait long, so no child inherits an object lock held by a missing thread.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -19,7 +21,9 @@ use std::collections::hash_map::RandomState;
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::hash::BuildHasher;
 use std::os::fd::BorrowedFd;
-use std::sync::{Arc, Mutex, MutexGuard, Once, PoisonError};
+use std::sync::{
+    Arc, Mutex, MutexGuard, Once, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::Duration;
 
 use mmapkit::{Error, ErrorKind, Result};
@@ -36,15 +40,30 @@ struct Registry {
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
 
+/// Open, but while a fork is under way (see the module docs).
+static FORK_GATE: RwLock<()> = RwLock::new(());
+
+/// The fork gate and the registry's lock, held by the forking thread from prepare to
+/// parent/child.
+type HeldAcrossFork = (
+    RwLockWriteGuard<'static, ()>,
+    MutexGuard<'static, Option<Registry>>,
+);
+
 thread_local! {
-    /// The registry's lock, held by the thread that forks from prepare to parent/child.
-    static HELD_ACROSS_FORK: RefCell<Option<MutexGuard<'static, Option<Registry>>>> =
-        const { RefCell::new(None) };
+    static HELD_ACROSS_FORK: RefCell<Option<HeldAcrossFork>> = const { RefCell::new(None) };
 }
 
 extern "C" fn before_fork() {
-    let guard = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    HELD_ACROSS_FORK.with(|held| *held.borrow_mut() = Some(guard));
+    let gate = FORK_GATE.write().unwrap_or_else(PoisonError::into_inner);
+    let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    HELD_ACROSS_FORK.with(|held| *held.borrow_mut() = Some((gate, registry)));
+}
+
+/// Passes the fork gate, for a call that takes an object's own lock: hold the result for as
+/// long as that lock.
+pub(crate) fn through_fork_gate() -> RwLockReadGuard<'static, ()> {
+    FORK_GATE.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 extern "C" fn after_fork() {
@@ -98,7 +117,10 @@ pub(crate) fn get<T: Any + Send + Sync, H>(handle: *const H, kind: &str) -> Resu
         .ok_or_else(|| {
             invalid(
                 "handle",
-                format!("{handle:p} is not a live {kind} handle (destroyed, or never made)"),
+                format!(
+                    "{handle:p} is not a live {kind} handle (destroyed, never made, or a \
+                     handle of another type)"
+                ),
             )
         })
 }
@@ -120,10 +142,13 @@ pub(crate) fn destroy_with<T: Any + Send + Sync, H>(
         return Ok(crate::status::MMAPKIT_OK);
     }
     let object = get::<T, H>(handle, kind)?;
-    let removed = with_registry(|registry| registry.live.remove(&handle.addr()));
-    if removed.is_some() {
-        closing(&object);
-    }
+    let Some(removed) = with_registry(|registry| registry.live.remove(&handle.addr())) else {
+        return Err(invalid(
+            "handle",
+            format!("{handle:p} is not a live {kind} handle (another thread destroyed it)"),
+        ));
+    };
+    closing(&object);
     // Dropped outside the registry's lock: unmapping or closing takes a system call.
     drop((removed, object));
     Ok(crate::status::MMAPKIT_OK)

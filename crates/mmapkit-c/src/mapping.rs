@@ -5,7 +5,7 @@
 //! (`mmapkit_mapping_data`) is there for C code that wants it, with plain mmap's rules.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use mmapkit::{Advice, Flush, MapOptions, Mapping, Protection, Result};
 
@@ -80,9 +80,40 @@ fn mapping(handle: *const mmapkit_mapping_t) -> Result<std::sync::Arc<MappingObj
     handles::get::<MappingObject, _>(handle, KIND)
 }
 
+/// A mapping in use by one call, shared with other calls or alone, through the fork gate.
+struct InUse<Guard> {
+    mapping: Guard,
+    _gate: RwLockReadGuard<'static, ()>,
+}
+
+impl<Guard: std::ops::Deref<Target = Mapping>> std::ops::Deref for InUse<Guard> {
+    type Target = Mapping;
+    fn deref(&self) -> &Mapping {
+        &self.mapping
+    }
+}
+
+impl<Guard: std::ops::DerefMut<Target = Mapping>> std::ops::DerefMut for InUse<Guard> {
+    fn deref_mut(&mut self) -> &mut Mapping {
+        &mut self.mapping
+    }
+}
+
 impl MappingObject {
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Mapping> {
-        self.0.read().unwrap_or_else(PoisonError::into_inner)
+    fn read(&self) -> InUse<RwLockReadGuard<'_, Mapping>> {
+        let gate = handles::through_fork_gate();
+        InUse {
+            mapping: self.0.read().unwrap_or_else(PoisonError::into_inner),
+            _gate: gate,
+        }
+    }
+
+    fn write(&self) -> InUse<RwLockWriteGuard<'_, Mapping>> {
+        let gate = handles::through_fork_gate();
+        InUse {
+            mapping: self.0.write().unwrap_or_else(PoisonError::into_inner),
+            _gate: gate,
+        }
     }
 }
 
@@ -375,7 +406,7 @@ pub unsafe extern "C" fn mmapkit_mapping_protect(
         )?;
         let protection = Protection::from_bits_truncate(protection as u8);
         let object = self::mapping(mapping)?;
-        let mut mapping = object.0.write().unwrap_or_else(PoisonError::into_inner);
+        let mut mapping = object.write();
         let range = handles::range("protect", offset, len, mapping.len())?;
         mapping.protect(range, protection)?;
         Ok(MMAPKIT_OK)

@@ -29,6 +29,18 @@ pub(crate) fn segment(handle: *const mmapkit_segment_t) -> Result<Arc<Segment>> 
     handles::get::<Segment, _>(handle, KIND)
 }
 
+/// A segment is created with a payload: size 0 is a mistake (0 means "any size" only when
+/// opening).
+fn refuse_empty(size: usize) -> Result<()> {
+    match size {
+        0 => Err(invalid(
+            "create segment",
+            "a segment of 0 bytes holds nothing",
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Options from C arguments; `mode` 0 is the default (0600, the owner only).
 ///
 /// # Safety
@@ -65,6 +77,7 @@ pub unsafe extern "C" fn mmapkit_segment_create(
 ) -> c_int {
     call("mmapkit_segment_create", || {
         handles::clear_out(out)?;
+        refuse_empty(size)?;
         // SAFETY: the caller passes NULL or NUL-terminated strings.
         let (name, options) =
             unsafe { (handles::text(name, "name")?, options(type_tag, size, mode)?) };
@@ -111,6 +124,7 @@ pub unsafe extern "C" fn mmapkit_segment_create_memfd(
 ) -> c_int {
     call("mmapkit_segment_create_memfd", || {
         handles::clear_out(out)?;
+        refuse_empty(size)?;
         // SAFETY: the caller passes NULL or NUL-terminated strings.
         let (options, debug_name) = unsafe {
             (

@@ -185,7 +185,7 @@ pub(crate) fn call(function: &'static str, body: impl FnOnce() -> Result<c_int, 
 }
 
 /// Hints of the Rust library that name Rust calls, and what a C caller does instead.
-const C_HINTS: [(&str, &str); 7] = [
+const C_HINTS: [(&str, &str); 8] = [
     (
         "sender() or receiver()",
         "attach this process's own end with mmapkit_channel_sender or mmapkit_channel_receiver",
@@ -204,7 +204,11 @@ const C_HINTS: [(&str, &str); 7] = [
          by name",
     ),
     (
-        "Mapping::protect",
+        "allow_write_exec",
+        "the C ABI never makes pages writable and executable at once",
+    ),
+    (
+        "change it with Mapping::protect",
         "change it with mmapkit_mapping_protect, or map with the access you need",
     ),
     (

@@ -113,7 +113,8 @@ pub unsafe extern "C" fn mmapkit_mutex_open(
 /// all, `MMAPKIT_EWOULDBLOCK` if held). `MMAPKIT_ETIMEDOUT` when time runs out.
 /// `MMAPKIT_EOWNERDIED` means the lock **is held** by the caller, taken from a holder that
 /// died: repair the data, `mmapkit_mutex_mark_consistent`, then unlock. Locking a mutex this
-/// thread already holds is `MMAPKIT_EINVAL` (it would wait for itself).
+/// thread already holds is `MMAPKIT_EINVAL` (it would wait for itself). A holder that
+/// `exec`s another program keeps the lock until that program ends (its process lives on).
 ///
 /// # Safety
 /// None beyond the C rules.
@@ -143,8 +144,9 @@ pub unsafe extern "C" fn mmapkit_mutex_lock(
                 std::mem::forget(guard);
                 with_message(
                     MMAPKIT_EOWNERDIED,
-                    "lock: the lock's previous owner died holding it; the lock is now held by \
-                     this thread: repair the data, mark it consistent, unlock"
+                    "mmapkit_mutex_lock: the lock's previous owner died holding it; the lock \
+                     is now held by this thread: repair the data, call \
+                     mmapkit_mutex_mark_consistent, then mmapkit_mutex_unlock"
                         .to_owned(),
                 )
             }

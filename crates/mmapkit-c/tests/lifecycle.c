@@ -276,11 +276,180 @@ static void truncation_is_reported_as_truncation(void) {
     EXPECT(mmapkit_channel_max_message(channel, &max), MMAPKIT_ETRUNCATED);
     mmapkit_sender_t *sender;
     EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_ETRUNCATED);
+    mmapkit_semaphore_t *semaphore;
+    EXPECT(mmapkit_semaphore_init(seg, 64, 0, &semaphore), MMAPKIT_ETRUNCATED);
+    mmapkit_event_t *event;
+    EXPECT(mmapkit_event_init(seg, 128, 0, &event), MMAPKIT_ETRUNCATED);
+    /* Cut short with the header left: opening it again says truncated, too. */
+    mmapkit_segment_t *large, *reopened;
+    char large_name[64], large_path[80];
+    snprintf(large_name, sizeof large_name, "mmapkit-c-lifecycle-large-%d", (int)getpid());
+    snprintf(large_path, sizeof large_path, "/dev/shm/%s", large_name);
+    EXPECT(mmapkit_segment_create(large_name, "lifecycle", 1 << 16, 0, &large), MMAPKIT_OK);
+    fd = open(large_path, O_RDWR);
+    CHECK(fd >= 0 && ftruncate(fd, 8192) == 0, "truncating %s", large_path);
+    close(fd);
+    EXPECT(mmapkit_segment_open(large_name, "lifecycle", 0, 0, &reopened), MMAPKIT_ETRUNCATED);
+    EXPECT(mmapkit_segment_close(large), MMAPKIT_OK);
+    EXPECT(mmapkit_segment_unlink(large_name), MMAPKIT_OK);
     EXPECT(mmapkit_mutex_close(mutex), MMAPKIT_OK);
     EXPECT(mmapkit_segment_close(seg), MMAPKIT_OK);
     EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
     EXPECT(mmapkit_segment_unlink(name), MMAPKIT_OK);
     EXPECT(mmapkit_channel_unlink(channel_name), MMAPKIT_OK);
+}
+
+struct copying {
+    mmapkit_mapping_t *map;
+    atomic_int stop;
+};
+
+static void *copy_in_a_loop(void *argument) {
+    struct copying *copying = argument;
+    static char target[1 << 20];
+    while (!atomic_load(&copying->stop)) mmapkit_mapping_read_at(copying->map, 0, target, sizeof target);
+    return NULL;
+}
+
+/* A fork while another thread copies out of a mapping: the child's calls on that mapping
+ * (protect takes it alone) return. */
+static void fork_during_a_mapping_copy(void) {
+    struct copying copying = {0};
+    EXPECT(mmapkit_map_anonymous(64 << 20, MMAPKIT_MAP_SHARED, &copying.map), MMAPKIT_OK);
+    pthread_t thread;
+    pthread_create(&thread, NULL, copy_in_a_loop, &copying);
+    usleep(20 * 1000);
+    for (int round = 0; round < 10; round++) {
+        pid_t child = fork();
+        if (child == 0) {
+            size_t len;
+            int protected = mmapkit_mapping_protect(copying.map, 0, 4096, MMAPKIT_PROT_READ);
+            int measured = mmapkit_mapping_len(copying.map, &len);
+            _exit(protected == MMAPKIT_OK && measured == MMAPKIT_OK ? 0 : 1);
+        }
+        int code = wait_for(child, 10);
+        CHECK(code == 0, "round %d: the child ended with %d (-1: it hung)", round, code);
+        if (code != 0) break;
+    }
+    atomic_store(&copying.stop, 1);
+    pthread_join(thread, NULL);
+    EXPECT(mmapkit_mapping_unmap(copying.map), MMAPKIT_OK);
+}
+
+/* Threads sharing an end: a call's timeout covers its wait for the end. */
+static void timeouts_hold_on_a_shared_end(void) {
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    struct blocked waiters[3] = {{0}};
+    pthread_t threads[3];
+    mmapkit_receiver_t *receiver;
+    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    for (int i = 0; i < 3; i++) {
+        waiters[i].receiver = receiver;
+        pthread_create(&threads[i], NULL, receive_forever, &waiters[i]);
+    }
+    usleep(50 * 1000);
+    char buf[16];
+    size_t len;
+    double worst = 0;
+    for (int round = 0; round < 10; round++) {
+        double started = now();
+        EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 20), MMAPKIT_ETIMEDOUT);
+        double took = now() - started;
+        if (took > worst) worst = took;
+        started = now();
+        EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_EWOULDBLOCK);
+        took = now() - started;
+        CHECK(took < 0.005, "a timeout of 0 took %.1f ms", took * 1000);
+    }
+    CHECK(worst < 0.2, "a 20 ms timeout took %.0f ms", worst * 1000);
+    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(threads[i], NULL);
+        EXPECT(waiters[i].status, MMAPKIT_EINVAL);
+    }
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+}
+
+struct closing {
+    mmapkit_receiver_t *receiver;
+    int status;
+};
+
+static void *close_it(void *argument) {
+    struct closing *closing = argument;
+    closing->status = mmapkit_receiver_close(closing->receiver);
+    return NULL;
+}
+
+/* Two threads closing one end: one succeeds, the other is told the handle is gone, and once
+ * the first returns the end is detached. */
+static void racing_closes_succeed_once(void) {
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    for (int round = 0; round < 200; round++) {
+        mmapkit_receiver_t *receiver;
+        EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+        struct closing first = {receiver, 99}, second = {receiver, 99};
+        pthread_t a, b;
+        pthread_create(&a, NULL, close_it, &first);
+        pthread_create(&b, NULL, close_it, &second);
+        pthread_join(a, NULL);
+        pthread_join(b, NULL);
+        int succeeded = (first.status == MMAPKIT_OK) + (second.status == MMAPKIT_OK);
+        int refused = (first.status == MMAPKIT_EINVAL) + (second.status == MMAPKIT_EINVAL);
+        CHECK(succeeded == 1 && refused == 1, "round %d: %s and %s", round,
+              mmapkit_status_name(first.status), mmapkit_status_name(second.status));
+        if (succeeded != 1) break;
+    }
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+}
+
+static void *lock_and_end(void *argument) {
+    mmapkit_mutex_lock(argument, MMAPKIT_FOREVER);
+    return NULL;
+}
+
+/* A lock whose holding thread ended: MMAPKIT_EOWNERDIED, said by mmapkit_mutex_lock. */
+static void an_owner_that_died_is_reported_by_the_call(void) {
+    mmapkit_segment_t *seg;
+    mmapkit_mutex_t *mutex;
+    EXPECT(mmapkit_segment_create_memfd("test/lifecycle", 4096, "lifecycle", &seg), MMAPKIT_OK);
+    EXPECT(mmapkit_mutex_init(seg, 0, &mutex), MMAPKIT_OK);
+    pthread_t thread;
+    pthread_create(&thread, NULL, lock_and_end, mutex);
+    pthread_join(thread, NULL);
+    EXPECT(mmapkit_mutex_lock(mutex, 1000), MMAPKIT_EOWNERDIED);
+    const char *message = mmapkit_last_error_message();
+    CHECK(strncmp(message, "mmapkit_mutex_lock:", 19) == 0, "%s", message);
+    EXPECT(mmapkit_mutex_mark_consistent(mutex), MMAPKIT_OK);
+    EXPECT(mmapkit_mutex_unlock(mutex), MMAPKIT_OK);
+    EXPECT(mmapkit_mutex_lock(mutex, 0), MMAPKIT_OK);
+    EXPECT(mmapkit_mutex_unlock(mutex), MMAPKIT_OK);
+    EXPECT(mmapkit_mutex_close(mutex), MMAPKIT_OK);
+    EXPECT(mmapkit_segment_close(seg), MMAPKIT_OK);
+    EXPECT(mmapkit_segment_create_memfd("test/lifecycle", 0, "empty", &seg), MMAPKIT_EINVAL);
+}
+
+/* Populating pages a truncation removed: MMAPKIT_ETRUNCATED, as a read of them is. */
+static void populating_a_truncated_file(void) {
+    char path[] = "/tmp/mmapkit-lifecycle-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0 && ftruncate(fd, 1 << 16) == 0, "creating %s", path);
+    mmapkit_mapping_t *map;
+    EXPECT(mmapkit_map_path(path, 0, 0, 0, &map), MMAPKIT_OK);
+    CHECK(ftruncate(fd, 4096) == 0, "truncating %s", path);
+    EXPECT(mmapkit_mapping_advise(map, 8192, 8192, MMAPKIT_ADVICE_POPULATE_READ),
+           MMAPKIT_ETRUNCATED);
+    EXPECT(mmapkit_mapping_unmap(map), MMAPKIT_OK);
+    close(fd);
+    unlink(path);
 }
 
 int main(void) {
@@ -290,6 +459,11 @@ int main(void) {
     fork_never_hangs_the_child();
     errors_speak_c();
     truncation_is_reported_as_truncation();
+    populating_a_truncated_file();
+    fork_during_a_mapping_copy();
+    timeouts_hold_on_a_shared_end();
+    racing_closes_succeed_once();
+    an_owner_that_died_is_reported_by_the_call();
     printf("%d failures\n", failures);
     return failures != 0;
 }

@@ -86,7 +86,7 @@ impl Shield {
                     "shield",
                     format!("all {CAPACITY} shield slots of this process are in use"),
                 )
-                .with_hint("drop segments that are no longer needed")
+                .with_hint("close (drop) segments and channels that are no longer needed")
             })?;
         let slot = &SLOTS[index];
         slot.poisoned.store(false, Ordering::Relaxed);

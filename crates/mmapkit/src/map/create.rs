@@ -70,10 +70,16 @@ impl MapOptions {
                 ));
             }
             other => {
+                let what = match other {
+                    FileType::Fifo => "a FIFO",
+                    FileType::Socket => "a socket",
+                    FileType::Symlink => "a symbolic link",
+                    _ => "a file of an unknown type",
+                };
                 return Err(Error::new(
                     ErrorKind::Unsupported,
                     "map",
-                    format!("cannot map a {other:?}; only files and devices can be mapped"),
+                    format!("cannot map {what}; only files and devices can be mapped"),
                 ));
             }
         };

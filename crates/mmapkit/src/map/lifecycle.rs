@@ -7,7 +7,7 @@ use std::ptr::NonNull;
 
 use super::mapping::Mapping;
 use super::options::write_exec_refused;
-use super::{Protection, Reach};
+use super::{Backing, Protection, Reach};
 use crate::error::{Error, ErrorKind, Result};
 use crate::sys::{self, Errno, MemoryAdvice, MlockFlags, MremapFlags, MsyncFlags};
 
@@ -247,7 +247,15 @@ impl Mapping {
             let error =
                 Error::os("advise", errno).with_range(range.start as u64, range.len() as u64);
             let populating_writes = advice == MemoryAdvice::LinuxPopulateWrite;
+            let populating = populating_writes || advice == MemoryAdvice::LinuxPopulateRead;
             match errno {
+                // The kernel met a SIGBUS: pages past the end of the file behind the range.
+                Errno::FAULT if populating && self.backing == Backing::File => {
+                    error.with_kind(ErrorKind::Truncated).with_message(
+                        "the file no longer covers the range (it was truncated): its pages \
+                         cannot be populated",
+                    )
+                }
                 Errno::INVAL | Errno::FAULT | Errno::PERM
                     if populating_writes
                         && !self.protection_floor(&range).contains(Protection::WRITE) =>

@@ -249,7 +249,11 @@ impl Mapping {
         Err(Error::new(
             ErrorKind::PermissionDenied,
             operation,
-            format!("the range is mapped {floor:?}, and {needed:?} access is needed"),
+            format!(
+                "the range allows {} access, and {} access is needed",
+                floor.describe(),
+                needed.describe()
+            ),
         )
         .with_range(range.start as u64, range.len() as u64)
         .with_hint("change it with Mapping::protect, or map with the access you need"))

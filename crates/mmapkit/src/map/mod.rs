@@ -63,6 +63,21 @@ impl Protection {
     /// Read and write.
     pub const READ_WRITE: Protection = Protection::READ.union(Protection::WRITE);
 
+    /// The access in words: "no", "read", "read-write", "read-exec", …
+    pub fn describe(self) -> &'static str {
+        const NAMES: [&str; 8] = [
+            "no",
+            "read",
+            "write",
+            "read-write",
+            "exec",
+            "read-exec",
+            "write-exec",
+            "read-write-exec",
+        ];
+        NAMES[usize::from(self.bits() & 7)]
+    }
+
     /// True when both write and execute are asked for.
     pub fn is_write_exec(self) -> bool {
         self.contains(Protection::WRITE | Protection::EXEC)

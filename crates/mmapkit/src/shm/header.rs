@@ -151,6 +151,17 @@ impl RawHeader {
                 self.header_size
             )));
         }
+        if self.total_size > file_size && self.total_size >= HEADER_SIZE as u64 {
+            return Err(Error::new(
+                ErrorKind::Truncated,
+                "open segment",
+                format!(
+                    "the header says {} bytes but the object has only {file_size}: it was \
+                     truncated",
+                    self.total_size
+                ),
+            ));
+        }
         if self.total_size != file_size || self.total_size < HEADER_SIZE as u64 {
             return Err(corrupt(format!(
                 "the header says {} bytes but the object has {file_size}",

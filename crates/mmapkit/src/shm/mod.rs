@@ -303,7 +303,7 @@ fn poisoned_error(shield: &Shield) -> Result<()> {
             "segment",
             "a peer truncated the segment; its pages were replaced by zeros",
         )
-        .with_hint("the segment can no longer be trusted: drop it and open it again"));
+        .with_hint("the segment can no longer be trusted: close (drop) it and open it again"));
     }
     Ok(())
 }

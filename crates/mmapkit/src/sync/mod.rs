@@ -59,7 +59,8 @@ fn place(
     segment
         .atomic::<AtomicU32>(offset)?
         .store(magic, std::sync::atomic::Ordering::Release);
-    Ok(())
+    // Stores to a segment truncated under us land on the shield's zero pages.
+    segment.check()
 }
 
 /// Checks that a primitive of `size` bytes with `magic` is placed at `offset`.
