@@ -29,6 +29,14 @@ const SLICE: Duration = Duration::from_millis(10);
 /// How often a call polls for an end another thread holds.
 const POLL: Duration = Duration::from_millis(1);
 
+/// How long a call waits for an end another thread is using.
+#[derive(Clone, Copy)]
+enum LockWait {
+    AsLongAsItTakes,
+    Never,
+    Until(Instant),
+}
+
 /// An end (or any state) that calls use one at a time, until it is closed.
 pub(crate) struct Closable<T> {
     state: Mutex<Option<T>>,
@@ -78,7 +86,26 @@ impl<T> Closable<T> {
         operation: &'static str,
         step: impl FnOnce(&mut T) -> Result<R>,
     ) -> Result<R> {
-        self.step_until(operation, None, step)
+        self.step_until(operation, LockWait::AsLongAsItTakes, step)
+    }
+
+    /// Takes the lock, waiting for it as `patience` says.
+    fn lock(
+        &self,
+        operation: &'static str,
+        patience: LockWait,
+    ) -> Result<MutexGuard<'_, Option<T>>> {
+        match patience {
+            LockWait::AsLongAsItTakes => {
+                Ok(self.state.lock().unwrap_or_else(PoisonError::into_inner))
+            }
+            LockWait::Never => match self.state.try_lock() {
+                Ok(guard) => Ok(guard),
+                Err(TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => Err(busy(operation, self.kind, true)),
+            },
+            LockWait::Until(deadline) => self.poll_for_lock(operation, deadline),
+        }
     }
 
     /// As [`step`](Self::step), without waiting for another thread's step
@@ -88,25 +115,22 @@ impl<T> Closable<T> {
         operation: &'static str,
         step: impl FnOnce(&mut T) -> Result<R>,
     ) -> Result<R> {
-        self.step_until(operation, Some(Instant::now()), step)
+        self.step_until(operation, LockWait::Never, step)
     }
 
-    /// As [`step`](Self::step), waiting for the value only until `deadline` (`Timeout`, or
-    /// `WouldBlock` for a deadline already passed when the call began).
+    /// As [`step`](Self::step), waiting for the value as [`lock`](Self::lock) says
+    /// (`Timeout`, or `WouldBlock` for a deadline already passed when the call began).
     fn step_until<R>(
         &self,
         operation: &'static str,
-        deadline: Option<Instant>,
+        patience: LockWait,
         step: impl FnOnce(&mut T) -> Result<R>,
     ) -> Result<R> {
         self.refuse_inherited(operation)?;
         if self.closing.load(Ordering::Acquire) {
             return Err(self.closed(operation));
         }
-        let mut state = match deadline {
-            None => self.state.lock().unwrap_or_else(PoisonError::into_inner),
-            Some(deadline) => self.poll_for_lock(operation, deadline)?,
-        };
+        let mut state = self.lock(operation, patience)?;
         match state.as_mut() {
             Some(value) if !self.closing.load(Ordering::Acquire) => step(value),
             _ => Err(self.closed(operation)),
@@ -118,13 +142,19 @@ impl<T> Closable<T> {
         operation: &'static str,
         deadline: Instant,
     ) -> Result<MutexGuard<'_, Option<T>>> {
+        let try_lock = || match self.state.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        };
+        if let Some(guard) = try_lock() {
+            return Ok(guard);
+        }
         let started = Instant::now();
         self.polling.fetch_add(1, Ordering::AcqRel);
         let taken = loop {
-            match self.state.try_lock() {
-                Ok(guard) => break Ok(guard),
-                Err(TryLockError::Poisoned(poisoned)) => break Ok(poisoned.into_inner()),
-                Err(TryLockError::WouldBlock) => {}
+            if let Some(guard) = try_lock() {
+                break Ok(guard);
             }
             let now = Instant::now();
             if now >= deadline {
@@ -159,11 +189,14 @@ pub(crate) enum Attempt<T> {
     NotYet,
 }
 
-/// `Ok(NotYet)` for a timeout (a slice that ran out), the result otherwise.
-pub(crate) fn unless_timeout<T>(result: Result<T>) -> Result<Attempt<T>> {
+/// `Ok(NotYet)` for a slice that ran out (`Timeout`) or a try that found nothing to do
+/// (`WouldBlock`), the result otherwise.
+pub(crate) fn unless_waiting<T>(result: Result<T>) -> Result<Attempt<T>> {
     match result {
         Ok(value) => Ok(Attempt::Done(value)),
-        Err(error) if error.kind() == ErrorKind::Timeout => Ok(Attempt::NotYet),
+        Err(error) if matches!(error.kind(), ErrorKind::Timeout | ErrorKind::WouldBlock) => {
+            Ok(Attempt::NotYet)
+        }
         Err(error) => Err(error),
     }
 }
@@ -181,10 +214,12 @@ fn busy(operation: &'static str, kind: &str, at_once: bool) -> Error {
     }
 }
 
-/// Waits as `wait` says, in slices on `end`: `attempt(value, slice)` waits at most `slice`.
-/// The deadline covers the wait for the end as well. A wait without a timeout gives up as
-/// the library's does, with `MMAPKIT_EDISCONNECTED`, once no peer attached within
-/// [`PEER_GRACE`] (`peer_attached(value)` answers whether one is attached now).
+/// Waits as `wait` says, in slices on `end`: `attempt(value, slice)` waits at most `slice`,
+/// and a zero slice only tries (the first attempt, which reads no clock, and the last one,
+/// at the deadline). The deadline covers the wait for the end as well. A wait without a
+/// timeout gives up as the library's does, with `MMAPKIT_EDISCONNECTED`, once no peer
+/// attached within [`PEER_GRACE`] (`peer_attached(value)` answers whether one is attached
+/// now).
 pub(crate) fn sliced<T, R>(
     end: &Closable<T>,
     operation: &'static str,
@@ -192,27 +227,33 @@ pub(crate) fn sliced<T, R>(
     mut attempt: impl FnMut(&mut T, Duration) -> Result<Attempt<R>>,
     mut peer_attached: impl FnMut(&mut T) -> Result<bool>,
 ) -> Result<R> {
-    let started = Instant::now();
     let deadline = match wait {
-        Wait::For(timeout) => started.checked_add(timeout),
-        Wait::Try => Some(started),
+        Wait::For(timeout) => Instant::now().checked_add(timeout),
+        Wait::Try => Some(Instant::now()),
         Wait::Forever => None,
     };
+    // A wait without a timeout counts its slices (each waited a whole SLICE) instead of
+    // reading the clock: the grace period has passed after this many.
+    let grace_slices = PEER_GRACE.as_millis() / SLICE.as_millis();
     let forever = matches!(wait, Wait::Forever);
+    let mut slices = 0;
     loop {
-        let outcome = end.step_until(operation, deadline, |value| {
+        let patience = deadline.map_or(LockWait::AsLongAsItTakes, LockWait::Until);
+        let outcome = end.step_until(operation, patience, |value| {
             // The slice is measured once the end is ours; past the deadline it is zero, so a
             // ready end is not reported as a timeout.
-            let slice = match deadline {
-                None => SLICE,
-                Some(deadline) => deadline
+            let slice = match (slices, deadline) {
+                (0, _) => Duration::ZERO,
+                (_, None) => SLICE,
+                (_, Some(deadline)) => deadline
                     .saturating_duration_since(Instant::now())
                     .min(SLICE),
             };
             if let Attempt::Done(done) = attempt(value, slice)? {
                 return Ok(Ok(done));
             }
-            if forever && started.elapsed() >= PEER_GRACE && !peer_attached(value)? {
+            slices += 1;
+            if forever && slices > grace_slices && !peer_attached(value)? {
                 return Err(Error::new(
                     ErrorKind::Disconnected,
                     operation,
@@ -223,7 +264,10 @@ pub(crate) fn sliced<T, R>(
         })?;
         match outcome {
             Ok(done) => return Ok(done),
-            Err(slice) if slice.is_zero() => {
+            Err(slice)
+                if slice.is_zero()
+                    && deadline.is_some_and(|deadline| Instant::now() >= deadline) =>
+            {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     operation,

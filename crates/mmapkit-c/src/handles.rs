@@ -19,10 +19,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::ffi::{CStr, c_char, c_int, c_void};
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{
-    Arc, Mutex, MutexGuard, Once, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    Arc, Mutex, MutexGuard, Once, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak,
 };
 use std::time::Duration;
 
@@ -34,8 +35,30 @@ type Object = Arc<dyn Any + Send + Sync>;
 
 /// The live handles of the process, by number, and the next number to give out.
 struct Registry {
-    live: HashMap<usize, Object>,
+    live: HashMap<usize, Object, BuildHasherDefault<HandleHasher>>,
     next: usize,
+}
+
+/// Hashes a handle number with one multiplication: the numbers are the registry's own
+/// (consecutive from a random start), so a keyed hash buys nothing on the hot path of every
+/// call, and a caller's guesses only ever miss.
+#[derive(Default)]
+struct HandleHasher(u64);
+
+impl Hasher for HandleHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_usize(&mut self, number: usize) {
+        self.0 = (number as u64 >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 static REGISTRY: Mutex<Option<Registry>> = Mutex::new(None);
@@ -80,7 +103,7 @@ fn with_registry<R>(use_it: impl FnOnce(&mut Registry) -> R) -> R {
     });
     let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     use_it(registry.get_or_insert_with(|| Registry {
-        live: HashMap::new(),
+        live: HashMap::default(),
         // A random start, so that small integers and stray pointers name no handle.
         next: (RandomState::new().hash_one(std::process::id()) as usize | 1 << 12) & !0xF,
     }))
@@ -111,7 +134,13 @@ pub(crate) fn get<T: Any + Send + Sync, H>(handle: *const H, kind: &str) -> Resu
     if handle.is_null() {
         return Err(invalid("handle", format!("the {kind} handle is NULL")));
     }
-    let object = with_registry(|registry| registry.live.get(&handle.addr()).cloned());
+    let number = handle.addr();
+    let object = recently_used(number).or_else(|| {
+        let destroys = DESTROYS.load(Ordering::Acquire);
+        let object = with_registry(|registry| registry.live.get(&number).cloned())?;
+        remember_use(number, destroys, &object);
+        Some(object)
+    });
     object
         .and_then(|object| object.downcast::<T>().ok())
         .ok_or_else(|| {
@@ -123,6 +152,41 @@ pub(crate) fn get<T: Any + Send + Sync, H>(handle: *const H, kind: &str) -> Resu
                 ),
             )
         })
+}
+
+/// Destroys so far: a thread's recently used handles are valid only while none happened.
+static DESTROYS: AtomicU64 = AtomicU64::new(0);
+
+/// A handle this thread looked up, with the count of destroys then. A weak reference: it
+/// does not keep the object (a mapping, say) alive once the handle is destroyed.
+type RecentUse = Option<(usize, u64, Weak<dyn Any + Send + Sync>)>;
+
+thread_local! {
+    /// A few handles this thread used last, by their number's low bits: a sender and a
+    /// receiver used in turns each keep theirs. Looking one up here takes no lock, which
+    /// keeps a call through the ABI close to the Rust call it makes.
+    static RECENT: RefCell<[RecentUse; 4]> = const { RefCell::new([const { None }; 4]) };
+}
+
+fn recent_slot(number: usize) -> usize {
+    (number >> 4) & 3
+}
+
+/// The object of `number` if this thread used it since the last destroy anywhere.
+fn recently_used(number: usize) -> Option<Object> {
+    let destroys = DESTROYS.load(Ordering::Acquire);
+    RECENT.with(|recent| match &recent.borrow()[recent_slot(number)] {
+        Some((used, seen, object)) if *used == number && *seen == destroys => object.upgrade(),
+        _ => None,
+    })
+}
+
+/// Remembers that this thread found `object` for `number`, `destroys` having been counted
+/// before the registry was asked.
+fn remember_use(number: usize, destroys: u64, object: &Object) {
+    RECENT.with(|recent| {
+        recent.borrow_mut()[recent_slot(number)] = Some((number, destroys, Arc::downgrade(object)));
+    });
 }
 
 /// Removes `handle` from the registry (the object goes once no call uses it). NULL is
@@ -142,7 +206,11 @@ pub(crate) fn destroy_with<T: Any + Send + Sync, H>(
         return Ok(crate::status::MMAPKIT_OK);
     }
     let object = get::<T, H>(handle, kind)?;
-    let Some(removed) = with_registry(|registry| registry.live.remove(&handle.addr())) else {
+    let removed = with_registry(|registry| registry.live.remove(&handle.addr()));
+    // Counted after the removal: a thread that read the count before it and found the
+    // handle in the registry still remembered the old count, which no longer matches.
+    DESTROYS.fetch_add(1, Ordering::AcqRel);
+    let Some(removed) = removed else {
         return Err(invalid(
             "handle",
             format!("{handle:p} is not a live {kind} handle (another thread destroyed it)"),

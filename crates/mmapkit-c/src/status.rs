@@ -111,32 +111,41 @@ pub(crate) fn name_of(status: c_int) -> *const c_char {
         .as_ptr()
 }
 
-/// The last error of this thread: its sentence and its OS errno (0 when none).
+/// The last error of this thread: its sentence (none after a success) and its OS errno (0
+/// when none).
 struct LastError {
-    message: CString,
+    message: Option<CString>,
     errno: c_int,
 }
 
 thread_local! {
-    static LAST: RefCell<LastError> = RefCell::new(LastError {
-        message: CString::default(),
-        errno: 0,
-    });
+    // Initialised without code: the check every call makes stays a plain load.
+    static LAST: RefCell<LastError> = const {
+        RefCell::new(LastError {
+            message: None,
+            errno: 0,
+        })
+    };
 }
 
 fn remember(message: String, errno: c_int) {
     // A message cannot hold NUL bytes (a path could): they are shown as spaces.
     let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
-    LAST.with(|last| *last.borrow_mut() = LastError { message, errno });
+    LAST.with(|last| {
+        *last.borrow_mut() = LastError {
+            message: Some(message),
+            errno,
+        }
+    });
 }
 
 /// Clears the last error without allocating (the hot path of every successful call).
 fn forget_last_error() {
     LAST.with(|last| {
         let mut last = last.borrow_mut();
-        if last.errno != 0 || !last.message.is_empty() {
+        if last.errno != 0 || last.message.is_some() {
             *last = LastError {
-                message: CString::default(),
+                message: None,
                 errno: 0,
             };
         }
@@ -145,7 +154,7 @@ fn forget_last_error() {
 
 /// This thread's last error message; empty after a call that succeeded.
 pub(crate) fn last_message() -> *const c_char {
-    LAST.with(|last| last.borrow().message.as_ptr())
+    LAST.with(|last| last.borrow().message.as_deref().unwrap_or(c"").as_ptr())
 }
 
 /// This thread's last OS errno; 0 when the last call succeeded or the OS gave none.

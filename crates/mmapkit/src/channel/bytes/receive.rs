@@ -230,6 +230,12 @@ impl<'c> ByteReceiver<'c> {
         }
     }
 
+    /// Whether no message waits now: a look at the ring, without waiting and without a look
+    /// at the sender (for a caller that spins a little before a wait of its own).
+    pub fn is_empty(&mut self) -> Result<bool> {
+        Ok(self.next_message()?.is_none())
+    }
+
     /// The doorbell to poll, for a pollable channel.
     pub fn pollable_fd(&self) -> Option<BorrowedFd<'_>> {
         self.doorbell.map(AsFd::as_fd)
