@@ -119,7 +119,7 @@ impl<T> Closable<T> {
     }
 
     /// As [`step`](Self::step), waiting for the value as [`lock`](Self::lock) says
-    /// (`Timeout`, or `WouldBlock` for a deadline already passed when the call began).
+    /// (`Timeout` when the deadline passes, `WouldBlock` when it may not wait at all).
     fn step_until<R>(
         &self,
         operation: &'static str,
@@ -150,7 +150,6 @@ impl<T> Closable<T> {
         if let Some(guard) = try_lock() {
             return Ok(guard);
         }
-        let started = Instant::now();
         self.polling.fetch_add(1, Ordering::AcqRel);
         let taken = loop {
             if let Some(guard) = try_lock() {
@@ -158,7 +157,7 @@ impl<T> Closable<T> {
             }
             let now = Instant::now();
             if now >= deadline {
-                break Err(busy(operation, self.kind, deadline <= started));
+                break Err(busy(operation, self.kind, false));
             }
             std::thread::sleep(POLL.min(deadline - now));
         };
