@@ -21,6 +21,8 @@
  * - Offsets in mappings and segments are size_t; a length of MMAPKIT_TO_END means "to the
  *   end". Timeouts are int64_t milliseconds: negative waits as long as it takes, 0 does not
  *   wait (MMAPKIT_EWOULDBLOCK).
+ * - Peers: a channel end or lock holder that execs another program without closing its end
+ *   stays attached (or holding) until that program ends: its process lives on.
  * - Threads: mapping, segment, channel, semaphore and event handles may be used by several
  *   threads at once; a sender or receiver is one party (threads sharing one take turns); a
  *   mutex's lock belongs to the thread that took it.
@@ -158,7 +160,7 @@
 // Something already occupies the requested name or address.
 #define MMAPKIT_EEXIST -7
 
-// Out of memory, address space or lockable memory.
+// Out of memory, address space, lockable memory or descriptors (EMFILE, ENFILE).
 #define MMAPKIT_ENOMEM -8
 
 // The file system (for shared memory, /dev/shm) is full.
@@ -291,7 +293,10 @@ int mmapkit_channel_create(const char *name,
 // `out` is NULL or writable.
 int mmapkit_channel_create_memfd(size_t capacity, uint32_t flags, struct mmapkit_channel_t **out);
 
-// Opens the named channel `name`.
+// Opens the named channel `name`. A pollable channel opened by name has no doorbell (a
+// descriptor cannot travel by name): its receiver attaches but cannot poll, and its sender
+// cannot attach (`MMAPKIT_EUNSUPPORTED`), since the receiver would never hear it. Pass
+// pollable channels with `mmapkit_channel_send_over` or fork.
 //
 // # Safety
 // `name` is NULL or a NUL-terminated string; `out` is NULL or writable.

@@ -122,7 +122,10 @@ pub unsafe extern "C" fn mmapkit_channel_create_memfd(
     })
 }
 
-/// Opens the named channel `name`.
+/// Opens the named channel `name`. A pollable channel opened by name has no doorbell (a
+/// descriptor cannot travel by name): its receiver attaches but cannot poll, and its sender
+/// cannot attach (`MMAPKIT_EUNSUPPORTED`), since the receiver would never hear it. Pass
+/// pollable channels with `mmapkit_channel_send_over` or fork.
 ///
 /// # Safety
 /// `name` is NULL or a NUL-terminated string; `out` is NULL or writable.
@@ -215,7 +218,9 @@ pub unsafe extern "C" fn mmapkit_channel_doorbell_fd(
             Error::new(
                 ErrorKind::Unsupported,
                 "doorbell",
-                "the channel was created without MMAPKIT_CHANNEL_POLLABLE",
+                "this handle has no doorbell: the channel was created without \
+                 MMAPKIT_CHANNEL_POLLABLE, or opened by name (a doorbell reaches other \
+                 processes only by fork or mmapkit_channel_send_over)",
             )
         })?;
         handles::put(fd, doorbell)

@@ -77,10 +77,15 @@ thread_local! {
     static HELD_ACROSS_FORK: RefCell<Option<HeldAcrossFork>> = const { RefCell::new(None) };
 }
 
+// The three handlers use `try_with`: a fork from an `atexit` handler or a thread-local
+// destructor comes after this thread's locals are gone, and then there is nowhere to keep
+// the locks — that fork goes on without them rather than abort the process.
 extern "C" fn before_fork() {
-    let gate = FORK_GATE.write().unwrap_or_else(PoisonError::into_inner);
-    let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    HELD_ACROSS_FORK.with(|held| *held.borrow_mut() = Some((gate, registry)));
+    let _ = HELD_ACROSS_FORK.try_with(|held| {
+        let gate = FORK_GATE.write().unwrap_or_else(PoisonError::into_inner);
+        let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+        *held.borrow_mut() = Some((gate, registry));
+    });
 }
 
 /// Passes the fork gate, for a call that takes an object's own lock: hold the result for as
@@ -90,7 +95,7 @@ pub(crate) fn through_fork_gate() -> RwLockReadGuard<'static, ()> {
 }
 
 extern "C" fn after_fork() {
-    HELD_ACROSS_FORK.with(|held| drop(held.borrow_mut().take()));
+    let _ = HELD_ACROSS_FORK.try_with(|held| drop(held.borrow_mut().take()));
 }
 
 fn with_registry<R>(use_it: impl FnOnce(&mut Registry) -> R) -> R {
@@ -175,16 +180,21 @@ fn recent_slot(number: usize) -> usize {
 /// The object of `number` if this thread used it since the last destroy anywhere.
 fn recently_used(number: usize) -> Option<Object> {
     let destroys = DESTROYS.load(Ordering::Acquire);
-    RECENT.with(|recent| match &recent.borrow()[recent_slot(number)] {
-        Some((used, seen, object)) if *used == number && *seen == destroys => object.upgrade(),
-        _ => None,
-    })
+    // Gone during thread exit (a handle closed from a thread-local destructor or atexit):
+    // then the registry answers.
+    RECENT
+        .try_with(|recent| match &recent.borrow()[recent_slot(number)] {
+            Some((used, seen, object)) if *used == number && *seen == destroys => object.upgrade(),
+            _ => None,
+        })
+        .ok()
+        .flatten()
 }
 
 /// Remembers that this thread found `object` for `number`, `destroys` having been counted
 /// before the registry was asked.
 fn remember_use(number: usize, destroys: u64, object: &Object) {
-    RECENT.with(|recent| {
+    let _ = RECENT.try_with(|recent| {
         recent.borrow_mut()[recent_slot(number)] = Some((number, destroys, Arc::downgrade(object)));
     });
 }

@@ -30,7 +30,7 @@ pub const MMAPKIT_ENOTEXCLUSIVE: c_int = -5;
 pub const MMAPKIT_ETRUNCATED: c_int = -6;
 /// Something already occupies the requested name or address.
 pub const MMAPKIT_EEXIST: c_int = -7;
-/// Out of memory, address space or lockable memory.
+/// Out of memory, address space, lockable memory or descriptors (EMFILE, ENFILE).
 pub const MMAPKIT_ENOMEM: c_int = -8;
 /// The file system (for shared memory, /dev/shm) is full.
 pub const MMAPKIT_ENOSPC: c_int = -9;
@@ -131,7 +131,9 @@ thread_local! {
 fn remember(message: String, errno: c_int) {
     // A message cannot hold NUL bytes (a path could): they are shown as spaces.
     let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
-    LAST.with(|last| {
+    // During thread exit (an atexit handler, a thread-local destructor) the slot is gone:
+    // the status still says what happened.
+    let _ = LAST.try_with(|last| {
         *last.borrow_mut() = LastError {
             message: Some(message),
             errno,
@@ -141,7 +143,7 @@ fn remember(message: String, errno: c_int) {
 
 /// Clears the last error without allocating (the hot path of every successful call).
 fn forget_last_error() {
-    LAST.with(|last| {
+    let _ = LAST.try_with(|last| {
         let mut last = last.borrow_mut();
         if last.errno != 0 || last.message.is_some() {
             *last = LastError {
@@ -154,12 +156,13 @@ fn forget_last_error() {
 
 /// This thread's last error message; empty after a call that succeeded.
 pub(crate) fn last_message() -> *const c_char {
-    LAST.with(|last| last.borrow().message.as_deref().unwrap_or(c"").as_ptr())
+    LAST.try_with(|last| last.borrow().message.as_deref().unwrap_or(c"").as_ptr())
+        .unwrap_or(c"(no message: this thread is exiting)".as_ptr())
 }
 
 /// This thread's last OS errno; 0 when the last call succeeded or the OS gave none.
 pub(crate) fn last_errno() -> c_int {
-    LAST.with(|last| last.borrow().errno)
+    LAST.try_with(|last| last.borrow().errno).unwrap_or(0)
 }
 
 /// Runs the body of the exported function `function`: its error becomes a status and the

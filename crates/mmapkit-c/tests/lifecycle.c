@@ -454,6 +454,43 @@ static void populating_a_truncated_file(void) {
     unlink(path);
 }
 
+/* Handles closed while the thread's own storage is being torn down: from a thread-local
+ * destructor, and from an atexit handler that forks too. A status, never an abort. */
+static mmapkit_mapping_t *closed_at_exit;
+static pthread_key_t cleanup_key;
+static int closed_in_destructor = 99;
+
+static void close_at_exit(void) {
+    if (mmapkit_mapping_unmap(closed_at_exit) != MMAPKIT_OK) _exit(3);
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    waitpid(child, NULL, 0);
+}
+
+static void unmap_in_destructor(void *map) { closed_in_destructor = mmapkit_mapping_unmap(map); }
+
+static void *map_with_cleanup(void *unused) {
+    (void)unused;
+    mmapkit_mapping_t *map;
+    size_t len;
+    if (mmapkit_map_anonymous(4096, 0, &map) != MMAPKIT_OK) return NULL;
+    mmapkit_mapping_len(map, &len);
+    pthread_setspecific(cleanup_key, map);
+    return NULL;
+}
+
+static void closing_while_the_thread_ends(void) {
+    pthread_key_create(&cleanup_key, unmap_in_destructor);
+    pthread_t thread;
+    pthread_create(&thread, NULL, map_with_cleanup, NULL);
+    pthread_join(thread, NULL);
+    EXPECT(closed_in_destructor, MMAPKIT_OK);
+    size_t len;
+    EXPECT(mmapkit_map_anonymous(4096, 0, &closed_at_exit), MMAPKIT_OK);
+    EXPECT(mmapkit_mapping_len(closed_at_exit, &len), MMAPKIT_OK);
+    atexit(close_at_exit);
+}
+
 int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "fork") == 0) {
         fork_never_hangs_the_child();
@@ -468,6 +505,7 @@ int main(int argc, char **argv) {
         timeouts_hold_on_a_shared_end();
         racing_closes_succeed_once();
         an_owner_that_died_is_reported_by_the_call();
+        closing_while_the_thread_ends();
     }
     printf("%d failures\n", failures);
     return failures != 0;

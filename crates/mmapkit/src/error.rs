@@ -41,7 +41,8 @@ pub enum ErrorKind {
     Truncated,
     /// Something already occupies the requested address or name.
     AlreadyExists,
-    /// The kernel is out of memory, address space, huge pages or lockable memory.
+    /// The kernel is out of memory, address space, huge pages, lockable memory or file
+    /// descriptors (`EMFILE`, `ENFILE`: a process or system limit).
     OutOfMemory,
     /// The file system (for shared memory: the tmpfs behind /dev/shm) is full.
     NoSpace,
@@ -76,7 +77,7 @@ impl ErrorKind {
             libc::EACCES | libc::EPERM | libc::EROFS | libc::ETXTBSY => ErrorKind::PermissionDenied,
             libc::EINVAL | libc::EBADF | libc::EISDIR | libc::EOVERFLOW => ErrorKind::InvalidInput,
             libc::EEXIST => ErrorKind::AlreadyExists,
-            libc::ENOMEM | libc::EAGAIN => ErrorKind::OutOfMemory,
+            libc::ENOMEM | libc::EAGAIN | libc::EMFILE | libc::ENFILE => ErrorKind::OutOfMemory,
             libc::ENOSPC | libc::EFBIG | libc::EDQUOT => ErrorKind::NoSpace,
             libc::ENOSYS | libc::ENODEV | libc::EOPNOTSUPP => ErrorKind::Unsupported,
             _ => ErrorKind::Io,
@@ -295,7 +296,11 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.0;
         f.write_str(inner.operation)?;
-        if let Some(path) = &inner.path {
+        if let Some(path) = inner
+            .path
+            .as_ref()
+            .filter(|path| !path.as_os_str().is_empty())
+        {
             write!(f, " {}", path.display())?;
         }
         match (inner.offset, inner.len) {

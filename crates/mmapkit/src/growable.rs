@@ -126,7 +126,7 @@ impl GrowableMap {
                 Error::new(
                     ErrorKind::InvalidInput,
                     "append",
-                    "the log would exceed isize::MAX bytes",
+                    "the log would exceed the most a mapping can address",
                 )
                 .with_range(offset, data.len() as u64)
             })?;

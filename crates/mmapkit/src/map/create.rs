@@ -406,7 +406,10 @@ fn too_long(len: u64) -> Error {
     Error::new(
         ErrorKind::InvalidInput,
         "map",
-        format!("length {len} is larger than isize::MAX, the most a mapping can address"),
+        format!(
+            "length {len} is larger than {}, the most a mapping can address",
+            isize::MAX
+        ),
     )
 }
 

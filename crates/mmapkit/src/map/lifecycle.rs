@@ -444,7 +444,7 @@ impl Mapping {
             .ok_or_else(|| {
                 fail(
                     ErrorKind::InvalidInput,
-                    "the new length is larger than isize::MAX",
+                    "the new length is larger than the most a mapping can address",
                 )
             })?;
         if new_map_len != self.map_len {

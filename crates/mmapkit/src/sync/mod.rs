@@ -91,6 +91,14 @@ fn expect_magic<'s>(
     Ok(word)
 }
 
+/// "a" or "an", for the word `what`.
+fn article(what: &str) -> &'static str {
+    match what.starts_with(['a', 'e', 'i', 'o', 'u']) {
+        true => "an",
+        false => "a",
+    }
+}
+
 /// Checks that `offset` is 8-byte aligned and that `size` bytes from it fit in the payload.
 fn check_placement(segment: &Segment, offset: usize, size: usize, what: &str) -> Result<()> {
     let fits = offset
@@ -101,7 +109,8 @@ fn check_placement(segment: &Segment, offset: usize, size: usize, what: &str) ->
             ErrorKind::InvalidInput,
             "place",
             format!(
-                "a {what} needs {size} bytes at an 8-byte aligned offset inside the {}-byte payload",
+                "{} {what} needs {size} bytes at an 8-byte aligned offset inside the {}-byte payload",
+                article(what),
                 segment.payload_len()
             ),
         )

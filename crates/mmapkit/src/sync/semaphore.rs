@@ -92,7 +92,7 @@ impl<'s> Semaphore<'s> {
                 Error::new(
                     ErrorKind::InvalidInput,
                     "post",
-                    "the count would overflow u32",
+                    "the count would exceed 4294967295",
                 )
             })?;
             match self.count.compare_exchange_weak(
