@@ -402,11 +402,7 @@ pub unsafe extern "C" fn mmapkit_receiver_recv(
                         }
                     })
                 },
-                |cell| {
-                    cell.with_dependent_mut(|_, receiver| {
-                        attached(receiver.wait_for_peer(Duration::ZERO))
-                    })
-                },
+                |cell| cell.with_dependent_mut(|_, receiver| sender_or_verdict(receiver)),
             )?,
         };
         match received {
@@ -482,3 +478,19 @@ fn arrives_soon(receiver: &mut ByteReceiver<'_>) -> Result<bool> {
 
 /// Iterations of [`arrives_soon`]; about as many as the library spins before it sleeps.
 const SPINS: usize = 200;
+
+/// Whether a sender is attached, or a message waits; the library's own `Disconnected`
+/// ("gone") when a sender was there and left, so that the error says so instead of "no peer
+/// attached".
+fn sender_or_verdict(receiver: &mut ByteReceiver<'_>) -> Result<bool> {
+    if attached(receiver.wait_for_peer(Duration::ZERO))? {
+        return Ok(true);
+    }
+    Ok(match receiver.try_receive_in_place()? {
+        Some(message) => {
+            message.put_back();
+            true
+        }
+        None => false,
+    })
+}

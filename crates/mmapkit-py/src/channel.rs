@@ -117,9 +117,10 @@ impl PyByteChannel {
         )
     }
 
-    /// A named channel without a doorbell pickles as its name; a memfd or pollable channel as
-    /// its descriptors (segment and doorbell: a doorbell cannot be opened by name), which
-    /// multiprocessing passes to `spawn`ed children.
+    /// A named channel without a doorbell pickles as its name; a memfd channel as its
+    /// descriptors (segment, and doorbell if pollable), which multiprocessing passes to
+    /// `spawn`ed children; a named pollable channel as its name and its doorbell's descriptor
+    /// (a doorbell cannot be opened by name).
     fn __reduce__<'py>(
         &self,
         py: Python<'py>,
@@ -132,7 +133,12 @@ impl PyByteChannel {
             ));
         }
         let pass = py.import("multiprocessing.reduction")?.getattr("DupFd")?;
-        let segment = pass.call1((self.channel.segment().fd().as_raw_fd(),))?;
+        // A named pollable channel travels as its name and its doorbell's descriptor.
+        let name = self.name();
+        let segment = match name {
+            Some(_) => None,
+            None => Some(pass.call1((self.channel.segment().fd().as_raw_fd(),))?),
+        };
         let doorbell = match self.channel.doorbell() {
             Some(doorbell) => Some(pass.call1((doorbell.as_raw_fd(),))?),
             None => None,
@@ -146,7 +152,7 @@ impl PyByteChannel {
             .into_owned();
         Ok((
             package.getattr("_adopt_channel")?,
-            (segment, doorbell, type_tag).into_pyobject(py)?,
+            (segment, doorbell, type_tag, name).into_pyobject(py)?,
         ))
     }
 }
@@ -159,18 +165,27 @@ impl PyByteChannel {
     }
 }
 
-/// `channel_from_fds(segment_fd, doorbell_fd, type_tag)`: a channel from descriptors another
-/// process passed (duplicated: the caller keeps its own).
+/// `channel_from_fds(segment_fd, doorbell_fd, type_tag, name=None)`: a channel from
+/// descriptors another process passed (duplicated: the caller keeps its own); a named
+/// channel's segment is opened by `name` instead, so that it keeps its name.
 #[pyfunction]
+#[pyo3(signature = (segment_fd, doorbell_fd, type_tag, name = None))]
 pub fn channel_from_fds(
-    segment_fd: i32,
+    segment_fd: Option<i32>,
     doorbell_fd: Option<i32>,
     type_tag: &str,
+    name: Option<&str>,
 ) -> PyResult<PyByteChannel> {
-    let segment = SegmentOptions::new(type_tag, 0)
-        .py()?
-        .from_fd(duplicate_fd(segment_fd)?)
-        .py()?;
+    let options = SegmentOptions::new(type_tag, 0).py()?;
+    let segment = match (name, segment_fd) {
+        (Some(name), _) => options.open(name).py()?,
+        (None, Some(fd)) => options.from_fd(duplicate_fd(fd)?).py()?,
+        (None, None) => {
+            return Err(PyTypeError::new_err(
+                "channel_from_fds: a segment descriptor or a name is needed",
+            ));
+        }
+    };
     let doorbell = doorbell_fd.map(duplicate_fd).transpose()?;
     Ok(PyByteChannel::wrap(
         ByteChannel::from_segment(segment, doorbell).py()?,

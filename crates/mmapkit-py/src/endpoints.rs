@@ -17,7 +17,7 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mmapkit::channel::{ByteChannel, ByteReceiver, ByteSender, PEER_GRACE, ReceivedBytes};
+use mmapkit::channel::{ByteChannel, ByteReceiver, ByteSender, ReceivedBytes};
 use mmapkit::{Error, ErrorKind};
 use pyo3::exceptions::{PyConnectionError, PyStopIteration, PyValueError};
 use pyo3::prelude::*;
@@ -27,6 +27,7 @@ use self_cell::self_cell;
 use crate::buffers::Foreign;
 use crate::closable::Closable;
 use crate::errors::{IntoPy, to_py};
+use crate::peer_waits::{patience, sender_or_verdict, timed_out, unless_timeout, wait_for_peer};
 use crate::sync::{deadline_of, next_slice};
 
 self_cell!(
@@ -45,65 +46,8 @@ self_cell!(
     }
 );
 
-/// Ends a wait without a timeout once no peer has attached within the grace period.
-fn patience(
-    timeout: Option<f64>,
-    started: Instant,
-    operation: &'static str,
-    wait_for_peer: impl FnOnce(Duration) -> mmapkit::Result<()>,
-) -> mmapkit::Result<()> {
-    if timeout.is_some() || started.elapsed() < PEER_GRACE {
-        return Ok(());
-    }
-    match wait_for_peer(Duration::ZERO) {
-        Err(error) if error.kind() == ErrorKind::Timeout => Err(Error::new(
-            ErrorKind::Disconnected,
-            operation,
-            format!("no peer attached within {} s", PEER_GRACE.as_secs_f64()),
-        )),
-        other => other,
-    }
-}
-
-/// `Ok(None)` for a timeout (a slice that ran out), the result otherwise.
-fn unless_timeout<T>(result: mmapkit::Result<T>) -> mmapkit::Result<Option<T>> {
-    match result {
-        Ok(value) => Ok(Some(value)),
-        Err(error) if error.kind() == ErrorKind::Timeout => Ok(None),
-        Err(error) => Err(error),
-    }
-}
-
-fn timed_out(operation: &'static str) -> PyErr {
-    to_py(Error::new(
-        ErrorKind::Timeout,
-        operation,
-        "the wait timed out",
-    ))
-}
-
 fn closed_endpoint() -> PyErr {
     PyValueError::new_err("the endpoint is closed")
-}
-
-/// Waits for a peer in slices until `deadline`, checking for signals.
-fn wait_for_peer<C: Send + Sync>(
-    py: Python<'_>,
-    endpoint: &Closable<C>,
-    deadline: Option<Instant>,
-    attempt: impl Fn(&mut C, Duration) -> mmapkit::Result<()> + Sync,
-) -> PyResult<()> {
-    loop {
-        let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
-        let attached = endpoint.detached_mut(py, |cell| unless_timeout(attempt(cell, slice)))?;
-        if attached.py()?.is_some() {
-            return Ok(());
-        }
-        if slice.is_zero() {
-            return Err(timed_out("wait_for_peer"));
-        }
-        py.check_signals()?;
-    }
 }
 
 /// The bytes of a message to send: `bytes` as they are, any other buffer copied.
@@ -209,7 +153,9 @@ impl PyByteSender {
     }
 
     /// `send_many(messages, timeout=None)`: sends each message of an iterable in order, in
-    /// one call; `timeout` applies to each wait for room. Returns how many were sent.
+    /// one call; `timeout` applies to each wait for room. Returns how many were sent; when it
+    /// stops early (a timeout, a receiver gone, a message that is not bytes-like), the
+    /// exception's `messages_sent` says how many went before it.
     #[pyo3(signature = (messages, timeout = None))]
     fn send_many(
         &self,
@@ -218,11 +164,18 @@ impl PyByteSender {
         timeout: Option<f64>,
     ) -> PyResult<usize> {
         let mut sent = 0;
-        for message in messages.try_iter()? {
-            with_message(&message?, |message| {
-                self.send_bytes(py, "send_many", message, timeout)
-            })?;
-            sent += 1;
+        let sent_each: PyResult<()> = (|| {
+            for message in messages.try_iter()? {
+                with_message(&message?, |message| {
+                    self.send_bytes(py, "send_many", message, timeout)
+                })?;
+                sent += 1;
+            }
+            Ok(())
+        })();
+        if let Err(error) = sent_each {
+            error.value(py).setattr("messages_sent", sent)?;
+            return Err(error);
         }
         Ok(sent)
     }
@@ -366,7 +319,7 @@ impl PyByteReceiver {
                         unless_timeout(receiver.receive_in_place_timeout(slice).and_then(&later))?;
                     if received.is_none() {
                         patience(timeout, started, operation, |wait| {
-                            receiver.wait_for_peer(wait)
+                            sender_or_verdict(receiver, wait)
                         })?;
                     }
                     Ok(received)
@@ -468,10 +421,9 @@ impl PyByteReceiver {
             while messages_left > 0 {
                 match take(py, cell, "recv_many") {
                     Ok(Some(message)) => taken.push(message),
-                    Ok(None) => break,
-                    // What was taken is returned; the next call reports the disconnection.
-                    Err(error) if error.is_instance_of::<PyConnectionError>(py) => break,
-                    Err(error) => return Err(error),
+                    // What was taken is returned (at least the first message); the next call
+                    // reports the disconnection or the error.
+                    Ok(None) | Err(_) => break,
                 }
                 messages_left -= 1;
             }
@@ -541,7 +493,7 @@ impl PyByteReceiver {
         self.cell.with_mut(py, |cell| {
             cell.with_dependent_mut(|_, receiver| {
                 patience(None, started, "recv_async", |wait| {
-                    receiver.wait_for_peer(wait)
+                    sender_or_verdict(receiver, wait)
                 })
             })
             .py()

@@ -76,14 +76,11 @@ impl PySemaphore {
         Ok(taken.is_some())
     }
 
-    /// `release(n=1)`: gives back `n` units, waking as many waiters.
+    /// `release(n=1)`: gives back `n` units at once, waking as many waiters; all or none
+    /// (`InvalidInputError` when the count would pass 2**32 - 1).
     #[pyo3(signature = (n = 1))]
     fn release(&self, n: u32) -> PyResult<()> {
-        let semaphore = self.semaphore()?;
-        for _ in 0..n {
-            semaphore.post().py()?;
-        }
-        Ok(())
+        self.semaphore()?.post_many(n).py()
     }
 
     /// The units available now.

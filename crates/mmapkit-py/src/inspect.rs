@@ -59,15 +59,26 @@ fn byte_range(
     }
 }
 
+/// A path argument as Python's `os` functions take it: `str`, `bytes` or `os.PathLike`.
+pub(crate) fn fs_path(path: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = path.py().import("os")?.getattr("fspath")?.call1((path,))?;
+    match path.cast::<pyo3::types::PyBytes>() {
+        Ok(bytes) => Ok(PathBuf::from(std::ffi::OsStr::from_bytes(bytes.as_bytes()))),
+        Err(_) => path.extract(),
+    }
+}
+
 /// `residency_of(path, start=0, end=None)`: the page-cache state of (a range of) a file.
 #[pyfunction]
 #[pyo3(signature = (path, start = 0, end = None))]
 pub fn residency_of(
     py: Python<'_>,
-    path: PathBuf,
+    path: &Bound<'_, PyAny>,
     start: i64,
     end: Option<i64>,
 ) -> PyResult<Measured> {
+    let path = fs_path(path)?;
     let options = ResidencyOptions {
         range: byte_range("residency", start, end)?,
         page_map: false,
@@ -117,7 +128,13 @@ fn open_regular(operation: &'static str, path: &Path) -> mmapkit::Result<File> {
 /// the bytes read.
 #[pyfunction]
 #[pyo3(signature = (path, start = 0, end = None))]
-pub fn touch(py: Python<'_>, path: PathBuf, start: i64, end: Option<i64>) -> PyResult<u64> {
+pub fn touch(
+    py: Python<'_>,
+    path: &Bound<'_, PyAny>,
+    start: i64,
+    end: Option<i64>,
+) -> PyResult<u64> {
+    let path = fs_path(path)?;
     let range = byte_range("touch", start, end)?;
     py.detach(|| mmapkit::inspect::touch(&open_regular("touch", &path)?, range))
         .py()
@@ -127,7 +144,13 @@ pub fn touch(py: Python<'_>, path: PathBuf, start: i64, end: Option<i64>) -> PyR
 /// page cache.
 #[pyfunction]
 #[pyo3(signature = (path, start = 0, end = None))]
-pub fn evict(py: Python<'_>, path: PathBuf, start: i64, end: Option<i64>) -> PyResult<()> {
+pub fn evict(
+    py: Python<'_>,
+    path: &Bound<'_, PyAny>,
+    start: i64,
+    end: Option<i64>,
+) -> PyResult<()> {
+    let path = fs_path(path)?;
     let range = byte_range("evict", start, end)?;
     py.detach(|| mmapkit::inspect::evict(&open_regular("evict", &path)?, range))
         .py()

@@ -15,6 +15,7 @@ mod errors;
 mod events;
 mod inspect;
 mod mapping;
+mod peer_waits;
 mod residency;
 mod segment;
 mod stale;

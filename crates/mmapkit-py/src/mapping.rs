@@ -15,7 +15,6 @@
 
 use std::ops::Range;
 use std::os::raw::c_int;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use mmapkit::{Advice, ErrorKind, MapOptions, Mapping, Protection, Reach, Sharing};
@@ -46,7 +45,7 @@ pub struct PyMapping {
 #[pyo3(signature = (path, *, write = false, private = false, offset = 0, length = None, populate = false))]
 pub fn map_file(
     py: Python<'_>,
-    path: PathBuf,
+    path: &Bound<'_, PyAny>,
     write: bool,
     private: bool,
     offset: i64,
@@ -66,6 +65,7 @@ pub fn map_file(
     if let Some(length) = length {
         options.len(unsigned("map_file", "length", length)?);
     }
+    let path = crate::inspect::fs_path(path)?;
     let mapping = py.detach(|| options.map_path(&path)).py()?;
     Ok(PyMapping::new(
         mapping,

@@ -452,8 +452,12 @@ impl PyCondvar {
                 "this thread does not hold the guard's lock",
             )));
         }
+        let state = &holder.state;
         loop {
             let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
+            // While the wait has the lock released, other threads may lock and unlock it
+            // through this same Mutex object; the guard is the holder again once it is back.
+            state.holder.store(0, Ordering::Release);
             let waited = py.detach(|| {
                 // SAFETY: `guard` holds the lock (checked above) and its Rust guard was
                 // forgotten; the one made here is consumed by the wait, and the lock it
@@ -463,6 +467,9 @@ impl PyCondvar {
                 let (relocked, timed_out) = condvar.wait_timeout(locked, slice);
                 outcome(relocked, ErrorKind::Timeout).map(|locked| (locked, timed_out))
             });
+            if let Ok((Some(_), _)) = waited {
+                state.holder.store(holder.number, Ordering::Release);
+            }
             match waited {
                 Ok((Some(Locked::Consistent), timed_out)) => {
                     if !timed_out {
@@ -484,11 +491,8 @@ impl PyCondvar {
                     return Err(error);
                 }
                 Ok((None, _)) => return Err(unreachable_timeout("wait")),
-                Err(error) => {
-                    // The lock was not taken again: the guard no longer holds it.
-                    holder.state.holder.store(0, Ordering::Release);
-                    return Err(to_py(error));
-                }
+                // The lock was not taken again: the guard no longer holds it.
+                Err(error) => return Err(to_py(error)),
             }
         }
     }

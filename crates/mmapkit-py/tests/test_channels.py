@@ -170,6 +170,20 @@ def test_recv_into_fills_a_buffer_and_keeps_a_message_too_long_for_it():
         receiver.recv_into(buffer, timeout=1)
 
 
+def test_send_many_says_how_many_went_when_it_stops():
+    channel = mmapkit.ByteChannel.create(capacity=1024)
+    receiver = channel.receiver()
+    sender = channel.sender()
+    with pytest.raises(TimeoutError) as stopped:
+        sender.send_many([b"x" * 100] * 50, timeout=0.05)
+    went = stopped.value.messages_sent
+    assert 0 < went < 50
+    assert len(receiver.recv_many()) == went
+    with pytest.raises(TypeError) as stopped:
+        sender.send_many([b"a", b"b", 3])
+    assert stopped.value.messages_sent == 2
+
+
 def send_slowly(channel: mmapkit.ByteChannel) -> None:
     sender = channel.sender()
     for number in range(5):
@@ -267,7 +281,8 @@ def test_a_named_channel_pickles_as_its_name():
 
 
 def send_one_through_the_doorbell_channel(channel: mmapkit.ByteChannel) -> None:
-    channel.sender().send(b"rang", timeout=30)
+    assert channel.name is not None and channel.pollable
+    channel.sender().send(channel.name.encode(), timeout=30)
 
 
 def test_a_pickled_pollable_named_channel_keeps_its_doorbell_in_a_spawned_child():
@@ -281,7 +296,7 @@ def test_a_pickled_pollable_named_channel_keeps_its_doorbell_in_a_spawned_child(
             selector.register(receiver.fileno(), selectors.EVENT_READ)
             if not receiver.arm():
                 assert selector.select(timeout=30), "the child's send never rang the doorbell"
-        assert receiver.recv(timeout=30) == b"rang"
+        assert receiver.recv(timeout=30) == name.encode()  # the child's copy kept the name
         child.join(timeout=30)
         assert child.exitcode == 0
     finally:

@@ -55,6 +55,16 @@ def test_inspection_errors_are_values(tmp_path):
         mmapkit.evict(fifo)  # refused at once, never waiting for a writer
     with pytest.raises(IndexError):
         mmapkit.touch(tmp_path / "absent", -1)
+    # Paths as bytes, as os functions take them.
+    data = tmp_path / "data"
+    data.write_bytes(b"x" * 8192)
+    raw = os.fsencode(data)
+    assert mmapkit.touch(raw) == 8192
+    assert mmapkit.residency(raw).path == str(data)
+    assert [r.path for r in mmapkit.residency([raw])] == [str(data)]
+    mmapkit.evict(raw)
+    with mmapkit.map_file(raw) as mapping:
+        assert mapping.read_at(0, 1) == b"x"
 
 
 def test_maps_lists_what_proc_lists_and_finds_our_mapping(tmp_path):

@@ -233,3 +233,35 @@ def test_semaphores_and_events_between_processes(segment):
     with pytest.raises(mmapkit.CorruptError):
         mmapkit.Event.open(segment, SEMAPHORE)
     assert "value=2" in repr(semaphore) and "clear" in repr(event)
+
+
+def test_a_condvar_waiter_keeps_its_guard_when_another_thread_uses_the_same_mutex(segment):
+    mutex = mmapkit.Mutex.init(segment, MUTEX)
+    condvar = mmapkit.Condvar.init(segment, CONDVAR)
+    ready, seen = [], {}
+
+    def waiter() -> None:
+        guard = mutex.lock()
+        while not ready:
+            condvar.wait(guard, timeout=5)
+        seen["held"] = guard.held
+        guard.release()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    time.sleep(0.2)
+    with mutex:  # the notifier, through the same Mutex object
+        ready.append(True)
+        condvar.notify_all()
+    thread.join(timeout=10)
+    assert seen == {"held": True}
+    mutex.lock(timeout=1).release()  # released by the waiter: no OwnerDiedError, no wait
+
+
+def test_a_release_of_many_units_is_all_or_nothing(segment):
+    semaphore = mmapkit.Semaphore.init(segment, SEMAPHORE, 2**32 - 3)
+    with pytest.raises(mmapkit.InvalidInputError, match="would exceed"):
+        semaphore.release(10)
+    assert semaphore.value == 2**32 - 3
+    semaphore.release(2)
+    assert semaphore.value == 2**32 - 1

@@ -1,7 +1,8 @@
 """mmapkit: memory-mapped I/O and shared memory for Python, over the Rust library of that name.
 
 What it fixes in `mmap`: a file truncated under a mapping raises `TruncatedError` instead of
-killing the interpreter with SIGBUS; buffer views are lent only for memory nobody else can
+killing the interpreter with SIGBUS (see `TruncatedError` for the two limits: threads that
+block SIGBUS, and SIGBUS handlers such as faulthandler's installed later); buffer views are lent only for memory nobody else can
 change (`memoryview(m)` of a shared file mapping raises `BufferError`; copy with `read_at` or
 `read_into`); `lock`, `residency` (mincore), `protect` and `advise` on any mapping.
 
@@ -78,14 +79,17 @@ def _open_channel(name: str) -> ByteChannel:
     return ByteChannel.open(name)
 
 
-def _adopt_channel(segment: Any, doorbell: Any, type_tag: str) -> ByteChannel:
-    """How a pickled memfd or pollable channel comes back: from the descriptors multiprocessing passed."""
-    fds = [segment.detach()] + ([doorbell.detach()] if doorbell is not None else [])
+def _adopt_channel(segment: Any, doorbell: Any, type_tag: str, name: str | None = None) -> ByteChannel:
+    """How a pickled memfd or pollable channel comes back: from the descriptors multiprocessing
+    passed (a named one's segment by its name)."""
+    segment_fd = segment.detach() if segment is not None else None
+    doorbell_fd = doorbell.detach() if doorbell is not None else None
     try:
-        return channel_from_fds(fds[0], fds[1] if len(fds) > 1 else None, type_tag)
+        return channel_from_fds(segment_fd, doorbell_fd, type_tag, name)
     finally:
-        for fd in fds:
-            os.close(fd)
+        for fd in (segment_fd, doorbell_fd):
+            if fd is not None:
+                os.close(fd)
 
 
 def _reopen_segment(name: str, size: int, type_tag: str, read_only: bool) -> Segment:

@@ -58,6 +58,13 @@ class TruncatedError(Error):
 
     Where CPython's mmap dies of SIGBUS, mmapkit raises this. `offset` says where the copy
     stopped.
+
+    Two limits, both from how SIGBUS works: a thread that blocks SIGBUS
+    (`signal.pthread_sigmask`) and works in place on a named segment or channel (locks,
+    events, channel calls) is still killed if a peer truncates it — copies (`read_at`,
+    `read_into`) are safe whatever the mask; and a SIGBUS handler installed after mmapkit's
+    first guarded access (`faulthandler.enable()`, `signal.signal(SIGBUS, ...)`) replaces
+    mmapkit's, so enable faulthandler before using mmapkit.
     """
 
     kind = "Truncated"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from . import _mmapkit
 
-StrPath = str | os.PathLike[str]
+StrPath = str | bytes | os.PathLike[str] | os.PathLike[bytes]
 
 
 @dataclass(frozen=True)

@@ -530,6 +530,8 @@ impl Endpoint<'_> {
         let attaches_before = self.peer_attaches.load(Ordering::Acquire);
         loop {
             self.refresh()?;
+            // A truncated segment reads as zeros: no peer is what a wait would find there.
+            self.control.segment.check()?;
             if !self.pinned.is_empty() || self.attaches_seen != attaches_before {
                 return Ok(());
             }

@@ -86,13 +86,19 @@ impl<'s> Semaphore<'s> {
 
     /// Returns one unit, waking a sleeper if there is one.
     pub fn post(&self) -> Result<()> {
+        self.post_many(1)
+    }
+
+    /// Returns `units` units at once, waking as many sleepers: all or none (`InvalidInput`
+    /// when the count would exceed `u32::MAX`, and then nothing is returned).
+    pub fn post_many(&self, units: u32) -> Result<()> {
         let mut count = self.count.load(Ordering::Relaxed);
         loop {
-            let next = count.checked_add(1).ok_or_else(|| {
+            let next = count.checked_add(units).ok_or_else(|| {
                 Error::new(
                     ErrorKind::InvalidInput,
                     "post",
-                    "the count would exceed 4294967295",
+                    format!("the count {count} would exceed 4294967295"),
                 )
             })?;
             match self.count.compare_exchange_weak(
@@ -105,8 +111,8 @@ impl<'s> Semaphore<'s> {
                 Err(now) => count = now,
             }
         }
-        if self.sleepers.load(Ordering::SeqCst) > 0 {
-            wait::wake(self.count, 1);
+        if units > 0 && self.sleepers.load(Ordering::SeqCst) > 0 {
+            wait::wake(self.count, units.min(i32::MAX as u32));
         }
         self.segment.check()
     }
