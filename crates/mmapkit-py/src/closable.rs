@@ -102,6 +102,24 @@ impl<T: Send + Sync> Closable<T> {
         }
     }
 
+    /// Runs `step` on the value alone if no other call is using it (`None` if one is): for
+    /// calls that must not wait, such as `try_recv` while another thread waits in `recv`.
+    pub(crate) fn try_with_mut<R>(
+        &self,
+        step: impl FnOnce(&mut T) -> PyResult<R>,
+    ) -> PyResult<Option<R>> {
+        if self.is_closed() {
+            return Err((self.closed_error)());
+        }
+        match self.state.try_write() {
+            Ok(mut guard) => step(self.open(guard.as_mut())?).map(Some),
+            Err(TryLockError::Poisoned(poisoned)) => {
+                step(self.open(poisoned.into_inner().as_mut())?).map(Some)
+            }
+            Err(TryLockError::WouldBlock) => Ok(None),
+        }
+    }
+
     /// Runs `step` on the value alone, the GIL released.
     pub(crate) fn detached_mut<R: Send>(
         &self,

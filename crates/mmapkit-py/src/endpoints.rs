@@ -90,14 +90,24 @@ impl PyByteSender {
         message: &[u8],
         timeout: Option<f64>,
     ) -> PyResult<()> {
-        let sent = self.cell.with_mut(py, |cell| {
-            Ok(cell.with_dependent_mut(|_, sender| sender.try_send(message)))
-        })?;
-        match sent {
-            Err(error) if error.kind() == ErrorKind::WouldBlock => {}
-            result => return result.map_err(|error| error.with_operation(operation)).py(),
-        }
         let deadline = deadline_of(timeout)?;
+        let try_send = |cell: &mut SenderCell| {
+            Ok(cell.with_dependent_mut(|_, sender| sender.try_send(message)))
+        };
+        // A call that may not wait does not wait for another thread's call either.
+        let no_wait = timeout == Some(0.0);
+        let sent = match no_wait {
+            true => self.cell.try_with_mut(try_send)?,
+            false => Some(self.cell.with_mut(py, try_send)?),
+        };
+        match sent {
+            Some(Err(error)) if error.kind() == ErrorKind::WouldBlock => {}
+            Some(result) => return result.map_err(|error| error.with_operation(operation)).py(),
+            None => {}
+        }
+        if no_wait {
+            return Err(timed_out(operation));
+        }
         let started = Instant::now();
         loop {
             let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
@@ -140,15 +150,17 @@ impl PyByteSender {
     }
 
     /// `try_send(data)`: sends if there is room now; False if the channel is full.
-    fn try_send(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<bool> {
+    fn try_send(&self, data: &Bound<'_, PyAny>) -> PyResult<bool> {
         with_message(data, |message| {
-            self.cell.with_mut(py, |cell| {
+            let sent = self.cell.try_with_mut(|cell| {
                 match cell.with_dependent_mut(|_, sender| sender.try_send(message)) {
                     Ok(()) => Ok(true),
                     Err(error) if error.kind() == ErrorKind::WouldBlock => Ok(false),
                     Err(error) => Err(to_py(error.with_operation("try_send"))),
                 }
-            })
+            })?;
+            // Another thread is sending through this sender: no room for this call now.
+            Ok(sent.unwrap_or(false))
         })
     }
 
@@ -303,13 +315,20 @@ impl PyByteReceiver {
         later: impl Fn(ReceivedBytes<'_, '_>) -> mmapkit::Result<Later> + Sync,
         finish: impl FnOnce(Later) -> PyResult<T>,
     ) -> PyResult<T> {
-        let taken = self
-            .cell
-            .with_mut(py, |cell| take_with(cell, operation, now))?;
+        let deadline = deadline_of(timeout)?;
+        // A call that may not wait does not wait for another thread's call either.
+        let no_wait = timeout == Some(0.0);
+        let look = |cell: &mut ReceiverCell| take_with(cell, operation, now);
+        let taken = match no_wait {
+            true => self.cell.try_with_mut(look)?.flatten(),
+            false => self.cell.with_mut(py, look)?,
+        };
         if let Some(message) = taken {
             return Ok(message);
         }
-        let deadline = deadline_of(timeout)?;
+        if no_wait {
+            return Err(timed_out(operation));
+        }
         let started = Instant::now();
         loop {
             let slice = next_slice(deadline).unwrap_or(Duration::ZERO);
@@ -398,7 +417,11 @@ impl PyByteReceiver {
 
     /// `try_recv()`: the next message if one is there, else None.
     fn try_recv<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
-        self.cell.with_mut(py, |cell| take(py, cell, "try_recv"))
+        // None as well while another thread is receiving through this receiver.
+        Ok(self
+            .cell
+            .try_with_mut(|cell| take(py, cell, "try_recv"))?
+            .flatten())
     }
 
     /// `recv_many(max=1024, timeout=None)`: waits for one message as `recv` does, then takes

@@ -184,6 +184,25 @@ def test_send_many_says_how_many_went_when_it_stops():
     assert stopped.value.messages_sent == 2
 
 
+def test_calls_that_may_not_wait_do_not_wait_for_another_threads_recv():
+    channel = mmapkit.ByteChannel.create(capacity=4096)
+    receiver = channel.receiver()
+    sender = channel.sender()
+    blocked = threading.Thread(target=lambda: receiver.recv(timeout=2))
+    blocked.start()
+    time.sleep(0.1)
+    # Waiting for the other thread's wait slices (100 ms each) would take about a second.
+    started = time.monotonic()
+    for _ in range(10):
+        assert receiver.try_recv() is None
+        with pytest.raises(TimeoutError):
+            receiver.recv(timeout=0)
+    assert time.monotonic() - started < 0.5
+    sender.send(b"for the waiting thread")
+    blocked.join(timeout=10)
+    assert not blocked.is_alive()
+
+
 def send_slowly(channel: mmapkit.ByteChannel) -> None:
     sender = channel.sender()
     for number in range(5):

@@ -189,7 +189,18 @@ impl MapOptions {
         let map_len = (lead + request.len)
             .checked_next_multiple_of(page_size)
             .filter(|&len| len <= isize::MAX as usize)
-            .ok_or_else(|| range(too_long(request.len as u64)))?;
+            .ok_or_else(|| {
+                range(Error::new(
+                    ErrorKind::InvalidInput,
+                    "map",
+                    format!(
+                        "length {} in whole pages of {page_size} bytes is larger than {}, the \
+                         most a mapping can address",
+                        request.len,
+                        isize::MAX
+                    ),
+                ))
+            })?;
 
         let (address, placement_flags) = match self.placement {
             Placement::Anywhere => (0, MapFlags::empty()),
