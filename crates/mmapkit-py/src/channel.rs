@@ -5,12 +5,12 @@
 //! `endpoints`) carry the messages.
 
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use mmapkit::SegmentOptions;
 use mmapkit::channel::{ByteChannel, ChannelOptions};
 use mmapkit::shm::Location;
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
@@ -19,11 +19,12 @@ use crate::errors::IntoPy;
 use crate::segment::duplicate_fd;
 
 /// A channel of byte messages from one sender to one receiver, in a segment of its own.
-/// Each process attaches one side: `sender()` or `receiver()`.
+/// Each process attaches one side: `sender()` or `receiver()`. `close()` (or the end of a
+/// `with` block) lets go of this handle; endpoints keep the channel until they are closed.
 #[pyclass(name = "ByteChannel", module = "mmapkit", frozen)]
 #[derive(Debug)]
 pub struct PyByteChannel {
-    channel: Arc<ByteChannel>,
+    channel: Mutex<Option<Arc<ByteChannel>>>,
 }
 
 #[pymethods]
@@ -60,18 +61,18 @@ impl PyByteChannel {
 
     /// Attaches the sending side (one per channel at a time).
     fn sender(&self, py: Python<'_>) -> PyResult<PyByteSender> {
+        let channel = self.shared()?;
         let cell = py
-            .detach(|| SenderCell::try_new(Arc::clone(&self.channel), |channel| channel.sender()))
+            .detach(|| SenderCell::try_new(channel, |channel| channel.sender()))
             .py()?;
         Ok(PyByteSender::new(cell))
     }
 
     /// Attaches the receiving side (one per channel at a time).
     fn receiver(&self, py: Python<'_>) -> PyResult<PyByteReceiver> {
+        let channel = self.shared()?;
         let cell = py
-            .detach(|| {
-                ReceiverCell::try_new(Arc::clone(&self.channel), |channel| channel.receiver())
-            })
+            .detach(|| ReceiverCell::try_new(channel, |channel| channel.receiver()))
             .py()?;
         Ok(PyByteReceiver::new(cell))
     }
@@ -79,27 +80,27 @@ impl PyByteChannel {
     /// The longest message the channel carries (half its capacity, less 8 bytes).
     #[getter]
     fn max_message(&self) -> PyResult<usize> {
-        self.channel.max_message().py()
+        self.shared()?.max_message().py()
     }
 
     /// The name in /dev/shm, or None for a memfd channel.
     #[getter]
-    fn name(&self) -> Option<String> {
-        match self.channel.segment().location() {
+    fn name(&self) -> PyResult<Option<String>> {
+        Ok(match self.shared()?.segment().location() {
             Location::Named(name) => Some(name.clone()),
             _ => None,
-        }
+        })
     }
 
     /// Whether the channel has a doorbell to poll.
     #[getter]
-    fn pollable(&self) -> bool {
-        self.channel.doorbell().is_some()
+    fn pollable(&self) -> PyResult<bool> {
+        Ok(self.shared()?.doorbell().is_some())
     }
 
     /// Removes a named channel's name; its users keep it.
     fn unlink(&self) -> PyResult<()> {
-        match self.channel.segment().location() {
+        match self.shared()?.segment().location() {
             Location::Named(name) => mmapkit::shm::unlink(name).py(),
             _ => Err(PyTypeError::new_err(
                 "only a named channel has a name to unlink",
@@ -108,13 +109,48 @@ impl PyByteChannel {
     }
 
     fn __repr__(&self) -> String {
+        let (Ok(name), Ok(pollable)) = (self.name(), self.pollable()) else {
+            return "<mmapkit.ByteChannel closed>".to_owned();
+        };
         format!(
             "<mmapkit.ByteChannel {} max_message={}{}>",
-            self.name()
-                .map_or_else(|| "memfd".to_owned(), |name| format!("{name:?}")),
+            name.map_or_else(|| "memfd".to_owned(), |name| format!("{name:?}")),
             self.max_message().unwrap_or(0),
-            if self.pollable() { " pollable" } else { "" }
+            if pollable { " pollable" } else { "" }
         )
+    }
+
+    /// Lets go of this handle (its endpoints keep the channel). Closing twice is harmless.
+    fn close(&self) {
+        let taken = self
+            .channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(taken);
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __exit__(
+        &self,
+        _kind: Option<&Bound<'_, PyAny>>,
+        _value: Option<&Bound<'_, PyAny>>,
+        _traceback: Option<&Bound<'_, PyAny>>,
+    ) -> bool {
+        self.close();
+        false
     }
 
     /// A named channel without a doorbell pickles as its name; a memfd channel as its
@@ -126,7 +162,9 @@ impl PyByteChannel {
         py: Python<'py>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let package = py.import("mmapkit")?;
-        if let Some(name) = self.name().filter(|_| !self.pollable()) {
+        let channel = self.shared()?;
+        let name = self.name()?;
+        if let Some(name) = name.clone().filter(|_| channel.doorbell().is_none()) {
             return Ok((
                 package.getattr("_open_channel")?,
                 (name,).into_pyobject(py)?,
@@ -134,22 +172,15 @@ impl PyByteChannel {
         }
         let pass = py.import("multiprocessing.reduction")?.getattr("DupFd")?;
         // A named pollable channel travels as its name and its doorbell's descriptor.
-        let name = self.name();
         let segment = match name {
             Some(_) => None,
-            None => Some(pass.call1((self.channel.segment().fd().as_raw_fd(),))?),
+            None => Some(pass.call1((channel.segment().fd().as_raw_fd(),))?),
         };
-        let doorbell = match self.channel.doorbell() {
+        let doorbell = match channel.doorbell() {
             Some(doorbell) => Some(pass.call1((doorbell.as_raw_fd(),))?),
             None => None,
         };
-        let type_tag = self
-            .channel
-            .segment()
-            .header()
-            .type_tag
-            .as_str()
-            .into_owned();
+        let type_tag = channel.segment().header().type_tag.as_str().into_owned();
         Ok((
             package.getattr("_adopt_channel")?,
             (segment, doorbell, type_tag, name).into_pyobject(py)?,
@@ -160,8 +191,17 @@ impl PyByteChannel {
 impl PyByteChannel {
     fn wrap(channel: ByteChannel) -> PyByteChannel {
         PyByteChannel {
-            channel: Arc::new(channel),
+            channel: Mutex::new(Some(Arc::new(channel))),
         }
+    }
+
+    /// The channel, unless this handle was closed.
+    fn shared(&self) -> PyResult<Arc<ByteChannel>> {
+        self.channel
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| PyValueError::new_err("the channel handle is closed"))
     }
 }
 

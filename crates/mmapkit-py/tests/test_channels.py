@@ -203,6 +203,19 @@ def test_calls_that_may_not_wait_do_not_wait_for_another_threads_recv():
     assert not blocked.is_alive()
 
 
+def test_a_closed_channel_handle_leaves_its_endpoints_working():
+    with mmapkit.ByteChannel.create(capacity=4096) as channel:
+        sender, receiver = channel.sender(), channel.receiver()
+    assert channel.closed and repr(channel) == "<mmapkit.ByteChannel closed>"
+    with pytest.raises(ValueError, match="closed"):
+        channel.receiver()
+    with pytest.raises(ValueError, match="closed"):
+        pickle.dumps(channel)
+    sender.send(b"after close")
+    assert receiver.recv(timeout=5) == b"after close"
+    channel.close()
+
+
 def send_slowly(channel: mmapkit.ByteChannel) -> None:
     sender = channel.sender()
     for number in range(5):
