@@ -21,8 +21,10 @@
  * - Offsets in mappings and segments are size_t; a length of MMAPKIT_TO_END means "to the
  *   end". Timeouts are int64_t milliseconds: negative waits as long as it takes, 0 does not
  *   wait (MMAPKIT_EWOULDBLOCK).
- * - Peers: a channel end or lock holder that execs another program without closing its end
- *   stays attached (or holding) until that program ends: its process lives on.
+ * - Peers: a channel end whose process execs another program is gone about a second later
+ *   (MMAPKIT_EDISCONNECTED) when /proc/PID/maps can be read (the same user, or root), and
+ *   stays attached until that program ends otherwise. A mutex holder that execs keeps the
+ *   lock until that program ends: its process lives on.
  * - Threads: mapping, segment, channel, semaphore and event handles may be used by several
  *   threads at once; a sender or receiver is one party (threads sharing one take turns); a
  *   mutex's lock belongs to the thread that took it.

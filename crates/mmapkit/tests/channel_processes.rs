@@ -58,6 +58,10 @@ fn main() {
             a_receiver_killed_after_the_sender_attached_disconnects_it,
         ),
         (
+            "a_receiver_that_execs_another_program_disconnects_its_sender",
+            a_receiver_that_execs_another_program_disconnects_its_sender,
+        ),
+        (
             "mpmc_processes_deliver_exactly_once",
             mpmc_processes_deliver_exactly_once,
         ),
@@ -283,6 +287,44 @@ fn a_receiver_killed_after_the_sender_attached_disconnects_it() {
         "the death was noticed after {noticed:?}"
     );
     println!("(a receiver's death with room in the ring was noticed after {noticed:?})");
+}
+
+fn a_receiver_that_execs_another_program_disconnects_its_sender() {
+    use std::os::unix::process::CommandExt;
+    let channel = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    let signals = SegmentOptions::new("test/signals", 64)
+        .unwrap()
+        .create_memfd("signals")
+        .unwrap();
+    let attached = Semaphore::init(&signals, 0, 0).unwrap();
+    let child = fork(|| {
+        let _receiver = channel.receiver().unwrap();
+        attached.post().unwrap();
+        // The pid and its start time live on in `sleep`; the segment does not.
+        let error = std::process::Command::new("sleep").arg("30").exec();
+        panic!("exec failed: {error}");
+    });
+    attached.wait_timeout(Duration::from_secs(10)).unwrap();
+    let started = Instant::now();
+    let error = loop {
+        match sender.send_timeout(b"to a program that never reads", Duration::from_millis(50)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == ErrorKind::Timeout => {}
+            Err(error) => break error,
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the exec was never noticed"
+        );
+    };
+    assert_eq!(error.kind(), ErrorKind::Disconnected);
+    println!(
+        "(the receiver's exec was noticed after {:?})",
+        started.elapsed()
+    );
+    kill(child);
+    wait(child);
 }
 
 fn mpmc_processes_deliver_exactly_once() {

@@ -45,6 +45,8 @@ const ROLE_BITS: u64 = 0b11;
 const GENERATION_BITS: u64 = ((1 << 30) - 1) << 2;
 /// How often a waiting endpoint looks at its peers' processes.
 const CHECK_INTERVAL: Duration = Duration::from_millis(10);
+/// How often a pinned peer that lost its lock is looked up in /proc/PID/maps.
+const MAPS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Which side an endpoint is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +141,8 @@ struct Pinned<'c> {
     /// Whether the entry named it when it was verified (by its lock, an entry may name it
     /// differently: zeroed by a hostile write, or under its pid in another namespace).
     named_when_pinned: bool,
+    /// When /proc/PID/maps was last read for it, on the coarse clock (see `refresh`).
+    maps_looked: Duration,
 }
 
 impl Pinned<'_> {
@@ -384,14 +388,24 @@ impl Endpoint<'_> {
         let attaches = self.peer_attaches.load(Ordering::Acquire);
         let peer = self.role.other();
         let mut kept = Vec::with_capacity(self.pinned.len());
-        for pinned in self.pinned.drain(..) {
+        let now = coarse_now();
+        for mut pinned in self.pinned.drain(..) {
             let byte = lock_byte(peer as u64, pinned.index);
-            let named = pinned.named(peer);
+            let pid = pinned.identity.pid;
             let there = if pinned.identity == ProcessIdentity::current() {
-                self.witness.holds(pinned.identity.pid, byte)
+                self.witness.holds(pid, byte)
+            } else if !pinned.identity.is_alive() {
+                false
+            } else if self.witness.holds(pid, byte) {
+                true
+            } else if !pinned.named(peer) {
+                false
+            } else if now.saturating_sub(pinned.maps_looked) >= MAPS_INTERVAL {
+                // Named, but without its lock: lost by a close, or gone with an exec.
+                pinned.maps_looked = now;
+                !self.witness.unmapped_by(pid)
             } else {
-                pinned.identity.is_alive()
-                    && (named || self.witness.holds(pinned.identity.pid, byte))
+                true
             };
             if there {
                 kept.push(pinned);
@@ -409,10 +423,15 @@ impl Endpoint<'_> {
             let Some(pid) = self.witness.holder(byte).or(named) else {
                 continue;
             };
-            if !self.witness.verify(pid, byte) {
-                self.unconfirmed |=
-                    ProcessIdentity::of(pid).is_some_and(|process| process.is_alive());
-                continue;
+            match self.witness.verify(pid, byte) {
+                Some(true) => {}
+                // Named, but neither locked nor mapped: gone (an exec, a forged entry).
+                Some(false) => continue,
+                None => {
+                    self.unconfirmed |=
+                        ProcessIdentity::of(pid).is_some_and(|process| process.is_alive());
+                    continue;
+                }
             }
             let identity = match pid == ProcessIdentity::current().pid {
                 true => Some(ProcessIdentity::current()),
@@ -424,6 +443,7 @@ impl Endpoint<'_> {
                     identity,
                     state: entry.state,
                     named_when_pinned: named == Some(pid),
+                    maps_looked: coarse_now(),
                 });
                 self.had_peer = true;
             }

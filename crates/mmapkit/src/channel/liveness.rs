@@ -22,7 +22,10 @@
 //! takes them again after each close it makes, endpoints take theirs again on every slow path,
 //! a pinned peer survives the loss through its entry, and a peer whose lock is missing when it
 //! is first seen is verified instead by /proc/PID/maps showing the segment mapped — readable
-//! for processes of the same user, or as root. A live process the table names that can be
+//! for processes of the same user, or as root. A pinned peer whose lock stays missing is
+//! looked up in /proc/PID/maps about once a second: a process that exec'd another program
+//! (which closes the segment and unmaps it, but keeps the pid and start time) is gone once
+//! the segment is not there. A live process the table names that can be
 //! verified neither way leaves the peer unconfirmed: waits give it the grace period only.
 //!
 //! All of this needs the processes to share a pid namespace, and /proc: across namespaces the
@@ -57,16 +60,28 @@ impl Witness<'_> {
     }
 
     /// Whether `pid` holds the endpoint at `byte`: by the registry for this process, by the
-    /// lock, or by its mapping of the segment (a peer that lost its lock).
-    pub(super) fn verify(&self, pid: u32, byte: i64) -> bool {
+    /// lock, or by its mapping of the segment (a peer that lost its lock). `Some(false)` when
+    /// it certainly does not (no lock, and /proc/PID/maps shows no mapping of the segment: a
+    /// process that exec'd another program, or a forged entry), `None` when it cannot tell
+    /// (another user's process, whose maps it may not read).
+    pub(super) fn verify(&self, pid: u32, byte: i64) -> Option<bool> {
         if pid == ProcessIdentity::current().pid {
-            return locks::held_here(self.key, byte);
+            return Some(locks::held_here(self.key, byte));
         }
-        self.holder(byte) == Some(pid) || self.key.mapped_by(pid)
+        if self.holder(byte) == Some(pid) {
+            return Some(true);
+        }
+        self.key.mapping_seen(pid)
     }
 
     /// Whether `pid` still holds `byte`, by the registry or the lock only.
     pub(super) fn holds(&self, pid: u32, byte: i64) -> bool {
         self.holder(byte) == Some(pid)
+    }
+
+    /// Whether /proc says `pid` no longer maps the segment: it exec'd another program or
+    /// closed the segment, lock or no lock. False when /proc/PID/maps cannot be read.
+    pub(super) fn unmapped_by(&self, pid: u32) -> bool {
+        self.key.mapping_seen(pid) == Some(false)
     }
 }

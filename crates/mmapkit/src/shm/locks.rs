@@ -44,18 +44,15 @@ impl FileKey {
         })
     }
 
-    /// Whether process `pid` has this file mapped, by /proc/PID/maps (false when it cannot be
-    /// read: another user's process, a non-dumpable one, no /proc).
-    pub(crate) fn mapped_by(&self, pid: u32) -> bool {
+    /// Whether process `pid` has this file mapped, by /proc/PID/maps; `None` when it cannot
+    /// be read (another user's process, a non-dumpable one, no /proc).
+    pub(crate) fn mapping_seen(&self, pid: u32) -> Option<bool> {
         let major = rustix::fs::major(self.device);
         let minor = rustix::fs::minor(self.device);
-        inspect::maps(Pid::Id(pid)).is_ok_and(|entries| {
-            entries.iter().any(|entry| {
-                entry.inode == self.inode
-                    && entry.device_major == major
-                    && entry.device_minor == minor
-            })
-        })
+        let entries = inspect::maps(Pid::Id(pid)).ok()?;
+        Some(entries.iter().any(|entry| {
+            entry.inode == self.inode && entry.device_major == major && entry.device_minor == minor
+        }))
     }
 }
 
