@@ -295,6 +295,12 @@ def test_records_of_a_numpy_dtype_cross_processes_as_arrays():
     assert (records["value"] == numpy.arange(10_000) * 0.5).all()
     with pytest.raises(mmapkit.InvalidInputError):
         mmapkit.RecordChannel.create(dtype, capacity=64).sender().send(b"\0" * 7)
+    # Whatever numpy takes for a dtype; a bool is no record size.
+    for spelling in ("f8", numpy.float64, [("x", "<i4"), ("y", "<i4")]):
+        assert mmapkit.RecordChannel.create(spelling, capacity=4096).dtype == numpy.dtype(spelling)
+    for wrong in (True, "not a dtype", 0):
+        with pytest.raises(mmapkit.InvalidInputError):
+            mmapkit.RecordChannel.create(wrong, capacity=4096)
 
 
 def test_a_named_channel_pickles_as_its_name():

@@ -47,6 +47,23 @@ async def recv_async(receiver: ByteReceiver) -> bytes:
             loop.remove_reader(doorbell)
 
 
+def _record_type(dtype: Any) -> Any:
+    """A record size (an int, not a bool) as it is; anything numpy takes for a dtype ("f8",
+    numpy.float64, a list of fields) as that dtype."""
+    if isinstance(dtype, bool):
+        raise InvalidInputError(f"a record needs a positive size or a numpy dtype, not {dtype!r}")
+    if isinstance(dtype, int):
+        return dtype
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - records of a dtype need numpy anyway
+        return dtype
+    try:
+        return numpy.dtype(dtype)
+    except TypeError as error:
+        raise InvalidInputError(f"a record needs a positive size or a numpy dtype, not {dtype!r}") from error
+
+
 def _record_size(dtype: Any) -> int:
     if getattr(dtype, "hasobject", False):
         # Object fields hold this process's pointers: meaningless, and unsafe, elsewhere.
@@ -65,8 +82,8 @@ class RecordChannel:
 
     def __init__(self, channel: ByteChannel, dtype: Any) -> None:
         self.channel = channel
-        self.dtype = dtype
-        self.record_size = _record_size(dtype)
+        self.dtype = _record_type(dtype)
+        self.record_size = _record_size(self.dtype)
         if channel.max_message < self.record_size:
             raise InvalidInputError(
                 f"a record of {self.record_size} bytes does not fit in a message of at most "
