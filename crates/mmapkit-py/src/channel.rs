@@ -153,10 +153,10 @@ impl PyByteChannel {
         false
     }
 
-    /// A named channel without a doorbell pickles as its name; a memfd channel as its
-    /// descriptors (segment, and doorbell if pollable), which multiprocessing passes to
-    /// `spawn`ed children; a named pollable channel as its name and its doorbell's descriptor
-    /// (a doorbell cannot be opened by name).
+    /// A named channel without a doorbell pickles as its name; a memfd or pollable channel as
+    /// its descriptors (segment, and doorbell if pollable: a doorbell cannot be opened by
+    /// name), which multiprocessing passes to `spawn`ed children — a named pollable one with
+    /// its name as well, which it keeps while the name leads to the same segment.
     fn __reduce__<'py>(
         &self,
         py: Python<'py>,
@@ -171,11 +171,9 @@ impl PyByteChannel {
             ));
         }
         let pass = py.import("multiprocessing.reduction")?.getattr("DupFd")?;
-        // A named pollable channel travels as its name and its doorbell's descriptor.
-        let segment = match name {
-            Some(_) => None,
-            None => Some(pass.call1((channel.segment().fd().as_raw_fd(),))?),
-        };
+        // A named pollable channel travels with its name too, to keep it where it still
+        // leads to this segment.
+        let segment = pass.call1((channel.segment().fd().as_raw_fd(),))?;
         let doorbell = match channel.doorbell() {
             Some(doorbell) => Some(pass.call1((doorbell.as_raw_fd(),))?),
             None => None,
@@ -206,8 +204,9 @@ impl PyByteChannel {
 }
 
 /// `channel_from_fds(segment_fd, doorbell_fd, type_tag, name=None)`: a channel from
-/// descriptors another process passed (duplicated: the caller keeps its own); a named
-/// channel's segment is opened by `name` instead, so that it keeps its name.
+/// descriptors another process passed (duplicated: the caller keeps its own). With a
+/// `name`, the segment is opened by name when the name still leads to that very segment (so
+/// that it keeps its name), and used by descriptor otherwise (unlinked, or replaced).
 #[pyfunction]
 #[pyo3(signature = (segment_fd, doorbell_fd, type_tag, name = None))]
 pub fn channel_from_fds(
@@ -217,12 +216,19 @@ pub fn channel_from_fds(
     name: Option<&str>,
 ) -> PyResult<PyByteChannel> {
     let options = SegmentOptions::new(type_tag, 0).py()?;
-    let segment = match (name, segment_fd) {
-        (Some(name), _) => options.open(name).py()?,
-        (None, Some(fd)) => options.from_fd(duplicate_fd(fd)?).py()?,
+    let passed = segment_fd
+        .map(|fd| options.from_fd(duplicate_fd(fd)?).py())
+        .transpose()?;
+    let named = name.and_then(|name| options.open(name).ok());
+    let segment = match (passed, named) {
+        (Some(passed), Some(named)) if named.header().segment_id == passed.header().segment_id => {
+            named
+        }
+        (Some(passed), _) => passed,
+        (None, Some(named)) => named,
         (None, None) => {
             return Err(PyTypeError::new_err(
-                "channel_from_fds: a segment descriptor or a name is needed",
+                "channel_from_fds: the segment is neither passed nor found by its name",
             ));
         }
     };

@@ -186,7 +186,8 @@ impl PyByteSender {
             Ok(())
         })();
         if let Err(error) = sent_each {
-            error.value(py).setattr("messages_sent", sent)?;
+            // An exception that takes no attributes is raised as it is.
+            let _ = error.value(py).setattr("messages_sent", sent);
             return Err(error);
         }
         Ok(sent)
@@ -440,7 +441,9 @@ impl PyByteReceiver {
         messages.append(self.receive_bytes(py, "recv_many", timeout)?)?;
         let mut messages_left = max - 1;
         let mut taken = Vec::new();
-        self.cell.with_mut(py, |cell| {
+        // The rest is only what is there now: if another thread is receiving meanwhile, the
+        // batch ends with the first message rather than wait for that thread.
+        self.cell.try_with_mut(|cell| {
             while messages_left > 0 {
                 match take(py, cell, "recv_many") {
                     Ok(Some(message)) => taken.push(message),

@@ -341,6 +341,22 @@ def test_a_pickled_pollable_named_channel_keeps_its_doorbell_in_a_spawned_child(
         channel.unlink()
 
 
+def send_through_whatever_channel(channel: mmapkit.ByteChannel) -> None:
+    channel.sender().send(repr(channel.name).encode(), timeout=30)
+
+
+def test_a_pollable_named_channel_unlinked_still_reaches_a_spawned_child():
+    name = f"pytest-{uuid.uuid4().hex[:12]}"
+    channel = mmapkit.ByteChannel.create(name, capacity=4096, pollable=True)
+    receiver = channel.receiver()
+    channel.unlink()  # its users keep it: the child gets it by descriptor
+    child = SPAWN.Process(target=send_through_whatever_channel, args=(channel,))
+    child.start()
+    assert receiver.recv(timeout=30) == b"None"
+    child.join(timeout=30)
+    assert child.exitcode == 0
+
+
 def test_close_from_another_thread_stops_a_blocked_recv_and_a_blocked_send():
     channel = mmapkit.ByteChannel.create(capacity=4096)
     sender, receiver = channel.sender(), channel.receiver()

@@ -28,6 +28,7 @@ fn main() {
             "named-sender" => named_sender(),
             "socket-sender" => socket_sender(),
             "inherited-receiver" => inherited_receiver(),
+            "reattached-receiver" => reattached_receiver(),
             other => panic!("unknown scenario {other}"),
         };
         std::process::exit(code);
@@ -60,6 +61,10 @@ fn main() {
         (
             "a_receiver_that_execs_another_program_disconnects_its_sender",
             a_receiver_that_execs_another_program_disconnects_its_sender,
+        ),
+        (
+            "a_process_that_execs_attaches_again_in_its_new_program",
+            a_process_that_execs_attaches_again_in_its_new_program,
         ),
         (
             "mpmc_processes_deliver_exactly_once",
@@ -325,6 +330,51 @@ fn a_receiver_that_execs_another_program_disconnects_its_sender() {
     );
     kill(child);
     wait(child);
+}
+
+fn a_process_that_execs_attaches_again_in_its_new_program() {
+    use std::os::unix::process::CommandExt;
+    let name = SegmentName::new("reexec");
+    let channel = ByteChannel::create(&name, &ChannelOptions::new(4096)).unwrap();
+    let mut sender = channel.sender().unwrap();
+    let child = fork(|| {
+        let _receiver = channel.receiver().unwrap();
+        // Same pid and start time, a new program: the entry it leaves names it still.
+        let error = Command::new(std::env::current_exe().unwrap())
+            .env(SCENARIO, "reattached-receiver")
+            .env(NAME, &*name)
+            .exec();
+        panic!("exec failed: {error}");
+    });
+    let started = Instant::now();
+    while sender
+        .send_timeout(b"again", Duration::from_millis(50))
+        .is_err()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never attached again"
+        );
+    }
+    assert_eq!(wait(child), Ended::Exited(0));
+}
+
+fn reattached_receiver() -> i32 {
+    let channel = ByteChannel::open(&std::env::var(NAME).unwrap()).unwrap();
+    let mut receiver = match channel.receiver() {
+        Ok(receiver) => receiver,
+        Err(error) => {
+            eprintln!("the new program could not attach: {error}");
+            return 3;
+        }
+    };
+    match receiver.recv_timeout(Duration::from_secs(20)) {
+        Ok(message) if message == b"again" => 0,
+        other => {
+            eprintln!("unexpected: {other:?}");
+            4
+        }
+    }
 }
 
 fn mpmc_processes_deliver_exactly_once() {

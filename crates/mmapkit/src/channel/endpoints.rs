@@ -166,6 +166,9 @@ pub(super) struct Endpoint<'c> {
     witness: Witness<'c>,
     lock: ByteLock,
     pinned: Vec<Pinned<'c>>,
+    /// Entries (index and state word) whose named process was seen not to map the segment:
+    /// not looked up in /proc again while the entry stays as it was.
+    absent: Vec<(usize, u64)>,
     /// At the last look, the table named a live process as a peer that could not be
     /// verified: perhaps a peer whose lock a close dropped, perhaps a forgery.
     unconfirmed: bool,
@@ -251,7 +254,13 @@ impl Entry<'_> {
         let held = [Role::Sender, Role::Receiver]
             .into_iter()
             .any(|side| witness.holder(lock_byte(side as u64, index)).is_some());
-        let claimable = !held && (role_of(current) == FREE || !self.owner(current).is_alive());
+        // Without a lock on either byte, an owner is gone when its process died, or when it
+        // is this very process (whose own endpoints the lock registry would show), or when it
+        // no longer maps the segment (it exec'd another program).
+        let gone = |owner: ProcessIdentity| {
+            !owner.is_alive() || owner.pid == me.pid || witness.unmapped_by(owner.pid)
+        };
+        let claimable = !held && (role_of(current) == FREE || gone(self.owner(current)));
         let claimed = next_state(current, me.pid, role as u64);
         (claimable
             && self
@@ -345,6 +354,7 @@ pub(super) fn attach<'c>(
             witness,
             lock,
             pinned: Vec::new(),
+            absent: Vec::new(),
             unconfirmed: false,
             looks: 0,
             had_peer,
@@ -419,6 +429,10 @@ impl Endpoint<'_> {
             }
             let byte = lock_byte(peer as u64, index);
             let entry = entry(&self.control, index)?;
+            let state = entry.state.load(Ordering::Acquire);
+            if self.absent.contains(&(index, state)) && self.witness.holder(byte).is_none() {
+                continue;
+            }
             let named = entry.named(peer);
             let Some(pid) = self.witness.holder(byte).or(named) else {
                 continue;
@@ -426,7 +440,11 @@ impl Endpoint<'_> {
             match self.witness.verify(pid, byte) {
                 Some(true) => {}
                 // Named, but neither locked nor mapped: gone (an exec, a forged entry).
-                Some(false) => continue,
+                Some(false) => {
+                    self.absent.retain(|&(seen, _)| seen != index);
+                    self.absent.push((index, state));
+                    continue;
+                }
                 None => {
                     self.unconfirmed |=
                         ProcessIdentity::of(pid).is_some_and(|process| process.is_alive());

@@ -44,15 +44,23 @@ impl FileKey {
         })
     }
 
-    /// Whether process `pid` has this file mapped, by /proc/PID/maps; `None` when it cannot
-    /// be read (another user's process, a non-dumpable one, no /proc).
+    /// Whether process `pid` has this file mapped, by /proc/PID/maps; `None` when that cannot
+    /// be told (maps unreadable: another user's process, a non-dumpable one, no /proc; or the
+    /// inode shown under another device number).
     pub(crate) fn mapping_seen(&self, pid: u32) -> Option<bool> {
         let major = rustix::fs::major(self.device);
         let minor = rustix::fs::minor(self.device);
         let entries = inspect::maps(Pid::Id(pid)).ok()?;
-        Some(entries.iter().any(|entry| {
-            entry.inode == self.inode && entry.device_major == major && entry.device_minor == minor
-        }))
+        let same_inode = || entries.iter().filter(|entry| entry.inode == self.inode);
+        if same_inode().any(|entry| entry.device_major == major && entry.device_minor == minor) {
+            return Some(true);
+        }
+        // Some file systems (btrfs subvolumes, older overlayfs) show another device number in
+        // /proc/PID/maps than fstat does: the same inode elsewhere cannot tell either way.
+        match same_inode().next() {
+            Some(_) => None,
+            None => Some(false),
+        }
     }
 }
 
