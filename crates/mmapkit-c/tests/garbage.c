@@ -8,16 +8,7 @@
 
 static int failures = 0;
 
-#define EXPECT(call, want)                                                                    \
-    do {                                                                                      \
-        int got_ = (call);                                                                    \
-        if (got_ != (want)) {                                                                 \
-            printf("%s:%d %s = %s, want %s (%s)\n", __FILE__, __LINE__, #call,                \
-                   mmapkit_status_name(got_), mmapkit_status_name(want),                      \
-                   mmapkit_last_error_message());                                             \
-            failures++;                                                                       \
-        }                                                                                     \
-    } while (0)
+#include "expect.h"
 
 int main(void) {
     char buf[64];

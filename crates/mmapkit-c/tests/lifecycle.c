@@ -23,16 +23,7 @@
 
 static int failures = 0;
 
-#define EXPECT(call, want)                                                                    \
-    do {                                                                                      \
-        int got_ = (call);                                                                    \
-        if (got_ != (want)) {                                                                 \
-            printf("%s:%d %s = %s, want %s (%s)\n", __FILE__, __LINE__, #call,                \
-                   mmapkit_status_name(got_), mmapkit_status_name(want),                      \
-                   mmapkit_last_error_message());                                             \
-            failures++;                                                                       \
-        }                                                                                     \
-    } while (0)
+#include "expect.h"
 
 #define CHECK(condition, ...)                                                                 \
     do {                                                                                      \
@@ -245,6 +236,13 @@ static void errors_speak_c(void) {
     close(pair[1]);
 }
 
+/* Cuts the file at `path` to `size` bytes, as another process would. */
+static void truncate_file(const char *path, off_t size) {
+    int fd = open(path, O_RDWR);
+    CHECK(fd >= 0 && ftruncate(fd, size) == 0, "truncating %s", path);
+    if (fd >= 0) close(fd);
+}
+
 /* A named segment truncated by someone else: every call says truncated, not corrupt. */
 static void truncation_is_reported_as_truncation(void) {
     char name[64], path[80];
@@ -260,12 +258,8 @@ static void truncation_is_reported_as_truncation(void) {
     snprintf(channel_path, sizeof channel_path, "/dev/shm/%s", channel_name);
     EXPECT(mmapkit_channel_create(channel_name, 4096, 0, &channel), MMAPKIT_OK);
 
-    int fd = open(path, O_RDWR);
-    CHECK(fd >= 0 && ftruncate(fd, 0) == 0, "truncating %s", path);
-    close(fd);
-    fd = open(channel_path, O_RDWR);
-    CHECK(fd >= 0 && ftruncate(fd, 0) == 0, "truncating %s", channel_path);
-    close(fd);
+    truncate_file(path, 0);
+    truncate_file(channel_path, 0);
 
     char buf[8];
     EXPECT(mmapkit_segment_read_at(seg, 1000, buf, 8), MMAPKIT_ETRUNCATED);
@@ -288,9 +282,7 @@ static void truncation_is_reported_as_truncation(void) {
     snprintf(large_name, sizeof large_name, "mmapkit-c-lifecycle-large-%d", (int)getpid());
     snprintf(large_path, sizeof large_path, "/dev/shm/%s", large_name);
     EXPECT(mmapkit_segment_create(large_name, "lifecycle", 1 << 16, 0, &large), MMAPKIT_OK);
-    fd = open(large_path, O_RDWR);
-    CHECK(fd >= 0 && ftruncate(fd, 8192) == 0, "truncating %s", large_path);
-    close(fd);
+    truncate_file(large_path, 8192);
     EXPECT(mmapkit_segment_open(large_name, "lifecycle", 0, 0, &reopened), MMAPKIT_ETRUNCATED);
     EXPECT(mmapkit_segment_close(large), MMAPKIT_OK);
     EXPECT(mmapkit_segment_unlink(large_name), MMAPKIT_OK);

@@ -86,6 +86,14 @@ fn main() {
     processes::run(cases);
 }
 
+/// A small memfd segment for the semaphores a test and its child signal each other with.
+fn signal_segment() -> mmapkit::Segment {
+    SegmentOptions::new("test/signals", 64)
+        .unwrap()
+        .create_memfd("signals")
+        .unwrap()
+}
+
 fn kill(pid: libc::pid_t) {
     // SAFETY: kills our own child.
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
@@ -188,10 +196,7 @@ fn endpoints_inherited_across_fork_refuse_to_work_in_the_child() {
 
 fn sender_killed_mid_send_disconnects() {
     let channel = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
-    let signals = SegmentOptions::new("test/signals", 64)
-        .unwrap()
-        .create_memfd("signals")
-        .unwrap();
+    let signals = signal_segment();
     let loaned = Semaphore::init(&signals, 0, 0).unwrap();
     let child = fork(|| {
         let mut sender = channel.sender().unwrap();
@@ -224,10 +229,7 @@ fn sender_killed_mid_send_disconnects() {
 
 fn receiver_killed_unblocks_a_full_sender() {
     let channel = Channel::<u64>::create_memfd(&ChannelOptions::new(4)).unwrap();
-    let signals = SegmentOptions::new("test/signals", 64)
-        .unwrap()
-        .create_memfd("signals")
-        .unwrap();
+    let signals = signal_segment();
     let attached = Semaphore::init(&signals, 0, 0).unwrap();
     let child = fork(|| {
         let _receiver = channel.receiver().unwrap();
@@ -257,10 +259,7 @@ fn a_receiver_killed_after_the_sender_attached_disconnects_it() {
     let channel = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
     let mut sender = channel.sender().unwrap();
     sender.send(b"first").unwrap();
-    let signals = SegmentOptions::new("test/signals", 64)
-        .unwrap()
-        .create_memfd("signals")
-        .unwrap();
+    let signals = signal_segment();
     let received = Semaphore::init(&signals, 0, 0).unwrap();
     let child = fork(|| {
         let mut receiver = channel.receiver().unwrap();
@@ -298,10 +297,7 @@ fn a_receiver_that_execs_another_program_disconnects_its_sender() {
     use std::os::unix::process::CommandExt;
     let channel = ByteChannel::create_memfd(&ChannelOptions::new(4096)).unwrap();
     let mut sender = channel.sender().unwrap();
-    let signals = SegmentOptions::new("test/signals", 64)
-        .unwrap()
-        .create_memfd("signals")
-        .unwrap();
+    let signals = signal_segment();
     let attached = Semaphore::init(&signals, 0, 0).unwrap();
     let child = fork(|| {
         let _receiver = channel.receiver().unwrap();
