@@ -8,6 +8,7 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use mmapkit::channel::{ByteChannel, ByteReceiver, ByteSender, ChannelOptions, ReceivedBytes};
@@ -16,6 +17,7 @@ use self_cell::self_cell;
 
 use crate::closable::{Attempt, Closable, sliced, unless_waiting};
 use crate::handles::{self, Wait, wait_of};
+use crate::kept::{self, ExitGuard, Kept, KeptType};
 use crate::segment::lent_stream;
 use crate::status::{MMAPKIT_OK, call, invalid};
 
@@ -67,6 +69,37 @@ self_cell!(
 /// An end, and the channel's largest message (looked up once: it reads the header).
 struct SenderObject(Closable<SenderCell>, usize);
 struct ReceiverObject(Closable<ReceiverCell>, usize);
+
+thread_local! {
+    static KEPT_SENDERS: Kept<SenderObject> = const { Kept::new() };
+    static KEPT_RECEIVERS: Kept<ReceiverObject> = const { Kept::new() };
+    static KEPT_ENDS_GUARD: ExitGuard = const { ExitGuard(release_kept_ends) };
+}
+
+fn release_kept_ends() {
+    kept::release_at_exit::<SenderObject>();
+    kept::release_at_exit::<ReceiverObject>();
+}
+
+impl KeptType for SenderObject {
+    fn kept() -> &'static LocalKey<Kept<SenderObject>> {
+        &KEPT_SENDERS
+    }
+
+    fn guard() -> &'static LocalKey<ExitGuard> {
+        &KEPT_ENDS_GUARD
+    }
+}
+
+impl KeptType for ReceiverObject {
+    fn kept() -> &'static LocalKey<Kept<ReceiverObject>> {
+        &KEPT_RECEIVERS
+    }
+
+    fn guard() -> &'static LocalKey<ExitGuard> {
+        &KEPT_ENDS_GUARD
+    }
+}
 
 fn channel(handle: *const mmapkit_channel_t) -> Result<Arc<ByteChannel>> {
     handles::get::<ByteChannel, _>(handle, CHANNEL)
@@ -272,40 +305,43 @@ pub unsafe extern "C" fn mmapkit_sender_send(
     timeout_ms: i64,
 ) -> c_int {
     call("mmapkit_sender_send", || {
-        let object = handles::get::<SenderObject, _>(sender, SENDER)?;
-        let max = object.1;
-        if len > max {
-            return Err(invalid(
+        kept::with_kept(sender, SENDER, |object: &SenderObject| {
+            let max = object.1;
+            if len > max {
+                return Err(invalid(
+                    "send",
+                    format!("the message is {len} bytes and the channel carries at most {max}"),
+                ));
+            }
+            // SAFETY: the length is a message's; the caller's data holds `len` bytes.
+            let data = unsafe { handles::bytes(data, len) }?;
+            let wait = wait_of(timeout_ms);
+            if let Wait::Try = wait {
+                object.0.try_step("send", |cell| {
+                    cell.with_dependent_mut(|_, sender| sender.try_send(data))
+                })?;
+                return Ok(MMAPKIT_OK);
+            }
+            sliced(
+                &object.0,
                 "send",
-                format!("the message is {len} bytes and the channel carries at most {max}"),
-            ));
-        }
-        // SAFETY: the length is a message's; the caller's data holds `len` bytes.
-        let data = unsafe { handles::bytes(data, len) }?;
-        let wait = wait_of(timeout_ms);
-        if let Wait::Try = wait {
-            object.0.try_step("send", |cell| {
-                cell.with_dependent_mut(|_, sender| sender.try_send(data))
-            })?;
-            return Ok(MMAPKIT_OK);
-        }
-        sliced(
-            &object.0,
-            "send",
-            wait,
-            |cell, slice| {
-                cell.with_dependent_mut(|_, sender| {
-                    unless_waiting(match slice.is_zero() {
-                        true => sender.try_send(data),
-                        false => sender.send_timeout(data, slice),
+                wait,
+                |cell, slice| {
+                    cell.with_dependent_mut(|_, sender| {
+                        unless_waiting(match slice.is_zero() {
+                            true => sender.try_send(data),
+                            false => sender.send_timeout(data, slice),
+                        })
                     })
-                })
-            },
-            |cell| {
-                cell.with_dependent_mut(|_, sender| attached(sender.wait_for_peer(Duration::ZERO)))
-            },
-        )?;
-        Ok(MMAPKIT_OK)
+                },
+                |cell| {
+                    cell.with_dependent_mut(|_, sender| {
+                        attached(sender.wait_for_peer(Duration::ZERO))
+                    })
+                },
+            )?;
+            Ok(MMAPKIT_OK)
+        })
     })
 }
 
@@ -317,7 +353,10 @@ pub unsafe extern "C" fn mmapkit_sender_send(
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn mmapkit_sender_close(sender: *mut mmapkit_sender_t) -> c_int {
     call("mmapkit_sender_close", || {
-        handles::destroy_with(sender, SENDER, |object: &SenderObject| object.0.close())
+        handles::destroy_with(sender, SENDER, |object: &SenderObject| {
+            object.0.close();
+            kept::forget_destroyed::<SenderObject>();
+        })
     })
 }
 
@@ -358,67 +397,70 @@ pub unsafe extern "C" fn mmapkit_receiver_recv(
 ) -> c_int {
     call("mmapkit_receiver_recv", || {
         handles::nonnull(len, "len")?;
-        let object = handles::get::<ReceiverObject, _>(receiver, RECEIVER)?;
-        let max = object.1;
-        // SAFETY: the caller's buffer holds `capacity` bytes; no more than a message's
-        // length of it is ever written.
-        let buf = unsafe { handles::bytes_mut(buf, capacity.min(max)) }?;
-        // A message that fits is copied out; one that does not stays, its size reported.
-        let mut take =
-            |message: ReceivedBytes<'_, '_>| -> Result<std::result::Result<usize, usize>> {
-                let size = message.len();
-                if size > buf.len() {
-                    message.put_back();
-                    return Ok(Err(size));
-                }
-                message.copy_to(&mut buf[..size])?;
-                Ok(Ok(size))
-            };
-        let wait = wait_of(timeout_ms);
-        let received = match wait {
-            Wait::Try => object.0.try_step("recv", |cell| {
-                cell.with_dependent_mut(|_, receiver| match receiver.try_receive_in_place()? {
-                    Some(message) => take(message),
-                    None => Err(Error::new(
-                        ErrorKind::WouldBlock,
-                        "recv",
-                        "no message is waiting",
-                    )),
-                })
-            })?,
-            _ => sliced(
-                &object.0,
-                "recv",
-                wait,
-                |cell, slice| {
+        kept::with_kept(receiver, RECEIVER, |object: &ReceiverObject| {
+            let max = object.1;
+            // SAFETY: the caller's buffer holds `capacity` bytes; no more than a message's
+            // length of it is ever written.
+            let buf = unsafe { handles::bytes_mut(buf, capacity.min(max)) }?;
+            // A message that fits is copied out; one that does not stays, its size reported.
+            let mut take =
+                |message: ReceivedBytes<'_, '_>| -> Result<std::result::Result<usize, usize>> {
+                    let size = message.len();
+                    if size > buf.len() {
+                        message.put_back();
+                        return Ok(Err(size));
+                    }
+                    message.copy_to(&mut buf[..size])?;
+                    Ok(Ok(size))
+                };
+            let wait = wait_of(timeout_ms);
+            let received = match wait {
+                Wait::Try => object.0.try_step("recv", |cell| {
                     cell.with_dependent_mut(|_, receiver| {
-                        let received = match slice.is_zero() || arrives_soon(receiver)? {
-                            true => receiver.try_receive_in_place(),
-                            false => receiver.receive_in_place_timeout(slice).map(Some),
-                        };
-                        match unless_waiting(received)? {
-                            Attempt::Done(Some(message)) => take(message).map(Attempt::Done),
-                            Attempt::Done(None) | Attempt::NotYet => Ok(Attempt::NotYet),
+                        match receiver.try_receive_in_place()? {
+                            Some(message) => take(message),
+                            None => Err(Error::new(
+                                ErrorKind::WouldBlock,
+                                "recv",
+                                "no message is waiting",
+                            )),
                         }
                     })
-                },
-                |cell| cell.with_dependent_mut(|_, receiver| sender_or_verdict(receiver)),
-            )?,
-        };
-        match received {
-            Ok(size) => handles::put(len, size),
-            Err(size) => {
-                handles::put(len, size)?;
-                Err(Error::new(
-                    ErrorKind::OutOfBounds,
+                })?,
+                _ => sliced(
+                    &object.0,
                     "recv",
-                    format!(
-                        "the message is {size} bytes and the buffer {capacity}; it stays for \
+                    wait,
+                    |cell, slice| {
+                        cell.with_dependent_mut(|_, receiver| {
+                            let received = match slice.is_zero() || arrives_soon(receiver)? {
+                                true => receiver.try_receive_in_place(),
+                                false => receiver.receive_in_place_timeout(slice).map(Some),
+                            };
+                            match unless_waiting(received)? {
+                                Attempt::Done(Some(message)) => take(message).map(Attempt::Done),
+                                Attempt::Done(None) | Attempt::NotYet => Ok(Attempt::NotYet),
+                            }
+                        })
+                    },
+                    |cell| cell.with_dependent_mut(|_, receiver| sender_or_verdict(receiver)),
+                )?,
+            };
+            match received {
+                Ok(size) => handles::put(len, size),
+                Err(size) => {
+                    handles::put(len, size)?;
+                    Err(Error::new(
+                        ErrorKind::OutOfBounds,
+                        "recv",
+                        format!(
+                            "the message is {size} bytes and the buffer {capacity}; it stays for \
                          the next call"
-                    ),
-                ))
+                        ),
+                    ))
+                }
             }
-        }
+        })
     })
 }
 
@@ -450,7 +492,8 @@ pub unsafe extern "C" fn mmapkit_receiver_arm(
 pub unsafe extern "C" fn mmapkit_receiver_close(receiver: *mut mmapkit_receiver_t) -> c_int {
     call("mmapkit_receiver_close", || {
         handles::destroy_with(receiver, RECEIVER, |object: &ReceiverObject| {
-            object.0.close()
+            object.0.close();
+            kept::forget_destroyed::<ReceiverObject>();
         })
     })
 }
@@ -493,4 +536,65 @@ fn sender_or_verdict(receiver: &mut ByteReceiver<'_>) -> Result<bool> {
         }
         None => false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ptr::null_mut;
+
+    use super::*;
+
+    /// Strong references to the object behind `sender`, counted from outside the registry.
+    fn references(sender: *const mmapkit_sender_t) -> usize {
+        Arc::strong_count(&handles::get::<SenderObject, _>(sender, SENDER).expect("live")) - 1
+    }
+
+    #[test]
+    fn ends_are_kept_by_the_threads_that_use_them_until_they_exit_or_close() {
+        let (mut channel, mut sender) = (null_mut(), null_mut());
+        // SAFETY: the out-pointers are writable; the data is 4 bytes.
+        unsafe {
+            assert_eq!(
+                mmapkit_channel_create_memfd(4096, 0, &mut channel),
+                MMAPKIT_OK
+            );
+            assert_eq!(mmapkit_channel_sender(channel, &mut sender), MMAPKIT_OK);
+        }
+        let only_the_registry = references(sender);
+        let address = sender.addr();
+        std::thread::spawn(move || {
+            let sender = std::ptr::without_provenance::<mmapkit_sender_t>(address);
+            // SAFETY: a live handle and 4 bytes of data.
+            let sent = unsafe { mmapkit_sender_send(sender, b"kept".as_ptr().cast(), 4, 0) };
+            assert_eq!(sent, MMAPKIT_OK);
+            assert_eq!(
+                references(sender),
+                only_the_registry + 1,
+                "kept by this thread"
+            );
+        })
+        .join()
+        .expect("the thread ran");
+        assert_eq!(
+            references(sender),
+            only_the_registry,
+            "released at the thread's exit"
+        );
+
+        // SAFETY: as above.
+        let sent = unsafe { mmapkit_sender_send(sender, b"kept".as_ptr().cast(), 4, 0) };
+        assert_eq!(sent, MMAPKIT_OK);
+        assert_eq!(
+            references(sender),
+            only_the_registry + 1,
+            "kept by this thread"
+        );
+        let object = handles::get::<SenderObject, _>(sender, SENDER).expect("live");
+        // SAFETY: live handles.
+        unsafe {
+            assert_eq!(mmapkit_sender_close(sender), MMAPKIT_OK);
+            assert_eq!(mmapkit_channel_close(channel), MMAPKIT_OK);
+        }
+        assert_eq!(Arc::strong_count(&object), 1, "released by the close");
+    }
 }

@@ -120,6 +120,7 @@ impl<T> Closable<T> {
 
     /// As [`step`](Self::step), waiting for the value as [`lock`](Self::lock) says
     /// (`Timeout` when the deadline passes, `WouldBlock` when it may not wait at all).
+    #[inline(always)]
     fn step_until<R>(
         &self,
         operation: &'static str,
@@ -219,6 +220,8 @@ fn busy(operation: &'static str, kind: &str, at_once: bool) -> Error {
 /// timeout gives up as the library's does, with `MMAPKIT_EDISCONNECTED`, once no peer
 /// attached within [`PEER_GRACE`] (`peer_attached(value)` answers whether one is attached
 /// now).
+// Inlined, as `step_until` is, for the reason `status::call` is.
+#[inline(always)]
 pub(crate) fn sliced<T, R>(
     end: &Closable<T>,
     operation: &'static str,

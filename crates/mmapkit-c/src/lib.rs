@@ -16,6 +16,7 @@ use std::ffi::{c_char, c_int};
 mod channel;
 mod closable;
 mod handles;
+mod kept;
 mod mapping;
 mod residency;
 mod segment;

@@ -446,6 +446,80 @@ static void populating_a_truncated_file(void) {
     unlink(path);
 }
 
+/* A thread keeps the ends it used between its calls: an end another thread closed meanwhile
+ * is refused, an end a thread used before it exited works on, and more ends than a thread
+ * keeps still work in turns. (That an exiting thread releases what it kept is checked by the
+ * crate's unit tests, which count the references.) */
+static void *send_three(void *sender) {
+    for (int i = 0; i < 3; i++) {
+        if (mmapkit_sender_send(sender, "kept", 4, 0) != MMAPKIT_OK) return "send failed";
+    }
+    return NULL;
+}
+
+static void *close_sender(void *sender) { return (void *)(intptr_t)mmapkit_sender_close(sender); }
+
+static void ends_kept_between_calls(void) {
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    mmapkit_receiver_t *receiver;
+    char buf[16];
+    size_t len;
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_sender_send(sender, "mine", 4, 0), MMAPKIT_OK);
+    pthread_t thread;
+    void *closed;
+    pthread_create(&thread, NULL, close_sender, sender);
+    pthread_join(thread, &closed);
+    EXPECT((int)(intptr_t)closed, MMAPKIT_OK);
+    EXPECT(mmapkit_sender_send(sender, "late", 4, 0), MMAPKIT_EINVAL);
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_EINVAL);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 1000), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 1000), MMAPKIT_EDISCONNECTED);
+    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
+
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    void *failed;
+    pthread_create(&thread, NULL, send_three, sender);
+    pthread_join(thread, &failed);
+    CHECK(failed == NULL, "%s: %s", (char *)failed, mmapkit_last_error_message());
+    for (int i = 0; i < 3; i++) {
+        EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 1000), MMAPKIT_OK);
+    }
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+
+    enum { ENDS = 9 };
+    mmapkit_channel_t *channels[ENDS];
+    mmapkit_sender_t *senders[ENDS];
+    mmapkit_receiver_t *receivers[ENDS];
+    for (int i = 0; i < ENDS; i++) {
+        EXPECT(mmapkit_channel_create_memfd(4096, 0, &channels[i]), MMAPKIT_OK);
+        EXPECT(mmapkit_channel_sender(channels[i], &senders[i]), MMAPKIT_OK);
+        EXPECT(mmapkit_channel_receiver(channels[i], &receivers[i]), MMAPKIT_OK);
+    }
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < ENDS; i++) {
+            char byte = (char)('a' + i);
+            EXPECT(mmapkit_sender_send(senders[i], &byte, 1, 0), MMAPKIT_OK);
+        }
+        for (int i = 0; i < ENDS; i++) {
+            EXPECT(mmapkit_receiver_recv(receivers[i], buf, sizeof buf, &len, 0), MMAPKIT_OK);
+            CHECK(len == 1 && buf[0] == 'a' + i, "channel %d gave %zu bytes '%c'", i, len, buf[0]);
+        }
+    }
+    for (int i = 0; i < ENDS; i++) {
+        EXPECT(mmapkit_sender_close(senders[i]), MMAPKIT_OK);
+        EXPECT(mmapkit_receiver_recv(receivers[i], buf, sizeof buf, &len, 0), MMAPKIT_EDISCONNECTED);
+        EXPECT(mmapkit_receiver_close(receivers[i]), MMAPKIT_OK);
+        EXPECT(mmapkit_channel_close(channels[i]), MMAPKIT_OK);
+    }
+}
+
 /* Handles closed while the thread's own storage is being torn down: from a thread-local
  * destructor, and from an atexit handler that forks too. A status, never an abort. */
 static mmapkit_mapping_t *closed_at_exit;
@@ -471,12 +545,46 @@ static void *map_with_cleanup(void *unused) {
     return NULL;
 }
 
+/* A sender the thread used (and keeps), used and closed again from its key destructor. */
+static pthread_key_t sender_key;
+static int sent_in_destructor = 99, sender_closed_in_destructor = 99;
+
+static void send_and_close_in_destructor(void *sender) {
+    sent_in_destructor = mmapkit_sender_send(sender, "last", 4, 0);
+    sender_closed_in_destructor = mmapkit_sender_close(sender);
+}
+
+static void *send_with_cleanup(void *sender) {
+    if (mmapkit_sender_send(sender, "first", 5, 0) != MMAPKIT_OK) return NULL;
+    pthread_setspecific(sender_key, sender);
+    return NULL;
+}
+
 static void closing_while_the_thread_ends(void) {
     pthread_key_create(&cleanup_key, unmap_in_destructor);
     pthread_t thread;
     pthread_create(&thread, NULL, map_with_cleanup, NULL);
     pthread_join(thread, NULL);
     EXPECT(closed_in_destructor, MMAPKIT_OK);
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    mmapkit_receiver_t *receiver;
+    char buf[16];
+    size_t got;
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    pthread_key_create(&sender_key, send_and_close_in_destructor);
+    pthread_create(&thread, NULL, send_with_cleanup, sender);
+    pthread_join(thread, NULL);
+    EXPECT(sent_in_destructor, MMAPKIT_OK);
+    EXPECT(sender_closed_in_destructor, MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &got, 0), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &got, 0), MMAPKIT_OK);
+    CHECK(got == 4 && memcmp(buf, "last", 4) == 0, "the destructor's message: %zu bytes", got);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &got, 0), MMAPKIT_EDISCONNECTED);
+    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
     size_t len;
     EXPECT(mmapkit_map_anonymous(4096, 0, &closed_at_exit), MMAPKIT_OK);
     EXPECT(mmapkit_mapping_len(closed_at_exit, &len), MMAPKIT_OK);
@@ -496,6 +604,7 @@ int main(int argc, char **argv) {
         populating_a_truncated_file();
         timeouts_hold_on_a_shared_end();
         racing_closes_succeed_once();
+        ends_kept_between_calls();
         an_owner_that_died_is_reported_by_the_call();
         closing_while_the_thread_ends();
     }
