@@ -60,19 +60,25 @@ impl<T> Closable<T> {
         }
     }
 
+    #[inline(always)]
     fn refuse_inherited(&self, operation: &'static str) -> Result<()> {
         let me = ProcessIdentity::current();
         if me == self.owner {
             return Ok(());
         }
-        Err(Error::new(
+        Err(self.inherited(operation, me))
+    }
+
+    #[cold]
+    fn inherited(&self, operation: &'static str, me: ProcessIdentity) -> Error {
+        Error::new(
             ErrorKind::InvalidInput,
             operation,
             format!(
                 "this {} belongs to process {}; this process ({}) inherited it across fork",
                 self.kind, self.owner.pid, me.pid
             ),
-        ))
+        )
     }
 
     fn closed(&self, operation: &'static str) -> Error {
@@ -90,6 +96,7 @@ impl<T> Closable<T> {
     }
 
     /// Takes the lock, waiting for it as `patience` says.
+    #[inline(always)]
     fn lock(
         &self,
         operation: &'static str,
