@@ -8,7 +8,6 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::LocalKey;
 use std::time::Duration;
 
 use mmapkit::channel::{ByteChannel, ByteReceiver, ByteSender, ChannelOptions, ReceivedBytes};
@@ -17,7 +16,7 @@ use self_cell::self_cell;
 
 use crate::closable::{Attempt, Closable, sliced, unless_waiting};
 use crate::handles::{self, Wait, wait_of};
-use crate::kept::{self, ExitGuard, Kept, KeptType};
+use crate::kept::{self, kept_type};
 use crate::segment::lent_stream;
 use crate::status::{MMAPKIT_OK, call, invalid};
 
@@ -70,36 +69,8 @@ self_cell!(
 struct SenderObject(Closable<SenderCell>, usize);
 struct ReceiverObject(Closable<ReceiverCell>, usize);
 
-thread_local! {
-    static KEPT_SENDERS: Kept<SenderObject> = const { Kept::new() };
-    static KEPT_RECEIVERS: Kept<ReceiverObject> = const { Kept::new() };
-    static KEPT_ENDS_GUARD: ExitGuard = const { ExitGuard(release_kept_ends) };
-}
-
-fn release_kept_ends() {
-    kept::release_at_exit::<SenderObject>();
-    kept::release_at_exit::<ReceiverObject>();
-}
-
-impl KeptType for SenderObject {
-    fn kept() -> &'static LocalKey<Kept<SenderObject>> {
-        &KEPT_SENDERS
-    }
-
-    fn guard() -> &'static LocalKey<ExitGuard> {
-        &KEPT_ENDS_GUARD
-    }
-}
-
-impl KeptType for ReceiverObject {
-    fn kept() -> &'static LocalKey<Kept<ReceiverObject>> {
-        &KEPT_RECEIVERS
-    }
-
-    fn guard() -> &'static LocalKey<ExitGuard> {
-        &KEPT_ENDS_GUARD
-    }
-}
+kept_type!(SenderObject);
+kept_type!(ReceiverObject);
 
 fn channel(handle: *const mmapkit_channel_t) -> Result<Arc<ByteChannel>> {
     handles::get::<ByteChannel, _>(handle, CHANNEL)
@@ -354,8 +325,8 @@ pub unsafe extern "C" fn mmapkit_sender_send(
 pub unsafe extern "C" fn mmapkit_sender_close(sender: *mut mmapkit_sender_t) -> c_int {
     call("mmapkit_sender_close", || {
         handles::destroy_with(sender, SENDER, |object: &SenderObject| {
+            kept::destroyed::<SenderObject>();
             object.0.close();
-            kept::forget_destroyed::<SenderObject>();
         })
     })
 }
@@ -492,8 +463,8 @@ pub unsafe extern "C" fn mmapkit_receiver_arm(
 pub unsafe extern "C" fn mmapkit_receiver_close(receiver: *mut mmapkit_receiver_t) -> c_int {
     call("mmapkit_receiver_close", || {
         handles::destroy_with(receiver, RECEIVER, |object: &ReceiverObject| {
+            kept::destroyed::<ReceiverObject>();
             object.0.close();
-            kept::forget_destroyed::<ReceiverObject>();
         })
     })
 }

@@ -162,11 +162,6 @@ pub(crate) fn get<T: Any + Send + Sync, H>(handle: *const H, kind: &str) -> Resu
 /// Destroys so far: a thread's recently used handles are valid only while none happened.
 static DESTROYS: AtomicU64 = AtomicU64::new(0);
 
-/// The count of destroys so far: a handle found before it changed may have been destroyed.
-pub(crate) fn destroys() -> u64 {
-    DESTROYS.load(Ordering::Acquire)
-}
-
 /// A handle this thread looked up, with the count of destroys then. A weak reference: it
 /// does not keep the object (a mapping, say) alive once the handle is destroyed.
 type RecentUse = Option<(usize, u64, Weak<dyn Any + Send + Sync>)>;

@@ -18,6 +18,7 @@
 use std::any::Any;
 use std::cell::Cell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::LocalKey;
 
 use mmapkit::Result;
@@ -103,15 +104,49 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// A type whose objects threads keep: where its cells are, and the guard that releases them.
+/// A type whose objects threads keep (declared with [`kept_type!`]).
 pub(crate) trait KeptType: Any + Send + Sync + Sized {
+    /// This thread's cells for the type.
     fn kept() -> &'static LocalKey<Kept<Self>>;
-    /// A thread-local whose destructor releases this thread's kept objects (see
-    /// [`release_at_exit`]); `try_with` fails once it is gone.
+    /// A thread-local whose destructor releases this thread's cells; `try_with` fails once it
+    /// is gone.
     fn guard() -> &'static LocalKey<ExitGuard>;
+    /// Destroys of handles of this type so far: an entry is valid only while none happened.
+    /// Counted per type, so that a program unmapping files does not make every thread look
+    /// its channel ends up again.
+    fn destroys() -> &'static AtomicU64;
 }
 
-/// Releases a thread's kept objects when it exits: `release` empties every type's cells.
+/// Declares where threads keep objects of a type: its cells, exit guard and count of destroys.
+macro_rules! kept_type {
+    ($type:ty) => {
+        impl $crate::kept::KeptType for $type {
+            fn kept() -> &'static std::thread::LocalKey<$crate::kept::Kept<$type>> {
+                thread_local! {
+                    static KEPT: $crate::kept::Kept<$type> = const { $crate::kept::Kept::new() };
+                }
+                &KEPT
+            }
+
+            fn guard() -> &'static std::thread::LocalKey<$crate::kept::ExitGuard> {
+                thread_local! {
+                    static GUARD: $crate::kept::ExitGuard =
+                        const { $crate::kept::ExitGuard($crate::kept::release_at_exit::<$type>) };
+                }
+                &GUARD
+            }
+
+            fn destroys() -> &'static std::sync::atomic::AtomicU64 {
+                static DESTROYS: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(0);
+                &DESTROYS
+            }
+        }
+    };
+}
+pub(crate) use kept_type;
+
+/// Releases a thread's kept objects of one type when it exits.
 pub(crate) struct ExitGuard(pub(crate) fn());
 
 impl Drop for ExitGuard {
@@ -134,7 +169,7 @@ pub(crate) fn with_kept<T: KeptType, H, R>(
     body: impl FnOnce(&T) -> Result<R>,
 ) -> Result<R> {
     let number = handle.addr();
-    let destroys = handles::destroys();
+    let destroys = T::destroys().load(Ordering::Acquire);
     // A pointer out of `with`: the closure form is not inlined well, and the call is then
     // slower by 15 ns.
     let kept = T::kept().with(std::ptr::from_ref);
@@ -179,9 +214,10 @@ fn keep<T: KeptType>(kept: &Kept<T>, number: usize, destroys: u64, object: &Arc<
     }
 }
 
-/// Releases this thread's entries that a destroy made stale: for a destroy, which would
-/// otherwise leave its object's shell kept until the thread's next miss.
-pub(crate) fn forget_destroyed<T: KeptType>() {
-    let destroys = handles::destroys();
+/// Counts a destroy of a handle of type `T`, once the registry no longer has it, and releases
+/// this thread's entries it made stale (which would otherwise stay kept until the thread's
+/// next miss).
+pub(crate) fn destroyed<T: KeptType>() {
+    let destroys = T::destroys().fetch_add(1, Ordering::AcqRel) + 1;
     T::kept().with(|kept| kept.release(Some(destroys)));
 }
