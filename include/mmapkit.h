@@ -23,8 +23,8 @@
  *   wait (MMAPKIT_EWOULDBLOCK).
  * - Peers: a channel end whose process execs another program is gone about a second later
  *   (MMAPKIT_EDISCONNECTED) when /proc/PID/maps can be read (the same user, or root), and
- *   stays attached until that program ends otherwise. A mutex holder that execs keeps the
- *   lock until that program ends: its process lives on.
+ *   stays attached until that program ends otherwise. The same holds for a mutex holder
+ *   that execs: its lock is taken over (MMAPKIT_EOWNERDIED) about a second later.
  * - Threads: mapping, segment, channel, semaphore and event handles may be used by several
  *   threads at once; a sender or receiver is one party (threads sharing one take turns); a
  *   mutex's lock belongs to the thread that took it.
@@ -660,7 +660,9 @@ int mmapkit_mutex_open(const struct mmapkit_segment_t *segment,
 // `MMAPKIT_EOWNERDIED` means the lock **is held** by the caller, taken from a holder that
 // died: repair the data, `mmapkit_mutex_mark_consistent`, then unlock. Locking a mutex this
 // thread already holds is `MMAPKIT_EINVAL` (it would wait for itself). A holder that
-// `exec`s another program keeps the lock until that program ends (its process lives on).
+// `exec`s another program is gone about a second later (`MMAPKIT_EOWNERDIED`) when
+// /proc/PID/maps can be read (the same user, or root); otherwise it keeps the lock until that
+// program ends.
 //
 // # Safety
 // None beyond the C rules.

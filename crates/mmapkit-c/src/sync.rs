@@ -114,7 +114,9 @@ pub unsafe extern "C" fn mmapkit_mutex_open(
 /// `MMAPKIT_EOWNERDIED` means the lock **is held** by the caller, taken from a holder that
 /// died: repair the data, `mmapkit_mutex_mark_consistent`, then unlock. Locking a mutex this
 /// thread already holds is `MMAPKIT_EINVAL` (it would wait for itself). A holder that
-/// `exec`s another program keeps the lock until that program ends (its process lives on).
+/// `exec`s another program is gone about a second later (`MMAPKIT_EOWNERDIED`) when
+/// /proc/PID/maps can be read (the same user, or root); otherwise it keeps the lock until that
+/// program ends.
 ///
 /// # Safety
 /// None beyond the C rules.

@@ -1,5 +1,6 @@
 //! Synchronisation across processes made by fork: the robust mutex against SIGKILL (1,000
-//! rounds), a semaphore between processes, and waiters that sleep without using CPU.
+//! rounds) and against a holder that execs another program, a semaphore between processes,
+//! and waiters that sleep without using CPU.
 //!
 //! Runs without the libtest harness (fork in a threaded harness is hazardous).
 
@@ -16,6 +17,10 @@ fn main() {
         (
             "kill_9_of_the_lock_holder_1000_rounds",
             kill_9_of_the_lock_holder_1000_rounds,
+        ),
+        (
+            "a_lock_holder_that_execs_another_program_is_gone",
+            a_lock_holder_that_execs_another_program_is_gone,
         ),
         ("semaphore_between_processes", semaphore_between_processes),
         ("idle_waiters_use_no_cpu", idle_waiters_use_no_cpu),
@@ -79,6 +84,41 @@ fn kill_9_of_the_lock_holder_1000_rounds() {
     }
     assert_eq!(mutex.lock().unwrap().get().unwrap(), [ROUNDS, 1]);
     println!("({ROUNDS} rounds in {:?})", started.elapsed());
+}
+
+/// A holder that execs keeps its pid, thread id and start time, but no longer maps the
+/// segment: it is gone, while the same holder before its exec is not.
+fn a_lock_holder_that_execs_another_program_is_gone() {
+    use std::os::unix::process::CommandExt;
+    let segment = segment();
+    let mutex = Mutex::init(&segment, 0, 0u64).unwrap();
+    let ready = Semaphore::init(&segment, 64, 0).unwrap();
+    let child = fork(|| {
+        let mut guard = mutex.lock().unwrap();
+        guard.set(&7).unwrap();
+        ready.post().unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let error = std::process::Command::new("sleep").arg("30").exec();
+        panic!("exec failed: {error}");
+    });
+    ready.wait_timeout(Duration::from_secs(10)).unwrap();
+    match mutex.lock_timeout(Duration::from_millis(1200)) {
+        Err(error) => assert_eq!(error.kind(), ErrorKind::Timeout, "{error}"),
+        Ok(_) => panic!("a live holder's lock was taken"),
+    }
+    let started = Instant::now();
+    match mutex.lock_timeout(Duration::from_secs(10)) {
+        Err(LockError::OwnerDied(guard)) => assert_eq!(guard.get().unwrap(), 7),
+        Ok(_) => panic!("the lock was free"),
+        Err(error) => panic!("the exec was not noticed: {error}"),
+    }
+    println!(
+        "(the holder's exec was noticed {:?} later)",
+        started.elapsed()
+    );
+    // SAFETY: kills our own child.
+    assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
+    wait_with_cpu(child);
 }
 
 fn semaphore_between_processes() {

@@ -182,7 +182,7 @@ pub(super) struct Endpoint<'c> {
     baseline: u32,
     /// The peer side's attach counter at the last look.
     attaches_seen: u32,
-    /// When to look again, on the coarse monotonic clock (see [`coarse_now`]).
+    /// When to look again, on the coarse monotonic clock (see [`crate::sync::coarse_now`]).
     next_check: Duration,
     control: Control<'c>,
     doorbell: Option<&'c OwnedFd>,
@@ -361,7 +361,7 @@ pub(super) fn attach<'c>(
             peer_attaches,
             baseline,
             attaches_seen: baseline,
-            next_check: coarse_now(),
+            next_check: crate::sync::coarse_now(),
             control: *control,
             doorbell,
         };
@@ -398,7 +398,7 @@ impl Endpoint<'_> {
         let attaches = self.peer_attaches.load(Ordering::Acquire);
         let peer = self.role.other();
         let mut kept = Vec::with_capacity(self.pinned.len());
-        let now = coarse_now();
+        let now = crate::sync::coarse_now();
         for mut pinned in self.pinned.drain(..) {
             let byte = lock_byte(peer as u64, pinned.index);
             let pid = pinned.identity.pid;
@@ -461,7 +461,7 @@ impl Endpoint<'_> {
                     identity,
                     state: entry.state,
                     named_when_pinned: named == Some(pid),
-                    maps_looked: coarse_now(),
+                    maps_looked: crate::sync::coarse_now(),
                 });
                 self.had_peer = true;
             }
@@ -496,7 +496,7 @@ impl Endpoint<'_> {
     /// Where this endpoint stands with its peers. Looks again at most every 10 ms, or at
     /// once when the table says a pinned peer left or a peer attached.
     pub(super) fn peer(&mut self) -> Result<Peer> {
-        let now = coarse_now();
+        let now = crate::sync::coarse_now();
         let attached = self.peer_attaches.load(Ordering::Acquire) != self.attaches_seen;
         let peer = self.role.other();
         let left = attached
@@ -544,7 +544,7 @@ impl Endpoint<'_> {
             .pinned
             .iter()
             .any(|pinned| pinned.named_when_pinned && pinned.named(peer))
-            && coarse_now() < self.next_check
+            && crate::sync::coarse_now() < self.next_check
         {
             return Ok(false);
         }
@@ -626,12 +626,4 @@ pub(super) fn disconnected(operation: &'static str, endpoint: &Endpoint<'_>) -> 
             format!("every {peer} of this channel is gone"),
         ),
     }
-}
-
-/// The coarse monotonic clock: a read of the vDSO's last tick (a few nanoseconds, resolution
-/// of a scheduler tick), cheap enough for the per-message look and fine enough for
-/// [`CHECK_INTERVAL`].
-fn coarse_now() -> Duration {
-    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
-    Duration::new(now.tv_sec.unsigned_abs(), now.tv_nsec as u32)
 }

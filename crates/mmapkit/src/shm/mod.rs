@@ -243,6 +243,13 @@ impl Segment {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.shared().as_fd()
     }
+
+    /// Whether /proc says process (or thread) `pid` maps no part of this segment: it exec'd
+    /// another program, or closed the segment. False when it cannot tell (another user's
+    /// process without root, or a file system that shows other device numbers in the maps).
+    pub(crate) fn unmapped_by(&self, pid: u32) -> bool {
+        locks::FileKey::of(self.fd()).is_ok_and(|key| key.mapping_seen(pid) == Some(false))
+    }
 }
 
 impl AsFd for Segment {

@@ -32,7 +32,7 @@ pub use event::{Event, EventMode, PollableEvent};
 pub use mutex::{LockError, Mutex, MutexGuard};
 pub use semaphore::Semaphore;
 pub use wait::POLL_SLICE;
-pub(crate) use wait::{sleep, spin, wake};
+pub(crate) use wait::{coarse_now, sleep, spin, wake};
 
 use std::sync::atomic::AtomicU32;
 

@@ -19,7 +19,12 @@
 //! holder counts as dead only if its thread id no longer exists at all. A waiter checks when the owner has
 //! held the lock through a whole sleep slice (1 ms the first time, then [`POLL_SLICE`]); if the
 //! owner is gone — its process killed, or the thread ended without unlocking — the waiter takes
-//! the lock over, marks it inconsistent, and gets [`LockError::OwnerDied`] with the guard.
+//! the lock over, marks it inconsistent, and gets [`LockError::OwnerDied`] with the guard. An
+//! owner whose process exec'd another program keeps its thread id and start time but no longer
+//! maps the segment: about once a second a waiter also looks at the owner's /proc/PID/maps,
+//! and takes over from an owner that maps no part of the segment (where the maps cannot be
+//! read — another user's process, without root — such an owner holds on until its program
+//! ends).
 //! The guard can inspect the value, repair it and [`mark_consistent`](MutexGuard::mark_consistent);
 //! until someone does, every locker is told the owner died. The kernel's robust futex list is
 //! not used: glibc owns each thread's list, and mixing entries into it is not possible safely.
@@ -48,6 +53,9 @@ const INCONSISTENT: u32 = 1;
 const HEADER: usize = 24;
 /// First sleep slice: short, so that a dead owner is noticed within a millisecond or so.
 const FIRST_SLICE: Duration = Duration::from_millis(1);
+/// The least time between looks at a holder's /proc/PID/maps, which can cost a millisecond
+/// for a large process.
+const MAPS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A robust process-shared mutex protecting a `T`, placed in a segment. See the
 /// [module docs](crate::sync).
@@ -87,6 +95,8 @@ pub struct Mutex<'s, T> {
     owner: &'s AtomicU64,
     /// Payload offset of the value.
     value: usize,
+    /// When this process last looked at a holder's maps (coarse clock, milliseconds).
+    maps_looked: AtomicU64,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -190,6 +200,7 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
             consistency: segment.atomic(offset + 8)?,
             owner: segment.atomic(offset + 16)?,
             value: offset + Self::VALUE,
+            maps_looked: AtomicU64::new(0),
             _value: PhantomData,
         })
     }
@@ -319,7 +330,9 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
         }
     }
 
-    /// When the owner recorded in `held` is gone, takes the lock over from it.
+    /// When the owner recorded in `held` is gone, takes the lock over from it. An owner
+    /// whose process no longer maps the segment is gone too — it exec'd another program,
+    /// which keeps its thread id and start time — looked at about once a second.
     fn take_over_if_dead(&self, held: u32, me: ThreadIdentity) -> Option<LockResult<'_, T>> {
         let tid = held & OWNER;
         if tid == 0 {
@@ -336,7 +349,7 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
             // that id exists, so it may be the holder; wait.
             Some(_) => true,
         };
-        if alive {
+        if alive && !(self.time_to_look_at_maps() && self.segment.unmapped_by(tid)) {
             return None;
         }
         let taken = me.tid | (held & WAITERS);
@@ -349,6 +362,17 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
         }
         self.consistency.store(INCONSISTENT, Ordering::Relaxed);
         Some(self.acquired(me))
+    }
+
+    /// Whether a look at the holder's maps is due (and if so, counts it as made).
+    fn time_to_look_at_maps(&self) -> bool {
+        let now = super::coarse_now().as_millis() as u64;
+        let last = self.maps_looked.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= MAPS_INTERVAL.as_millis() as u64
+            && self
+                .maps_looked
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn acquired(&self, me: ThreadIdentity) -> LockResult<'_, T> {

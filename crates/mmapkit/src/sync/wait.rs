@@ -89,3 +89,11 @@ pub(crate) fn until_taken(
         slept?;
     }
 }
+
+/// The coarse monotonic clock: a read of the vDSO's last tick (a few nanoseconds, resolution
+/// of a scheduler tick), cheap enough for a look on every message and fine enough for checks
+/// made every few milliseconds.
+pub(crate) fn coarse_now() -> Duration {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(now.tv_sec.unsigned_abs(), now.tv_nsec as u32)
+}
