@@ -1,9 +1,9 @@
 //! The C ABI of mmapkit: `libmmapkit.so`, `libmmapkit.a` and `include/mmapkit.h`.
 //!
 //! Every function is a thin shell over the Rust library: it checks its arguments (handles
-//! through the registry in [`handles`], NULL pointers, lengths against the object before
+//! through the registry in `handles`, NULL pointers, lengths against the object before
 //! any slice is made), calls the library, and turns the outcome into a status code (see
-//! [`status`]). Nothing is reimplemented here, so the C caller gets the library's
+//! `status`). Nothing is reimplemented here, so the C caller gets the library's
 //! behaviour: a truncated file is `MMAPKIT_ETRUNCATED`, a dead lock holder is
 //! `MMAPKIT_EOWNERDIED`, a dead peer is `MMAPKIT_EDISCONNECTED`.
 //!

@@ -27,7 +27,7 @@ pub struct MapsArgs {
     /// The whole path of each mapped file, not only its name.
     #[arg(short = 'p', long = "show-path")]
     show_path: bool,
-    /// Only the mappings that meet the addresses LOW[,HIGH] (hexadecimal, `0x` optional; one
+    /// Only the mappings that meet the addresses LOW,HIGH or LOW (hexadecimal, `0x` optional; one
     /// address alone: the mapping that holds it; an empty side is open).
     #[arg(short = 'A', long, value_name = "LOW[,HIGH]", value_parser = parse_range)]
     range: Option<AddressRange>,
