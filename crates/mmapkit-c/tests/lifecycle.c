@@ -191,6 +191,41 @@ static void fork_never_hangs_the_child(void) {
     EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
 }
 
+/* _Fork skips the pthread_atfork handlers: the child is told apart all the same, and its
+ * calls on inherited ends are refused instead of moving the parent's ring. */
+static void a_child_made_by__Fork_is_refused_inherited_ends(void) {
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    mmapkit_receiver_t *receiver;
+    char buf[16];
+    size_t len;
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_sender_send(sender, "one", 3, 0), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_OK);
+    pid_t child = _Fork();
+    if (child == 0) {
+        int sending = mmapkit_sender_send(sender, "child", 5, 0);
+        int receiving = mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0);
+        int closing = mmapkit_sender_close(sender);
+        _exit(sending == MMAPKIT_EINVAL && receiving == MMAPKIT_EINVAL && closing == MMAPKIT_OK
+                  ? 0
+                  : 1);
+    }
+    int code = wait_for(child, 10);
+    CHECK(code == 0, "the _Fork child ended with %d", code);
+    for (int i = 0; i < 3; i++) {
+        EXPECT(mmapkit_sender_send(sender, "two", 3, 0), MMAPKIT_OK);
+        EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_OK);
+        CHECK(len == 3 && memcmp(buf, "two", 3) == 0, "the parent received %zu bytes", len);
+    }
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_EWOULDBLOCK);
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+}
+
 /* Errors name the C function, and offsets are the caller's. */
 static void errors_speak_c(void) {
     mmapkit_segment_t *seg;
@@ -595,6 +630,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && strcmp(argv[1], "fork") == 0) {
         fork_never_hangs_the_child();
         fork_during_a_mapping_copy();
+        a_child_made_by__Fork_is_refused_inherited_ends();
     } else {
         stale_handles_stay_invalid();
         closing_ends_a_blocked_receive();

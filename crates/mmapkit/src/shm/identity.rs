@@ -3,10 +3,17 @@
 //! the identity of their creator, lock owners and channel endpoints; a peer is alive when a
 //! process with that pid exists *and* started at that time.
 //!
+//! This process's own identity is cached, and forgotten in a child: the `pthread_atfork`
+//! child handler says so after `fork`, and a page wiped on fork says so after `_Fork` or a raw
+//! `clone`, which skip the handlers.
+//!
 //! All processes that share a segment must share a pid namespace for this to mean anything.
 
-use std::sync::Once;
+use std::ptr::null_mut;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Once, OnceLock};
+
+use crate::sys;
 
 /// A process, identified so that a reused pid does not pass for the old process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -26,6 +33,38 @@ static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
 extern "C" fn after_fork_in_child() {
     CURRENT_PID.store(0, Ordering::Relaxed);
     FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+    if let Some(Some(marker)) = FORK_MARKER.get() {
+        marker.store(ARMED, Ordering::Release);
+    }
+}
+
+/// A word that reads 0 in a child process however the child was made — `fork`, `_Fork` or a
+/// raw `clone`, which skip the `pthread_atfork` handlers — because its page is wiped on fork
+/// (`MADV_WIPEONFORK`, Linux 4.14). `None` where the kernel cannot; then only the handlers
+/// tell.
+static FORK_MARKER: OnceLock<Option<&'static AtomicU64>> = OnceLock::new();
+const ARMED: u64 = 1;
+
+fn fork_marker() -> Option<&'static AtomicU64> {
+    *FORK_MARKER.get_or_init(|| {
+        let len = sys::page_size();
+        let read_write = sys::ProtFlags::READ | sys::ProtFlags::WRITE;
+        // SAFETY: a new private anonymous mapping; without MAP_FIXED nothing is replaced.
+        let page =
+            unsafe { sys::mmap(null_mut(), len, read_write, sys::MapFlags::PRIVATE, None, 0) }
+                .ok()?;
+        // SAFETY: the page was just mapped and is ours.
+        if unsafe { sys::madvise(page, len, sys::MemoryAdvice::LinuxWipeOnFork) }.is_err() {
+            // SAFETY: ours, and nothing refers to it.
+            let _ = unsafe { sys::munmap(page, len) };
+            return None;
+        }
+        // SAFETY: the page stays mapped for the life of the process (it is never unmapped), is
+        // page-aligned and zero-filled, and only this module reaches it, as an atomic.
+        let marker = unsafe { &*page.cast::<AtomicU64>() };
+        marker.store(ARMED, Ordering::Release);
+        Some(marker)
+    })
 }
 
 fn watch_forks() {
@@ -34,6 +73,11 @@ fn watch_forks() {
         // SAFETY: the handler only stores to atomics, which is safe in a child after fork.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
     });
+    if let Some(marker) = fork_marker()
+        && marker.load(Ordering::Acquire) != ARMED
+    {
+        after_fork_in_child();
+    }
 }
 
 impl ProcessIdentity {
