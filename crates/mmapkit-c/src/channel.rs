@@ -69,8 +69,14 @@ self_cell!(
 struct SenderObject(Closable<SenderCell>, usize);
 struct ReceiverObject(Closable<ReceiverCell>, usize);
 
-kept_type!(SenderObject);
-kept_type!(ReceiverObject);
+kept_type!(SenderObject, |end| end.0.belongs_here());
+kept_type!(ReceiverObject, |end| end.0.belongs_here());
+
+/// Lets go of this thread's kept ends (in a child after fork, where they are the parent's).
+pub(crate) fn release_kept_ends() {
+    kept::release_all::<SenderObject>();
+    kept::release_all::<ReceiverObject>();
+}
 
 fn channel(handle: *const mmapkit_channel_t) -> Result<Arc<ByteChannel>> {
     handles::get::<ByteChannel, _>(handle, CHANNEL)

@@ -60,6 +60,11 @@ impl<T> Closable<T> {
         }
     }
 
+    /// Whether this process made it (a child that inherited the handle did not).
+    pub(crate) fn belongs_here(&self) -> bool {
+        ProcessIdentity::current() == self.owner
+    }
+
     #[inline(always)]
     fn refuse_inherited(&self, operation: &'static str) -> Result<()> {
         let me = ProcessIdentity::current();

@@ -15,7 +15,7 @@
 //! which never wait long, so no child inherits an object lock held by a missing thread.
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{RefCell, UnsafeCell};
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -73,19 +73,24 @@ type HeldAcrossFork = (
     MutexGuard<'static, Option<Registry>>,
 );
 
-thread_local! {
-    static HELD_ACROSS_FORK: RefCell<Option<HeldAcrossFork>> = const { RefCell::new(None) };
-}
+/// Where the forking thread keeps the two locks from prepare to parent/child: a static, not a
+/// thread-local, so that a fork from an `atexit` handler or a thread-local destructor (after
+/// this thread's locals are gone) still holds them.
+struct HeldAcrossForkSlot(UnsafeCell<Option<HeldAcrossFork>>);
 
-// The three handlers use `try_with`: a fork from an `atexit` handler or a thread-local
-// destructor comes after this thread's locals are gone, and then there is nowhere to keep
-// the locks — that fork goes on without them rather than abort the process.
+// SAFETY: only the thread holding the fork gate's write lock touches the slot — `before_fork`
+// fills it once it has the gate, and the parent or child handler (on that same thread, in
+// either process) empties it before letting the gate go — so no two accesses overlap, and
+// the guards are dropped on the thread that took them.
+unsafe impl Sync for HeldAcrossForkSlot {}
+
+static HELD_ACROSS_FORK: HeldAcrossForkSlot = HeldAcrossForkSlot(UnsafeCell::new(None));
+
 extern "C" fn before_fork() {
-    let _ = HELD_ACROSS_FORK.try_with(|held| {
-        let gate = FORK_GATE.write().unwrap_or_else(PoisonError::into_inner);
-        let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-        *held.borrow_mut() = Some((gate, registry));
-    });
+    let gate = FORK_GATE.write().unwrap_or_else(PoisonError::into_inner);
+    let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    // SAFETY: this thread holds the gate's write lock (see `HeldAcrossForkSlot`).
+    unsafe { *HELD_ACROSS_FORK.0.get() = Some((gate, registry)) };
 }
 
 /// Passes the fork gate, for a call that takes an object's own lock: hold the result for as
@@ -95,16 +100,32 @@ pub(crate) fn through_fork_gate() -> RwLockReadGuard<'static, ()> {
 }
 
 extern "C" fn after_fork() {
-    let _ = HELD_ACROSS_FORK.try_with(|held| drop(held.borrow_mut().take()));
+    // SAFETY: the forking thread, which `before_fork` left holding the gate's write lock (see
+    // `HeldAcrossForkSlot`).
+    let held = unsafe { (*HELD_ACROSS_FORK.0.get()).take() };
+    drop(held);
+}
+
+/// In the child, the forking thread's kept channel ends are the parent's: they are let go,
+/// so that closing the inherited handles releases their descriptors and mappings.
+extern "C" fn after_fork_in_child() {
+    after_fork();
+    crate::channel::release_kept_ends();
 }
 
 fn with_registry<R>(use_it: impl FnOnce(&mut Registry) -> R) -> R {
     static AT_FORK: Once = Once::new();
     AT_FORK.call_once(|| {
-        // SAFETY: the handlers are plain functions that only take and drop the registry's
-        // lock on the forking thread; registering cannot fail but for ENOMEM, and then
-        // fork safety is lost, not memory safety.
-        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(after_fork)) };
+        // SAFETY: the handlers are plain functions that take and drop the registry's lock on
+        // the forking thread (and, in the child, drop references it kept); registering cannot
+        // fail but for ENOMEM, and then fork safety is lost, not memory safety.
+        unsafe {
+            libc::pthread_atfork(
+                Some(before_fork),
+                Some(after_fork),
+                Some(after_fork_in_child),
+            )
+        };
     });
     let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     use_it(registry.get_or_insert_with(|| Registry {

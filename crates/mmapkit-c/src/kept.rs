@@ -106,6 +106,8 @@ impl Drop for Busy<'_> {
 
 /// A type whose objects threads keep (declared with [`kept_type!`]).
 pub(crate) trait KeptType: Any + Send + Sync + Sized {
+    /// Whether this object may be kept.
+    fn keepable(&self) -> bool;
     /// This thread's cells for the type.
     fn kept() -> &'static LocalKey<Kept<Self>>;
     /// A thread-local whose destructor releases this thread's cells; `try_with` fails once it
@@ -117,10 +119,17 @@ pub(crate) trait KeptType: Any + Send + Sync + Sized {
     fn destroys() -> &'static AtomicU64;
 }
 
-/// Declares where threads keep objects of a type: its cells, exit guard and count of destroys.
+/// Declares where threads keep objects of a type: its cells, exit guard and count of destroys,
+/// and which objects may be kept (`$belongs_here`: those of this process, not inherited ones,
+/// whose close leaves them whole).
 macro_rules! kept_type {
-    ($type:ty) => {
+    ($type:ty, $belongs_here:expr) => {
         impl $crate::kept::KeptType for $type {
+            fn keepable(&self) -> bool {
+                let belongs_here: fn(&$type) -> bool = $belongs_here;
+                belongs_here(self)
+            }
+
             fn kept() -> &'static std::thread::LocalKey<$crate::kept::Kept<$type>> {
                 thread_local! {
                     static KEPT: $crate::kept::Kept<$type> = const { $crate::kept::Kept::new() };
@@ -131,7 +140,7 @@ macro_rules! kept_type {
             fn guard() -> &'static std::thread::LocalKey<$crate::kept::ExitGuard> {
                 thread_local! {
                     static GUARD: $crate::kept::ExitGuard =
-                        const { $crate::kept::ExitGuard($crate::kept::release_at_exit::<$type>) };
+                        const { $crate::kept::ExitGuard($crate::kept::release_all::<$type>) };
                 }
                 &GUARD
             }
@@ -155,8 +164,8 @@ impl Drop for ExitGuard {
     }
 }
 
-/// For an [`ExitGuard`]: releases this thread's kept objects of type `T`.
-pub(crate) fn release_at_exit<T: KeptType>() {
+/// Releases this thread's kept objects of type `T` (at its exit, or in a child after fork).
+pub(crate) fn release_all<T: KeptType>() {
     T::kept().with(|kept| kept.release(None));
 }
 
@@ -196,7 +205,7 @@ pub(crate) fn with_kept<T: KeptType, H, R>(
 /// Keeps `object` for `number` in this thread's entries, unless a call runs on one or the
 /// thread is exiting (its guard is gone).
 fn keep<T: KeptType>(kept: &Kept<T>, number: usize, destroys: u64, object: &Arc<T>) {
-    if kept.busy.get() != 0 || T::guard().try_with(|_| ()).is_err() {
+    if kept.busy.get() != 0 || !object.keepable() || T::guard().try_with(|_| ()).is_err() {
         return;
     }
     kept.release(Some(destroys));

@@ -191,6 +191,91 @@ static void fork_never_hangs_the_child(void) {
     EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
 }
 
+/* Lines of /proc/self/maps that map a memfd (a channel's segment is one). */
+static int memfd_mappings(void) {
+    FILE *maps = fopen("/proc/self/maps", "r");
+    char line[512];
+    int count = 0;
+    while (maps && fgets(line, sizeof line, maps)) count += strstr(line, "/memfd:") != NULL;
+    if (maps) fclose(maps);
+    return count;
+}
+
+static atomic_int tried_inherited, may_end;
+
+static void *try_inherited_then_wait(void *sender) {
+    atomic_store(&tried_inherited, mmapkit_sender_send(sender, "x", 1, 0));
+    while (!atomic_load(&may_end)) usleep(1000);
+    return NULL;
+}
+
+/* A child that closes the ends and channel it inherited gets rid of their mappings, though
+ * the forking thread had kept them and another of its threads tried one. */
+static void closing_inherited_ends_in_the_child_lets_them_go(void) {
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    mmapkit_receiver_t *receiver;
+    char buf[16];
+    size_t len;
+    int without_the_channel = memfd_mappings();
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_sender_send(sender, "kept", 4, 0), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_OK);
+    CHECK(memfd_mappings() > without_the_channel, "the channel maps no memfd");
+    pid_t child = fork();
+    if (child == 0) {
+        pthread_t trying;
+        pthread_create(&trying, NULL, try_inherited_then_wait, sender);
+        while (atomic_load(&tried_inherited) == 0) usleep(1000);
+        int closed = mmapkit_sender_close(sender) | mmapkit_receiver_close(receiver) |
+                     mmapkit_channel_close(channel);
+        int left = memfd_mappings();
+        atomic_store(&may_end, 1);
+        pthread_join(trying, NULL);
+        if (atomic_load(&tried_inherited) != MMAPKIT_EINVAL || closed != MMAPKIT_OK) _exit(1);
+        _exit(left == without_the_channel ? 0 : 2);
+    }
+    int code = wait_for(child, 10);
+    CHECK(code == 0, "the child ended with %d (2: the channel stayed mapped)", code);
+    EXPECT(mmapkit_sender_send(sender, "mine", 4, 0), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_OK);
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+}
+
+/* Forks from an atexit handler, after this thread's own storage is gone, while two threads
+ * keep taking the registry (a garbage handle is looked up there every time): no child inherits the registry locked (it would hang in
+ * its first call). A hung child makes the process exit with 4. */
+static void *look_up_garbage(void *unused) {
+    (void)unused;
+    size_t len;
+    for (;;) mmapkit_mapping_len((mmapkit_mapping_t *)(uintptr_t)4096, &len);
+    return NULL;
+}
+
+static void fork_at_exit_amid_calls(void) {
+    for (int round = 0; round < 300; round++) {
+        pid_t child = fork();
+        if (child == 0) {
+            mmapkit_mapping_t *map;
+            _exit(mmapkit_map_anonymous(4096, 0, &map) == MMAPKIT_OK ? 0 : 1);
+        }
+        if (wait_for(child, 10) != 0) _exit(4);
+    }
+}
+
+static void forking_at_exit_never_hangs_the_child(void) {
+    for (int i = 0; i < 2; i++) {
+        pthread_t looking;
+        pthread_create(&looking, NULL, look_up_garbage, NULL);
+        pthread_detach(looking);
+    }
+    atexit(fork_at_exit_amid_calls);
+}
+
 /* _Fork skips the pthread_atfork handlers: the child is told apart all the same, and its
  * calls on inherited ends are refused instead of moving the parent's ring. */
 static void a_child_made_by__Fork_is_refused_inherited_ends(void) {
@@ -631,6 +716,8 @@ int main(int argc, char **argv) {
         fork_never_hangs_the_child();
         fork_during_a_mapping_copy();
         a_child_made_by__Fork_is_refused_inherited_ends();
+        closing_inherited_ends_in_the_child_lets_them_go();
+        forking_at_exit_never_hangs_the_child();
     } else {
         stale_handles_stay_invalid();
         closing_ends_a_blocked_receive();
