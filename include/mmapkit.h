@@ -39,10 +39,15 @@
  *   SIGKILL does not ring a pollable channel's doorbell: poll the doorbell with a timeout,
  *   and call mmapkit_receiver_recv with a timeout of 0 when it expires, which reports
  *   MMAPKIT_EDISCONNECTED once the sender is gone.
+ * - Cancellation: calls are not cancellation points, and pthread_cancel never aborts one: a
+ *   thread cancelled inside a call is cancelled at its next cancellation point after the
+ *   call returns. A call waiting without a timeout is therefore not ended by pthread_cancel
+ *   (close the end from another thread, or wait with a timeout). As with most of libc, no
+ *   call may be made with asynchronous cancellation (PTHREAD_CANCEL_ASYNCHRONOUS) enabled.
  * - fork: handles stay valid in the child for mappings and segments (a fork waits for
  *   mapping calls in progress in other threads to end); a sender or receiver
  *   belongs to the process that attached it, and the child's calls on an inherited one are
- *   MMAPKIT_EINVAL (attach the child's own). Handles are numbers that are never reused, so a
+ *   MMAPKIT_EINVAL (attach the child's own), in a child of _Fork too. Handles are numbers that are never reused, so a
  *   handle used after it was destroyed is MMAPKIT_EINVAL even when a new object exists.
  * - Guarded access: mmapkit_mapping_read_at/write_at and segment reads report a truncated
  *   file as MMAPKIT_ETRUNCATED instead of dying of SIGBUS. A thread that blocks SIGBUS, or a
@@ -638,6 +643,8 @@ int mmapkit_segment_unlink(const char *name);
 // # Safety
 // None beyond the C rules.
 int mmapkit_segment_close(struct mmapkit_segment_t *segment);
+
+extern int pthread_setcancelstate(int state, int *old_state);
 
 // Places a new, unlocked mutex at payload `offset` (the creator only, before others open it).
 //

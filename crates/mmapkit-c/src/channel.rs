@@ -18,7 +18,7 @@ use crate::closable::{Attempt, Closable, sliced, unless_waiting};
 use crate::handles::{self, Wait, wait_of};
 use crate::kept::{self, kept_type};
 use crate::segment::lent_stream;
-use crate::status::{MMAPKIT_OK, call, invalid};
+use crate::status::{MMAPKIT_OK, call, call_lean, invalid};
 
 /// A byte channel (named, or a memfd passed to other processes). Safe to use from several
 /// threads at once.
@@ -281,7 +281,7 @@ pub unsafe extern "C" fn mmapkit_sender_send(
     len: usize,
     timeout_ms: i64,
 ) -> c_int {
-    call("mmapkit_sender_send", || {
+    call_lean("mmapkit_sender_send", || {
         kept::with_kept(sender, SENDER, |object: &SenderObject| {
             let max = object.1;
             if len > max {
@@ -372,7 +372,7 @@ pub unsafe extern "C" fn mmapkit_receiver_recv(
     len: *mut usize,
     timeout_ms: i64,
 ) -> c_int {
-    call("mmapkit_receiver_recv", || {
+    call_lean("mmapkit_receiver_recv", || {
         handles::nonnull(len, "len")?;
         kept::with_kept(receiver, RECEIVER, |object: &ReceiverObject| {
             let max = object.1;

@@ -172,7 +172,7 @@ impl<T> Closable<T> {
             if now >= deadline {
                 break Err(busy(operation, self.kind, false));
             }
-            std::thread::sleep(POLL.min(deadline - now));
+            pause(POLL.min(deadline - now));
         };
         self.polling.fetch_sub(1, Ordering::AcqRel);
         taken
@@ -289,10 +289,18 @@ pub(crate) fn sliced<T, R>(
                 ));
             }
             // Let a call polling for the end in before taking it again.
-            Err(_) if end.polling.load(Ordering::Acquire) > 0 => {
-                std::thread::sleep(POLL * 2);
-            }
+            Err(_) if end.polling.load(Ordering::Acquire) > 0 => pause(POLL * 2),
             Err(_) => {}
         }
     }
+}
+
+/// Sleeps by the system call itself: libc's sleeps are thread cancellation points, which a
+/// send or a receive must not reach (see `status::call_lean`).
+fn pause(duration: Duration) {
+    let request = rustix::time::Timespec {
+        tv_sec: duration.as_secs() as i64,
+        tv_nsec: i64::from(duration.subsec_nanos()),
+    };
+    let _ = rustix::thread::nanosleep(&request);
 }

@@ -167,11 +167,25 @@ pub(crate) fn last_errno() -> c_int {
 
 /// Runs the body of the exported function `function`: its error becomes a status and the
 /// thread's last error (named after `function`, the name the C caller knows), a panic
-/// becomes `MMAPKIT_EINTERNAL`, and success clears the last error.
+/// becomes `MMAPKIT_EINTERNAL`, and success clears the last error. Thread cancellation is
+/// held off meanwhile (see [`CancellationHeldOff`]).
+#[inline(always)]
+pub(crate) fn call(function: &'static str, body: impl FnOnce() -> Result<c_int, Error>) -> c_int {
+    let _held_off = CancellationHeldOff::new();
+    call_lean(function, body)
+}
+
+/// As [`call`], without holding off cancellation: for a send and a receive, whose paths reach
+/// no cancellation point at all (the library makes its system calls through rustix, reads
+/// /proc by system calls alone, and these calls sleep by `nanosleep` itself). So the 6 ns stay
+/// off the messaging path; a thread waiting in one of them is not cancelled until it returns.
 // Inlined into every exported function: a closure passed to a call that is not inlined
 // gets its captures through memory, which cost a send or receive about 6 ns.
 #[inline(always)]
-pub(crate) fn call(function: &'static str, body: impl FnOnce() -> Result<c_int, Error>) -> c_int {
+pub(crate) fn call_lean(
+    function: &'static str,
+    body: impl FnOnce() -> Result<c_int, Error>,
+) -> c_int {
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(status)) => {
             if status == MMAPKIT_OK {
@@ -196,6 +210,40 @@ pub(crate) fn call(function: &'static str, body: impl FnOnce() -> Result<c_int, 
             );
             MMAPKIT_EINTERNAL
         }
+    }
+}
+
+/// Holds off thread cancellation (`pthread_cancel`) while it lives. The library reaches libc
+/// functions that are cancellation points (opening files, closing descriptors, sleeping),
+/// and a cancellation acted on there would unwind through Rust frames that cannot let it
+/// pass: the process would abort. Held off, it is acted on at the thread's next cancellation
+/// point after the call. Costs about 6 ns.
+struct CancellationHeldOff(c_int);
+
+// The libc crate leaves thread cancellation out; these are glibc's and musl's.
+const PTHREAD_CANCEL_ENABLE: c_int = 0;
+const PTHREAD_CANCEL_DISABLE: c_int = 1;
+
+unsafe extern "C" {
+    fn pthread_setcancelstate(state: c_int, old_state: *mut c_int) -> c_int;
+}
+
+impl CancellationHeldOff {
+    #[inline(always)]
+    fn new() -> CancellationHeldOff {
+        let mut before = PTHREAD_CANCEL_ENABLE;
+        // SAFETY: only sets this thread's cancellation state, writing the old one to a local.
+        unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut before) };
+        CancellationHeldOff(before)
+    }
+}
+
+impl Drop for CancellationHeldOff {
+    #[inline(always)]
+    fn drop(&mut self) {
+        let mut ignored = 0;
+        // SAFETY: as in `new`, restoring the state found there.
+        unsafe { pthread_setcancelstate(self.0, &mut ignored) };
     }
 }
 

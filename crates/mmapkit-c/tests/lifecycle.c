@@ -640,6 +640,74 @@ static void ends_kept_between_calls(void) {
     }
 }
 
+/* pthread_cancel of threads inside calls: the process never aborts (a cancellation acted on
+ * inside the library would unwind through Rust frames), and the threads are cancelled at
+ * their own next cancellation point. */
+static mmapkit_receiver_t *contended;
+
+static void *hold_the_receiver(void *unused) {
+    (void)unused;
+    char buf[16];
+    size_t len;
+    return (void *)(intptr_t)mmapkit_receiver_recv(contended, buf, sizeof buf, &len,
+                                                   MMAPKIT_FOREVER);
+}
+
+static void *poll_for_the_receiver(void *unused) {
+    (void)unused;
+    char buf[16];
+    size_t len;
+    for (;;) {
+        mmapkit_receiver_recv(contended, buf, sizeof buf, &len, 5);
+        pthread_testcancel();
+    }
+    return NULL;
+}
+
+static void *map_files(void *path) {
+    for (;;) {
+        mmapkit_mapping_t *map;
+        if (mmapkit_map_path(path, 0, 0, 0, &map) == MMAPKIT_OK) mmapkit_mapping_unmap(map);
+        pthread_testcancel();
+    }
+    return NULL;
+}
+
+static void cancelling_threads_in_calls_never_aborts(void) {
+    char path[] = "/tmp/mmapkit-cancel-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0 && ftruncate(fd, 4096) == 0, "creating %s", path);
+    mmapkit_channel_t *channel;
+    mmapkit_sender_t *sender;
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(channel, &contended), MMAPKIT_OK);
+    pthread_t holder, poller, mapper;
+    pthread_create(&holder, NULL, hold_the_receiver, NULL);
+    usleep(20 * 1000);
+    pthread_create(&poller, NULL, poll_for_the_receiver, NULL);
+    pthread_create(&mapper, NULL, map_files, path);
+    for (int round = 0; round < 20; round++) usleep(5 * 1000);
+    pthread_cancel(poller);
+    pthread_cancel(mapper);
+    void *poller_ended, *mapper_ended, *holder_ended;
+    pthread_join(poller, &poller_ended);
+    pthread_join(mapper, &mapper_ended);
+    CHECK(poller_ended == PTHREAD_CANCELED && mapper_ended == PTHREAD_CANCELED,
+          "the threads were not cancelled");
+    /* A receive waiting without a timeout is no cancellation point: closing the end ends it. */
+    pthread_cancel(holder);
+    usleep(50 * 1000);
+    EXPECT(mmapkit_receiver_close(contended), MMAPKIT_OK);
+    pthread_join(holder, &holder_ended);
+    CHECK(holder_ended == PTHREAD_CANCELED || (intptr_t)holder_ended == MMAPKIT_EINVAL,
+          "the holder ended with %p", holder_ended);
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+    close(fd);
+    unlink(path);
+}
+
 /* Handles closed while the thread's own storage is being torn down: from a thread-local
  * destructor, and from an atexit handler that forks too. A status, never an abort. */
 static mmapkit_mapping_t *closed_at_exit;
@@ -728,6 +796,7 @@ int main(int argc, char **argv) {
         timeouts_hold_on_a_shared_end();
         racing_closes_succeed_once();
         ends_kept_between_calls();
+        cancelling_threads_in_calls_never_aborts();
         an_owner_that_died_is_reported_by_the_call();
         closing_while_the_thread_ends();
     }

@@ -56,7 +56,27 @@ impl Pid {
 /// Reads `/proc/PID/<file>`, with errors that say which process and why.
 fn read_proc(pid: Pid, file: &str, operation: &'static str) -> Result<Vec<u8>> {
     let path = pid.dir().join(file);
-    std::fs::read(&path).map_err(|error| proc_error(pid, &path, operation, &error))
+    read_file(&path).map_err(|error| proc_error(pid, &path, operation, &error))
+}
+
+/// Reads a whole file (a /proc file) by system calls alone, none of them a libc thread
+/// cancellation point: channels read a peer's /proc/PID/stat and maps on their hot path,
+/// which the C ABI does not shield from `pthread_cancel` (that costs 6 ns a call), and a
+/// cancellation acted on inside the library aborts the process.
+pub(crate) fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    let fd = crate::sys::open(path, crate::sys::OFlags::RDONLY, 0)?;
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = loop {
+        match crate::sys::read(std::os::fd::AsFd::as_fd(&fd), &mut chunk) {
+            Ok(0) => break Ok(data),
+            Ok(count) => data.extend_from_slice(&chunk[..count]),
+            Err(crate::sys::Errno::INTR) => {}
+            Err(errno) => break Err(errno.into()),
+        }
+    };
+    crate::sys::close(fd);
+    read
 }
 
 /// The error for a /proc file of `pid` that could not be read.

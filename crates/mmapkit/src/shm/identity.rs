@@ -202,7 +202,8 @@ impl ThreadIdentity {
 /// Fields 3 onwards of /proc/PID/stat (state first), split after the command name, which may
 /// itself contain spaces and parentheses.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let stat = crate::inspect::read_file(format!("/proc/{pid}/stat").as_ref()).ok()?;
+    let stat = String::from_utf8(stat).ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
     Some(after_name.split_whitespace().map(str::to_owned).collect())
 }

@@ -217,6 +217,20 @@ pub fn open(path: &std::path::Path, flags: OFlags, mode: u32) -> SysResult<Owned
     )
 }
 
+/// Reads into `buf` (read(2)); the count read, 0 at the end.
+pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> SysResult<usize> {
+    rustix::io::read(fd, buf)
+}
+
+/// Closes a descriptor by the system call itself (close(2)): libc's `close`, which dropping an
+/// `OwnedFd` calls, is a thread cancellation point, and a cancellation acted on inside the
+/// library aborts a C caller's process.
+pub fn close(fd: OwnedFd) {
+    use std::os::fd::IntoRawFd;
+    // SAFETY: the descriptor was owned here and is given up: nothing else closes or uses it.
+    unsafe { rustix::io::close(fd.into_raw_fd()) };
+}
+
 /// Sets the file status flags that can change after open, `O_NONBLOCK` among them (fcntl(2)
 /// `F_SETFL`).
 pub fn fcntl_setfl(fd: BorrowedFd<'_>, flags: OFlags) -> SysResult<()> {
