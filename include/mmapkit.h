@@ -27,7 +27,10 @@
  *   that execs: its lock is taken over (MMAPKIT_EOWNERDIED) about a second later.
  * - Threads: mapping, segment, channel, semaphore and event handles may be used by several
  *   threads at once; a sender or receiver is one party (threads sharing one take turns); a
- *   mutex's lock belongs to the thread that took it.
+ *   mutex's lock belongs to the thread that took it. Each thread keeps a little state (its
+ *   last error, the handles it used last), freed when it exits; a thread whose first call
+ *   is made from a pthread key destructor, after glibc has run the thread's destructors,
+ *   leaves that state behind (about 200 bytes).
  * - Waits: a call that waits on a sender or receiver holds it for 10 ms at a time, so
  *   mmapkit_sender_close / mmapkit_receiver_close from another thread ends the wait within
  *   one slice (the wait returns MMAPKIT_EINVAL, "closed") and detaches the end before it
