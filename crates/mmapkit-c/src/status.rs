@@ -6,7 +6,7 @@
 //! `mmapkit_last_error_message` and `mmapkit_last_error_errno`. No panic crosses the
 //! boundary: [`call`] catches it and answers `MMAPKIT_EINTERNAL`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{CString, c_char, c_int};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -119,13 +119,16 @@ struct LastError {
 }
 
 thread_local! {
-    // Initialised without code: the check every call makes stays a plain load.
     static LAST: RefCell<LastError> = const {
         RefCell::new(LastError {
             message: None,
             errno: 0,
         })
     };
+    /// Whether `LAST` holds an error: a cell without a destructor, so the check every
+    /// successful call makes is a plain load, and a thread that never failed never sets up
+    /// `LAST` (nor its destructor).
+    static ERRED: Cell<bool> = const { Cell::new(false) };
 }
 
 fn remember(message: String, errno: c_int) {
@@ -137,12 +140,17 @@ fn remember(message: String, errno: c_int) {
         *last.borrow_mut() = LastError {
             message: Some(message),
             errno,
-        }
+        };
+        ERRED.set(true);
     });
 }
 
 /// Clears the last error without allocating (the hot path of every successful call).
 fn forget_last_error() {
+    if !ERRED.get() {
+        return;
+    }
+    ERRED.set(false);
     let _ = LAST.try_with(|last| {
         let mut last = last.borrow_mut();
         if last.errno != 0 || last.message.is_some() {
