@@ -6,6 +6,7 @@
  * AddressSanitizer does not lock its allocator across fork, so a child of a process whose
  * other threads allocate can hang inside ASan's malloc, whatever the library does). */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
@@ -354,6 +355,15 @@ static void errors_speak_c(void) {
     CHECK(strncmp(message, "mmapkit_channel_receive_from", 28) == 0, "%s", message);
     close(pair[0]);
     close(pair[1]);
+    /* A call that succeeds clears the last error. */
+    mmapkit_mapping_t *map;
+    EXPECT(mmapkit_map_path("/nonexistent/mmapkit", 0, 0, 0, &map), MMAPKIT_ENOTFOUND);
+    CHECK(mmapkit_last_error_errno() == ENOENT, "errno %d", mmapkit_last_error_errno());
+    EXPECT(mmapkit_map_anonymous(4096, 0, &map), MMAPKIT_OK);
+    CHECK(mmapkit_last_error_message()[0] == '\0' && mmapkit_last_error_errno() == 0,
+          "after a success: \"%s\", errno %d", mmapkit_last_error_message(),
+          mmapkit_last_error_errno());
+    EXPECT(mmapkit_mapping_unmap(map), MMAPKIT_OK);
 }
 
 /* Cuts the file at `path` to `size` bytes, as another process would. */
