@@ -647,8 +647,6 @@ int mmapkit_segment_unlink(const char *name);
 // None beyond the C rules.
 int mmapkit_segment_close(struct mmapkit_segment_t *segment);
 
-extern int pthread_setcancelstate(int state, int *old_state);
-
 // Places a new, unlocked mutex at payload `offset` (the creator only, before others open it).
 //
 // # Safety

@@ -137,13 +137,25 @@ fn a_fork_amid_calls_in_other_threads_never_hangs_the_child() {
 fn the_header_compiles_as_strict_c99() {
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("strict.c");
+    // After the system headers a C program includes too: the header declares nothing of
+    // theirs again (-Wredundant-decls; a redeclaration is reported where it is made).
     std::fs::write(
         &source,
-        "#include \"mmapkit.h\"\nint main(void) { return MMAPKIT_OK; }\n",
+        "#define _GNU_SOURCE\n#include <pthread.h>\n#include <signal.h>\n#include <stdio.h>\n\
+         #include <stdlib.h>\n#include <string.h>\n#include <sys/mman.h>\n#include <unistd.h>\n\
+         #include \"mmapkit.h\"\nint main(void) { return MMAPKIT_OK; }\n",
     )
     .unwrap();
     run(Command::new("cc")
-        .args(["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-I"])
+        .args([
+            "-std=c99",
+            "-pedantic",
+            "-Wall",
+            "-Wextra",
+            "-Wredundant-decls",
+            "-Werror",
+        ])
+        .arg("-I")
         .arg(root().join("include"))
         .arg(&source)
         .arg("-fsyntax-only"));
