@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use mmapkit::{Error, ErrorKind, Result};
 
-use crate::status::invalid;
+use crate::status::{CancellationHeldOff, invalid};
 
 type Object = Arc<dyn Any + Send + Sync>;
 
@@ -127,6 +127,9 @@ fn with_registry<R>(use_it: impl FnOnce(&mut Registry) -> R) -> R {
             )
         };
     });
+    // A send or receive comes here without holding off cancellation (`status::call_lean`),
+    // and making the registry reads random bytes (getrandom, a cancellation point).
+    let _held_off = CancellationHeldOff::new();
     let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     use_it(registry.get_or_insert_with(|| Registry {
         live: HashMap::default(),

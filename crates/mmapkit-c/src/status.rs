@@ -185,7 +185,8 @@ pub(crate) fn call(function: &'static str, body: impl FnOnce() -> Result<c_int, 
 
 /// As [`call`], without holding off cancellation: for a send and a receive, whose paths reach
 /// no cancellation point at all (the library makes its system calls through rustix, reads
-/// /proc by system calls alone, and these calls sleep by `nanosleep` itself). So the 6 ns stay
+/// /proc by system calls alone, and these calls sleep by `nanosleep` itself; a look in the
+/// registry holds cancellation off itself). So the 6 ns stay
 /// off the messaging path; a thread waiting in one of them is not cancelled until it returns.
 // Inlined into every exported function: a closure passed to a call that is not inlined
 // gets its captures through memory, which cost a send or receive about 6 ns.
@@ -226,7 +227,7 @@ pub(crate) fn call_lean(
 /// and a cancellation acted on there would unwind through Rust frames that cannot let it
 /// pass: the process would abort. Held off, it is acted on at the thread's next cancellation
 /// point after the call. Costs about 6 ns.
-struct CancellationHeldOff(c_int);
+pub(crate) struct CancellationHeldOff(c_int);
 
 // The libc crate leaves thread cancellation out; these are glibc's and musl's.
 const PTHREAD_CANCEL_ENABLE: c_int = 0;
@@ -238,7 +239,7 @@ unsafe extern "C" {
 
 impl CancellationHeldOff {
     #[inline(always)]
-    fn new() -> CancellationHeldOff {
+    pub(crate) fn new() -> CancellationHeldOff {
         let mut before = PTHREAD_CANCEL_ENABLE;
         // SAFETY: only sets this thread's cancellation state, writing the old one to a local.
         unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut before) };

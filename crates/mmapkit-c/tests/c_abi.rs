@@ -123,6 +123,16 @@ fn handles_and_threads_under_asan() {
 }
 
 #[test]
+fn a_first_call_with_a_cancellation_pending_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lifecycle.c");
+    let program = compile(&source, dir.path(), &["-g"]);
+    let output = run(Command::new(program).arg("first-call-cancelled"));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.ends_with("0 failures\n"), "{text}");
+}
+
+#[test]
 fn a_fork_amid_calls_in_other_threads_never_hangs_the_child() {
     // Without ASan: its allocator is not fork-safe in GCC 12 (see lifecycle.c).
     let dir = tempfile::tempdir().unwrap();

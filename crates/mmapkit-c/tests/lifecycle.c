@@ -789,8 +789,30 @@ static void closing_while_the_thread_ends(void) {
     atexit(close_at_exit);
 }
 
+/* `lifecycle first-call-cancelled`: the process's very first call, a send on a garbage
+ * handle, made with a cancellation pending (the registry is made then, which reads random
+ * bytes, a cancellation point): the call returns, and the thread is cancelled after it. */
+static void *send_with_a_cancellation_pending(void *unused) {
+    (void)unused;
+    pthread_cancel(pthread_self());
+    int status = mmapkit_sender_send((mmapkit_sender_t *)(uintptr_t)0x12340, "x", 1, 0);
+    CHECK(status == MMAPKIT_EINVAL, "%s", mmapkit_status_name(status));
+    pthread_testcancel();
+    return NULL;
+}
+
+static void the_first_call_with_a_cancellation_pending(void) {
+    pthread_t thread;
+    void *ended;
+    pthread_create(&thread, NULL, send_with_a_cancellation_pending, NULL);
+    pthread_join(thread, &ended);
+    CHECK(ended == PTHREAD_CANCELED, "the thread was not cancelled");
+}
+
 int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "fork") == 0) {
+    if (argc > 1 && strcmp(argv[1], "first-call-cancelled") == 0) {
+        the_first_call_with_a_cancellation_pending();
+    } else if (argc > 1 && strcmp(argv[1], "fork") == 0) {
         fork_never_hangs_the_child();
         fork_during_a_mapping_copy();
         a_child_made_by__Fork_is_refused_inherited_ends();
