@@ -95,8 +95,6 @@ pub struct Mutex<'s, T> {
     owner: &'s AtomicU64,
     /// Payload offset of the value.
     value: usize,
-    /// When this process last looked at a holder's maps (coarse clock, milliseconds).
-    maps_looked: AtomicU64,
     _value: PhantomData<fn() -> T>,
 }
 
@@ -200,7 +198,6 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
             consistency: segment.atomic(offset + 8)?,
             owner: segment.atomic(offset + 16)?,
             value: offset + Self::VALUE,
-            maps_looked: AtomicU64::new(0),
             _value: PhantomData,
         })
     }
@@ -364,13 +361,16 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
         Some(self.acquired(me))
     }
 
-    /// Whether a look at the holder's maps is due (and if so, counts it as made).
+    /// Whether a look at the holder's maps is due (and if so, counts it as made). Kept by
+    /// the lock word's address in a table of the process, not in `self`: a binding may make
+    /// a `Mutex` for every call.
     fn time_to_look_at_maps(&self) -> bool {
+        static MAPS_LOOKED: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
+        let looked = &MAPS_LOOKED[(std::ptr::from_ref(self.word).addr() >> 3) % 64];
         let now = super::coarse_now().as_millis() as u64;
-        let last = self.maps_looked.load(Ordering::Relaxed);
+        let last = looked.load(Ordering::Relaxed);
         now.saturating_sub(last) >= MAPS_INTERVAL.as_millis() as u64
-            && self
-                .maps_looked
+            && looked
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
@@ -486,5 +486,27 @@ impl<T: bytemuck::Pod> fmt::Debug for MutexGuard<'_, T> {
         f.debug_struct("MutexGuard")
             .field("consistent", &self.is_consistent())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::SegmentOptions;
+
+    #[test]
+    fn maps_looks_are_limited_per_lock_word_not_per_mutex_object() {
+        let segment = SegmentOptions::new("test/mutex-maps", 4096)
+            .unwrap()
+            .create_memfd("maps")
+            .unwrap();
+        let first = Mutex::init(&segment, 0, 0u64).unwrap();
+        let again = Mutex::<u64>::open(&segment, 0).unwrap();
+        assert!(first.time_to_look_at_maps(), "the first look is due");
+        assert!(
+            !again.time_to_look_at_maps(),
+            "a second object of the same lock"
+        );
+        assert!(!first.time_to_look_at_maps(), "the same object");
     }
 }
