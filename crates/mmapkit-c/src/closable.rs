@@ -179,18 +179,26 @@ impl<T> Closable<T> {
     }
 
     /// Closes: later steps fail at once, the step in progress ends first, and the value is
-    /// dropped before this returns. In a child that inherited the handle nothing waits: the
-    /// value is the parent's (dropping the handle's last reference frees only memory).
+    /// dropped before this returns. In a child that inherited the handle nothing waits — a
+    /// parent's thread may have held the lock at the fork, and then it stays held — but the
+    /// value (the child's copy of the parent's end, with its channel's descriptor and
+    /// mapping) is dropped when the lock is free: references to the object that the parent's
+    /// other threads kept live on in the child, where nothing will ever let them go.
     pub(crate) fn close(&self) {
         self.closing.store(true, Ordering::Release);
-        if ProcessIdentity::current() == self.owner {
-            let taken = self
+        let taken = match self.belongs_here() {
+            true => self
                 .state
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .take();
-            drop(taken);
-        }
+                .take(),
+            false => match self.state.try_lock() {
+                Ok(mut state) => state.take(),
+                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().take(),
+                Err(TryLockError::WouldBlock) => None,
+            },
+        };
+        drop(taken);
     }
 }
 

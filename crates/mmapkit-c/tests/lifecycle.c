@@ -210,8 +210,27 @@ static void *try_inherited_then_wait(void *sender) {
     return NULL;
 }
 
+struct ends {
+    mmapkit_sender_t *sender;
+    mmapkit_receiver_t *receiver;
+};
+
+static atomic_int used_by_another, parent_may_end;
+
+static void *use_the_ends_and_stay(void *argument) {
+    struct ends *ends = argument;
+    char buf[16];
+    size_t len;
+    int sent = mmapkit_sender_send(ends->sender, "also", 4, 0);
+    int received = mmapkit_receiver_recv(ends->receiver, buf, sizeof buf, &len, 0);
+    atomic_store(&used_by_another, sent == MMAPKIT_OK && received == MMAPKIT_OK ? 1 : -1);
+    while (!atomic_load(&parent_may_end)) usleep(1000);
+    return NULL;
+}
+
 /* A child that closes the ends and channel it inherited gets rid of their mappings, though
- * the forking thread had kept them and another of its threads tried one. */
+ * the forking thread and another thread of the parent had kept them, and another of the
+ * child's threads tried one. */
 static void closing_inherited_ends_in_the_child_lets_them_go(void) {
     mmapkit_channel_t *channel;
     mmapkit_sender_t *sender;
@@ -225,6 +244,11 @@ static void closing_inherited_ends_in_the_child_lets_them_go(void) {
     EXPECT(mmapkit_sender_send(sender, "kept", 4, 0), MMAPKIT_OK);
     EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_OK);
     CHECK(memfd_mappings() > without_the_channel, "the channel maps no memfd");
+    struct ends ends = {sender, receiver};
+    pthread_t user;
+    pthread_create(&user, NULL, use_the_ends_and_stay, &ends);
+    while (atomic_load(&used_by_another) == 0) usleep(1000);
+    CHECK(atomic_load(&used_by_another) == 1, "the other thread's calls failed");
     pid_t child = fork();
     if (child == 0) {
         pthread_t trying;
@@ -240,6 +264,8 @@ static void closing_inherited_ends_in_the_child_lets_them_go(void) {
     }
     int code = wait_for(child, 10);
     CHECK(code == 0, "the child ended with %d (2: the channel stayed mapped)", code);
+    atomic_store(&parent_may_end, 1);
+    pthread_join(user, NULL);
     EXPECT(mmapkit_sender_send(sender, "mine", 4, 0), MMAPKIT_OK);
     EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_OK);
     EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
