@@ -113,7 +113,9 @@ extern "C" fn after_fork_in_child() {
     crate::channel::release_kept_ends();
 }
 
-fn with_registry<R>(use_it: impl FnOnce(&mut Registry) -> R) -> R {
+/// Registers the fork handlers, once. Called when the library is loaded (see
+/// [`REGISTER_AT_LOAD`]) and again, doing nothing, at the registry's every use.
+extern "C" fn register_fork_handlers() {
     static AT_FORK: Once = Once::new();
     AT_FORK.call_once(|| {
         // SAFETY: the handlers are plain functions that take and drop the registry's lock on
@@ -127,6 +129,18 @@ fn with_registry<R>(use_it: impl FnOnce(&mut Registry) -> R) -> R {
             )
         };
     });
+}
+
+/// Runs [`register_fork_handlers`] when the library is loaded, before the code of any library
+/// that links to it: fork runs prepare handlers last-registered first and the others
+/// first-registered first, so such a library's handlers, which may call into this one, then
+/// run outside the span in which these hold the registry.
+#[used]
+#[unsafe(link_section = ".init_array")]
+static REGISTER_AT_LOAD: extern "C" fn() = register_fork_handlers;
+
+fn with_registry<R>(use_it: impl FnOnce(&mut Registry) -> R) -> R {
+    register_fork_handlers();
     // A send or receive comes here without holding off cancellation (`status::call_lean`),
     // and making the registry reads random bytes (getrandom, a cancellation point).
     let _held_off = CancellationHeldOff::new();

@@ -123,6 +123,17 @@ fn handles_and_threads_under_asan() {
 }
 
 #[test]
+fn fork_handlers_of_other_libraries_may_call_in() {
+    // Without ASan (it forks), and hung forks are timed out by the program itself.
+    let dir = tempfile::tempdir().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lifecycle.c");
+    let program = compile(&source, dir.path(), &["-g"]);
+    let output = run(Command::new(program).arg("others-atfork"));
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.ends_with("0 failures\n"), "{text}");
+}
+
+#[test]
 fn a_first_call_with_a_cancellation_pending_returns() {
     let dir = tempfile::tempdir().unwrap();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lifecycle.c");

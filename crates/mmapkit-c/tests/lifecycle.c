@@ -835,8 +835,46 @@ static void the_first_call_with_a_cancellation_pending(void) {
     CHECK(ended == PTHREAD_CANCELED, "the thread was not cancelled");
 }
 
+/* `lifecycle others-atfork`: another library's fork handlers, registered before this
+ * library's first use (as a library's initialisation would), call into it: in the prepare
+ * handler, in the parent's, and in the child's. No fork hangs. */
+static mmapkit_mapping_t *handler_map;
+static mmapkit_sender_t *handler_sender;
+static int prepare_status = 99, parent_status = 99;
+
+static void others_prepare(void) {
+    size_t len;
+    prepare_status = mmapkit_mapping_len(handler_map, &len);
+}
+
+static void others_parent(void) {
+    size_t len;
+    parent_status = mmapkit_mapping_len(handler_map, &len);
+}
+
+static void others_child(void) {
+    if (mmapkit_sender_close(handler_sender) != MMAPKIT_OK) _exit(3);
+}
+
+static void other_libraries_fork_handlers_may_call_in(void) {
+    alarm(20); /* a prepare handler that hangs hangs the parent: end it, failed */
+    pthread_atfork(others_prepare, others_parent, others_child);
+    mmapkit_channel_t *channel;
+    EXPECT(mmapkit_map_anonymous(4096, 0, &handler_map), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(channel, &handler_sender), MMAPKIT_OK);
+    pid_t child = fork();
+    if (child == 0) _exit(0);
+    int code = wait_for(child, 10);
+    CHECK(code == 0, "the child ended with %d (-1: it hung)", code);
+    EXPECT(prepare_status, MMAPKIT_OK);
+    EXPECT(parent_status, MMAPKIT_OK);
+}
+
 int main(int argc, char **argv) {
-    if (argc > 1 && strcmp(argv[1], "first-call-cancelled") == 0) {
+    if (argc > 1 && strcmp(argv[1], "others-atfork") == 0) {
+        other_libraries_fork_handlers_may_call_in();
+    } else if (argc > 1 && strcmp(argv[1], "first-call-cancelled") == 0) {
         the_first_call_with_a_cancellation_pending();
     } else if (argc > 1 && strcmp(argv[1], "fork") == 0) {
         fork_never_hangs_the_child();
