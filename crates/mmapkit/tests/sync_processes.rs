@@ -22,6 +22,10 @@ fn main() {
             "a_lock_holder_that_execs_another_program_is_gone",
             a_lock_holder_that_execs_another_program_is_gone,
         ),
+        (
+            "a_holder_or_waiter_without_proc_takes_no_lock_over",
+            a_holder_or_waiter_without_proc_takes_no_lock_over,
+        ),
         ("semaphore_between_processes", semaphore_between_processes),
         ("idle_waiters_use_no_cpu", idle_waiters_use_no_cpu),
     ];
@@ -119,6 +123,73 @@ fn a_lock_holder_that_execs_another_program_is_gone() {
     // SAFETY: kills our own child.
     assert_eq!(unsafe { libc::kill(child, libc::SIGKILL) }, 0);
     wait_with_cpu(child);
+}
+
+/// Unmounts /proc for this process alone (a mount namespace of its own).
+fn lose_proc() {
+    // SAFETY: plain system calls on this process's own mount namespace; the strings are
+    // NUL-terminated literals.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNS), 0, "unshare");
+        let root = c"/".as_ptr();
+        let flags = libc::MS_REC | libc::MS_PRIVATE;
+        assert_eq!(
+            libc::mount(
+                std::ptr::null(),
+                root,
+                std::ptr::null(),
+                flags,
+                std::ptr::null()
+            ),
+            0
+        );
+        assert_eq!(
+            libc::umount2(c"/proc".as_ptr(), libc::MNT_DETACH),
+            0,
+            "umount /proc"
+        );
+    }
+    assert!(std::fs::metadata("/proc/self/stat").is_err());
+}
+
+/// Where /proc cannot be read (here: not mounted; for another user's process: `hidepid`),
+/// a live holder cannot be verified, and is not taken for dead: by a waiter without /proc,
+/// nor when the holder itself had none to record its start time.
+fn a_holder_or_waiter_without_proc_takes_no_lock_over() {
+    let segment = segment();
+    let mutex = Mutex::init(&segment, 0, 0u64).unwrap();
+    let ready = Semaphore::init(&segment, 64, 0).unwrap();
+    for holder_without_proc in [false, true] {
+        let holder = fork(|| {
+            if holder_without_proc {
+                lose_proc();
+            }
+            let guard = mutex.lock().unwrap();
+            ready.post().unwrap();
+            std::thread::sleep(Duration::from_secs(3));
+            drop(guard);
+            0
+        });
+        ready.wait_timeout(Duration::from_secs(10)).unwrap();
+        let waiter = fork(|| {
+            if !holder_without_proc {
+                lose_proc();
+            }
+            match mutex.lock_timeout(Duration::from_millis(1200)) {
+                Err(error) if error.kind() == ErrorKind::Timeout => 0,
+                Err(LockError::OwnerDied(_)) => 2,
+                _ => 3,
+            }
+        });
+        let (status, _) = wait_with_cpu(waiter);
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "holder without /proc: {holder_without_proc}: 2 means the live holder was taken over"
+        );
+        let (status, _) = wait_with_cpu(holder);
+        assert_eq!(libc::WEXITSTATUS(status), 0);
+    }
 }
 
 fn semaphore_between_processes() {

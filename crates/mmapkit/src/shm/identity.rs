@@ -101,35 +101,27 @@ impl ProcessIdentity {
         identity
     }
 
-    /// The process `pid` as it is now, if it exists.
+    /// The process `pid` as it is now, if it exists; its start time is 0 when /proc cannot
+    /// say (another user's process behind `hidepid`, or no /proc mounted).
     pub fn of(pid: u32) -> Option<ProcessIdentity> {
-        Some(ProcessIdentity {
-            pid,
-            start_time: start_time(pid)?,
-        })
+        let start_time = match start_time(pid) {
+            Some(start_time) => start_time,
+            None if exists(pid) => 0,
+            None => return None,
+        };
+        Some(ProcessIdentity { pid, start_time })
     }
 
-    /// Whether this process still runs (a zombie counts as gone).
+    /// Whether this process still runs (a zombie counts as gone). One that exists but whose
+    /// /proc entry cannot be read (`hidepid`, no /proc) counts as running: nothing says
+    /// otherwise.
     pub fn is_alive(&self) -> bool {
-        let Some(pid) = i32::try_from(self.pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-        else {
-            return false;
-        };
-        match rustix::process::test_kill_process(pid) {
-            Ok(()) | Err(rustix::io::Errno::PERM) => {}
-            Err(_) => return false,
-        }
-        match stat_fields(self.pid) {
-            Some(fields) => {
-                let zombie = fields
-                    .first()
-                    .is_some_and(|state| *state == "Z" || *state == "X");
-                let started = fields.get(19).and_then(|field| field.parse::<u64>().ok());
-                !zombie && (self.start_time == 0 || started == Some(self.start_time))
+        match look_at(self.pid) {
+            Seen::Running { start_time } => {
+                self.start_time == 0 || start_time == 0 || start_time == self.start_time
             }
-            None => false,
+            Seen::Gone => false,
+            Seen::CannotTell => true,
         }
     }
 }
@@ -181,20 +173,18 @@ impl ThreadIdentity {
     }
 
     /// Whether the thread `tid` exists, runs, and (when `start_time` is known) started then.
-    /// Reads /proc/TID/stat, which exists for every thread of the pid namespace.
+    /// Reads /proc/TID/stat, which exists for every thread of the pid namespace; one that
+    /// exists but whose entry cannot be read counts as running.
     pub fn is_alive(&self) -> bool {
         if self.tid == 0 {
             return false;
         }
-        match stat_fields(self.tid) {
-            Some(fields) => {
-                let zombie = fields
-                    .first()
-                    .is_some_and(|state| *state == "Z" || *state == "X");
-                let started = fields.get(19).and_then(|field| field.parse::<u64>().ok());
-                !zombie && (self.start_time == 0 || started == Some(self.start_time))
+        match look_at(self.tid) {
+            Seen::Running { start_time } => {
+                self.start_time == 0 || start_time == 0 || start_time == self.start_time
             }
-            None => false,
+            Seen::Gone => false,
+            Seen::CannotTell => true,
         }
     }
 }
@@ -210,6 +200,55 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 
 fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// What /proc and the kernel say of a process or thread id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// It runs, and started then (0: /proc gave no start time).
+    Running { start_time: u64 },
+    /// No such id, or a zombie.
+    Gone,
+    /// The id is in use, but its /proc entry cannot be read: another user's process behind
+    /// `hidepid`, or no /proc mounted. A process or thread of that id runs; whether it is
+    /// the one recorded cannot be told.
+    CannotTell,
+}
+
+/// Looks at `id` in /proc, and asks the kernel whether the id is in use when /proc cannot
+/// say: a `kill` with signal 0, which any process may make (EPERM still means it exists).
+pub(crate) fn look_at(id: u32) -> Seen {
+    match stat_fields(id) {
+        Some(fields)
+            if fields
+                .first()
+                .is_some_and(|state| *state == "Z" || *state == "X") =>
+        {
+            Seen::Gone
+        }
+        Some(fields) => Seen::Running {
+            start_time: fields
+                .get(19)
+                .and_then(|field| field.parse().ok())
+                .unwrap_or(0),
+        },
+        None if exists(id) => Seen::CannotTell,
+        None => Seen::Gone,
+    }
+}
+
+/// Whether the process or thread id `id` is in use (kill(2) with signal 0).
+fn exists(id: u32) -> bool {
+    let Some(pid) = i32::try_from(id)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return false;
+    };
+    matches!(
+        rustix::process::test_kill_process(pid),
+        Ok(()) | Err(rustix::io::Errno::PERM)
+    )
 }
 
 #[cfg(test)]

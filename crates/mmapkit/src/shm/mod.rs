@@ -56,7 +56,7 @@
 //! the permission rule anyway.
 
 pub mod header;
-mod identity;
+pub(crate) mod identity;
 pub(crate) mod locks;
 mod options;
 mod passing;

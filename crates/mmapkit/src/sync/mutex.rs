@@ -24,7 +24,9 @@
 //! maps the segment: about once a second a waiter also looks at the owner's /proc/PID/maps,
 //! and takes over from an owner that maps no part of the segment (where the maps cannot be
 //! read — another user's process, without root — such an owner holds on until its program
-//! ends).
+//! ends). Where /proc cannot say anything of the owner (another user's process behind
+//! `hidepid`, or no /proc mounted), it counts as alive for as long as its thread id is in use:
+//! unreadable is "cannot tell", never "dead".
 //! The guard can inspect the value, repair it and [`mark_consistent`](MutexGuard::mark_consistent);
 //! until someone does, every locker is told the owner died. The kernel's robust futex list is
 //! not used: glibc owns each thread's list, and mixing entries into it is not possible safely.
@@ -43,6 +45,7 @@ use std::time::Duration;
 
 use super::{check_placement, find, place, wait};
 use crate::error::{Error, ErrorKind, Result};
+use crate::shm::identity::Seen;
 use crate::shm::{Segment, ThreadIdentity};
 
 const MAGIC: u32 = u32::from_le_bytes(*b"MTX1");
@@ -336,15 +339,22 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
             return None;
         }
         let record = self.owner.load(Ordering::Acquire);
-        let alive = match ThreadIdentity::of(tid) {
-            None => false,
-            // The record describes this holder: compare start times.
-            Some(thread) if (record >> 32) as u32 == tid => {
-                thread.start_time & 0xffff_ffff == record & 0xffff_ffff
+        let recorded_start = record & 0xffff_ffff;
+        let alive = match crate::shm::identity::look_at(tid) {
+            Seen::Gone => false,
+            // A thread of that id runs, but /proc cannot say which (another user's behind
+            // `hidepid`, or no /proc): it may be the holder; wait.
+            Seen::CannotTell => true,
+            // The record describes this holder, with a start time (0: the holder could not
+            // read its own): compare start times.
+            Seen::Running { start_time }
+                if (record >> 32) as u32 == tid && recorded_start != 0 && start_time != 0 =>
+            {
+                start_time & 0xffff_ffff == recorded_start
             }
             // The holder has not written its record yet (or a peer scribbled): a thread with
             // that id exists, so it may be the holder; wait.
-            Some(_) => true,
+            Seen::Running { .. } => true,
         };
         if alive && !(self.time_to_look_at_maps() && self.segment.unmapped_by(tid)) {
             return None;
