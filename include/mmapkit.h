@@ -50,7 +50,9 @@
  * - fork: handles stay valid in the child for mappings and segments (a fork waits for
  *   mapping calls in progress in other threads to end); a sender or receiver
  *   belongs to the process that attached it, and the child's calls on an inherited one are
- *   MMAPKIT_EINVAL (attach the child's own), in a child of _Fork too. Handles are numbers that are never reused, so a
+ *   MMAPKIT_EINVAL (attach the child's own), in a child of _Fork too (which, in a
+ *   multi-threaded program, may make no call at all: POSIX allows it only
+ *   async-signal-safe functions, and another thread may have held a lock of the library). Handles are numbers that are never reused, so a
  *   handle used after it was destroyed is MMAPKIT_EINVAL even when a new object exists.
  * - Guarded access: mmapkit_mapping_read_at/write_at and segment reads report a truncated
  *   file as MMAPKIT_ETRUNCATED instead of dying of SIGBUS. A thread that blocks SIGBUS, or a
@@ -549,7 +551,7 @@ int mmapkit_residency_path(const char *path, struct mmapkit_file_residency_t *ou
 
 // Creates the named segment `name` (in /dev/shm) with `size` bytes of payload, tagged with
 // `type_tag` (what it holds, checked by every opener). `MMAPKIT_EEXIST` if the name is taken.
-// `mode` is the permission bits (0: 0600).
+// `mode` is the permission bits (0: 0600), less the process umask as for any new file.
 //
 // # Safety
 // `name` and `type_tag` are NULL or NUL-terminated strings; `out` is NULL or writable.
@@ -670,7 +672,8 @@ int mmapkit_mutex_open(const struct mmapkit_segment_t *segment,
 // thread already holds is `MMAPKIT_EINVAL` (it would wait for itself). A holder that
 // `exec`s another program is gone about a second later (`MMAPKIT_EOWNERDIED`) when
 // /proc/PID/maps can be read (the same user, or root); otherwise it keeps the lock until that
-// program ends.
+// program ends. A holder that execs a program which maps the same segment again is not told
+// apart from itself: the lock stays its, and that program's lock is `MMAPKIT_EINVAL`.
 //
 // # Safety
 // None beyond the C rules.
@@ -690,7 +693,10 @@ int mmapkit_mutex_unlock(const struct mmapkit_mutex_t *mutex);
 int mmapkit_mutex_mark_consistent(const struct mmapkit_mutex_t *mutex);
 
 // Closes the handle. A lock this thread holds stays held (unlock it through another handle
-// of the same mutex). NULL does nothing.
+// of the same mutex) — but while no handle of its segment is open in this process, the
+// segment is not mapped here, and other processes' waiters take the lock over as from a
+// holder that exec'd (`MMAPKIT_EOWNERDIED`): keep a segment handle open until you unlock.
+// NULL does nothing.
 //
 // # Safety
 // None beyond the C rules.

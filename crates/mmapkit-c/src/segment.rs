@@ -63,7 +63,7 @@ unsafe fn options(type_tag: *const c_char, size: usize, mode: u32) -> Result<Seg
 
 /// Creates the named segment `name` (in /dev/shm) with `size` bytes of payload, tagged with
 /// `type_tag` (what it holds, checked by every opener). `MMAPKIT_EEXIST` if the name is taken.
-/// `mode` is the permission bits (0: 0600).
+/// `mode` is the permission bits (0: 0600), less the process umask as for any new file.
 ///
 /// # Safety
 /// `name` and `type_tag` are NULL or NUL-terminated strings; `out` is NULL or writable.

@@ -116,7 +116,8 @@ pub unsafe extern "C" fn mmapkit_mutex_open(
 /// thread already holds is `MMAPKIT_EINVAL` (it would wait for itself). A holder that
 /// `exec`s another program is gone about a second later (`MMAPKIT_EOWNERDIED`) when
 /// /proc/PID/maps can be read (the same user, or root); otherwise it keeps the lock until that
-/// program ends.
+/// program ends. A holder that execs a program which maps the same segment again is not told
+/// apart from itself: the lock stays its, and that program's lock is `MMAPKIT_EINVAL`.
 ///
 /// # Safety
 /// None beyond the C rules.
@@ -195,7 +196,10 @@ pub unsafe extern "C" fn mmapkit_mutex_mark_consistent(mutex: *const mmapkit_mut
 }
 
 /// Closes the handle. A lock this thread holds stays held (unlock it through another handle
-/// of the same mutex). NULL does nothing.
+/// of the same mutex) — but while no handle of its segment is open in this process, the
+/// segment is not mapped here, and other processes' waiters take the lock over as from a
+/// holder that exec'd (`MMAPKIT_EOWNERDIED`): keep a segment handle open until you unlock.
+/// NULL does nothing.
 ///
 /// # Safety
 /// None beyond the C rules.
