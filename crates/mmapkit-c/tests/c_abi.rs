@@ -2,11 +2,13 @@
 //! a garbage-argument program under AddressSanitizer, the exported symbols, and Python's
 //! ctypes as a consumer that is not C.
 //!
-//! The libraries come from `cargo build -p mmapkit-c` (scripts/test runs it first): cargo
-//! builds a cdylib or staticlib for `cargo build`, not for the tests of its own crate.
+//! The libraries come from `cargo build -p mmapkit-c`, which the tests run first: cargo
+//! builds a cdylib or staticlib for `cargo build`, not for the tests of its own crate, and a
+//! library left from an earlier build would be tested instead of the code at hand.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Once;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -15,13 +17,22 @@ fn root() -> PathBuf {
 /// target/debug (or CARGO_TARGET_DIR's), where `cargo build -p mmapkit-c` leaves the
 /// libraries.
 fn library(name: &str) -> PathBuf {
+    static BUILT: Once = Once::new();
+    BUILT.call_once(|| {
+        let built = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "mmapkit-c"])
+            .current_dir(root())
+            .status()
+            .expect("cargo starts");
+        assert!(built.success(), "cargo build -p mmapkit-c failed");
+    });
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("target"));
     let path = target.join("debug").join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `cargo build -p mmapkit-c` first (scripts/test does)",
+        "{} is missing after `cargo build -p mmapkit-c`",
         path.display()
     );
     path
