@@ -193,9 +193,10 @@ impl ThreadIdentity {
 /// itself contain spaces and parentheses.
 fn stat_fields(pid: u32) -> Option<Vec<String>> {
     let stat = crate::inspect::read_file(format!("/proc/{pid}/stat").as_ref()).ok()?;
-    let stat = String::from_utf8(stat).ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    Some(after_name.split_whitespace().map(str::to_owned).collect())
+    // The name, in parentheses, is any bytes (not only UTF-8); the fields after it are ASCII.
+    let after_name = &stat[stat.iter().rposition(|&byte| byte == b')')? + 1..];
+    let fields = std::str::from_utf8(after_name).ok()?;
+    Some(fields.split_whitespace().map(str::to_owned).collect())
 }
 
 fn start_time(pid: u32) -> Option<u64> {

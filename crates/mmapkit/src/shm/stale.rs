@@ -11,8 +11,9 @@
 //!
 //! Processes of other users whose /proc entries cannot be read are not seen as users: run as
 //! the segments' owner (or root) for an exact answer. Nor are processes in another PID
-//! namespace (a container sharing /dev/shm) or hidden by `hidepid`: their creator looks dead
-//! and their mappings unused, so run [`cleanup`] where every user of /dev/shm is visible.
+//! namespace (a container sharing /dev/shm): their creator looks dead and their mappings
+//! unused, so run [`cleanup`] where every user of /dev/shm is visible. (A creator hidden by
+//! `hidepid` whose pid is in use counts as alive: nothing says it is not.)
 //! The check and the unlink are not atomic: a process that opens a stale segment between the
 //! two keeps its mapping, but the name is gone, as with any unlink.
 

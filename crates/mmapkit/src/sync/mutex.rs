@@ -40,7 +40,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::{check_placement, find, place, wait};
@@ -372,15 +372,33 @@ impl<'s, T: bytemuck::Pod> Mutex<'s, T> {
     }
 
     /// Whether a look at the holder's maps is due (and if so, counts it as made). Kept by
-    /// the lock word's address in a table of the process, not in `self`: a binding may make
-    /// a `Mutex` for every call.
+    /// the lock word's address in a table of the process, not in `self`, since a binding may
+    /// make a `Mutex` for every call: each slot names the word it times, and a word that
+    /// finds its slot taken by another takes it over and looks, so locks whose addresses
+    /// meet in a slot never use up each other's looks (they only look more often).
     fn time_to_look_at_maps(&self) -> bool {
-        static MAPS_LOOKED: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
-        let looked = &MAPS_LOOKED[(std::ptr::from_ref(self.word).addr() >> 3) % 64];
+        struct Slot {
+            word: AtomicUsize,
+            looked: AtomicU64,
+        }
+        static SLOTS: [Slot; 256] = [const {
+            Slot {
+                word: AtomicUsize::new(0),
+                looked: AtomicU64::new(0),
+            }
+        }; 256];
+        let word = std::ptr::from_ref(self.word).addr();
+        let hash = (word as u64 >> 2).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56;
+        let slot = &SLOTS[hash as usize];
         let now = super::coarse_now().as_millis() as u64;
-        let last = looked.load(Ordering::Relaxed);
+        if slot.word.swap(word, Ordering::Relaxed) != word {
+            slot.looked.store(now, Ordering::Relaxed);
+            return true;
+        }
+        let last = slot.looked.load(Ordering::Relaxed);
         now.saturating_sub(last) >= MAPS_INTERVAL.as_millis() as u64
-            && looked
+            && slot
+                .looked
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
     }
@@ -518,5 +536,14 @@ mod tests {
             "a second object of the same lock"
         );
         assert!(!first.time_to_look_at_maps(), "the same object");
+        let other = Mutex::init(&segment, 64, 0u64).unwrap();
+        assert!(
+            other.time_to_look_at_maps(),
+            "another lock is not held back"
+        );
+        assert!(
+            !again.time_to_look_at_maps(),
+            "the first lock's look was made"
+        );
     }
 }
