@@ -10,12 +10,13 @@
 //!
 //! The registry's lock is held across `fork` (taken in a `pthread_atfork` prepare handler
 //! and let go in both processes), so a child never inherits it locked by a thread it does
-//! not have. Objects with a lock of their own (a mapping's) are reached through the fork
+//! not have. Calls the forking thread makes meanwhile, from other libraries' fork handlers,
+//! use the locks it holds. Objects with a lock of their own (a mapping's) are reached through the fork
 //! gate ([`through_fork_gate`]), which fork closes first: it waits for the calls inside,
 //! which never wait long, so no child inherits an object lock held by a missing thread.
 
 use std::any::Any;
-use std::cell::{RefCell, UnsafeCell};
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::ffi::{CStr, c_char, c_int, c_void};
@@ -86,20 +87,34 @@ unsafe impl Sync for HeldAcrossForkSlot {}
 
 static HELD_ACROSS_FORK: HeldAcrossForkSlot = HeldAcrossForkSlot(UnsafeCell::new(None));
 
+thread_local! {
+    /// Whether this thread holds the gate and the registry across a fork it makes, from its
+    /// prepare handler to its parent or child handler. Calls it makes meanwhile — from the
+    /// fork handlers of other libraries, which fork runs in between — use what it holds
+    /// instead of waiting for itself. Without a destructor, so it works during thread exit.
+    static FORKING: Cell<bool> = const { Cell::new(false) };
+}
+
 extern "C" fn before_fork() {
     let gate = FORK_GATE.write().unwrap_or_else(PoisonError::into_inner);
     let registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
     // SAFETY: this thread holds the gate's write lock (see `HeldAcrossForkSlot`).
     unsafe { *HELD_ACROSS_FORK.0.get() = Some((gate, registry)) };
+    FORKING.set(true);
 }
 
 /// Passes the fork gate, for a call that takes an object's own lock: hold the result for as
-/// long as that lock.
-pub(crate) fn through_fork_gate() -> RwLockReadGuard<'static, ()> {
-    FORK_GATE.read().unwrap_or_else(PoisonError::into_inner)
+/// long as that lock. Nothing to pass on the forking thread (see [`FORKING`]), which holds
+/// the gate: no other call is inside.
+pub(crate) fn through_fork_gate() -> Option<RwLockReadGuard<'static, ()>> {
+    match FORKING.get() {
+        true => None,
+        false => Some(FORK_GATE.read().unwrap_or_else(PoisonError::into_inner)),
+    }
 }
 
 extern "C" fn after_fork() {
+    FORKING.set(false);
     // SAFETY: the forking thread, which `before_fork` left holding the gate's write lock (see
     // `HeldAcrossForkSlot`).
     let held = unsafe { (*HELD_ACROSS_FORK.0.get()).take() };
@@ -144,12 +159,21 @@ fn with_registry<R>(use_it: impl FnOnce(&mut Registry) -> R) -> R {
     // A send or receive comes here without holding off cancellation (`status::call_lean`),
     // and making the registry reads random bytes (getrandom, a cancellation point).
     let _held_off = CancellationHeldOff::new();
-    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
-    use_it(registry.get_or_insert_with(|| Registry {
+    let new = || Registry {
         live: HashMap::default(),
         // A random start, so that small integers and stray pointers name no handle.
         next: (RandomState::new().hash_one(std::process::id()) as usize | 1 << 12) & !0xF,
-    }))
+    };
+    if FORKING.get() {
+        // SAFETY: this thread holds the registry across its fork (see `HeldAcrossForkSlot`),
+        // and nothing else reaches the slot until it lets go.
+        let held = unsafe { &mut *HELD_ACROSS_FORK.0.get() };
+        if let Some((_, registry)) = held {
+            return use_it(registry.get_or_insert_with(new));
+        }
+    }
+    let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
+    use_it(registry.get_or_insert_with(new))
 }
 
 /// Registers `object` and returns its handle.

@@ -83,7 +83,7 @@ fn mapping(handle: *const mmapkit_mapping_t) -> Result<std::sync::Arc<MappingObj
 /// A mapping in use by one call, shared with other calls or alone, through the fork gate.
 struct InUse<Guard> {
     mapping: Guard,
-    _gate: RwLockReadGuard<'static, ()>,
+    _gate: Option<RwLockReadGuard<'static, ()>>,
 }
 
 impl<Guard: std::ops::Deref<Target = Mapping>> std::ops::Deref for InUse<Guard> {

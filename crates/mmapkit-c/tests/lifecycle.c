@@ -835,9 +835,10 @@ static void the_first_call_with_a_cancellation_pending(void) {
     CHECK(ended == PTHREAD_CANCELED, "the thread was not cancelled");
 }
 
-/* `lifecycle others-atfork`: another library's fork handlers, registered before this
- * library's first use (as a library's initialisation would), call into it: in the prepare
- * handler, in the parent's, and in the child's. No fork hangs. */
+/* `lifecycle others-atfork`: fork handlers of the program, registered by a constructor that
+ * runs before libmmapkit.a's own (linked after it), call into the library: in the prepare
+ * handler (which fork runs after the library's), in the parent's and in the child's (which it
+ * runs before the library's). No fork hangs. */
 static mmapkit_mapping_t *handler_map;
 static mmapkit_sender_t *handler_sender;
 static int prepare_status = 99, parent_status = 99;
@@ -856,9 +857,13 @@ static void others_child(void) {
     if (mmapkit_sender_close(handler_sender) != MMAPKIT_OK) _exit(3);
 }
 
+__attribute__((constructor)) static void register_others_atfork(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "others-atfork") == 0)
+        pthread_atfork(others_prepare, others_parent, others_child);
+}
+
 static void other_libraries_fork_handlers_may_call_in(void) {
     alarm(20); /* a prepare handler that hangs hangs the parent: end it, failed */
-    pthread_atfork(others_prepare, others_parent, others_child);
     mmapkit_channel_t *channel;
     EXPECT(mmapkit_map_anonymous(4096, 0, &handler_map), MMAPKIT_OK);
     EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
