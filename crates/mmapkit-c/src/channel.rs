@@ -69,8 +69,8 @@ self_cell!(
 struct SenderObject(Closable<SenderCell>, usize);
 struct ReceiverObject(Closable<ReceiverCell>, usize);
 
-kept_type!(SenderObject, |end| end.0.belongs_here());
-kept_type!(ReceiverObject, |end| end.0.belongs_here());
+kept_type!(SenderObject);
+kept_type!(ReceiverObject);
 
 /// Lets go of this thread's kept ends (in a child after fork, where they are the parent's).
 pub(crate) fn release_kept_ends() {
@@ -526,6 +526,15 @@ mod tests {
         Arc::strong_count(&handles::get::<SenderObject, _>(sender, SENDER).expect("live")) - 1
     }
 
+    /// Sends on `sender` from this thread, which then keeps it: one reference more.
+    fn send_and_keep(sender: *const mmapkit_sender_t, only_the_registry: usize) {
+        // SAFETY: a live handle and 4 bytes of data.
+        let sent = unsafe { mmapkit_sender_send(sender, b"kept".as_ptr().cast(), 4, 0) };
+        assert_eq!(sent, MMAPKIT_OK);
+        let kept = references(sender);
+        assert_eq!(kept, only_the_registry + 1, "kept by this thread");
+    }
+
     #[test]
     fn ends_are_kept_by_the_threads_that_use_them_until_they_exit_or_close() {
         let (mut channel, mut sender) = (null_mut(), null_mut());
@@ -541,14 +550,7 @@ mod tests {
         let address = sender.addr();
         std::thread::spawn(move || {
             let sender = std::ptr::without_provenance::<mmapkit_sender_t>(address);
-            // SAFETY: a live handle and 4 bytes of data.
-            let sent = unsafe { mmapkit_sender_send(sender, b"kept".as_ptr().cast(), 4, 0) };
-            assert_eq!(sent, MMAPKIT_OK);
-            assert_eq!(
-                references(sender),
-                only_the_registry + 1,
-                "kept by this thread"
-            );
+            send_and_keep(sender, only_the_registry);
         })
         .join()
         .expect("the thread ran");
@@ -558,14 +560,7 @@ mod tests {
             "released at the thread's exit"
         );
 
-        // SAFETY: as above.
-        let sent = unsafe { mmapkit_sender_send(sender, b"kept".as_ptr().cast(), 4, 0) };
-        assert_eq!(sent, MMAPKIT_OK);
-        assert_eq!(
-            references(sender),
-            only_the_registry + 1,
-            "kept by this thread"
-        );
+        send_and_keep(sender, only_the_registry);
         let object = handles::get::<SenderObject, _>(sender, SENDER).expect("live");
         // SAFETY: live handles.
         unsafe {

@@ -111,12 +111,20 @@ impl<T> Closable<T> {
             LockWait::AsLongAsItTakes => {
                 Ok(self.state.lock().unwrap_or_else(PoisonError::into_inner))
             }
-            LockWait::Never => match self.state.try_lock() {
-                Ok(guard) => Ok(guard),
-                Err(TryLockError::Poisoned(poisoned)) => Ok(poisoned.into_inner()),
-                Err(TryLockError::WouldBlock) => Err(busy(operation, self.kind, true)),
-            },
+            LockWait::Never => self
+                .try_lock()
+                .ok_or_else(|| busy(operation, self.kind, true)),
             LockWait::Until(deadline) => self.poll_for_lock(operation, deadline),
+        }
+    }
+
+    /// The lock, if no other thread holds it (a poisoned one too: a panic in a step leaves
+    /// the end as the library left it).
+    fn try_lock(&self) -> Option<MutexGuard<'_, Option<T>>> {
+        match self.state.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
         }
     }
 
@@ -155,17 +163,12 @@ impl<T> Closable<T> {
         operation: &'static str,
         deadline: Instant,
     ) -> Result<MutexGuard<'_, Option<T>>> {
-        let try_lock = || match self.state.try_lock() {
-            Ok(guard) => Some(guard),
-            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => None,
-        };
-        if let Some(guard) = try_lock() {
+        if let Some(guard) = self.try_lock() {
             return Ok(guard);
         }
         self.polling.fetch_add(1, Ordering::AcqRel);
         let taken = loop {
-            if let Some(guard) = try_lock() {
+            if let Some(guard) = self.try_lock() {
                 break Ok(guard);
             }
             let now = Instant::now();
@@ -192,11 +195,7 @@ impl<T> Closable<T> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .take(),
-            false => match self.state.try_lock() {
-                Ok(mut state) => state.take(),
-                Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner().take(),
-                Err(TryLockError::WouldBlock) => None,
-            },
+            false => self.try_lock().and_then(|mut state| state.take()),
         };
         drop(taken);
     }

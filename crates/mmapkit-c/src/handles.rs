@@ -150,6 +150,8 @@ extern "C" fn register_fork_handlers() {
 /// that links to it: fork runs prepare handlers last-registered first and the others
 /// first-registered first, so such a library's handlers, which may call into this one, then
 /// run outside the span in which these hold the registry.
+// SAFETY: an `.init_array` entry is a function pointer the loader calls once, before main or
+// when the library is loaded; this one takes no arguments and only registers handlers.
 #[used]
 #[unsafe(link_section = ".init_array")]
 static REGISTER_AT_LOAD: extern "C" fn() = register_fork_handlers;

@@ -119,15 +119,14 @@ pub(crate) trait KeptType: Any + Send + Sync + Sized {
     fn destroys() -> &'static AtomicU64;
 }
 
-/// Declares where threads keep objects of a type: its cells, exit guard and count of destroys,
-/// and which objects may be kept (`$belongs_here`: those of this process, not inherited ones,
-/// whose close leaves them whole).
+/// Declares where threads keep objects of a type whose first field is its `Closable` end: its
+/// cells, exit guard and count of destroys. Only ends of this process are kept, not inherited
+/// ones, whose close leaves them whole.
 macro_rules! kept_type {
-    ($type:ty, $belongs_here:expr) => {
+    ($type:ty) => {
         impl $crate::kept::KeptType for $type {
             fn keepable(&self) -> bool {
-                let belongs_here: fn(&$type) -> bool = $belongs_here;
-                belongs_here(self)
+                self.0.belongs_here()
             }
 
             fn kept() -> &'static std::thread::LocalKey<$crate::kept::Kept<$type>> {

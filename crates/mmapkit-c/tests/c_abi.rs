@@ -113,56 +113,57 @@ fn a_killed_sender_is_disconnected_for_the_receiver() {
     assert!(!Path::new("/dev/shm").join(&name).exists());
 }
 
-#[test]
-fn garbage_handles_and_absurd_lengths_are_errors_under_asan() {
+/// How a C test program runs: under AddressSanitizer, or plain for what forks (GCC 12's ASan
+/// allocator is not fork-safe; see lifecycle.c).
+enum Build {
+    Asan,
+    Plain,
+}
+
+/// Compiles tests/`file` as `build` says, runs it with `args`, and checks it counted no
+/// failure.
+fn run_c_test(file: &str, build: Build, args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/garbage.c");
-    let program = compile(&source, dir.path(), &["-fsanitize=address", "-g"]);
-    let output = run(Command::new(program).env("ASAN_OPTIONS", "detect_leaks=0"));
+    let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(file);
+    let output = match build {
+        Build::Asan => {
+            let program = compile(&source, dir.path(), &["-fsanitize=address", "-g"]);
+            run(Command::new(program)
+                .args(args)
+                .env("ASAN_OPTIONS", "detect_leaks=0"))
+        }
+        Build::Plain => run(Command::new(compile(&source, dir.path(), &["-g"])).args(args)),
+    };
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.ends_with("0 failures\n"), "{text}");
+}
+
+#[test]
+fn garbage_handles_and_absurd_lengths_are_errors_under_asan() {
+    run_c_test("garbage.c", Build::Asan, &[]);
 }
 
 #[test]
 fn handles_and_threads_under_asan() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lifecycle.c");
-    let program = compile(&source, dir.path(), &["-fsanitize=address", "-g"]);
-    let output = run(Command::new(program).env("ASAN_OPTIONS", "detect_leaks=0"));
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.ends_with("0 failures\n"), "{text}");
+    run_c_test("lifecycle.c", Build::Asan, &[]);
 }
 
 #[test]
 fn fork_handlers_of_other_libraries_may_call_in() {
-    // Without ASan (it forks), and hung forks are timed out by the program itself.
-    let dir = tempfile::tempdir().unwrap();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lifecycle.c");
-    let program = compile(&source, dir.path(), &["-g"]);
-    let output = run(Command::new(program).arg("others-atfork"));
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.ends_with("0 failures\n"), "{text}");
+    // Hung forks are timed out by the program itself.
+    run_c_test("lifecycle.c", Build::Plain, &["others-atfork"]);
 }
 
 #[test]
 fn a_first_call_with_a_cancellation_pending_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lifecycle.c");
-    let program = compile(&source, dir.path(), &["-g"]);
-    let output = run(Command::new(program).arg("first-call-cancelled"));
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.ends_with("0 failures\n"), "{text}");
+    run_c_test("lifecycle.c", Build::Plain, &["first-call-cancelled"]);
 }
 
 #[test]
 fn a_fork_amid_calls_in_other_threads_never_hangs_the_child() {
-    // Without ASan: its allocator is not fork-safe in GCC 12 (see lifecycle.c).
-    let dir = tempfile::tempdir().unwrap();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/lifecycle.c");
-    let program = compile(&source, dir.path(), &["-g"]);
-    let output = run(Command::new(program).arg("fork"));
-    let text = String::from_utf8(output.stdout).unwrap();
-    assert!(text.ends_with("0 failures\n"), "{text}");
+    run_c_test("lifecycle.c", Build::Plain, &["fork"]);
 }
 
 #[test]

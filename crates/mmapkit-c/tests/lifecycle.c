@@ -42,6 +42,21 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec / 1e9;
 }
 
+/* A memfd channel of 4096 bytes with its sender and receiver, and closing them again. */
+static void open_channel(mmapkit_channel_t **channel, mmapkit_sender_t **sender,
+                         mmapkit_receiver_t **receiver) {
+    EXPECT(mmapkit_channel_create_memfd(4096, 0, channel), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_sender(*channel, sender), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_receiver(*channel, receiver), MMAPKIT_OK);
+}
+
+static void close_channel(mmapkit_channel_t *channel, mmapkit_sender_t *sender,
+                          mmapkit_receiver_t *receiver) {
+    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
+    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
+    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+}
+
 /* A handle destroyed and a new object made: the old handle does not name the new one. */
 static void stale_handles_stay_invalid(void) {
     size_t n;
@@ -88,9 +103,7 @@ static void closing_ends_a_blocked_receive(void) {
     mmapkit_channel_t *channel;
     mmapkit_sender_t *sender;
     struct blocked blocked = {0};
-    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_receiver(channel, &blocked.receiver), MMAPKIT_OK);
+    open_channel(&channel, &sender, &blocked.receiver);
     pthread_t thread;
     pthread_create(&thread, NULL, receive_forever, &blocked);
     usleep(200 * 1000);
@@ -156,9 +169,7 @@ static void fork_never_hangs_the_child(void) {
     mmapkit_channel_t *channel;
     mmapkit_sender_t *sender;
     struct blocked blocked = {0};
-    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_receiver(channel, &blocked.receiver), MMAPKIT_OK);
+    open_channel(&channel, &sender, &blocked.receiver);
     pthread_t waiting, churning;
     pthread_create(&waiting, NULL, receive_forever, &blocked);
     pthread_create(&churning, NULL, churn_handles, NULL);
@@ -238,9 +249,7 @@ static void closing_inherited_ends_in_the_child_lets_them_go(void) {
     char buf[16];
     size_t len;
     int without_the_channel = memfd_mappings();
-    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    open_channel(&channel, &sender, &receiver);
     EXPECT(mmapkit_sender_send(sender, "kept", 4, 0), MMAPKIT_OK);
     EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_OK);
     CHECK(memfd_mappings() > without_the_channel, "the channel maps no memfd");
@@ -268,9 +277,7 @@ static void closing_inherited_ends_in_the_child_lets_them_go(void) {
     pthread_join(user, NULL);
     EXPECT(mmapkit_sender_send(sender, "mine", 4, 0), MMAPKIT_OK);
     EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_OK);
-    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
-    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+    close_channel(channel, sender, receiver);
 }
 
 /* Forks from an atexit handler, after this thread's own storage is gone, while two threads
@@ -311,9 +318,7 @@ static void a_child_made_by__Fork_is_refused_inherited_ends(void) {
     mmapkit_receiver_t *receiver;
     char buf[16];
     size_t len;
-    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    open_channel(&channel, &sender, &receiver);
     EXPECT(mmapkit_sender_send(sender, "one", 3, 0), MMAPKIT_OK);
     EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_OK);
     pid_t child = _Fork();
@@ -333,9 +338,7 @@ static void a_child_made_by__Fork_is_refused_inherited_ends(void) {
         CHECK(len == 3 && memcmp(buf, "two", 3) == 0, "the parent received %zu bytes", len);
     }
     EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 0), MMAPKIT_EWOULDBLOCK);
-    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
-    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+    close_channel(channel, sender, receiver);
 }
 
 /* Errors name the C function, and offsets are the caller's. */
@@ -621,9 +624,7 @@ static void ends_kept_between_calls(void) {
     mmapkit_receiver_t *receiver;
     char buf[16];
     size_t len;
-    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    open_channel(&channel, &sender, &receiver);
     EXPECT(mmapkit_sender_send(sender, "mine", 4, 0), MMAPKIT_OK);
     pthread_t thread;
     void *closed;
@@ -645,9 +646,7 @@ static void ends_kept_between_calls(void) {
     for (int i = 0; i < 3; i++) {
         EXPECT(mmapkit_receiver_recv(receiver, buf, sizeof buf, &len, 1000), MMAPKIT_OK);
     }
-    EXPECT(mmapkit_sender_close(sender), MMAPKIT_OK);
-    EXPECT(mmapkit_receiver_close(receiver), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_close(channel), MMAPKIT_OK);
+    close_channel(channel, sender, receiver);
 
     enum { ENDS = 9 };
     mmapkit_channel_t *channels[ENDS];
@@ -715,9 +714,7 @@ static void cancelling_threads_in_calls_never_aborts(void) {
     CHECK(fd >= 0 && ftruncate(fd, 4096) == 0, "creating %s", path);
     mmapkit_channel_t *channel;
     mmapkit_sender_t *sender;
-    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_receiver(channel, &contended), MMAPKIT_OK);
+    open_channel(&channel, &sender, &contended);
     pthread_t holder, poller, mapper;
     pthread_create(&holder, NULL, hold_the_receiver, NULL);
     usleep(20 * 1000);
@@ -795,9 +792,7 @@ static void closing_while_the_thread_ends(void) {
     mmapkit_receiver_t *receiver;
     char buf[16];
     size_t got;
-    EXPECT(mmapkit_channel_create_memfd(4096, 0, &channel), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_sender(channel, &sender), MMAPKIT_OK);
-    EXPECT(mmapkit_channel_receiver(channel, &receiver), MMAPKIT_OK);
+    open_channel(&channel, &sender, &receiver);
     pthread_key_create(&sender_key, send_and_close_in_destructor);
     pthread_create(&thread, NULL, send_with_cleanup, sender);
     pthread_join(thread, NULL);

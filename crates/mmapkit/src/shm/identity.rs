@@ -116,13 +116,7 @@ impl ProcessIdentity {
     /// /proc entry cannot be read (`hidepid`, no /proc) counts as running: nothing says
     /// otherwise.
     pub fn is_alive(&self) -> bool {
-        match look_at(self.pid) {
-            Seen::Running { start_time } => {
-                self.start_time == 0 || start_time == 0 || start_time == self.start_time
-            }
-            Seen::Gone => false,
-            Seen::CannotTell => true,
-        }
+        runs_as(self.pid, self.start_time)
     }
 }
 
@@ -179,13 +173,7 @@ impl ThreadIdentity {
         if self.tid == 0 {
             return false;
         }
-        match look_at(self.tid) {
-            Seen::Running { start_time } => {
-                self.start_time == 0 || start_time == 0 || start_time == self.start_time
-            }
-            Seen::Gone => false,
-            Seen::CannotTell => true,
-        }
+        runs_as(self.tid, self.start_time)
     }
 }
 
@@ -235,6 +223,16 @@ pub(crate) fn look_at(id: u32) -> Seen {
         },
         None if exists(id) => Seen::CannotTell,
         None => Seen::Gone,
+    }
+}
+
+/// Whether `id` runs and, when both start times are known, started at `start_time`; an id in
+/// use whose /proc entry cannot be read counts as running.
+fn runs_as(id: u32, start_time: u64) -> bool {
+    match look_at(id) {
+        Seen::Running { start_time: now } => start_time == 0 || now == 0 || now == start_time,
+        Seen::Gone => false,
+        Seen::CannotTell => true,
     }
 }
 
